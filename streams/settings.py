@@ -1,0 +1,97 @@
+"""Every setting tagstream reads, from the environment, in one place (STYLE.md rule 7).
+
+Nothing else in the code base reads `os.environ`: components take a `Settings` and use its
+fields. Defaults match `tagstream stack up`, so a newcomer needs no configuration.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Mapping
+
+from schemas.errors import TagstreamError
+
+DEFAULT_RULES = Path(__file__).resolve().parent.parent / "taggers" / "rules" / "default.yaml"
+
+
+class SettingsError(TagstreamError):
+    """A setting has a value that cannot be used; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Kafka
+    broker: str = "kafka://127.0.0.1:9092"
+    app_id: str = "tagstream"
+    partitions: int = 4
+    replication: int = 1
+    # Serving store
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Rules and time
+    rules_path: Path = DEFAULT_RULES
+    clock: str = "wall"  # "wall" (live) or "event" (replay/backfill: the event-time watermark)
+    # How far behind a member's newest event an event may arrive and still be applied.
+    allowed_lateness_s: int = 7 * 86400
+    timer_interval_s: float = 1.0
+    # Worker
+    web_port: int = 6066
+    data_dir: Path = Path(".tagstream")
+    log_level: str = "info"
+    # Embedded stack (tagstream stack up): where the broker binary and logs live
+    stack_dir: Path = Path(".tagstream/stack")
+
+    @property
+    def broker_bootstrap(self) -> str:
+        """`host:port[,host:port]` for plain Kafka clients (aiokafka, librdkafka)."""
+        return ",".join(url.split("://", 1)[-1] for url in self.broker.split(";") if url)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            name = ENV_NAMES[f.name]
+            if name not in env or env[name] == "":
+                continue
+            raw = env[name]
+            values[f.name] = _parse(name, raw, f.default)
+        settings = cls(**values)  # type: ignore[arg-type]
+        if settings.clock not in ("wall", "event"):
+            raise SettingsError(f"TAGSTREAM_CLOCK must be 'wall' or 'event', not {settings.clock!r}")
+        if settings.partitions < 1:
+            raise SettingsError("TAGSTREAM_PARTITIONS must be at least 1")
+        return settings
+
+
+ENV_NAMES: dict[str, str] = {
+    "broker": "TAGSTREAM_BROKER",
+    "app_id": "TAGSTREAM_APP_ID",
+    "partitions": "TAGSTREAM_PARTITIONS",
+    "replication": "TAGSTREAM_REPLICATION",
+    "redis_url": "TAGSTREAM_REDIS_URL",
+    "rules_path": "TAGSTREAM_RULES",
+    "clock": "TAGSTREAM_CLOCK",
+    "allowed_lateness_s": "TAGSTREAM_ALLOWED_LATENESS_S",
+    "timer_interval_s": "TAGSTREAM_TIMER_INTERVAL_S",
+    "web_port": "TAGSTREAM_WEB_PORT",
+    "data_dir": "TAGSTREAM_DATA_DIR",
+    "log_level": "TAGSTREAM_LOG_LEVEL",
+    "stack_dir": "TAGSTREAM_STACK_DIR",
+}
+
+
+def _parse(name: str, raw: str, default: object) -> object:
+    try:
+        if isinstance(default, bool):
+            return raw.lower() in ("1", "true", "yes", "on")
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+        if isinstance(default, Path):
+            return Path(raw)
+        return raw
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a valid {type(default).__name__}") from None
