@@ -31,6 +31,9 @@ def decode_event(raw: bytes | None, topic: str | None = None) -> Event:
         raise EventRejected(_explain_validation(raw, topic, str(exc))) from None
     except msgspec.DecodeError as exc:
         raise EventRejected(f"not valid UTF-8 JSON: {exc}") from None
+    except UnicodeDecodeError as exc:
+        # msgspec raises this (not DecodeError) for invalid UTF-8 inside a string it keeps.
+        raise EventRejected(f"not valid UTF-8 JSON: {exc}") from None
     except RecursionError:
         raise EventRejected("JSON nested too deeply") from None
 
@@ -41,7 +44,7 @@ def _explain_validation(raw: bytes, topic: str | None, message: str) -> str:
         return f"invalid event: {message}"
     try:
         event_type = _EVENT_TYPE_PROBE.decode(raw).get("event_type")
-    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError):
         return f"invalid event: {message}"
     home = TOPIC_BY_EVENT_TYPE.get(event_type) if isinstance(event_type, str) else None
     if home and topic and home != topic:
