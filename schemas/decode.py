@@ -49,6 +49,8 @@ def _explain_validation(raw: bytes, topic: str | None, message: str) -> str:
     home = TOPIC_BY_EVENT_TYPE.get(event_type) if isinstance(event_type, str) else None
     if home and topic and home != topic:
         return f"event_type {event_type!r} belongs on topic {home!r}, not {topic!r}"
+    if home:  # the tag is fine; the message only quoted "event_type" as some other bad value
+        return f"invalid event: {message}"
     if event_type is None:
         return "invalid event: missing required field `event_type`"
     known = ", ".join(sorted(TOPIC_BY_EVENT_TYPE))
