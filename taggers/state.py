@@ -1,0 +1,63 @@
+"""Per-member rolling state: the only thing the engine remembers about a member.
+
+Bounded by design: window counters are sparse daily buckets kept only as long as the longest
+window that reads them; recent event ids are a capped ring; nothing grows with the number of
+events. Serialised as compact msgpack arrays for the Faust table and its changelog.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+# How many recent event ids a member remembers for redelivery checks. An event older than
+# the oldest remembered id is treated as too late to apply (dead-lettered, never applied twice).
+SEEN_CAPACITY = 64
+
+
+class OrderStats(msgspec.Struct, array_like=True, gc=False):
+    count: int = 0
+    distinct_days: int = 0
+    last_day: int = -1
+    spend_fen: int = 0
+    refund_fen: int = 0
+    first_at: int | None = None
+    last_at: int | None = None
+
+
+class GuideLink(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    userid: str
+    external_userid: str | None = None
+
+
+class HeldTag(msgspec.Struct, array_like=True, gc=False):
+    since: int
+    rules_version: str
+    evidence: dict[str, object] = {}
+
+
+class MemberState(msgspec.Struct, array_like=True, gc=False):
+    member_id: str
+    joined_at: int | None = None
+    birthday: str | None = None
+    orders: OrderStats = msgspec.field(default_factory=OrderStats)
+    # counter name -> flat [day, value, day, value, ...], days ascending
+    counters: dict[str, list[int]] = {}
+    tags: dict[str, HeldTag] = {}
+    guides: list[GuideLink] = []
+    # recent event ids: flat [hash64, occurred_at, ...], oldest first
+    seen: list[int] = []
+    watermark: int | None = None  # newest instant this member's state reflects
+    next_deadline: int | None = None  # earliest instant a time-based rule may change a tag
+    rules_version: str = ""
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(MemberState)
+
+
+def encode_state(state: MemberState) -> bytes:
+    return _encoder.encode(state)
+
+
+def decode_state(raw: bytes) -> MemberState:
+    return _decoder.decode(raw)
