@@ -47,6 +47,10 @@ class Settings:
         """`host:port[,host:port]` for plain Kafka clients (aiokafka, librdkafka)."""
         return ",".join(url.split("://", 1)[-1] for url in self.broker.split(";") if url)
 
+    def to_env(self) -> dict[str, str]:
+        """These settings as environment variables, for a child process (a worker)."""
+        return {ENV_NAMES[f.name]: str(getattr(self, f.name)) for f in fields(self)}
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
         env = os.environ if environ is None else environ

@@ -193,7 +193,7 @@ def register_member_agent(app: faust.App, processor: MemberProcessor, topics: To
     @app.timer(timer_interval_s)
     async def tick() -> None:
         """Wake every owned partition so deadlines fire with no event (wall clock)."""
-        for tp in app.assignment.assigned_actives():
+        for tp in app.assignor.assigned_actives():
             if tp.topic == REROUTE_TOPIC:
                 await topics.reroute.send(key=None, value=b"", partition=tp.partition,
                                           headers=[(CONTROL_HEADER, TICK)])

@@ -1,0 +1,149 @@
+"""The `tagstream` command line: one sub-command per tool, each a thin call into a module."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import click
+
+from schemas.errors import TagstreamError
+from streams.settings import Settings
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except TagstreamError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.group()
+def main() -> None:
+    """tagstream: real-time member tagging on Kafka."""
+
+
+# --- embedded stack ----------------------------------------------------------------------------
+
+
+@main.group()
+def stack() -> None:
+    """The embedded broker and Redis on loopback, for the demo and development."""
+
+
+@stack.command("up")
+@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for both.")
+def stack_up(timeout: float) -> None:
+    """Start the Kafka-compatible broker and Redis and wait until both answer."""
+    from streams.admin import ensure_topics
+    from streams.stack import EmbeddedStack
+    from streams.topics import topic_partitions
+
+    settings = _settings()
+    try:
+        EmbeddedStack(settings).up(timeout=timeout)
+        asyncio.run(ensure_topics(settings.broker_bootstrap,
+                                  topic_partitions(settings.partitions), settings.replication))
+    except TagstreamError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"broker {settings.broker} and Redis {settings.redis_url} are up")
+
+
+@stack.command("down")
+def stack_down() -> None:
+    """Stop exactly the processes `stack up` started (by their recorded pids)."""
+    from streams.stack import EmbeddedStack
+
+    stopped = EmbeddedStack(_settings()).down()
+    click.echo("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+
+
+@stack.command("status")
+def stack_status() -> None:
+    from streams.stack import EmbeddedStack
+
+    for name, info in EmbeddedStack(_settings()).status().items():
+        click.echo(f"{name}: {info}")
+
+
+# --- worker ------------------------------------------------------------------------------------
+
+
+@main.command()
+def worker() -> None:
+    """Run the Faust worker (settings from TAGSTREAM_* environment variables)."""
+    from streams.worker import run_worker
+
+    try:
+        run_worker(_settings())
+    except TagstreamError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+# --- data tools --------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--members", default=1000, show_default=True, type=click.IntRange(1))
+@click.option("--days", default=400, show_default=True, type=click.IntRange(1))
+@click.option("--seed", default=1, show_default=True, type=int)
+def generate(members: int, days: int, seed: int) -> None:
+    """Write a realistic synthetic event history as JSON lines to stdout."""
+    from streams.generate import generate_events, write_jsonl
+
+    write_jsonl(generate_events(members=members, days=days, seed=seed), sys.stdout.buffer)
+
+
+@main.command()
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--speed", type=float, default=None, help="Replay at this multiple of real time.")
+@click.option("--max", "as_fast", is_flag=True, help="As fast as possible (the default).")
+def replay(path: Path, speed: float | None, as_fast: bool) -> None:
+    """Produce a recorded event file to the event topics, keyed by member, in file order."""
+    from streams.replay import replay as run_replay
+
+    if speed is not None and as_fast:
+        raise click.UsageError("--speed and --max exclude each other")
+    if speed is not None and speed <= 0:
+        raise click.UsageError("--speed must be positive")
+    settings = _settings()
+    result = asyncio.run(run_replay(settings.broker_bootstrap, path, speed=speed,
+                                    partitions=settings.partitions,
+                                    progress=sys.stderr.isatty()))
+    click.echo(result.summary() if hasattr(result, "summary") else str(result), err=True)
+
+
+@main.command()
+@click.option("--topic", default="tags.changes", show_default=True)
+@click.option("--from-beginning", is_flag=True, help="Start at the oldest record.")
+@click.option("--idle", default=0.0, help="Stop after this many seconds with nothing new.")
+@click.option("--limit", default=0, help="Stop after this many records (0: no limit).")
+def tail(topic: str, from_beginning: bool, idle: float, limit: int) -> None:
+    """Print records of a topic (tag changes by default) as they arrive."""
+    from streams.tail import tail_topic
+
+    settings = _settings()
+    count = asyncio.run(tail_topic(settings.broker_bootstrap, topic,
+                                   from_beginning=from_beginning, idle_s=idle or None,
+                                   limit=limit or None, out=sys.stdout))
+    click.echo(f"{count} records from {topic}", err=True)
+
+
+@main.command()
+@click.option("--members", default=300, show_default=True, type=click.IntRange(1))
+@click.option("--days", default=400, show_default=True, type=click.IntRange(1))
+@click.option("--seed", default=7, show_default=True, type=int)
+@click.option("--keep-stack", is_flag=True, help="Leave the broker and Redis running.")
+def demo(members: int, days: int, seed: int, keep_stack: bool) -> None:
+    """Stack up, worker, replay a generated history, print tag changes live, stack down."""
+    from streams.demo import run_demo
+
+    try:
+        run_demo(_settings(), members=members, days=days, seed=seed, keep_stack=keep_stack)
+    except TagstreamError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+if __name__ == "__main__":
+    main()

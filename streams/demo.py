@@ -1,0 +1,116 @@
+"""`tagstream demo`: the whole flow on the embedded stack, start to finish, in one command."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+import orjson
+
+from streams.admin import ensure_topics
+from streams.settings import Settings
+from streams.stack import EmbeddedStack
+from streams.tail import format_record
+from streams.topics import TAG_CHANGES_TOPIC, topic_partitions
+
+
+def run_demo(settings: Settings, *, members: int, days: int, seed: int,
+             keep_stack: bool = False) -> None:
+    # A generated history lies in the past: the event-time clock lets its absence rules fire
+    # at their historical deadlines, as they would have live.
+    settings = replace(settings, clock="event")
+    stack = EmbeddedStack(settings)
+    was_running = all(info.get("answering") for info in stack.status().values())
+    say(f"1/5 starting the embedded broker ({settings.broker}) and Redis ({settings.redis_url})")
+    stack.up()
+    worker: subprocess.Popen[bytes] | None = None
+    try:
+        asyncio.run(ensure_topics(settings.broker_bootstrap,
+                                  topic_partitions(settings.partitions), settings.replication))
+        workdir = settings.data_dir / "demo"
+        workdir.mkdir(parents=True, exist_ok=True)
+        events_path = workdir / "events.jsonl"
+        say(f"2/5 generating {members} members over {days} days -> {events_path}")
+        from streams.generate import generate_events, write_jsonl
+
+        with events_path.open("wb") as out:
+            write_jsonl(generate_events(members=members, days=days, seed=seed), out)
+        worker_log = workdir / "worker.log"
+        say(f"3/5 starting the worker (log: {worker_log})")
+        worker = start_worker(settings, worker_log)
+        say("4/5 replaying the history; tag changes as they arrive:")
+        asyncio.run(_replay_and_follow(settings, events_path, worker))
+    finally:
+        if worker is not None:
+            stop_worker(worker)
+        if not keep_stack and not was_running:
+            say("5/5 stopping the broker and Redis we started")
+            stack.down()
+
+
+def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, **settings.to_env()}
+    with log_path.open("ab") as log:
+        return subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=env,
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+def stop_worker(worker: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    if worker.poll() is None:
+        worker.terminate()
+        try:
+            worker.wait(timeout)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+
+
+async def _replay_and_follow(settings: Settings, events_path: Path,
+                             worker: subprocess.Popen[bytes]) -> None:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from streams.replay import replay
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.broker_bootstrap,
+                                enable_auto_commit=False)
+    await consumer.start()
+    counts: Counter[str] = Counter()
+    try:
+        partitions = [TopicPartition(TAG_CHANGES_TOPIC, p) for p in range(settings.partitions)]
+        consumer.assign(partitions)
+        await consumer.seek_to_end(*partitions)
+        replaying = asyncio.create_task(replay(settings.broker_bootstrap, events_path,
+                                               partitions=settings.partitions, progress=False))
+        loop = asyncio.get_running_loop()
+        started = last = loop.time()
+        while True:
+            batch = await consumer.getmany(timeout_ms=500, max_records=1000)
+            for messages in batch.values():
+                for message in messages:
+                    record = orjson.loads(message.value)
+                    counts[f"{record['op']} {record['tag']}"] += 1
+                    if sum(counts.values()) <= 200 or sum(counts.values()) % 500 == 0:
+                        print(format_record(message.value), flush=True)
+                    last = loop.time()
+            if worker.poll() is not None:
+                raise RuntimeError(f"the worker exited with code {worker.returncode}")
+            quiet_for = loop.time() - last
+            if replaying.done() and quiet_for > 10 and (counts or loop.time() - started > 120):
+                break
+        result = replaying.result()
+        say(f"replayed: {result}")
+        say(f"{sum(counts.values())} tag changes:")
+        for key, count in sorted(counts.items()):
+            say(f"  {count:7d}  {key}")
+    finally:
+        await consumer.stop()
+
+
+def say(text: str) -> None:
+    print(f"[demo {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)

@@ -1,0 +1,54 @@
+"""Assembles a runnable worker: app, topics, state table, rules, engine, agents."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import faust
+
+
+from streams.agents.members import MemberProcessor, register_member_agent
+from streams.app import create_app
+from streams.clock import PartitionClocks
+from streams.settings import Settings
+from streams.topics import EVENT_TOPICS, declare_topics, topic_partitions
+from taggers.engine import Engine
+from taggers.rules import load_rules
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerParts:
+    app: faust.App
+    processor: MemberProcessor
+
+
+def build_worker(settings: Settings) -> WorkerParts:
+    """Everything wired, nothing started. Rules are compiled here, once: a bad rule file
+    stops the worker before it joins the group."""
+    pack = load_rules(settings.rules_path)
+    app = create_app(settings)
+    topics = declare_topics(app, settings.partitions)
+    # keys and values are bytes, stored as they are (the app's serializers are "raw")
+    table = app.Table("members", partitions=settings.partitions, default=None)
+    processor = MemberProcessor(
+        Engine(pack, settings.allowed_lateness_s), topics, table,
+        PartitionClocks(settings.clock, EVENT_TOPICS), settings.partitions)
+    register_member_agent(app, processor, topics, settings.timer_interval_s)
+    log.info("rules %s loaded from %s: %d tags", pack.version, settings.rules_path,
+             len(pack.tags))
+    return WorkerParts(app, processor)
+
+
+def run_worker(settings: Settings) -> None:
+    from streams.admin import ensure_topics
+
+    parts = build_worker(settings)
+    asyncio.run(ensure_topics(settings.broker_bootstrap, topic_partitions(settings.partitions),
+                              settings.replication))
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    worker = faust.Worker(parts.app, loglevel=settings.log_level, quiet=True)
+    worker.execute_from_commandline()
