@@ -1,0 +1,40 @@
+"""Builders of valid events for tests: each call returns a decoded, typed event."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import orjson
+
+from schemas.decode import decode_event
+from schemas.events import Event
+
+_ids = itertools.count(1)
+
+
+def raw_event(event_type: str, at: str, member: str = "M1", **fields: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"event_id": fields.pop("event_id", f"ev-{next(_ids)}"),
+                            "event_type": event_type, "member_id": member,
+                            "occurred_at": at, "channel": fields.pop("channel", "tmall"),
+                            "schema_version": 1}
+    if event_type == "order.paid":
+        body.update(order_id=f"o-{body['event_id']}", items=[])
+    if event_type == "order.refunded":
+        body.update(order_id=fields.pop("order_id", "o-x"))
+    if event_type.startswith("scan."):
+        body.update(code_id=f"c-{body['event_id']}", sku="sku-1", category="baijiu")
+    body.update(fields)
+    return body
+
+
+def event(event_type: str, at: str, member: str = "M1", **fields: Any) -> Event:
+    return decode_event(orjson.dumps(raw_event(event_type, at, member, **fields)))
+
+
+def paid(at: str, amount_fen: int, member: str = "M1", **fields: Any) -> Event:
+    return event("order.paid", at, member, amount_fen=amount_fen, **fields)
+
+
+def joined(at: str, member: str = "M1", **fields: Any) -> Event:
+    return event("interaction.member_joined", at, member, **fields)
