@@ -195,3 +195,8 @@ EVENT_TYPES_BY_TOPIC: dict[str, tuple[str, ...]] = {
 TOPIC_BY_EVENT_TYPE: dict[str, str] = {
     event_type: topic for topic, types in EVENT_TYPES_BY_TOPIC.items() for event_type in types
 }
+
+# Events of one member at the same instant are applied interactions first, then orders, then
+# scans (a member joins, then buys, then scans the bottle), and in arrival order within a
+# topic. The stream and `tagstream dryrun` both order by (occurred_at, this rank, position).
+TIE_RANK_BY_TOPIC: dict[str, int] = {INTERACTIONS_TOPIC: 0, ORDERS_TOPIC: 1, SCANS_TOPIC: 2}

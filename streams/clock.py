@@ -1,11 +1,12 @@
 """The worker's clock per partition: wall time (live) or the event-time watermark (replay).
 
-`TAGSTREAM_CLOCK=event` makes a partition's clock the *lowest* of the newest event times seen
-on each event topic's copy of that partition: every topic is written in time order by the
-replay tool, so once all three have passed t nothing earlier can still arrive, and deadlines
-at or before t may fire. That is what makes a replayed year produce the same tags as living
-through it. Replay ends with a watermark marker on every partition, so all clocks finish at
-the last event's time.
+With `TAGSTREAM_CLOCK=event` each event topic's copy of a partition is *complete through*
+some instant: an event at t proves everything before t has been written (producers write a
+topic in time order; equal times may still follow), and a watermark marker W from the replay
+tool says everything up to and including W has been written. The partition's clock is the
+lowest of the three topics' completeness: events at or before it can be applied in time order
+and deadlines at or before it can fire, with nothing earlier still to come. That is what
+makes a replayed year produce exactly the tags that living through it would.
 """
 
 from __future__ import annotations
@@ -20,27 +21,32 @@ class PartitionClocks:
         self.mode = mode
         self.inputs = tuple(inputs)
         self._wall = wall
-        self._newest: dict[tuple[str, int], int] = {}
+        self._complete: dict[tuple[str, int], int] = {}
 
-    def observe(self, topic: str, partition: int, instant: int) -> None:
-        """Record that `topic`'s copy of `partition` has reached `instant` (event mode)."""
+    def observe_event(self, topic: str, partition: int, instant: int) -> None:
+        self._advance(topic, partition, instant - 1)
+
+    def observe_marker(self, topic: str, partition: int, instant: int) -> None:
+        self._advance(topic, partition, instant)
+
+    def _advance(self, topic: str, partition: int, complete_through: int) -> None:
         key = (topic, partition)
-        if instant > self._newest.get(key, -(1 << 62)):
-            self._newest[key] = instant
+        if complete_through > self._complete.get(key, -(1 << 62)):
+            self._complete[key] = complete_through
 
     def now(self, partition: int) -> int | None:
+        """The partition's clock, or None while some input has not said where it is."""
         if self.mode == "wall":
             return int(self._wall())
-        newest = self._newest
         low = None
         for topic in self.inputs:
-            seen = newest.get((topic, partition))
-            if seen is None:
+            complete = self._complete.get((topic, partition))
+            if complete is None:
                 return None
-            if low is None or seen < low:
-                low = seen
+            if low is None or complete < low:
+                low = complete
         return low
 
     def forget(self, partition: int) -> None:
         for topic in self.inputs:
-            self._newest.pop((topic, partition), None)
+            self._complete.pop((topic, partition), None)

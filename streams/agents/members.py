@@ -6,9 +6,10 @@ state and sends the results. Every business decision lives in `taggers`.
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import faust
 
@@ -16,10 +17,12 @@ from schemas.changes import encode_change
 from schemas.control import CONTROL_HEADER, WATERMARK, control_kind, decode_watermark
 from schemas.decode import decode_event
 from schemas.errors import EventRejected
+from schemas.events import TIE_RANK_BY_TOPIC
 from streams.clock import PartitionClocks
 from streams.deadletter import dead_letter
 from streams.deadlines import DeadlineIndex
 from streams.partitioning import partition_for
+from streams.reorder import ReorderBuffer
 from streams.topics import EVENT_TOPICS, REROUTE_TOPIC, Topics
 from taggers.clock import to_epoch
 from taggers.engine import Engine, Outcome
@@ -41,6 +44,9 @@ class Counters:
     timers_fired: int = 0
 
 
+Ack = Callable[[], Awaitable[Any]]
+
+
 class MemberProcessor:
     """Handles one inbound message at a time for the partitions this worker owns."""
 
@@ -52,30 +58,57 @@ class MemberProcessor:
         self.clocks = clocks
         self.partitions = partitions
         self.deadlines = DeadlineIndex()
+        self.pending = ReorderBuffer()
         self.counters = Counters()
 
-    async def handle(self, message: Any) -> None:
+    async def handle(self, message: Any, ack: Ack) -> None:
+        """Process one message; `ack` is called once it is fully handled (maybe later)."""
         partition = message.partition
         if not self.deadlines.is_loaded(partition):
             self._load_deadlines(partition)
         kind = control_kind(message.headers)
         if kind is not None:
             await self._control(kind, message)
+            await ack()
+            await self._release_and_fire(partition)
             return
         origin = _origin(message)
         try:
             event = decode_event(message.value, topic=origin[0])
         except EventRejected as rejected:
             await self.reject(rejected.reason, origin, message)
+            await ack()
             return
 
         home = partition_for(event.member_id, self.partitions)
         if home != partition:
             await self._reroute(message, event.member_id, home, origin)
+            await ack()
             return
-        if message.topic in EVENT_TOPICS and self.clocks.mode == "event":
-            self.clocks.observe(message.topic, partition, to_epoch(event.occurred_at))
+        if self.clocks.mode == "wall":
+            await self._apply(event, origin, message)
+            await ack()
+            await self._fire_due(partition)
+            return
+        occurred = to_epoch(event.occurred_at)
+        if message.topic in EVENT_TOPICS:
+            self.clocks.observe_event(message.topic, partition, occurred)
+        self.pending.push(partition, occurred, TIE_RANK_BY_TOPIC.get(origin[0], 9),
+                          (event, origin, message, ack))
+        await self._release_and_fire(partition)
 
+    async def _release_and_fire(self, partition: int) -> None:
+        """Event clock: apply held events the clock has passed, in order, then due timers."""
+        if self.clocks.mode == "event":
+            now = self.clocks.now(partition)
+            if now is None:
+                return
+            for event, origin, message, ack in self.pending.pop_ready(partition, now):
+                await self._apply(event, origin, message)
+                await ack()
+        await self._fire_due(partition)
+
+    async def _apply(self, event: Any, origin: tuple[str, int, int], message: Any) -> None:
         key = event.member_id.encode()
         raw_state = self.table.get(key)
         try:
@@ -83,12 +116,15 @@ class MemberProcessor:
         except EventRejected as rejected:
             await self.reject(rejected.reason, origin, message)
             return
+        except Exception as exc:  # noqa: BLE001 - an engine bug must not stop the partition
+            log.exception("engine failed on %s:%s:%s", *origin)
+            await self.reject(f"internal error: {type(exc).__name__}: {exc}", origin, message)
+            return
         if outcome.duplicate:
             self.counters.duplicates += 1
-        else:
-            self.counters.processed += 1
-            await self._store(partition, key, outcome)
-        await self._fire_due(partition)
+            return
+        self.counters.processed += 1
+        await self._store(message.partition, key, outcome)
 
     # --- control messages ---------------------------------------------------------------------
 
@@ -99,13 +135,10 @@ class MemberProcessor:
             except EventRejected as rejected:
                 await self.reject(rejected.reason, _origin(message), message)
                 return
-            if self.clocks.mode == "event" and message.topic in EVENT_TOPICS:
-                self.clocks.observe(message.topic, message.partition, instant)
+            if message.topic in EVENT_TOPICS:
+                self.clocks.observe_marker(message.topic, message.partition, instant)
         elif kind != TICK:
-            await self.reject(f"unknown control message {kind!r}", _origin(message),
-                                    message)
-            return
-        await self._fire_due(message.partition)
+            await self.reject(f"unknown control message {kind!r}", _origin(message), message)
 
     async def _fire_due(self, partition: int) -> None:
         now = self.clocks.now(partition)
@@ -164,6 +197,7 @@ class MemberProcessor:
         for partition in partitions:
             self.deadlines.drop(partition)
             self.clocks.forget(partition)
+            self.pending.drop(partition)
 
 
 def _origin(message: Any) -> tuple[str, int, int]:
@@ -177,18 +211,36 @@ def _origin(message: Any) -> tuple[str, int, int]:
     return message.topic, message.partition, message.offset
 
 
+def _once(ack: Ack) -> Ack:
+    """An ack that may be called again harmlessly (Faust counts acks per message)."""
+    done = False
+
+    async def once() -> None:
+        nonlocal done
+        if not done:
+            done = True
+            await ack()
+
+    return once
+
+
 def register_member_agent(app: faust.App, processor: MemberProcessor, topics: Topics,
                           timer_interval_s: float) -> None:
     @app.agent(topics.inbound, name="members")
     async def members(stream: Any) -> None:
-        async for event in stream.events():
+        # Manual acks: an event held for the event-time clock is acknowledged (and so its
+        # offset committed) only once applied; Faust commits up to the first unacked offset.
+        manual = stream.noack()
+        async for event in manual.events():
+            ack = _once(functools.partial(manual.ack, event))
             try:
-                await processor.handle(event.message)
+                await processor.handle(event.message, ack)
             except Exception as exc:  # noqa: BLE001 - a bug must not stop the partition
                 log.exception("unexpected error handling %s:%s:%s", event.message.topic,
                               event.message.partition, event.message.offset)
                 await processor.reject(f"internal error: {type(exc).__name__}: {exc}",
-                                             _origin(event.message), event.message)
+                                       _origin(event.message), event.message)
+                await ack()
 
     @app.timer(timer_interval_s)
     async def tick() -> None:

@@ -1,0 +1,159 @@
+"""The member agent's adapter logic with in-memory topics and table (no broker):
+routing, dead letters, the event-time reorder buffer, deadlines and acknowledgements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+import pytest
+
+from schemas.control import encode_watermark
+from streams.agents.members import ORIGIN_HEADER, TICK, MemberProcessor
+from streams.clock import PartitionClocks
+from streams.partitioning import partition_for
+from streams.settings import DEFAULT_RULES
+from streams.topics import EVENT_TOPICS, REROUTE_TOPIC, Topics
+from schemas.control import CONTROL_HEADER
+from taggers.engine import Engine
+from taggers.rules import load_rules
+from taggers.state import decode_state
+from tests.factories import raw_event
+
+PARTITIONS = 4
+
+
+@dataclass
+class Message:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    headers: list = field(default_factory=list)
+
+
+class FakeTopic:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.sent: list[dict[str, Any]] = []
+
+    async def send(self, **kwargs: Any) -> None:
+        self.sent.append(kwargs)
+
+
+class Harness:
+    def __init__(self, clock: str, wall: float = 0.0) -> None:
+        self.topics = Topics(inbound=None, reroute=FakeTopic(REROUTE_TOPIC),
+                             deadletter=FakeTopic("events.deadletter"),
+                             tag_changes=FakeTopic("tags.changes"),
+                             tier_changes=FakeTopic("tiers.changes"))
+        self.table: dict[bytes, bytes] = {}
+        self.wall = wall
+        self.processor = MemberProcessor(
+            Engine(load_rules(DEFAULT_RULES)), self.topics, self.table,
+            PartitionClocks(clock, EVENT_TOPICS, wall=lambda: self.wall), PARTITIONS)
+        self.acked: list[int] = []
+        self.offset = 0
+
+    async def send(self, topic: str, value: bytes, partition: int, headers=None) -> Message:
+        self.offset += 1
+        message = Message(topic, partition, self.offset, None, value, headers or [])
+
+        async def ack(offset: int = self.offset) -> None:
+            self.acked.append(offset)
+
+        await self.processor.handle(message, ack)
+        return message
+
+    async def event(self, topic: str, body: dict) -> Message:
+        partition = partition_for(body["member_id"], PARTITIONS)
+        return await self.send(topic, orjson.dumps(body), partition)
+
+    async def markers(self, at: str, partition: int) -> None:
+        value, headers = encode_watermark(datetime.fromisoformat(at))
+        for topic in EVENT_TOPICS:
+            await self.send(topic, value, partition, headers)
+
+    def changes(self) -> list[tuple[str, str]]:
+        return [(orjson.loads(s["value"])["tag"], orjson.loads(s["value"])["op"])
+                for s in self.topics.tag_changes.sent]
+
+
+async def test_invalid_event_is_dead_lettered_with_coordinates_and_acked() -> None:
+    h = Harness("wall", wall=2e9)
+    message = await h.send("events.orders", b'{"event_type": "order.paid", "amount_fen": 1.5}', 2)
+    [letter] = h.topics.deadletter.sent
+    record = orjson.loads(letter["value"])
+    assert record["topic"] == "events.orders" and record["partition"] == 2
+    assert record["offset"] == message.offset and "amount_fen" in record["error"]
+    assert record["raw"] == '{"event_type": "order.paid", "amount_fen": 1.5}'
+    assert h.acked == [message.offset]
+
+
+async def test_event_on_wrong_partition_is_rerouted_with_its_origin() -> None:
+    h = Harness("wall", wall=2e9)
+    body = raw_event("interaction.member_joined", "2033-05-18T11:33:20+08:00", member="M42")
+    home = partition_for("M42", PARTITIONS)
+    wrong = (home + 1) % PARTITIONS
+    message = await h.send("events.interactions", orjson.dumps(body), wrong)
+    [forwarded] = h.topics.reroute.sent
+    assert forwarded["partition"] == home and forwarded["key"] == b"M42"
+    assert h.table == {} and h.acked == [message.offset]
+    # the re-routed copy is processed on the home partition, and a later dead letter would
+    # name the original coordinates
+    await h.send(REROUTE_TOPIC, forwarded["value"], home, forwarded["headers"])
+    assert h.changes() == [("member", "added")]
+    assert dict(forwarded["headers"])[ORIGIN_HEADER] == f"events.interactions:{wrong}:{message.offset}".encode()
+
+
+async def test_event_clock_holds_events_until_every_topic_has_passed_them() -> None:
+    h = Harness("event")
+    member = "M7"
+    p = partition_for(member, PARTITIONS)
+    # the order (10:05) is fetched before the join (10:00) from another topic
+    order = await h.event("events.orders", raw_event("order.paid", "2024-01-01T10:05:00+08:00",
+                                                     member=member, amount_fen=100))
+    assert h.changes() == [] and h.acked == []  # held, and not acknowledged yet
+    join = await h.event("events.interactions",
+                         raw_event("interaction.member_joined", "2024-01-01T10:00:00+08:00",
+                                   member=member))
+    assert h.changes() == []  # scans topic has not said where it is
+    await h.markers("2024-01-01T10:05:00+08:00", p)
+    # applied in event-time order: joined first, then the order
+    assert h.changes() == [("member", "added"), ("first_purchase", "added")]
+    assert join.offset in h.acked and order.offset in h.acked
+
+
+async def test_deadline_fires_on_tick_with_no_event_in_wall_mode() -> None:
+    h = Harness("wall", wall=datetime.fromisoformat("2024-03-02T10:00:01+08:00").timestamp())
+    for at in ("2024-01-02T10:00:00+08:00", "2024-03-02T10:00:00+08:00"):
+        await h.event("events.orders", raw_event("order.paid", at, amount_fen=300_000))
+    assert ("repeat_buyer", "added") in h.changes()
+    h.wall = datetime.fromisoformat("2025-01-01T00:00:00+08:00").timestamp()
+    await h.send(REROUTE_TOPIC, b"", partition_for("M1", PARTITIONS), [(CONTROL_HEADER, TICK)])
+    assert ("repeat_buyer", "removed") in h.changes()
+    timer_cause = orjson.loads(h.topics.tag_changes.sent[-1]["value"])["cause"]
+    assert timer_cause["timer"].endswith("@2025-01-01T00:00:00+08:00")
+    state = decode_state(h.table[b"M1"])
+    assert state.next_deadline is not None and state.next_deadline > h.wall
+
+
+async def test_redelivered_event_is_acked_and_changes_nothing() -> None:
+    h = Harness("wall", wall=2e9)
+    body = raw_event("order.paid", "2024-01-01T10:00:00+08:00", amount_fen=100, event_id="same")
+    await h.event("events.orders", body)
+    before = dict(h.table)
+    again = await h.event("events.orders", body)
+    assert h.changes() == [("first_purchase", "added")]
+    assert h.table == before and again.offset in h.acked
+    assert h.processor.counters.duplicates == 1
+
+
+@pytest.mark.parametrize("value", [b"", b"\x00\xff", b"[]", b"{}", b'{"event_type": 1}'])
+async def test_garbage_never_raises(value: bytes) -> None:
+    h = Harness("event")
+    await h.send("events.scans", value, 0)
+    assert len(h.topics.deadletter.sent) == 1 and h.acked == [1]
