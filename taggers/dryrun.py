@@ -1,0 +1,69 @@
+"""`tagstream dryrun`: the production engine over a file of events, with no Kafka.
+
+Events are applied in (occurred_at, topic rank, file position) order — the order the stream's
+event-time clock releases them in — and every member's deadlines fire up to `as_of`
+(default: the last event's time, where `tagstream replay` leaves every partition's clock).
+So what a rule author sees here is exactly what the stream will do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from schemas.changes import TagChange
+from schemas.decode import decode_event
+from schemas.errors import EventRejected
+from schemas.events import TIE_RANK_BY_TOPIC, TOPIC_BY_EVENT_TYPE, Event
+from taggers.clock import to_epoch
+from taggers.engine import Engine
+from taggers.state import MemberState
+
+
+@dataclass
+class DryRunResult:
+    states: dict[str, MemberState] = field(default_factory=dict)
+    changes: list[TagChange] = field(default_factory=list)
+    rejected: list[tuple[int, str]] = field(default_factory=list)  # (line number, reason)
+    duplicates: int = 0
+    as_of: int | None = None
+
+
+def decode_lines(lines: Iterable[bytes], result: DryRunResult) -> list[tuple[int, int, int, Event]]:
+    """Decode every line (rejects are recorded with their line number) into sortable rows."""
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            event = decode_event(line)
+        except EventRejected as rejected:
+            result.rejected.append((number, rejected.reason))
+            continue
+        rank = TIE_RANK_BY_TOPIC[TOPIC_BY_EVENT_TYPE[event.event_type]]
+        rows.append((to_epoch(event.occurred_at), rank, number, event))
+    return rows
+
+
+def dry_run(engine: Engine, lines: Iterable[bytes], as_of: int | None = None) -> DryRunResult:
+    result = DryRunResult()
+    rows = decode_lines(lines, result)
+    rows.sort(key=lambda row: row[:3])
+    states = result.states
+    for _, _, number, event in rows:
+        try:
+            outcome = engine.apply(states.get(event.member_id), event)
+        except EventRejected as rejected:
+            result.rejected.append((number, rejected.reason))
+            continue
+        states[event.member_id] = outcome.state
+        result.changes.extend(outcome.changes)
+        result.duplicates += outcome.duplicate
+    if as_of is None and rows:
+        as_of = rows[-1][0]
+    result.as_of = as_of
+    if as_of is not None:
+        for state in states.values():
+            result.changes.extend(engine.advance(state, as_of).changes)
+    return result

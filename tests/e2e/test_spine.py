@@ -1,0 +1,222 @@
+"""End to end on the real broker: events in, tag changes out, dead letters, idempotency.
+
+Each test gets its own broker and Redis (the `stack` fixture) and a real `tagstream worker`
+process. The oracle is the pure engine (`taggers.dryrun`): the stream must produce exactly
+the change ids the dry run computes for the same events.
+"""
+
+from __future__ import annotations
+
+import random
+from datetime import datetime, timedelta, timezone
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from schemas.control import encode_watermark
+from schemas.events import MAX_EVENT_BYTES, TOPIC_BY_EVENT_TYPE
+from streams.generate import generate_events
+from streams.partitioning import partition_for
+from streams.topics import DEADLETTER_TOPIC, EVENT_TOPICS, TAG_CHANGES_TOPIC
+from taggers.dryrun import dry_run
+from taggers.engine import Engine
+from taggers.rules import load_rules
+from tests.factories import raw_event
+from tests.support.kafka import create_topics, read_topic, running_worker, values
+
+pytestmark = pytest.mark.e2e
+CST = timezone(timedelta(hours=8))
+
+
+def expected_change_ids(settings, lines: list[bytes]) -> set[str]:
+    engine = Engine(load_rules(settings.rules_path), settings.allowed_lateness_s)
+    result = dry_run(engine, lines)
+    assert not result.rejected
+    return {change.change_id for change in result.changes}
+
+
+def invalid_payloads(rng: random.Random, count: int) -> list[tuple[bytes, str]]:
+    """`count` bad messages of many kinds, each with the word its dead-letter reason must hold.
+    Order-shaped ones go to events.orders (elsewhere they would be rejected for the topic)."""
+    good = raw_event("order.paid", "2024-01-02T10:00:00+08:00", member="MBAD", amount_fen=100)
+
+    def variant(**changes) -> bytes:
+        body = {**good, "event_id": f"bad-{rng.random()}", **changes}
+        return orjson.dumps({k: v for k, v in body.items() if v is not ...})
+
+    makers = [
+        (lambda: b"this is not json", "JSON"),
+        (lambda: b"", "empty"),
+        (lambda: b"\xff\xfe\xfa" + bytes(rng.randrange(256) for _ in range(8)), "UTF-8"),
+        (lambda: b"[1, 2, 3]", "object"),
+        (lambda: variant(event_id=...), "event_id"),
+        (lambda: variant(amount_fen=199.5), "amount_fen"),
+        (lambda: variant(amount_fen=100.0), "amount_fen"),
+        (lambda: variant(amount_fen=True), "amount_fen"),
+        (lambda: variant(amount_fen=-5), "amount_fen"),
+        (lambda: variant(occurred_at="2024-01-02T10:00:00"), "timezone"),
+        (lambda: variant(occurred_at="yesterday"), "occurred_at"),
+        (lambda: variant(event_type="order.shipped"), "unknown event_type"),
+        (lambda: variant(event_type="scan.verified"), "belongs on topic"),
+        (lambda: variant(event_id="x" * 200), "event_id"),
+        (lambda: variant(member_id="M 1"), "member_id"),
+        (lambda: variant(schema_version=2), "schema_version"),
+        (lambda: variant(items=[{"sku": "s", "category": "baijiu", "unit_price_fen": 1,
+                                 "quantity": 0}]), "quantity"),
+        (lambda: b"{\"a\":" * 5000 + b"1" + b"}" * 5000, "nested too deeply"),
+        (lambda: b'{"x": "' + b"a" * (MAX_EVENT_BYTES + 10) + b'"}', "limit"),
+    ]
+    chosen = [makers[i % len(makers)] for i in range(count)]
+    return [(make(), expect) for make, expect in chosen]
+
+
+async def produce_mixed(settings, valid: list[bytes], invalid: list[tuple[bytes, str]],
+                        rng: random.Random) -> dict[tuple[str, int, int], str]:
+    """Valid events keyed by member in file order, invalid ones interleaved on random topics
+    and partitions; then watermark markers. Returns where each invalid message landed."""
+    producer = AIOKafkaProducer(bootstrap_servers=settings.broker_bootstrap, acks="all",
+                                linger_ms=5, max_request_size=4 * MAX_EVENT_BYTES)
+    await producer.start()
+    landed: dict[tuple[str, int, int], str] = {}
+    try:
+        stride = max(1, len(valid) // max(1, len(invalid)))
+        pending_invalid = list(invalid)
+        futures = []
+        for i, line in enumerate(valid):
+            body = orjson.loads(line)
+            futures.append((None, await producer.send(
+                TOPIC_BY_EVENT_TYPE[body["event_type"]], value=line,
+                key=body["member_id"].encode(),
+                partition=partition_for(body["member_id"], settings.partitions))))
+            if i % stride == 0 and pending_invalid:
+                payload, expect = pending_invalid.pop()
+                topic = "events.orders" if payload.startswith(b"{") else rng.choice(EVENT_TOPICS)
+                futures.append((expect, await producer.send(
+                    topic, value=payload, key=b"junk",
+                    partition=rng.randrange(settings.partitions))))
+        for payload, expect in pending_invalid:
+            futures.append((expect, await producer.send(EVENT_TOPICS[0], value=payload)))
+        last = max(datetime.fromisoformat(orjson.loads(line)["occurred_at"]) for line in valid)
+        marker, headers = encode_watermark(last)
+        for topic in EVENT_TOPICS:
+            for partition in range(settings.partitions):
+                await producer.send(topic, value=marker, partition=partition, headers=headers)
+        for expect, future in futures:
+            metadata = await future
+            if expect is not None:
+                landed[(metadata.topic, metadata.partition, metadata.offset)] = expect
+    finally:
+        await producer.stop()
+    return landed
+
+
+async def test_bad_input_is_dead_lettered_and_every_valid_event_is_processed(stack, tmp_path):
+    """1,000 malformed or invalid events mixed into 10,000 valid ones."""
+    rng = random.Random(11)
+    valid = [orjson.dumps(ev) for ev in generate_events(members=400, days=400, seed=3)][:10_000]
+    assert len(valid) == 10_000
+    invalid = invalid_payloads(rng, 1_000)
+    expected = expected_change_ids(stack, valid)
+    await create_topics(stack)
+    with running_worker(stack, tmp_path, clock="event") as worker:
+        landed = await produce_mixed(stack, valid, invalid, rng)
+        letters = await read_topic(stack.broker_bootstrap, DEADLETTER_TOPIC, worker=worker,
+                                   until=lambda r: len(r) >= len(landed), timeout=240)
+        changes = await read_topic(
+            stack.broker_bootstrap, TAG_CHANGES_TOPIC, worker=worker, timeout=240,
+            until=lambda r: {c["change_id"] for c in values(r)} >= expected)
+        assert worker.alive(), worker.log_tail()
+
+    dead = {(d["topic"], d["partition"], d["offset"]): d for d in values(letters)}
+    assert len(letters) == len(landed) == 1_000
+    for coordinates, expect in landed.items():
+        assert coordinates in dead, f"{coordinates} ({expect}) not dead-lettered"
+        assert expect.lower() in dead[coordinates]["error"].lower(), dead[coordinates]["error"]
+    found = {c["change_id"] for c in values(changes)}
+    assert found == expected  # every valid event processed, nothing extra
+    assert len(values(changes)) == len(found)  # and no change published twice
+
+
+async def test_redelivered_event_yields_one_tag_change(stack, tmp_path):
+    now = datetime.now(CST).replace(microsecond=0)
+    order = orjson.dumps(raw_event("order.paid", (now - timedelta(minutes=5)).isoformat(),
+                                   member="M-dup", amount_fen=700_000, event_id="order-dup-1"))
+    await create_topics(stack)
+    producer = AIOKafkaProducer(bootstrap_servers=stack.broker_bootstrap, acks="all")
+    await producer.start()
+    try:
+        home = partition_for("M-dup", stack.partitions)
+        await producer.send_and_wait("events.orders", order, key=b"M-dup", partition=home)
+        # the same event again, as a producer retry would, and once more on another partition
+        await producer.send_and_wait("events.orders", order, key=b"M-dup", partition=home)
+        await producer.send_and_wait("events.orders", order, key=None,
+                                     partition=(home + 1) % stack.partitions)
+    finally:
+        await producer.stop()
+    with running_worker(stack, tmp_path) as worker:
+        # 2 changes (first_purchase, high_value) are due; wait a little past them for extras
+        records = await read_topic(stack.broker_bootstrap, TAG_CHANGES_TOPIC, worker=worker,
+                                   until=lambda r: False, timeout=25)
+    changes = sorted((c["tag"], c["op"]) for c in values(records))
+    assert changes == [("first_purchase", "added"), ("high_value", "added")]
+
+
+def _confluent_produce(bootstrap: str, events: list[dict], partitioner: str | None) -> None:
+    config = {"bootstrap.servers": bootstrap, "acks": "all"}
+    if partitioner:
+        config["partitioner"] = partitioner
+    producer = Producer(config)
+    for body in events:
+        producer.produce(TOPIC_BY_EVENT_TYPE[body["event_type"]], key=body["member_id"],
+                         value=orjson.dumps(body))
+    assert producer.flush(30) == 0
+
+
+def _confluent_read(bootstrap: str, topic: str, partitions: int, want: int,
+                    timeout: float) -> list[dict]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "e2e-reader",
+                         "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    found: list[dict] = []
+    try:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while len(found) < want and time.monotonic() < deadline:
+            message = consumer.poll(0.5)
+            if message is not None and not message.error():
+                found.append(orjson.loads(message.value()))
+    finally:
+        consumer.close()
+    return found
+
+
+@pytest.mark.parametrize("partitioner", [None, "murmur2_random"],
+                         ids=["librdkafka-default-partitioner-rerouted", "murmur2-direct"])
+async def test_independent_librdkafka_client_produces_and_reads(stack, tmp_path, partitioner):
+    now = datetime.now(CST).replace(microsecond=0)
+    events = []
+    for n in range(20):
+        member = f"MC{n:03d}"
+        events.append(raw_event("interaction.member_joined",
+                                (now - timedelta(hours=3)).isoformat(), member=member))
+        events.append(raw_event("order.paid", (now - timedelta(hours=2)).isoformat(),
+                                member=member, amount_fen=400_000))
+        events.append(raw_event("order.paid", (now - timedelta(hours=1)).isoformat(),
+                                member=member, amount_fen=200_000))
+    await create_topics(stack)
+    _confluent_produce(stack.broker_bootstrap, events, partitioner)
+    # per member: member+, first_purchase+, first_purchase-, repeat_buyer+, high_value+
+    with running_worker(stack, tmp_path) as worker:
+        await read_topic(stack.broker_bootstrap, TAG_CHANGES_TOPIC, worker=worker,
+                         until=lambda r: len(r) >= 100, timeout=60)
+        changes = _confluent_read(stack.broker_bootstrap, TAG_CHANGES_TOPIC, stack.partitions,
+                                  want=100, timeout=30)
+    final: dict[str, set[str]] = {}
+    for change in changes:
+        tags = final.setdefault(change["member_id"], set())
+        (tags.add if change["op"] == "added" else tags.discard)(change["tag"])
+    assert len(changes) == 100
+    assert final == {f"MC{n:03d}": {"member", "repeat_buyer", "high_value"} for n in range(20)}

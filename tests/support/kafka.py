@@ -1,0 +1,106 @@
+"""Test helpers around a real broker: topics, a worker process, reading topics back."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from streams.admin import ensure_topics
+from streams.settings import Settings
+from streams.topics import topic_partitions
+
+
+async def create_topics(settings: Settings) -> None:
+    await ensure_topics(settings.broker_bootstrap, topic_partitions(settings.partitions),
+                        settings.replication)
+
+
+class WorkerProcess:
+    """A `tagstream worker` child process with its own log file."""
+
+    def __init__(self, settings: Settings, log_path: Path) -> None:
+        self.settings = settings
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> "WorkerProcess":
+        env = {**os.environ, **self.settings.to_env(), "PYTHONUNBUFFERED": "1"}
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "streams.cli", "worker"], env=env, stdout=log,
+                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        return self
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self, timeout: float = 20) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+@contextmanager
+def running_worker(settings: Settings, tmp_path: Path, name: str = "worker",
+                   **overrides: Any) -> Iterator[WorkerProcess]:
+    settings = dataclasses.replace(settings, **overrides)
+    worker = WorkerProcess(settings, tmp_path / f"{name}.log").start()
+    try:
+        yield worker
+    finally:
+        worker.stop()
+
+
+async def read_topic(bootstrap: str, topic: str, *, until: Callable[[list[Any]], bool],
+                     timeout: float, worker: WorkerProcess | None = None) -> list[Any]:
+    """Every record of `topic` from the start, re-read until `until(records)` or timeout.
+    Records are aiokafka ConsumerRecords. Fails early if the worker died."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    records: list[Any] = []
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        if not partitions:
+            await consumer._client.force_metadata_update()  # noqa: SLF001
+            partitions = consumer.partitions_for_topic(topic) or set()
+        assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(assigned)
+        await consumer.seek_to_beginning(*assigned)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=300, max_records=5000)
+            for messages in batch.values():
+                records.extend(messages)
+            if until(records):
+                return records
+            if worker is not None and not worker.alive():
+                raise AssertionError(f"worker died:\n{worker.log_tail()}")
+        return records
+    finally:
+        await consumer.stop()
+
+
+def values(records: list[Any]) -> list[dict[str, Any]]:
+    return [orjson.loads(record.value) for record in records]
+
