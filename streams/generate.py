@@ -205,6 +205,9 @@ def _time_of_day_table(size: int = 4096) -> tuple[int, ...]:
 _TOD = _time_of_day_table()
 _TOD_N = len(_TOD)
 
+_HH_MM = tuple(f"T{m // 60:02d}:{m % 60:02d}:" for m in range(24 * 60))
+_SS_CST = tuple(f"{s:02d}+08:00" for s in range(60))
+
 _PREFIX = {"order.paid": "ord", "order.refunded": "rfd", "scan.verified": "scn",
            "scan.cap_opened": "scn"}
 
@@ -213,17 +216,16 @@ _EMIT, _JOIN, _ORDER, _INTERACT, _SCAN = range(5)
 
 
 class _Member:
-    __slots__ = ("id", "persona", "channel", "store", "guide", "join_t", "orders", "birthday",
+    __slots__ = ("id", "persona", "channel", "store", "guide", "orders", "birthday",
                  "dorm_start", "dorm_end", "trial_sku", "external_userid")
 
-    def __init__(self, member_id: str, persona: _Persona, channel: str, store: tuple, guide: str,
-                 join_t: int) -> None:
+    def __init__(self, member_id: str, persona: _Persona, channel: str, store: tuple,
+                 guide: str) -> None:
         self.id = member_id
         self.persona = persona
         self.channel = channel
         self.store = store
         self.guide = guide
-        self.join_t = join_t
         self.orders = 0
         self.birthday: str | None = None
         self.dorm_start = _NEVER
@@ -245,7 +247,6 @@ class _History:
         self.width = max(7, len(str(members)))
         self.heap: list[tuple[int, int, int, object]] = []
         self.pushed = 0
-        self.emitted = 0
         self.order_seq = 0
         self.code_seq = 0
         self.days: dict[int, tuple[str, str, int]] = {}
@@ -302,12 +303,15 @@ class _History:
         period = self.end - self.start
         # A third of the base was already enrolled in the first days; the rest join throughout.
         first_days = min(period, 7 * _DAY)
-        joins = [
+        # Join times are known up front: kept sorted beside the heap (not in it), which keeps
+        # the heap down to the members already active.
+        joins = sorted(
             (self.start + int(r() * (first_days if r() < 0.3 else period * 0.95)), i, _JOIN, i + 1)
             for i in range(self.members)
-        ]
-        heapq.heapify(joins)
-        self.heap = joins
+        )
+        joins.append((_NEVER, 0, _JOIN, 0))  # sentinel
+        next_join = 0
+        join_t = joins[0][0]
         self.pushed = self.members
         heap = self.heap
         pop = heapq.heappop
@@ -317,8 +321,14 @@ class _History:
         day_info = self.day_info
         days = self.days
         end = self.end
-        while heap:
-            t, _, kind, obj = pop(heap)
+        emitted = 0
+        while True:
+            if heap and heap[0][0] < join_t:  # on a tie the join goes first
+                t, _, kind, obj = pop(heap)
+            else:
+                t, _, kind, obj = joins[next_join]
+                next_join += 1
+                join_t = joins[next_join][0] if next_join < len(joins) else _NEVER
             if t >= end:
                 break
             ev = obj if kind == _EMIT else handlers[kind](obj, t)
@@ -326,10 +336,10 @@ class _History:
                 continue
             day, sod = divmod(t + _CST_OFFSET, _DAY)
             info = days.get(day) or day_info(day)
-            hour, rest = divmod(sod, 3600)
-            self.emitted += 1
-            ev["event_id"] = f"{prefix.get(ev['event_type'], 'int')}-{info[1]}-{self.emitted:08d}"
-            ev["occurred_at"] = f"{info[0]}T{hour:02d}:{rest // 60:02d}:{rest % 60:02d}+08:00"
+            minute, second = divmod(sod, 60)
+            emitted += 1
+            ev["event_id"] = f"{prefix.get(ev['event_type'], 'int')}-{info[1]}-{emitted:08d}"
+            ev["occurred_at"] = info[0] + _HH_MM[minute] + _SS_CST[second]
             yield ev
 
     @staticmethod
@@ -350,7 +360,7 @@ class _History:
         channel = _CHANNELS[bisect(_CHANNEL_CUM, r() * _CHANNEL_CUM[-1])]
         store = _STORES[int(r() * len(_STORES))]
         guide = store[3][int(r() * len(store[3]))]
-        m = _Member(f"M{number:0{self.width}d}", persona, channel, store, guide, t)
+        m = _Member(f"M{number:0{self.width}d}", persona, channel, store, guide)
         if persona.lapse_p and r() < persona.lapse_p:
             m.dorm_start = t + int((45 + r() * 105) * _DAY)
             if r() < 0.5:  # won back after 95-260 quiet days
