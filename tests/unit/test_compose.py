@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_TEXT = (ROOT / "docker-compose.yml").read_text("utf-8")
 COMPOSE = yaml.safe_load(COMPOSE_TEXT)
 SERVICES: dict[str, Any] = COMPOSE["services"]
-PLANNED_SETTINGS = {"TAGSTREAM_API_PORT", "TAGSTREAM_API_TOKENS"}
+PLANNED_SETTINGS: set[str] = set()
 PARTITIONS_VAR = "${TAGSTREAM_PARTITIONS:-8}"
 
 
@@ -47,7 +47,7 @@ def listeners(value: str) -> dict[str, str]:
 # --- the stack ------------------------------------------------------------------------------
 
 def test_services_exist():
-    assert {"kafka", "topics", "redis", "worker", "api"} <= set(SERVICES)
+    assert {"kafka", "topics", "redis", "worker"} <= set(SERVICES)
 
 
 def test_kafka_is_kraft_combined_broker_and_controller_without_zookeeper():
@@ -140,16 +140,6 @@ def test_worker_points_at_the_compose_kafka_and_redis():
     assert worker["TAGSTREAM_CLOCK"] == "wall"
 
 
-def test_api_serves_on_8080_with_tokens_from_the_environment():
-    api = env("api")
-
-    assert SERVICES["api"]["command"] == ["tagstream", "api"]
-    assert api["TAGSTREAM_API_PORT"] == "8080"
-    assert "8080:8080" in [str(p) for p in SERVICES["api"]["ports"]]
-    assert re.fullmatch(r"\$\{TAGSTREAM_API_TOKENS(:?\?[^}]*)?\}", api["TAGSTREAM_API_TOKENS"])
-    assert api["TAGSTREAM_REDIS_URL"] == env("worker")["TAGSTREAM_REDIS_URL"]
-
-
 # --- start-up order and scaling ------------------------------------------------------------
 
 def test_worker_waits_for_healthy_kafka_created_topics_and_healthy_redis():
@@ -160,7 +150,7 @@ def test_worker_waits_for_healthy_kafka_created_topics_and_healthy_redis():
     }
 
 
-@pytest.mark.parametrize("service", ["topics", "worker", "api"])
+@pytest.mark.parametrize("service", ["topics", "worker"])
 def test_every_dependency_is_health_or_completion_gated(service):
     depends_on = SERVICES[service]["depends_on"]
 
@@ -181,16 +171,14 @@ def test_worker_is_scalable():
     assert "hostname" not in worker
 
 
-def test_worker_and_api_run_the_project_image():
-    for service, command in [("worker", "worker"), ("api", "api")]:
-        assert SERVICES[service]["build"] == "."
-        assert SERVICES[service]["command"] == ["tagstream", command]
-
-
-def test_worker_command_exists_in_the_cli():
+def test_services_run_existing_commands_of_the_project_image():
     from streams.cli import main
 
-    assert "worker" in main.commands
+    for name, service in SERVICES.items():
+        command = service.get("command") or []
+        if command[:1] == ["tagstream"]:
+            assert service["build"] == "."
+            assert command[1] in main.commands, f"{name} runs unknown command {command}"
 
 
 def test_dockerfile_installs_the_project_on_python_311_slim():
