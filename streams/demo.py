@@ -104,7 +104,7 @@ async def _replay_and_follow(settings: Settings, events_path: Path,
             if replaying.done() and quiet_for > 10 and (counts or loop.time() - started > 120):
                 break
         result = replaying.result()
-        say(f"replayed: {result}")
+        say(f"replayed: {result.summary()}")
         say(f"{sum(counts.values())} tag changes:")
         for key, count in sorted(counts.items()):
             say(f"  {count:7d}  {key}")

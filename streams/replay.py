@@ -45,6 +45,10 @@ CHUNK_BATCHES = 32
 PROGRESS_BYTES = 1024 * 1024
 MAX_MESSAGE_BYTES = 1024 * 1024  # the producer's max_request_size: a larger line is skipped
 REPORTED_SKIPS = 20  # skipped lines logged one by one; all are in the result
+# In a time-ordered file, every this many events a watermark marker goes to every partition:
+# under TAGSTREAM_CLOCK=event a partition's clock is the slowest of its three topics, and a
+# topic with few events (scans) would otherwise hold the others' events until the end.
+WATERMARK_EVERY = 2000
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +180,10 @@ async def replay(bootstrap: str, path: Path, *, speed: float | None = None, part
             loop = asyncio.get_running_loop()
             pace_from: tuple[float, float] | None = None  # (first event time, wall time then)
             batches = _Batches(producer)
+            partitions_of = {topic: sorted(await producer.partitions_for(topic))
+                             for topic in EVENT_TOPICS}
+            in_time_order = True
+            since_watermark = 0
             read = 0
             for raw in fp:
                 line_no += 1
@@ -205,8 +213,16 @@ async def replay(bootstrap: str, path: Path, *, speed: float | None = None, part
                     continue
 
                 if at is not None:
+                    if last_event_time is not None and at < last_event_time:
+                        in_time_order = False  # markers could not be trusted from here on
+                    if (in_time_order and since_watermark >= WATERMARK_EVERY
+                            and last_event_time is not None and at > last_event_time):
+                        # every event at or before last_event_time is already queued ahead
+                        watermarks += await batches.watermark(partitions_of, last_event_time)
+                        since_watermark = 0
                     if last_event_time is None or at > last_event_time:
                         last_event_time = at
+                    since_watermark += 1
                     if speed is not None:
                         ts = at.timestamp()
                         if pace_from is None:
@@ -228,7 +244,7 @@ async def replay(bootstrap: str, path: Path, *, speed: float | None = None, part
             bar.update(read)
 
         if last_event_time is not None:
-            watermarks = await _write_watermarks(producer, last_event_time)
+            watermarks += await _write_watermarks(producer, last_event_time)
         await producer.flush()
     finally:
         await producer.stop()
@@ -255,14 +271,26 @@ class _Batches:
         self.in_flight: list[asyncio.Future] = []
         self.previous: list[asyncio.Future] = []
 
-    async def append(self, topic: str, partition: int, key: bytes | None, value: bytes) -> None:
+    async def append(self, topic: str, partition: int, key: bytes | None, value: bytes,
+                     headers: list[tuple[str, bytes]] | None = None) -> None:
         batch = self.open.get((topic, partition))
         if batch is None:
             batch = self.open[(topic, partition)] = self.producer.create_batch()
-        if batch.append(timestamp=None, key=key, value=value) is None:  # full
-            await self._send(topic, partition, batch)
+        if batch.append(timestamp=None, key=key, value=value, headers=headers or []) is None:
+            await self._send(topic, partition, batch)  # full
             batch = self.open[(topic, partition)] = self.producer.create_batch()
-            batch.append(timestamp=None, key=key, value=value)  # the first record always fits
+            # the first record always fits
+            batch.append(timestamp=None, key=key, value=value, headers=headers or [])
+
+    async def watermark(self, partitions_of: dict[str, list[int]], at: datetime) -> int:
+        """A marker behind everything queued so far, on every partition of every event topic."""
+        value, headers = encode_watermark(at)
+        count = 0
+        for topic, partitions in partitions_of.items():
+            for partition in partitions:
+                await self.append(topic, partition, None, value, headers)
+                count += 1
+        return count
 
     async def send_open(self) -> None:
         for (topic, partition), batch in self.open.items():

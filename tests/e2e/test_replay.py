@@ -203,3 +203,26 @@ async def test_produce_raw_sends_bytes_as_they_are(stack: Settings) -> None:
     records = await consume_all(bootstrap, {"raw.test": 2})
     assert [(r.key, r.value) for r in records[("raw.test", 1)]] == items
     assert records[("raw.test", 0)] == []
+
+
+async def test_periodic_watermarks_never_overtake_the_events_before_them(
+        stack: Settings, tmp_path: Path) -> None:
+    """Under the event clock a marker W promises nothing at or before W follows it."""
+    path = tmp_path / "events.jsonl"
+    with path.open("wb") as fp:
+        write_jsonl(generate_events(300, 200, 5), fp)
+    result = await replay(stack.broker_bootstrap, path, partitions=PARTITIONS, progress=False)
+    assert result.events > 3 * 2000
+    records = await consume_all(stack.broker_bootstrap, {t: PARTITIONS for t in EVENT_TOPICS})
+    mid_stream_markers = 0
+    for (topic, partition), batch in records.items():
+        complete_through = None
+        for position, record in enumerate(batch):
+            if control_kind(record.headers) == WATERMARK:
+                complete_through = decode_watermark(record.value)
+                mid_stream_markers += position < len(batch) - 1
+            else:
+                at = datetime.fromisoformat(orjson.loads(record.value)["occurred_at"])
+                assert complete_through is None or at > complete_through, (topic, partition)
+    assert mid_stream_markers > 0
+    assert result.watermarks > 3 * PARTITIONS
