@@ -32,8 +32,11 @@ def build_worker(settings: Settings) -> WorkerParts:
     pack = load_rules(settings.rules_path)
     app = create_app(settings)
     topics = declare_topics(app, settings.partitions)
-    # keys and values are bytes, stored as they are (the app's serializers are "raw")
-    table = app.Table("members", partitions=settings.partitions, default=None)
+    # Keys and values are bytes stored as they are. Faust picks the changelog codec from
+    # key_type/value_type (bytes -> raw); anything else falls back to JSON, and recovery then
+    # fails on our msgpack values.
+    table = app.Table("members", partitions=settings.partitions, default=None,
+                      key_type=bytes, value_type=bytes)
     processor = MemberProcessor(
         Engine(pack, settings.allowed_lateness_s), topics, table,
         PartitionClocks(settings.clock, EVENT_TOPICS), settings.partitions)

@@ -220,3 +220,35 @@ async def test_independent_librdkafka_client_produces_and_reads(stack, tmp_path,
         (tags.add if change["op"] == "added" else tags.discard)(change["tag"])
     assert len(changes) == 100
     assert final == {f"MC{n:03d}": {"member", "repeat_buyer", "high_value"} for n in range(20)}
+
+
+async def test_restarted_worker_recovers_member_state_from_the_changelog(stack, tmp_path):
+    now = datetime.now(CST).replace(microsecond=0)
+    member = "M-restart"
+    home = partition_for(member, stack.partitions)
+    first = raw_event("order.paid", (now - timedelta(hours=2)).isoformat(), member=member,
+                      amount_fen=100)
+    second = raw_event("order.paid", (now - timedelta(hours=1)).isoformat(), member=member,
+                       amount_fen=100)
+    await create_topics(stack)
+    producer = AIOKafkaProducer(bootstrap_servers=stack.broker_bootstrap, acks="all")
+    await producer.start()
+    try:
+        await producer.send_and_wait("events.orders", orjson.dumps(first), key=member.encode(),
+                                     partition=home)
+        with running_worker(stack, tmp_path, name="first-worker") as worker:
+            await read_topic(stack.broker_bootstrap, TAG_CHANGES_TOPIC, worker=worker,
+                             until=lambda r: len(r) >= 1, timeout=60)
+        await producer.send_and_wait("events.orders", orjson.dumps(second), key=member.encode(),
+                                     partition=home)
+    finally:
+        await producer.stop()
+    with running_worker(stack, tmp_path, name="second-worker") as worker:
+        records = await read_topic(stack.broker_bootstrap, TAG_CHANGES_TOPIC, worker=worker,
+                                   until=lambda r: len(r) >= 3, timeout=60)
+    # the second worker knew about the first order: first_purchase ends, repeat_buyer begins
+    assert [(c["tag"], c["op"], c["cause"]["event_id"]) for c in values(records)] == [
+        ("first_purchase", "added", first["event_id"]),
+        ("first_purchase", "removed", second["event_id"]),
+        ("repeat_buyer", "added", second["event_id"]),
+    ]
