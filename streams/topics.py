@@ -11,12 +11,15 @@ EVENT_TOPICS = (ORDERS_TOPIC, INTERACTIONS_TOPIC, SCANS_TOPIC)
 DEADLETTER_TOPIC = "events.deadletter"
 TAG_CHANGES_TOPIC = "tags.changes"
 TIER_CHANGES_TOPIC = "tiers.changes"
+# Each member's current profile (DESIGN.md shape), keyed by member_id, compacted: what the
+# Redis sink serves from, so a Redis outage never stalls tagging and Redis catches up after.
+PROFILES_TOPIC = "members.profiles"
 # Internal: events that arrived on the wrong partition (wrong or missing key, or a producer
 # with another partitioner) are forwarded here to their member's partition; timer ticks too.
 REROUTE_TOPIC = "tagstream-events.reroute"
 
 ALL_TOPIC_NAMES = EVENT_TOPICS + (DEADLETTER_TOPIC, TAG_CHANGES_TOPIC, TIER_CHANGES_TOPIC,
-                                  REROUTE_TOPIC)
+                                  PROFILES_TOPIC, REROUTE_TOPIC)
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,7 @@ class Topics:
     deadletter: Any
     tag_changes: Any
     tier_changes: Any
+    profiles: Any
 
 
 def declare_topics(app: Any, partitions: int) -> Topics:
@@ -42,6 +46,7 @@ def declare_topics(app: Any, partitions: int) -> Topics:
         deadletter=topic(DEADLETTER_TOPIC),
         tag_changes=topic(TAG_CHANGES_TOPIC),
         tier_changes=topic(TIER_CHANGES_TOPIC),
+        profiles=topic(PROFILES_TOPIC),
     )
 
 

@@ -7,17 +7,18 @@ frozen data and closures; evaluating an event never parses or interprets rule te
 
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
-
 from schemas.errors import RuleDefinitionError
 from schemas.events import TOPIC_BY_EVENT_TYPE
 from taggers.clock import DAY, LocalCalendar
+from taggers.yamlsrc import check_keys as _check_keys
+from taggers.yamlsrc import line as _line
+from taggers.yamlsrc import load_yaml
+from taggers.yamlsrc import suggest as _suggest
 from taggers.expr import (
     BOOL,
     NUM,
@@ -35,52 +36,6 @@ TAG_ID = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 FAMILIES = ("collected", "service", "transaction", "interaction", "scan", "operational",
             "model", "lifecycle", "rfm", "tier")
 WECOM_TAG_NAME_LIMIT = 30  # WeCom rejects corp tag names longer than this
-
-
-# --- YAML with line numbers ----------------------------------------------------------------
-
-
-class _LineLoader(yaml.SafeLoader):
-    """SafeLoader that remembers the line of every mapping (never constructs Python objects).
-
-    Booleans are YAML 1.2 style (only true/false): under YAML 1.1 the counter key `on:` and
-    values like `no` would silently turn into booleans."""
-
-
-_LineLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_LineLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
-    list("tTfF"))
-
-
-def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> dict[str, Any]:
-    mapping = loader.construct_mapping(node, deep=True)
-    keys = [loader.construct_object(key, deep=True) for key, _ in node.value]
-    duplicates = {key for key in keys if keys.count(key) > 1}
-    if duplicates:
-        raise RuleDefinitionError(f"duplicate key {sorted(map(str, duplicates))[0]!r}",
-                                  line=node.start_mark.line + 1)
-    mapping["__line__"] = node.start_mark.line + 1
-    mapping["__lines__"] = {loader.construct_object(key): value.start_mark.line + 1
-                            for key, value in node.value}
-    return mapping
-
-
-_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
-def _line(mapping: dict[str, Any], key: str | None = None) -> int | None:
-    if key is not None and key in mapping.get("__lines__", {}):
-        return mapping["__lines__"][key]
-    return mapping.get("__line__")
-
-
-def _suggest(word: str, options: list[str] | tuple[str, ...]) -> str | None:
-    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
-    return f"did you mean {close[0]!r}?" if close else None
 
 
 # --- compiled pack ---------------------------------------------------------------------------
@@ -358,14 +313,7 @@ def load_rules(path: str | Path) -> RulePack:
 
 
 def compile_rules(text: str, source: str = "<rules>") -> RulePack:
-    try:
-        document = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - SafeLoader subclass
-    except RuleDefinitionError as exc:
-        raise RuleDefinitionError(str(exc).split(": ", 1)[-1], path=source, line=exc.line) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise RuleDefinitionError(f"not valid YAML: {getattr(exc, 'problem', exc)}",
-                                  path=source, line=mark.line + 1 if mark else None) from None
+    document = load_yaml(text, source)
     if not isinstance(document, dict):
         raise RuleDefinitionError("a rule file is a mapping with 'version', 'counters' and 'tags'",
                                   path=source, line=1)
@@ -483,14 +431,3 @@ def _dependency_order(tags: list[TagRule], source: str) -> tuple[TagRule, ...]:
     for rule in tags:
         visit(rule, [])
     return tuple(ordered)
-
-
-def _check_keys(spec: dict[str, Any], allowed: set[str], what: str, source: str) -> None:
-    for key in spec:
-        if isinstance(key, str) and key.startswith("__"):
-            continue
-        if key not in allowed:
-            raise RuleDefinitionError(f"{what}: unknown key {key!r}", path=source,
-                                      line=_line(spec, key),
-                                      hint=_suggest(str(key), sorted(allowed)) or
-                                      f"allowed: {', '.join(sorted(allowed))}")

@@ -49,7 +49,8 @@ class Harness:
         self.topics = Topics(inbound=None, reroute=FakeTopic(REROUTE_TOPIC),
                              deadletter=FakeTopic("events.deadletter"),
                              tag_changes=FakeTopic("tags.changes"),
-                             tier_changes=FakeTopic("tiers.changes"))
+                             tier_changes=FakeTopic("tiers.changes"),
+                             profiles=FakeTopic("members.profiles"))
         self.table: dict[bytes, bytes] = {}
         self.wall = wall
         self.processor = MemberProcessor(

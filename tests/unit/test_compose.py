@@ -200,3 +200,11 @@ def test_dockerignore_keeps_what_pip_install_needs():
 def test_file_header_says_it_is_checked_not_run():
     header = COMPOSE_TEXT.split("\n\n", 1)[0].lower()
     assert "checked, not run" in header and "no docker engine" in header
+
+
+def test_profiles_topic_is_compacted():
+    from streams.topics import PROFILES_TOPIC
+
+    topics = SERVICES["topics"]
+    assert PROFILES_TOPIC in topics["environment"]["COMPACTED"].split()
+    assert "cleanup.policy=compact" in "\n".join(topics["command"])
