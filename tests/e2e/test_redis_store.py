@@ -1,0 +1,144 @@
+"""RedisProfileStore against a real redis-server: profiles, index upkeep, versions, paging."""
+
+from __future__ import annotations
+
+from typing import AsyncIterator
+
+import pytest
+
+from streams.settings import Settings
+from streams.sinks.redis_store import RedisProfileStore
+from tests.support.profiles import make_profile
+
+pytestmark = pytest.mark.e2e
+
+T1 = "2024-03-01T12:00:00+08:00"
+T2 = "2024-03-02T12:00:00+08:00"
+
+
+@pytest.fixture
+async def store(stack: Settings) -> AsyncIterator[RedisProfileStore]:
+    async with RedisProfileStore(stack.redis_url) as store:
+        yield store
+
+
+async def all_index_keys(store: RedisProfileStore) -> dict[str, list[str]]:
+    out = {}
+    async for key in store.redis.scan_iter(match="ts:*"):
+        name = key.decode()
+        if not name.startswith("ts:member:"):
+            out[name] = sorted(m.decode() for m in await store.redis.zrange(name, 0, -1))
+    return out
+
+
+async def test_profile_round_trips_and_indexes_every_tag_guide_and_pair(store):
+    await store.apply([make_profile("M1", tags=["high_value", "member"], guides=["zhang", "li"])])
+
+    assert (await store.get_profile("M1"))["tags"][0]["id"] == "high_value"
+    assert await store.get_profile("M404") is None
+    assert await all_index_keys(store) == {
+        "ts:tag:high_value": ["M1"], "ts:tag:member": ["M1"],
+        "ts:guide:zhang": ["M1"], "ts:guide:li": ["M1"],
+        "ts:aud:high_value:zhang": ["M1"], "ts:aud:high_value:li": ["M1"],
+        "ts:aud:member:zhang": ["M1"], "ts:aud:member:li": ["M1"],
+    }
+
+
+async def test_removed_tags_and_guides_leave_every_index(store):
+    await store.apply([make_profile("M1", tags=["high_value", "member"], guides=["zhang", "li"]),
+                       make_profile("M2", tags=["member"], guides=["zhang"])])
+    await store.apply([make_profile("M1", tags=["member", "repeat_buyer"], guides=["li"],
+                                    as_of=T2)])
+
+    assert await all_index_keys(store) == {
+        "ts:tag:member": ["M1", "M2"], "ts:tag:repeat_buyer": ["M1"],
+        "ts:guide:zhang": ["M2"], "ts:guide:li": ["M1"],
+        "ts:aud:member:zhang": ["M2"], "ts:aud:member:li": ["M1"],
+        "ts:aud:repeat_buyer:li": ["M1"],
+    }
+    assert (await store.members_for("zhang", "high_value")).member_ids == []
+    assert (await store.members_for("li", "repeat_buyer")).member_ids == ["M1"]
+
+
+async def test_member_losing_everything_leaves_no_index_entry(store):
+    await store.apply([make_profile("M1", tags=["member"], guides=["zhang"])])
+    await store.apply([make_profile("M1", tags=[], guides=[], as_of=T2)])
+    assert await all_index_keys(store) == {}
+    assert (await store.get_profile("M1"))["tags"] == []
+
+
+async def test_older_profile_is_ignored_and_replay_changes_nothing(store):
+    newer = make_profile("M1", tags=["high_value"], guides=["zhang"], as_of=T2)
+    older = make_profile("M1", tags=["member"], guides=["li"], as_of=T1)
+    assert (await store.apply([newer])).applied == 1
+
+    result = await store.apply([older, newer])
+    assert (result.applied, result.stale) == (1, 1)  # the replayed newer one is re-applied as-is
+    assert await store.get_profile("M1") == newer
+    assert await all_index_keys(store) == {
+        "ts:tag:high_value": ["M1"], "ts:guide:zhang": ["M1"], "ts:aud:high_value:zhang": ["M1"]}
+
+
+async def test_same_as_of_is_ordered_by_sequence(store):
+    first = make_profile("M1", tags=["member"], guides=["zhang"])
+    second = make_profile("M1", tags=["member", "first_purchase"], guides=["zhang"])
+    await store.apply([second], seqs=[11])
+    assert (await store.apply([first], seqs=[10])).stale == 1
+    assert await store.get_profile("M1") == second
+    assert (await store.apply([first], seqs=[12])).applied == 1  # a later record wins
+    assert await store.get_profile("M1") == first
+
+
+async def test_pages_cover_the_audience_once_in_member_order(store):
+    ids = [f"M{i:04d}" for i in range(23)]
+    await store.apply([make_profile(m, tags=["member"] + (["high_value"] if i % 2 else []),
+                                    guides=["zhang"]) for i, m in enumerate(ids)])
+    await store.apply([make_profile("X0001", tags=["high_value"], guides=["li"])])
+
+    seen, cursor, pages = [], None, 0
+    while True:
+        page = await store.members_for("zhang", "high_value", cursor, limit=5)
+        seen += page.member_ids
+        pages += 1
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert seen == [m for i, m in enumerate(ids) if i % 2]
+    assert pages == 3  # 11 members in pages of 5: no empty last page
+
+    everyone = await store.members_for("zhang", None, limit=500)
+    assert everyone.member_ids == ids and everyone.next_cursor is None
+    assert (await store.members_for(None, "high_value", limit=500)).member_ids[-1] == "X0001"
+
+
+async def test_page_cursor_survives_members_joining_and_leaving(store):
+    await store.apply([make_profile(f"M{i}", tags=["member"], guides=["zhang"]) for i in range(6)])
+    page = await store.members_for("zhang", "member", limit=3)
+    assert page.member_ids == ["M0", "M1", "M2"]
+    await store.apply([make_profile("M1", tags=[], guides=["zhang"], as_of=T2),
+                       make_profile("M4", tags=[], guides=["zhang"], as_of=T2),
+                       make_profile("M35", tags=["member"], guides=["zhang"])])
+    rest = await store.members_for("zhang", "member", page.next_cursor, limit=10)
+    assert rest.member_ids == ["M3", "M35", "M5"]
+
+
+async def test_forget_removes_profile_and_index_entries(store):
+    await store.apply([make_profile("M1", tags=["member"], guides=["zhang"]),
+                       make_profile("M2", tags=["member"], guides=["zhang"])])
+    assert await store.forget(["M1", "M404"]) == 1
+    assert await store.get_profile("M1") is None
+    assert await all_index_keys(store) == {
+        "ts:tag:member": ["M2"], "ts:guide:zhang": ["M2"], "ts:aud:member:zhang": ["M2"]}
+
+
+async def test_guides_of_and_is_bound(store):
+    await store.apply([make_profile("M1", tags=["member"], guides=["zhang", "li"])])
+    assert await store.guides_of(["M1", "M2"]) == {"M1": ["li", "zhang"]}
+    assert await store.is_bound("M1", "li") and not await store.is_bound("M1", "wang")
+
+
+async def test_store_survives_a_script_cache_flush(store):
+    await store.apply([make_profile("M1", tags=["member"], guides=["zhang"])])
+    await store.redis.script_flush()  # as after a Redis restart
+    assert (await store.apply([make_profile("M1", tags=[], guides=[], as_of=T2)])).applied == 1
+    assert await all_index_keys(store) == {}
