@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -79,6 +80,33 @@ def worker() -> None:
         run_worker(_settings())
     except TagstreamError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _run_until_signalled(run: Any) -> None:
+    """Run `run(stop_event)` until SIGINT/SIGTERM sets the event."""
+    import signal
+
+    async def main_task() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run(stop)
+
+    asyncio.run(main_task())
+
+
+@main.command("redis-sink")
+def redis_sink() -> None:
+    """Keep Redis equal to the newest profile of every member (members.profiles -> Redis)."""
+    import logging
+
+    from streams.sinks.redis_sink import run_redis_sink
+
+    settings = _settings()
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _run_until_signalled(lambda stop: run_redis_sink(settings, stop))
 
 
 # --- data tools --------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ Key design (prefix `ts:` by default):
     ts:tag:{tag}                 zset  members holding the tag                (score 0)
     ts:guide:{guide}             zset  members bound to the guide             (score 0)
     ts:aud:{tag}:{guide}         zset  members holding the tag AND bound to the guide
+    ts:sink:offsets              hash  "members.profiles:{partition}" -> next offset written
 
 The audience question guides ask ("my members tagged dormant_90d") is one sorted set, read a page
 at a time with ZRANGE BYLEX from the last member id returned: O(log N + page) however large the
@@ -104,6 +105,7 @@ return redis.call('DEL', key)
 class ApplyResult:
     applied: int = 0
     stale: int = 0  # Redis already held this version or a newer one
+    deleted: int = 0
 
 
 @dataclass(frozen=True)
@@ -167,6 +169,10 @@ class RedisProfileStore:
             raise RuntimeError("RedisProfileStore is not started")
         return self._redis
 
+    @property
+    def offsets_key(self) -> str:
+        return f"{self.prefix}sink:offsets"
+
     def member_key(self, member_id: str) -> str:
         return f"{self.prefix}member:{member_id}"
 
@@ -187,12 +193,30 @@ class RedisProfileStore:
 
         `seqs` orders profiles with the same `as_of` (the sink passes Kafka offsets); without
         it, the later of two equal versions wins. One pipeline round trip for the whole batch;
-        each profile is atomic on its own. Raises redis errors: nothing is half-written.
+        each profile is atomic on its own. Raises redis errors; what was written before the
+        error is correct on its own, and writing the batch again is harmless.
         """
-        if not profiles:
-            return ApplyResult()
+        return await self.write_batch(profiles, seqs)
+
+    async def forget(self, member_ids: Iterable[str]) -> int:
+        """Delete members (a tombstone on the profiles topic) and their index entries."""
+        return (await self.write_batch((), forget=list(member_ids))).deleted
+
+    async def write_batch(self, profiles: Sequence[dict[str, Any]],
+                          seqs: Sequence[int] | None = None, *, forget: Sequence[str] = (),
+                          offsets: dict[str, int] | None = None) -> ApplyResult:
+        """Profiles, deletions and then the source offsets they reach, in one round trip.
+
+        `offsets` ({"topic:partition": next offset}) are written last, after every profile
+        of the batch: Redis runs a connection's commands in order and persists them in order
+        (AOF) or as a point-in-time snapshot (RDB), so whenever Redis holds an offset it also
+        holds every profile before it. That is what lets the sink resume from Redis itself,
+        and rebuild everything when Redis comes back empty.
+        """
         if seqs is not None and len(seqs) != len(profiles):
             raise ValueError("seqs must have one sequence number per profile")
+        if not profiles and not forget and not offsets:
+            return ApplyResult()
         pipe = self.redis.pipeline(transaction=False)
         for i, profile in enumerate(profiles):
             tags, guides = _index_values(profile)
@@ -202,21 +226,22 @@ class RedisProfileStore:
                 args=[self.prefix, member_id, profile_version(profile),
                       0 if seqs is None else seqs[i], orjson.dumps(profile), tags, guides],
                 client=pipe)
+        for member_id in forget:
+            await self._forget(keys=[self.member_key(member_id)], args=[self.prefix, member_id],
+                               client=pipe)
+        if offsets:
+            pipe.hset(self.offsets_key, mapping=offsets)
         results = await pipe.execute()
-        applied = sum(1 for r in results if r == 1)
-        return ApplyResult(applied=applied, stale=len(results) - applied)
+        applied = sum(1 for r in results[:len(profiles)] if r == 1)
+        deleted = sum(int(r) for r in results[len(profiles):len(profiles) + len(forget)])
+        return ApplyResult(applied=applied, stale=len(profiles) - applied, deleted=deleted)
 
-    async def forget(self, member_ids: Iterable[str]) -> int:
-        """Delete members (a tombstone on the profiles topic) and their index entries."""
-        pipe = self.redis.pipeline(transaction=False)
-        count = 0
-        for member_id in member_ids:
-            await self._forget(keys=[self.member_key(member_id)],
-                               args=[self.prefix, member_id], client=pipe)
-            count += 1
-        if not count:
-            return 0
-        return sum(int(r) for r in await pipe.execute())
+    async def read_offsets(self, fields: Sequence[str]) -> dict[str, int | None]:
+        """The source offsets Redis reached, per "topic:partition" (None: nothing from it)."""
+        if not fields:
+            return {}
+        raw = await self.redis.hmget(self.offsets_key, list(fields))
+        return {f: None if v is None else int(v) for f, v in zip(fields, raw)}
 
     # --- reads --------------------------------------------------------------------------------
 

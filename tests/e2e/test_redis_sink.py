@@ -1,0 +1,161 @@
+"""The Redis sink on the real broker and Redis: convergence, and catching up after Redis restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from streams.sinks.redis_sink import run_redis_sink
+from streams.sinks.redis_store import RedisProfileStore
+from streams.stack import read_record, stop_process
+from streams.topics import PROFILES_TOPIC
+from tests.support.kafka import create_topics
+from tests.support.profiles import make_profile
+
+pytestmark = pytest.mark.e2e
+
+TAGS = ["member", "first_purchase", "repeat_buyer", "high_value"]
+GUIDES = ["zhang", "li", "wang"]
+
+
+def version(member: int, step: int) -> dict[str, Any]:
+    """The member's profile after `step` updates: tags and guides change, as_of repeats."""
+    tags = [t for i, t in enumerate(TAGS) if (member + step) >> i & 1]
+    guides = [GUIDES[(member + step) % 3]] + ([GUIDES[member % 3]] if step % 2 else [])
+    # Two steps per second: equal as_of, told apart by the record offset.
+    as_of = f"2024-03-01T12:{step // 2 // 60:02d}:{step // 2 % 60:02d}+08:00"
+    return make_profile(f"M{member:04d}", tags=tags, guides=guides, as_of=as_of,
+                        spend_fen=member * 100 + step)
+
+
+async def produce(producer: AIOKafkaProducer, profiles: list[dict[str, Any] | tuple[str, None]],
+                  expected: dict[str, dict[str, Any] | None]) -> None:
+    for item in profiles:
+        if isinstance(item, tuple):
+            member_id, value = item[0], None
+        else:
+            member_id, value = item["member_id"], orjson.dumps(item)
+        await producer.send(PROFILES_TOPIC, key=member_id.encode(), value=value)
+        expected[member_id] = None if value is None else item  # type: ignore[assignment]
+    await producer.flush()
+
+
+async def redis_state(store: RedisProfileStore, member_ids: list[str]) -> dict[str, Any]:
+    return dict(zip(member_ids, await store.get_profiles(member_ids)))
+
+
+def expected_indexes(expected: dict[str, dict[str, Any] | None]) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for member_id, profile in expected.items():
+        if profile is None:
+            continue
+        tags = [t["id"] for t in profile["tags"]]
+        guides = [g["userid"] for g in profile["guides"]]
+        for t in tags:
+            out.setdefault(f"ts:tag:{t}", set()).add(member_id)
+            for g in guides:
+                out.setdefault(f"ts:aud:{t}:{g}", set()).add(member_id)
+        for g in guides:
+            out.setdefault(f"ts:guide:{g}", set()).add(member_id)
+    return out
+
+
+async def redis_indexes(store: RedisProfileStore) -> dict[str, set[str]]:
+    out = {}
+    for prefix in ("ts:tag:*", "ts:guide:*", "ts:aud:*"):
+        async for key in store.redis.scan_iter(match=prefix):
+            out[key.decode()] = {m.decode() for m in await store.redis.zrange(key, 0, -1)}
+    return out
+
+
+async def wait_converged(store: RedisProfileStore, expected: dict[str, Any],
+                         timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    ids = sorted(expected)
+    while True:
+        try:
+            state = await redis_state(store, ids)
+            if state == expected and await redis_indexes(store) == expected_indexes(expected):
+                return
+        except (OSError, ConnectionError, Exception) as exc:  # Redis may still be restarting
+            state = {"error": repr(exc)}
+        if time.monotonic() > deadline:
+            wrong = [m for m in ids if state.get(m) != expected[m]]
+            raise AssertionError(f"Redis did not converge: {len(wrong)} members differ, "
+                                 f"e.g. {wrong[:5]}")
+        await asyncio.sleep(0.2)
+
+
+@pytest.fixture
+async def producer(stack):
+    await create_topics(stack)
+    producer = AIOKafkaProducer(bootstrap_servers=stack.broker_bootstrap, acks="all",
+                                linger_ms=5)
+    await producer.start()
+    yield producer
+    await producer.stop()
+
+
+@pytest.fixture
+async def sink(stack):
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_redis_sink(stack, stop))
+    yield task
+    stop.set()
+    await asyncio.wait_for(task, 30)
+
+
+@pytest.fixture
+async def store(stack):
+    async with RedisProfileStore(stack.redis_url, socket_timeout=2) as store:
+        yield store
+
+
+async def test_sink_keeps_the_newest_profile_of_every_member(stack, producer, sink, store):
+    expected: dict[str, Any] = {}
+    await produce(producer, [version(m, s) for s in range(4) for m in range(40)], expected)
+    await produce(producer, [("M0007", None)], expected)  # a tombstone: the member is deleted
+    await wait_converged(store, expected)
+    assert await store.get_profile("M0007") is None
+    assert sink.done() is False
+
+
+async def test_sink_converges_after_redis_restarts_empty_mid_run(
+        stack, embedded_stack, producer, sink, store):
+    expected: dict[str, Any] = {}
+    await produce(producer, [version(m, s) for s in range(3) for m in range(60)], expected)
+    await wait_converged(store, expected)
+
+    redis_record = read_record(embedded_stack.stack_dir / "redis.json")
+    assert redis_record is not None and stop_process(redis_record)
+    # While Redis is down: updates, new members and a deletion keep arriving on the topic.
+    await produce(producer, [version(m, s) for s in range(3, 6) for m in range(0, 90, 2)],
+                  expected)
+    await produce(producer, [("M0011", None)], expected)
+    await asyncio.sleep(2)  # the sink is retrying now; nothing is committed to Redis
+    assert not sink.done()
+
+    # Back on the same port with no data at all (the embedded Redis does not persist).
+    await asyncio.to_thread(embedded_stack.up)
+    await produce(producer, [version(m, 6) for m in range(0, 90, 5)], expected)
+    await wait_converged(store, expected)
+    assert await store.get_profile("M0011") is None
+    assert not sink.done()
+
+
+async def test_sink_rebuilds_when_redis_restarts_between_batches(
+        stack, embedded_stack, producer, sink, store):
+    """A restart with no write in flight still leaves Redis empty: the sink must notice."""
+    expected: dict[str, Any] = {}
+    await produce(producer, [version(m, 0) for m in range(30)], expected)
+    await wait_converged(store, expected)
+    redis_record = read_record(embedded_stack.stack_dir / "redis.json")
+    assert redis_record is not None and stop_process(redis_record)
+    await asyncio.to_thread(embedded_stack.up)
+    await produce(producer, [version(3, 1)], expected)
+    await wait_converged(store, expected)
