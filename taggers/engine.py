@@ -23,6 +23,7 @@ from schemas.errors import EventRejected
 from schemas.events import Event, MemberJoined, OrderPaid, OrderRefunded, ProfileUpdated
 from schemas.events import WecomFriendAdded, WecomFriendRemoved
 from taggers.clock import DAY, to_epoch
+from taggers.counters import TrackerDef, prune_buckets, prune_keys
 from taggers.expr import TIME
 from taggers.rules import EvalContext, RulePack, TagRule
 from taggers.state import SEEN_CAPACITY, GuideLink, HeldTag, MemberState
@@ -140,10 +141,8 @@ class Engine:
             state.guides = [g for g in state.guides if not (
                 g.userid == event.guide_id and g.external_userid in (event.external_userid, None))]
 
-        for counter in self.pack.counters_for(event.event_type):
-            amount = counter.measure(event)
-            if amount and counter.retention_days:
-                _add_to_bucket(state.counters.setdefault(counter.name, []), day, amount)
+        for recorder in self.pack.recorders_for(event.event_type):
+            recorder.record(state, event, occurred if isinstance(recorder, TrackerDef) else day)
 
     @staticmethod
     def _bind_guide(state: MemberState, userid: str, external_userid: str | None) -> None:
@@ -156,54 +155,103 @@ class Engine:
 
     def _evaluate(self, state: MemberState, event: Event | None, now: int,
                   cause: dict[str, str] | None, changes: list[TagChange]) -> None:
-        """Evaluate every rule at `now`; a None cause means a deadline fired at `now`."""
+        """Evaluate the rules at `now`; a None cause means a deadline fired at `now`.
+
+        After an event only the rules that read what that event type writes are evaluated:
+        the others cannot have changed, since every deadline up to now has already fired.
+        A deadline, a backfill or a new rules version evaluates everything."""
         self._prune(state, now)
         ctx = EvalContext(state, event, now, self.calendar)
+        pack = self.pack
+        full = event is None or state.rules_version != pack.version
+        indexes = range(len(pack.units)) if full else pack.units_affected_by(event.event_type)
         held = state.tags
-        version = self.pack.version
-        for rule in self.pack.tags:
-            holds = bool(rule.condition.eval(ctx))
-            ctx.held[rule.id] = holds
-            if holds == (rule.id in held):
+        for index in indexes:
+            unit = pack.units[index]
+            if unit[0].group is None:
+                rule = unit[0]
+                self._settle(state, ctx, rule, self._holds(rule, ctx, held.get(rule.id)),
+                             cause, changes)
                 continue
-            evidence = self._evidence(rule, ctx)
-            op = "added" if holds else "removed"
-            if holds:
-                held[rule.id] = HeldTag(now, version, evidence)
-            else:
-                del held[rule.id]
-            changes.append(self._change(state, rule.id, rule, op, cause, now, evidence))
-        for tag_id in [t for t in held if t not in ctx.held]:
-            del held[tag_id]
-            changes.append(self._change(state, tag_id, None, "removed", cause, now,
-                                        {"rule": "no longer in rule pack " + version}))
+            # An exclusive group: the first tag (in file order) whose condition holds wins;
+            # leaving the old tag is published before entering the new one.
+            winner = next((rule for rule in unit if rule.condition.eval(ctx)), None)
+            for rule in unit:
+                if rule is not winner:
+                    self._settle(state, ctx, rule, False, cause, changes)
+            if winner is not None:
+                self._settle(state, ctx, winner, True, cause, changes)
+        if full:
+            for tag_id in [t for t in held if pack.tag(t) is None]:
+                del held[tag_id]
+                changes.append(self._change(state, tag_id, None, "removed", cause, now,
+                                            {"rule": "no longer in rule pack " + pack.version}))
         state.watermark = now if state.watermark is None else max(state.watermark, now)
-        state.rules_version = version
-        state.next_deadline = self._next_deadline(ctx)
+        state.rules_version = pack.version
+        # Skipped rules keep their deadlines, which are no earlier than the old one: keep it
+        # as a bound (at worst one early wake-up, which then recomputes everything exactly).
+        kept = None if full or state.next_deadline is None or state.next_deadline <= now \
+            else state.next_deadline
+        state.next_deadline = self._next_deadline(ctx, indexes, kept)
 
-    def _next_deadline(self, ctx: EvalContext) -> int | None:
-        best = None
-        for rule in self.pack.tags:
-            next_change = rule.condition.next_change
-            if next_change is None:
-                continue
-            at = next_change(ctx)
-            if at is not None and at > ctx.now and (best is None or at < best):
-                best = at
+    @staticmethod
+    def _holds(rule: TagRule, ctx: EvalContext, current: HeldTag | None) -> bool:
+        """A tag with a ttl holds while its condition does, and until `ttl` after that."""
+        if rule.condition.eval(ctx):
+            if rule.ttl_s is not None and current is not None:
+                current.until = ctx.now + rule.ttl_s
+            return True
+        return (rule.ttl_s is not None and current is not None and current.until is not None
+                and ctx.now < current.until)
+
+    def _settle(self, state: MemberState, ctx: EvalContext, rule: TagRule, holds: bool,
+                cause: dict[str, str] | None, changes: list[TagChange]) -> None:
+        ctx.held[rule.id] = holds
+        held = state.tags
+        if holds == (rule.id in held):
+            return
+        evidence = self._evidence(rule, ctx)
+        if holds:
+            until = ctx.now + rule.ttl_s if rule.ttl_s is not None else None
+            held[rule.id] = HeldTag(ctx.now, self.pack.version, evidence, until)
+            if rule.id not in state.ever:
+                state.ever.append(rule.id)
+        else:
+            del held[rule.id]
+        changes.append(self._change(state, rule.id, rule, "added" if holds else "removed",
+                                    cause, ctx.now, evidence))
+
+    def _next_deadline(self, ctx: EvalContext, indexes: Any, best: int | None) -> int | None:
+        units = self.pack.units
+        for index in indexes:
+            for rule in units[index]:
+                candidates = []
+                if rule.condition.next_change is not None:
+                    candidates.append(rule.condition.next_change(ctx))
+                if rule.ttl_s is not None and rule.id in ctx.state.tags:
+                    candidates.append(ctx.state.tags[rule.id].until)
+                for at in candidates:
+                    if at is not None and at > ctx.now and (best is None or at < best):
+                        best = at
         return best
 
     def _prune(self, state: MemberState, now: int) -> None:
+        """Forget what no window can read any more: bounded state whatever the history."""
         today = self.calendar.day_of(now)
-        for name, series in list(state.counters.items()):
-            keep = self._retention.get(name, 0)
-            low = today - keep + 1
-            cut = 0
-            while cut < len(series) and series[cut] < low:
-                cut += 2
-            if cut == len(series):
-                del state.counters[name]
-            elif cut:
-                del series[:cut]
+        for series_by_name, prune in ((state.counters, prune_buckets),
+                                      (state.distinct, prune_keys)):
+            for name, series in list(series_by_name.items()):
+                prune(series, today - self._retention.get(name, 0) + 1)
+                if not series:
+                    del series_by_name[name]
+        for tracker in self.pack.trackers:
+            keys = state.pending.get(tracker.name)
+            if keys:
+                horizon = now - tracker.keep_s
+                keys[:] = [v for i in range(0, len(keys), 2) if keys[i + 1] > horizon
+                           for v in (keys[i], keys[i + 1])]
+                if not keys:
+                    del state.pending[tracker.name]
 
     def _evidence(self, rule: TagRule, ctx: EvalContext) -> dict[str, Any]:
         evidence: dict[str, Any] = {}
@@ -234,21 +282,3 @@ class Engine:
             name_zh=rule.name_zh if rule else "",
             family=rule.family if rule else "",
         )
-
-
-def _add_to_bucket(series: list[int], day: int, amount: int) -> None:
-    """Add to the day's bucket in a flat ascending [day, value, ...] list."""
-    i = len(series) - 2
-    if i >= 0 and series[i] == day:
-        series[i + 1] += amount
-        return
-    if i < 0 or series[i] < day:
-        series.extend((day, amount))
-        return
-    while i >= 0 and series[i] > day:
-        i -= 2
-    if i >= 0 and series[i] == day:
-        series[i + 1] += amount
-    else:
-        series[i + 2:i + 2] = [day, amount]
-

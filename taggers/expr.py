@@ -83,6 +83,13 @@ class Lit:
 
 
 @dataclass(frozen=True)
+class Days:
+    """A day count such as `30d`: only a window or a function argument may take one."""
+
+    days: int
+
+
+@dataclass(frozen=True)
 class Name:
     path: str
 
@@ -209,8 +216,7 @@ class Parser:
         if token.kind == "num":
             return Lit(float(token.text) if "." in token.text else int(token.text))
         if token.kind == "days":
-            self.i -= 1
-            self._fail("a day count like '30d' only goes inside a window, e.g. paid_orders[30d]")
+            return Days(int(token.text))
         if token.kind == "str":
             return Lit(token.text)
         if token.kind == "kw" and token.text in ("true", "false"):
@@ -260,6 +266,15 @@ class Field:
     monotone: int = 0
     # For a leaf that grows with time: the instant it reaches a given value.
     reaches: Callable[[Any, int], "int | None"] | None = None
+    # What evidence shows for it; default: the name and its value. A named definition shows
+    # the values it is made of instead.
+    leaves: tuple[tuple[str, Getter, str], ...] | None = None
+    # Event types that can change this value ("*": any event). Rules untouched by an event
+    # type need no evaluation for it: the engine skips them.
+    inputs: frozenset[str] = frozenset()
+
+
+ANY_EVENT = "*"
 
 
 @dataclass
@@ -288,6 +303,7 @@ class Compiled:
     const: Any = None
     is_const: bool = False
     leaves: tuple[tuple[str, Getter, str], ...] = ()
+    inputs: frozenset[str] = frozenset()
 
 
 def compile_expression(source: str, scope: Scope) -> Compiled:
@@ -346,6 +362,10 @@ class _Compiler:
         method = getattr(self, f"_{type(node).__name__.lower()}")
         return method(node)
 
+    def _days(self, node: Days) -> Compiled:
+        raise ExprError(f"a day count like '{node.days}d' only goes inside a window, e.g. "
+                        f"paid_orders[{node.days}d], or as a function argument")
+
     def _lit(self, node: Lit) -> Compiled:
         value = node.value
         if value is None:
@@ -365,8 +385,9 @@ class _Compiler:
                 raise ExprError(f"counter {node.path!r} needs a window",
                                 hint=f"write {node.path}[30d] or {node.path}[365d]")
             raise ExprError(f"unknown name {node.path!r}", hint=self.scope.suggest(node.path))
+        leaves = spec.leaves if spec.leaves is not None else ((node.path, spec.get, spec.kind),)
         return Compiled(spec.kind, spec.get, spec.nullable, spec.next_change, spec.monotone,
-                        spec.reaches, leaves=((node.path, spec.get, spec.kind),))
+                        spec.reaches, leaves=leaves, inputs=spec.inputs)
 
     def _window(self, node: Window) -> Compiled:
         if self.scope.windows is None or node.counter not in set(self.scope.window_names):
@@ -375,7 +396,7 @@ class _Compiler:
         spec = self.scope.windows(node.counter, node.days)
         label = f"{node.counter}[{node.days}d]"
         return Compiled(spec.kind, spec.get, False, spec.next_change, spec.monotone,
-                        leaves=((label, spec.get, spec.kind),))
+                        leaves=((label, spec.get, spec.kind),), inputs=spec.inputs)
 
     def _call(self, node: Call) -> Compiled:
         factory = self.scope.functions.get(node.func)
@@ -389,7 +410,7 @@ class _Compiler:
         if node.op == "not":
             self._want(inner, BOOL, "not")
             return Compiled(BOOL, lambda ctx: not get(ctx), False, inner.next_change,
-                            -inner.monotone, leaves=inner.leaves)
+                            -inner.monotone, leaves=inner.leaves, inputs=inner.inputs)
         self._want(inner, NUM, "unary -")
 
         def negate(ctx: Any) -> Any:
@@ -397,7 +418,7 @@ class _Compiler:
             return None if value is None else -value
 
         return Compiled(NUM, negate, inner.nullable, inner.next_change, -inner.monotone,
-                        leaves=inner.leaves)
+                        leaves=inner.leaves, inputs=inner.inputs)
 
     def _inlist(self, node: InList) -> Compiled:
         needle = self.compile(node.needle)
@@ -410,12 +431,13 @@ class _Compiler:
         values = frozenset(option.const for option in options)
         get = needle.eval
         return Compiled(BOOL, lambda ctx: get(ctx) in values, False, needle.next_change,
-                        leaves=needle.leaves)
+                        leaves=needle.leaves, inputs=needle.inputs)
 
     def _binary(self, node: Binary) -> Compiled:
         left, right = self.compile(node.left), self.compile(node.right)
         op = node.op
         leaves = _leaves(left, right)
+        inputs = left.inputs | right.inputs
         lget, rget = left.eval, right.eval
         if op in ("and", "or"):
             self._want(left, BOOL, op)
@@ -424,10 +446,10 @@ class _Compiler:
                 fn = lambda ctx: bool(lget(ctx)) and bool(rget(ctx))  # noqa: E731
             else:
                 fn = lambda ctx: bool(lget(ctx)) or bool(rget(ctx))  # noqa: E731
-            return Compiled(BOOL, fn, False, _earliest(left.next_change, right.next_change),
-                            leaves=leaves)
+            return Compiled(BOOL, fn, False, self._logic_next_change(op, left, right),
+                            leaves=leaves, inputs=inputs)
         if op in _COMPARE:
-            return self._compare(op, left, right, leaves)
+            return self._compare(op, left, right, leaves, inputs)
         self._want(left, NUM, op)
         self._want(right, NUM, op)
         arith = _ARITH[op]
@@ -445,10 +467,10 @@ class _Compiler:
             monotone = left.monotone
         return Compiled(NUM, compute, left.nullable or right.nullable or op in "/%",
                         _earliest(left.next_change, right.next_change), monotone,
-                        leaves=leaves)
+                        leaves=leaves, inputs=inputs)
 
     def _compare(self, op: str, left: Compiled, right: Compiled,
-                 leaves: tuple[tuple[str, Getter, str], ...]) -> Compiled:
+                 leaves: tuple[tuple[str, Getter, str], ...], inputs: frozenset[str]) -> Compiled:
         if left.kind != right.kind and not (left.is_const and left.const is None) \
                 and not (right.is_const and right.const is None):
             raise ExprError(f"cannot compare {left.kind} with {right.kind} using {op!r}")
@@ -465,7 +487,29 @@ class _Compiler:
             return compare(a, b)
 
         return Compiled(BOOL, fn, False,
-                        self._compare_next_change(op, left, right, fn), leaves=leaves)
+                        self._compare_next_change(op, left, right, fn), leaves=leaves,
+                        inputs=inputs)
+
+    @staticmethod
+    def _logic_next_change(op: str, left: Compiled, right: Compiled) -> NextChange | None:
+        """`a and b` with a timeless `a` that is false stays false whatever b does with time
+        (and `or` with a timeless true side stays true): no timer for it. This keeps members
+        without a birthday, say, from waking up every month."""
+        general = _earliest(left.next_change, right.next_change)
+        if general is None:
+            return None
+        settles = False if op == "and" else True
+        timeless = [side.eval for side in (left, right) if side.next_change is None]
+        if not timeless:
+            return general
+
+        def next_change(ctx: Any) -> int | None:
+            for get in timeless:
+                if bool(get(ctx)) == settles:
+                    return None
+            return general(ctx)
+
+        return next_change
 
     @staticmethod
     def _compare_next_change(op: str, left: Compiled, right: Compiled,
@@ -483,14 +527,14 @@ class _Compiler:
             return general
         inner = left.next_change or general
         reaches = left.reaches
-        if reaches is not None and left.monotone > 0 and op in (">", ">=") \
-                and isinstance(right.const, int):
-            # x never decreases: jump straight to the instant it reaches the threshold
-            # instead of waking up at every intermediate step.
-            target = right.const if op == ">=" else right.const + 1
+        if reaches is not None and left.monotone > 0 and isinstance(right.const, int):
+            # x never decreases: jump straight to the instant it reaches the value that flips
+            # the result, instead of waking up at every intermediate step.
+            target = {">=": right.const, ">": right.const + 1,
+                      "<": right.const, "<=": right.const + 1}[op]
 
             def next_change(ctx: Any) -> int | None:
-                return reaches(ctx, target) if not fn(ctx) else None
+                return reaches(ctx, target) if fn(ctx) == flips_when else None
 
             return next_change
 

@@ -1,55 +1,49 @@
 """Rule files: parse YAML (keeping line numbers), validate, compile once into a `RulePack`.
 
-Everything a rule may reference is declared here from the member state model, so a typo
-stops the load with the file, the line and a "did you mean". A `RulePack` holds only
-frozen data and closures; evaluating an event never parses or interprets rule text again.
+A `RulePack` holds only frozen data and closures; evaluating an event never parses or
+interprets rule text again. The language is documented in docs/rules.md.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from schemas.errors import RuleDefinitionError
 from schemas.events import TOPIC_BY_EVENT_TYPE
-from taggers.clock import DAY, LocalCalendar
-from taggers.yamlsrc import check_keys as _check_keys
-from taggers.yamlsrc import line as _line
-from taggers.yamlsrc import load_yaml
-from taggers.yamlsrc import suggest as _suggest
-from taggers.expr import (
-    BOOL,
-    NUM,
-    STR,
-    TIME,
-    Compiled,
-    ExprError,
-    Field,
-    Name,
-    Scope,
-    compile_expression,
+from taggers.clock import LocalCalendar
+from taggers.counters import (
+    CounterDef,
+    TrackerDef,
+    compile_counter,
+    compile_tracker,
+    counter_kind,
+    daily_window,
+    event_types_of,
+    distinct_window,
+    parse_duration,
 )
+from taggers.expr import ANY_EVENT, BOOL, Compiled, ExprError, Field, Scope, compile_expression
+from taggers.scope import (
+    EVENT_FIELDS,
+    EvalContext,
+    base_functions,
+    pending_function,
+    state_fields,
+    tag_functions,
+)
+from taggers.yamlsrc import check_keys, line, load_yaml, suggest
+
+__all__ = ["EvalContext", "RulePack", "TagRule", "compile_rules", "load_rules"]
 
 TAG_ID = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 FAMILIES = ("collected", "service", "transaction", "interaction", "scan", "operational",
             "model", "lifecycle", "rfm", "tier")
 WECOM_TAG_NAME_LIMIT = 30  # WeCom rejects corp tag names longer than this
-
-
-# --- compiled pack ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CounterDef:
-    """A per-day counter over events: counts them, or sums a field, optionally filtered."""
-
-    name: str
-    event_types: frozenset[str]
-    # event -> amount to add (0 means nothing to record)
-    measure: Callable[[Any], int]
-    retention_days: int
+TOP_LEVEL = {"version", "timezone", "definitions", "counters", "trackers", "tags", "loyalty"}
+TAG_KEYS = {"id", "name_zh", "family", "when", "group", "value", "ttl", "description"}
 
 
 @dataclass(frozen=True)
@@ -60,6 +54,9 @@ class TagRule:
     condition: Compiled
     line: int | None
     depends_on: tuple[str, ...]
+    group: str | None = None  # tags of one group are exclusive: the first that holds wins
+    value: str | None = None  # what the profile shows for the group when this tag is held
+    ttl_s: int | None = None  # held at least this long after its condition last held
 
 
 @dataclass(frozen=True)
@@ -67,237 +64,66 @@ class RulePack:
     version: str
     calendar: LocalCalendar
     counters: tuple[CounterDef, ...]
-    tags: tuple[TagRule, ...]  # in evaluation order: a tag comes after the tags it reads
+    trackers: tuple[TrackerDef, ...]
+    # Evaluation units in dependency order: a lone tag, or all tags of one exclusive group.
+    units: tuple[tuple[TagRule, ...], ...]
     source: str
-
-    def counters_for(self, event_type: str) -> tuple[CounterDef, ...]:
-        return self._by_type.get(event_type, ())
+    loyalty: Any = None
+    _by_type: dict[str, tuple[Any, ...]] = field(default_factory=dict, repr=False)
+    _affected: dict[str, tuple[int, ...]] = field(default_factory=dict, repr=False)
+    _by_id: dict[str, TagRule] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        by_type: dict[str, list[CounterDef]] = {}
-        for counter in self.counters:
-            for event_type in counter.event_types:
-                by_type.setdefault(event_type, []).append(counter)
-        object.__setattr__(self, "_by_type", {k: tuple(v) for k, v in by_type.items()})
+        self._by_id.update((rule.id, rule) for unit in self.units for rule in unit)
+        by_type: dict[str, list[Any]] = {}
+        for recorder in self.counters + self.trackers:
+            for event_type in recorder.event_types:
+                by_type.setdefault(event_type, []).append(recorder)
+        self._by_type.update({k: tuple(v) for k, v in by_type.items()})
+        self._affected.update(self._units_affected_by_event_type())
+
+    def _units_affected_by_event_type(self) -> dict[str, tuple[int, ...]]:
+        """For each event type, the units whose result it can change: those reading what it
+        writes, and (transitively) those reading their tags through has_tag/had_tag."""
+        unit_of = {rule.id: i for i, unit in enumerate(self.units) for rule in unit}
+        dependents: dict[int, set[int]] = {}
+        for i, unit in enumerate(self.units):
+            for rule in unit:
+                for tag_id in rule.depends_on:
+                    dependents.setdefault(unit_of[tag_id], set()).add(i)
+        affected: dict[str, tuple[int, ...]] = {}
+        for event_type in TOPIC_BY_EVENT_TYPE:
+            chosen = {i for i, unit in enumerate(self.units)
+                      if any(event_type in r.condition.inputs or ANY_EVENT in r.condition.inputs
+                             for r in unit)}
+            frontier = list(chosen)
+            while frontier:
+                for dependent in dependents.get(frontier.pop(), ()):
+                    if dependent not in chosen:
+                        chosen.add(dependent)
+                        frontier.append(dependent)
+            affected[event_type] = tuple(sorted(chosen))
+        return affected
+
+    def units_affected_by(self, event_type: str) -> tuple[int, ...]:
+        return self._affected.get(event_type, ())
+
+    @property
+    def tags(self) -> tuple[TagRule, ...]:
+        return tuple(self._by_id.values())
+
+    def recorders_for(self, event_type: str) -> tuple[Any, ...]:
+        return self._by_type.get(event_type, ())
 
     def tag(self, tag_id: str) -> TagRule | None:
-        return next((rule for rule in self.tags if rule.id == tag_id), None)
+        return self._by_id.get(tag_id)
 
-
-class EvalContext:
-    """What a condition sees: the member's state, the current event (None on a timer), now."""
-
-    __slots__ = ("state", "event", "now", "today", "calendar", "held")
-
-    def __init__(self, state: Any, event: Any, now: int, calendar: LocalCalendar) -> None:
-        self.state = state
-        self.event = event
-        self.now = now
-        self.today = calendar.day_of(now)
-        self.calendar = calendar
-        self.held: dict[str, bool] = {}
-
-
-# --- the names a condition may use -----------------------------------------------------------
-
-
-def _state_fields() -> dict[str, Field]:
-    def opt(path: str) -> Callable[[EvalContext], Any]:
-        attr = path.split(".")[-1]
-        return lambda ctx: getattr(ctx.event, attr, None) if ctx.event is not None else None
-
-    return {
-        "joined": Field(BOOL, lambda ctx: ctx.state.joined_at is not None),
-        "joined_at": Field(TIME, lambda ctx: ctx.state.joined_at, nullable=True),
-        "birthday": Field(STR, lambda ctx: ctx.state.birthday, nullable=True),
-        "orders.count": Field(NUM, lambda ctx: ctx.state.orders.count),
-        "orders.distinct_days": Field(NUM, lambda ctx: ctx.state.orders.distinct_days),
-        "orders.spend_fen": Field(NUM, lambda ctx: ctx.state.orders.spend_fen),
-        "orders.refund_fen": Field(NUM, lambda ctx: ctx.state.orders.refund_fen),
-        "orders.net_spend_fen": Field(
-            NUM, lambda ctx: ctx.state.orders.spend_fen - ctx.state.orders.refund_fen),
-        "orders.first_at": Field(TIME, lambda ctx: ctx.state.orders.first_at, nullable=True),
-        "orders.last_at": Field(TIME, lambda ctx: ctx.state.orders.last_at, nullable=True),
-        "guides.count": Field(NUM, lambda ctx: len(ctx.state.guides)),
-        "event.type": Field(
-            STR, lambda ctx: ctx.event.event_type if ctx.event is not None else None,
-            nullable=True),
-        "event.channel": Field(STR, opt("event.channel"), nullable=True),
-        "event.amount_fen": Field(NUM, opt("event.amount_fen"), nullable=True),
-        "now": Field(TIME, lambda ctx: ctx.now),
-    }
-
-
-def _window_field(counter: str, days: int) -> Field:
-    """counter[Nd]: the sum of the daily buckets of the last N local days, today included."""
-
-    def value(ctx: EvalContext) -> int:
-        series = ctx.state.counters.get(counter)
-        if not series:
-            return 0
-        low = ctx.today - days + 1
-        total = 0
-        for i in range(len(series) - 2, -1, -2):
-            if series[i] < low:
-                break
-            total += series[i + 1]
-        return total
-
-    def next_change(ctx: EvalContext) -> int | None:
-        series = ctx.state.counters.get(counter)
-        if not series:
-            return None
-        low = ctx.today - days + 1
-        for i in range(0, len(series), 2):
-            if series[i] >= low:
-                return ctx.calendar.day_start(series[i] + days)
+    def group_value(self, group: str, held: Any) -> str | None:
+        """The value the profile shows for `group`, given the member's held tags."""
+        for rule in self.tags:
+            if rule.group == group and rule.id in held:
+                return rule.value or rule.id
         return None
-
-    # Counters only add non-negative amounts, so with no new event a window only loses buckets.
-    return Field(NUM, value, next_change=next_change, monotone=-1)
-
-
-def _days_since(compiler: Any, *args: Any) -> Compiled:
-    if len(args) != 1:
-        raise ExprError("days_since takes one time value, e.g. days_since(orders.last_at)")
-    anchor = compiler.compile(args[0])
-    if anchor.kind != TIME:
-        raise ExprError(f"days_since needs a time value, got a {anchor.kind}")
-    get = anchor.eval
-
-    def value(ctx: EvalContext) -> int | None:
-        at = get(ctx)
-        return None if at is None else (ctx.now - at) // DAY
-
-    def next_change(ctx: EvalContext) -> int | None:
-        at = get(ctx)
-        if at is None:
-            return None
-        return at + ((ctx.now - at) // DAY + 1) * DAY
-
-    def reaches(ctx: EvalContext, days: int) -> int | None:
-        at = get(ctx)
-        return None if at is None else at + days * DAY
-
-    label = f"days_since({args[0].path if isinstance(args[0], Name) else '…'})"
-    return Compiled(NUM, value, True, next_change, +1, reaches,
-                    leaves=((label, value, NUM),) + anchor.leaves)
-
-
-def _has_tag_factory(tag_ids: list[str], dependencies: list[str]) -> Callable[..., Compiled]:
-    def has_tag(compiler: Any, *args: Any) -> Compiled:
-        if len(args) != 1 or not isinstance(args[0], Name):
-            raise ExprError("has_tag takes one tag id, e.g. has_tag(high_value)")
-        tag_id = args[0].path
-        if tag_id not in tag_ids:
-            raise ExprError(f"unknown tag {tag_id!r} in has_tag", hint=_suggest(tag_id, tag_ids))
-        dependencies.append(tag_id)
-
-        def held(ctx: EvalContext) -> bool:
-            return ctx.held.get(tag_id, False)
-
-        return Compiled(BOOL, held, leaves=((f"has_tag({tag_id})", held, BOOL),))
-
-    return has_tag
-
-
-# --- counters --------------------------------------------------------------------------------
-
-_EVENT_MEASURES = ("amount_fen",)
-_ITEM_FIELDS = {
-    "item.category": (STR, lambda item: item.category),
-    "item.sku": (STR, lambda item: item.sku),
-    "item.spec": (STR, lambda item: item.spec),
-    "item.unit_price_fen": (NUM, lambda item: item.unit_price_fen),
-    "item.quantity": (NUM, lambda item: item.quantity),
-    "item.amount_fen": (NUM, lambda item: item.unit_price_fen * item.quantity),
-}
-
-
-class _ItemContext:
-    __slots__ = ("event", "item")
-
-    def __init__(self, event: Any, item: Any) -> None:
-        self.event = event
-        self.item = item
-
-
-def _filter_scope() -> Scope:
-    fields = {
-        "event.type": Field(STR, lambda c: c.event.event_type),
-        "event.channel": Field(STR, lambda c: c.event.channel),
-        "event.amount_fen": Field(NUM, lambda c: getattr(c.event, "amount_fen", None),
-                                  nullable=True),
-        "event.category": Field(STR, lambda c: getattr(c.event, "category", None),
-                                nullable=True),
-    }
-    for name, (kind, get) in _ITEM_FIELDS.items():
-        fields[name] = Field(kind, (lambda g: lambda c: g(c.item) if c.item else None)(get),
-                             nullable=True)
-    return Scope(fields=fields)
-
-
-def _compile_counter(name: str, spec: dict[str, Any], path: str,
-                     retention: dict[str, int]) -> CounterDef:
-    _check_keys(spec, {"on", "sum", "where", "description"}, f"counter {name!r}", path)
-    if not re.match(r"^[a-z][a-z0-9_]{0,39}$", name):
-        raise RuleDefinitionError(f"counter name {name!r} must be lower_snake_case",
-                                  path=path, line=_line(spec))
-    on = spec.get("on")
-    types = [on] if isinstance(on, str) else on
-    if not types or not all(isinstance(t, str) for t in types):
-        raise RuleDefinitionError(f"counter {name!r} needs 'on': one or more event types",
-                                  path=path, line=_line(spec, "on"))
-    for event_type in types:
-        if event_type not in TOPIC_BY_EVENT_TYPE:
-            raise RuleDefinitionError(f"counter {name!r}: unknown event type {event_type!r}",
-                                      path=path, line=_line(spec, "on"),
-                                      hint=_suggest(event_type, tuple(TOPIC_BY_EVENT_TYPE)))
-    total = spec.get("sum")
-    where_src = spec.get("where")
-    per_item = (isinstance(total, str) and total.startswith("item.")) or (
-        isinstance(where_src, str) and "item." in where_src)
-    where = None
-    if where_src is not None:
-        try:
-            where = compile_expression(str(where_src), _filter_scope())
-        except ExprError as exc:
-            raise RuleDefinitionError(f"counter {name!r}: {exc}", path=path,
-                                      line=_line(spec, "where"), hint=exc.hint) from None
-        if where.kind != BOOL:
-            raise RuleDefinitionError(f"counter {name!r}: 'where' must be true/false",
-                                      path=path, line=_line(spec, "where"))
-    if total is not None and total not in _EVENT_MEASURES and total not in _ITEM_FIELDS:
-        options = _EVENT_MEASURES + tuple(k for k, v in _ITEM_FIELDS.items() if v[0] == NUM)
-        raise RuleDefinitionError(f"counter {name!r}: cannot sum {total!r}", path=path,
-                                  line=_line(spec, "sum"), hint=_suggest(str(total), options))
-    measure = _measure(total, where.eval if where else None, per_item)
-    return CounterDef(name, frozenset(types), measure, retention.get(name, 0))
-
-
-def _measure(total: str | None, where: Callable[[Any], Any] | None,
-             per_item: bool) -> Callable[[Any], int]:
-    if not per_item:
-        def event_measure(event: Any) -> int:
-            if where is not None and not where(_ItemContext(event, None)):
-                return 0
-            return 1 if total is None else (getattr(event, total, 0) or 0)
-
-        return event_measure
-
-    item_value = _ITEM_FIELDS[total][1] if total else None
-
-    def item_measure(event: Any) -> int:
-        items = getattr(event, "items", None) or ()
-        matched = 0
-        for item in items:
-            if where is None or where(_ItemContext(event, item)):
-                if item_value is None:
-                    return 1  # counting events that have at least one matching item
-                matched += item_value(item)
-        return matched
-
-    return item_measure
 
 
 # --- loading ---------------------------------------------------------------------------------
@@ -317,117 +143,189 @@ def compile_rules(text: str, source: str = "<rules>") -> RulePack:
     if not isinstance(document, dict):
         raise RuleDefinitionError("a rule file is a mapping with 'version', 'counters' and 'tags'",
                                   path=source, line=1)
-    _check_keys(document, {"version", "timezone", "counters", "tags"}, "rule file", source)
+    check_keys(document, TOP_LEVEL, "rule file", source)
     version = document.get("version")
     if not isinstance(version, str) or not version.strip():
         raise RuleDefinitionError("'version' must be a non-empty string, e.g. \"2024-03-01.1\"",
-                                  path=source, line=_line(document, "version") or 1)
+                                  path=source, line=line(document, "version") or 1)
     try:
         calendar = LocalCalendar.parse(str(document.get("timezone", "+08:00")))
     except ValueError as exc:
-        raise RuleDefinitionError(str(exc), path=source,
-                                  line=_line(document, "timezone")) from None
+        raise RuleDefinitionError(str(exc), path=source, line=line(document, "timezone")) from None
 
-    counter_specs = document.get("counters") or {}
+    counter_specs = _mapping(document, "counters", source)
+    tracker_specs = _mapping(document, "trackers", source)
+    definition_specs = _mapping(document, "definitions", source)
     tag_specs = document.get("tags") or []
-    if not isinstance(counter_specs, dict):
-        raise RuleDefinitionError("'counters' must be a mapping of name to definition",
-                                  path=source, line=_line(document, "counters"))
     if not isinstance(tag_specs, list):
         raise RuleDefinitionError("'tags' must be a list of tag rules", path=source,
-                                  line=_line(document, "tags"))
-    counter_names = [name for name in counter_specs if not str(name).startswith("__")]
+                                  line=line(document, "tags"))
 
-    # Tags first: their windows decide how long each counter keeps its daily buckets.
+    trackers = tuple(compile_tracker(name, spec, source) for name, spec in tracker_specs.items())
+    kinds = {name: counter_kind(spec) for name, spec in counter_specs.items()}
     retention: dict[str, int] = {}
+
+    def windows(counter: str, days: int) -> Field:
+        retention[counter] = max(retention.get(counter, 0), days)
+        spec = counter_specs[counter]
+        if not isinstance(spec, dict):
+            raise ExprError(f"counter {counter!r} is not defined as a mapping")
+        inputs = event_types_of(spec, f"counter {counter!r}", source)
+        window = distinct_window if kinds[counter] == "distinct" else daily_window
+        return window(counter, days, inputs)
+
+    tag_ids = _tag_ids(tag_specs, source)
+    dependencies: list[str] = []
+    functions = {**base_functions(), **tag_functions(tag_ids, dependencies),
+                 "pending": pending_function({t.name: (t.keep_s, t.event_types)
+                                              for t in trackers})}
+    scope = Scope(fields=state_fields(), windows=windows, window_names=list(kinds),
+                  functions=functions)
+    _compile_definitions(definition_specs, scope, source)
+
+    tags = [_compile_tag(spec, source, scope, dependencies) for spec in tag_specs]
+    counters = tuple(compile_counter(name, spec, source, retention.get(name, 0))
+                     for name, spec in counter_specs.items())
+    loyalty = None
+    if document.get("loyalty") is not None:
+        from taggers.loyalty import compile_loyalty
+
+        loyalty = compile_loyalty(document["loyalty"], source, calendar)
+    return RulePack(version.strip(), calendar, counters, trackers,
+                    _evaluation_units(tags, source), source, loyalty)
+
+
+def _mapping(document: dict[str, Any], key: str, source: str) -> dict[str, Any]:
+    value = document.get(key) or {}
+    if not isinstance(value, dict):
+        raise RuleDefinitionError(f"'{key}' must be a mapping of name to definition",
+                                  path=source, line=line(document, key))
+    return {str(k): v for k, v in value.items() if not str(k).startswith("__")}
+
+
+def _tag_ids(tag_specs: list[Any], source: str) -> list[str]:
     tag_ids: list[str] = []
     for spec in tag_specs:
         if isinstance(spec, dict) and isinstance(spec.get("id"), str):
             if spec["id"] in tag_ids:
                 raise RuleDefinitionError(f"duplicate tag id {spec['id']!r}", path=source,
-                                          line=_line(spec, "id"))
+                                          line=line(spec, "id"))
             tag_ids.append(spec["id"])
-
-    def windows(counter: str, days: int) -> Field:
-        retention[counter] = max(retention.get(counter, 0), days)
-        return _window_field(counter, days)
-
-    tags: list[TagRule] = []
-    for spec in tag_specs:
-        tags.append(_compile_tag(spec, source, tag_ids, counter_names, windows))
-
-    counters = tuple(
-        _compile_counter(str(name), spec if isinstance(spec, dict) else {}, source, retention)
-        for name, spec in counter_specs.items() if not str(name).startswith("__"))
-    return RulePack(version.strip(), calendar, counters, _dependency_order(tags, source), source)
+    return tag_ids
 
 
-def _compile_tag(spec: Any, source: str, tag_ids: list[str], counter_names: list[str],
-                 windows: Callable[[str, int], Field]) -> TagRule:
+def _compile_definitions(specs: dict[str, Any], scope: Scope, source: str) -> None:
+    """Named sub-conditions, usable by later definitions and by tags. Their evidence is the
+    values they read, so a guide sees the numbers, not just the name."""
+    lines = specs.get("__lines__", {}) if isinstance(specs, dict) else {}
+    for name, text in specs.items():
+        at = lines.get(name)
+        if not re.match(r"^[a-z][a-z0-9_]{0,39}$", name):
+            raise RuleDefinitionError(f"definition name {name!r} must be lower_snake_case",
+                                      path=source, line=at)
+        if name in scope.fields or name in scope.functions:
+            raise RuleDefinitionError(f"definition {name!r} hides a built-in name",
+                                      path=source, line=at)
+        try:
+            compiled = compile_expression(str(text), scope)
+        except ExprError as exc:
+            raise RuleDefinitionError(f"definition {name!r}: {exc}", path=source, line=at,
+                                      hint=exc.hint) from None
+        scope.fields[name] = Field(compiled.kind, compiled.eval, compiled.nullable,
+                                   compiled.next_change, compiled.monotone, compiled.reaches,
+                                   leaves=compiled.leaves, inputs=compiled.inputs)
+
+
+def _compile_tag(spec: Any, source: str, scope: Scope, dependencies: list[str]) -> TagRule:
+    """`dependencies` is the list has_tag/had_tag append to while a condition compiles."""
     if not isinstance(spec, dict):
         raise RuleDefinitionError("each tag rule is a mapping with id, name_zh, family, when",
                                   path=source)
-    _check_keys(spec, {"id", "name_zh", "family", "when", "description"}, "tag rule", source)
+    check_keys(spec, TAG_KEYS, "tag rule", source)
     tag_id = spec.get("id")
     if not isinstance(tag_id, str) or not TAG_ID.match(tag_id):
         raise RuleDefinitionError(f"tag id {tag_id!r} must be lower_snake_case, ≤ 40 chars",
-                                  path=source, line=_line(spec, "id"))
+                                  path=source, line=line(spec, "id"))
     name_zh = spec.get("name_zh")
     if not isinstance(name_zh, str) or not name_zh.strip():
         raise RuleDefinitionError(f"tag {tag_id!r} needs a display name 'name_zh'", path=source,
-                                  line=_line(spec))
+                                  line=line(spec))
     if len(name_zh) > WECOM_TAG_NAME_LIMIT:
         raise RuleDefinitionError(
             f"tag {tag_id!r}: name_zh is {len(name_zh)} characters; WeCom allows "
-            f"{WECOM_TAG_NAME_LIMIT}", path=source, line=_line(spec, "name_zh"))
+            f"{WECOM_TAG_NAME_LIMIT}", path=source, line=line(spec, "name_zh"))
     family = spec.get("family")
     if family not in FAMILIES:
         raise RuleDefinitionError(f"tag {tag_id!r}: unknown family {family!r}", path=source,
-                                  line=_line(spec, "family"),
-                                  hint=_suggest(str(family), FAMILIES) or
+                                  line=line(spec, "family"),
+                                  hint=suggest(str(family), FAMILIES) or
                                   f"one of {', '.join(FAMILIES)}")
     when = spec.get("when")
     if isinstance(when, bool):
         when = "true" if when else "false"
     if not isinstance(when, str) or not when.strip():
         raise RuleDefinitionError(f"tag {tag_id!r} needs a condition 'when'", path=source,
-                                  line=_line(spec))
-    dependencies: list[str] = []
-    scope = Scope(fields=_state_fields(), windows=windows, window_names=counter_names,
-                  functions={"days_since": _days_since,
-                             "has_tag": _has_tag_factory(tag_ids, dependencies)})
+                                  line=line(spec))
+    start = len(dependencies)
     try:
         condition = compile_expression(when, scope)
     except ExprError as exc:
         raise RuleDefinitionError(f"tag {tag_id!r}: {exc}", path=source,
-                                  line=_line(spec, "when"), hint=exc.hint) from None
+                                  line=line(spec, "when"), hint=exc.hint) from None
     if condition.kind != BOOL:
         raise RuleDefinitionError(f"tag {tag_id!r}: 'when' must be true/false, "
-                                  f"not a {condition.kind}", path=source,
-                                  line=_line(spec, "when"))
-    return TagRule(tag_id, name_zh.strip(), family, condition, _line(spec, "when"),
-                   tuple(dependencies))
+                                  f"not a {condition.kind}", path=source, line=line(spec, "when"))
+    ttl_s = None
+    if spec.get("ttl") is not None:
+        ttl_s = parse_duration(spec["ttl"], f"tag {tag_id!r} 'ttl'", source, line(spec, "ttl"))
+    reads_event = any(label in EVENT_FIELDS for label, _, _ in condition.leaves)
+    if reads_event and ttl_s is None:
+        raise RuleDefinitionError(
+            f"tag {tag_id!r} reads the current event, so its condition is true only at that "
+            f"event", path=source, line=line(spec, "when"),
+            hint="give it a ttl (e.g. ttl: 7d) to keep it for a while after the event")
+    group = spec.get("group")
+    if group is not None and (not isinstance(group, str) or not TAG_ID.match(group)):
+        raise RuleDefinitionError(f"tag {tag_id!r}: group must be lower_snake_case",
+                                  path=source, line=line(spec, "group"))
+    if group is not None and ttl_s is not None:
+        raise RuleDefinitionError(f"tag {tag_id!r}: a tag in an exclusive group cannot have a "
+                                  f"ttl", path=source, line=line(spec, "ttl"))
+    value = spec.get("value")
+    if value is not None and (group is None or not isinstance(value, str)):
+        raise RuleDefinitionError(f"tag {tag_id!r}: 'value' is the text a group shows and "
+                                  f"needs a 'group'", path=source, line=line(spec, "value"))
+    return TagRule(tag_id, name_zh.strip(), family, condition, line(spec, "when"),
+                   tuple(dict.fromkeys(dependencies[start:])), group, value, ttl_s)
 
 
-def _dependency_order(tags: list[TagRule], source: str) -> tuple[TagRule, ...]:
-    by_id = {rule.id: rule for rule in tags}
-    ordered: list[TagRule] = []
+def _evaluation_units(tags: list[TagRule], source: str) -> tuple[tuple[TagRule, ...], ...]:
+    """Order tags so each comes after the tags it reads; a group is one unit."""
+    units: dict[str, list[TagRule]] = {}
+    unit_of: dict[str, str] = {}
+    for rule in tags:
+        key = f"group:{rule.group}" if rule.group else rule.id
+        units.setdefault(key, []).append(rule)
+        unit_of[rule.id] = key
+    ordered: list[tuple[TagRule, ...]] = []
     state: dict[str, int] = {}  # 1 visiting, 2 done
 
-    def visit(rule: TagRule, trail: list[str]) -> None:
-        if state.get(rule.id) == 2:
+    def visit(key: str, trail: list[str]) -> None:
+        if state.get(key) == 2:
             return
-        if state.get(rule.id) == 1:
-            cycle = " -> ".join(trail[trail.index(rule.id):] + [rule.id])
+        if state.get(key) == 1:
+            cycle = " -> ".join(trail[trail.index(key):] + [key])
             raise RuleDefinitionError(f"tag rules read each other in a cycle: {cycle}",
-                                      path=source, line=rule.line,
+                                      path=source, line=units[key][0].line,
                                       hint="a tag cannot depend on itself through has_tag")
-        state[rule.id] = 1
-        for dependency in rule.depends_on:
-            visit(by_id[dependency], trail + [rule.id])
-        state[rule.id] = 2
-        ordered.append(rule)
+        state[key] = 1
+        for rule in units[key]:
+            for dependency in rule.depends_on:
+                if unit_of[dependency] != key:
+                    visit(unit_of[dependency], trail + [key])
+        state[key] = 2
+        ordered.append(tuple(units[key]))
 
     for rule in tags:
-        visit(rule, [])
+        visit(unit_of[rule.id], [])
     return tuple(ordered)

@@ -33,6 +33,7 @@ class HeldTag(msgspec.Struct, array_like=True, gc=False):
     since: int
     rules_version: str
     evidence: dict[str, object] = {}
+    until: int | None = None  # a tag with a ttl is held at least until then
 
 
 class MemberState(msgspec.Struct, array_like=True, gc=False):
@@ -40,9 +41,14 @@ class MemberState(msgspec.Struct, array_like=True, gc=False):
     joined_at: int | None = None
     birthday: str | None = None
     orders: OrderStats = msgspec.field(default_factory=OrderStats)
-    # counter name -> flat [day, value, day, value, ...], days ascending
+    # daily counter name -> flat [day, value, day, value, ...], days ascending
     counters: dict[str, list[int]] = {}
+    # distinct counter name -> flat [key hash, last day seen, ...]
+    distinct: dict[str, list[int]] = {}
+    # tracker name -> flat [key, started at, ...]
+    pending: dict[str, list[str | int]] = {}
     tags: dict[str, HeldTag] = {}
+    ever: list[str] = []  # tag ids this member has held at some time (for had_tag)
     guides: list[GuideLink] = []
     # recent event ids: flat [hash64, occurred_at, ...], oldest first
     seen: list[int] = []

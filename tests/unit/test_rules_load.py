@@ -14,7 +14,7 @@ HEADER = """\
 version: "t.1"
 counters:
   paid_orders: {on: order.paid}
-  spend_fen: {on: order.paid, sum: amount_fen}
+  spend_fen: {on: order.paid, sum: event.amount_fen}
 tags:
 """
 
