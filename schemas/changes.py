@@ -1,4 +1,5 @@
-"""Outbound records: tag changes (`tags.changes`) in the DESIGN.md shape, and their id."""
+"""Outbound records: tag changes (`tags.changes`) and tier / points changes (`tiers.changes`)
+in the DESIGN.md shapes, and their deterministic id."""
 
 from __future__ import annotations
 
@@ -26,6 +27,29 @@ class TagChange(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     guides: tuple[Guide, ...] = ()
     name_zh: str = ""
     family: str = ""
+
+
+TierChangeType = Literal["tier.upgraded", "tier.downgraded", "tier.downgrade_warning",
+                         "points.expired", "points.expiry_warning"]
+
+
+class TierChange(msgspec.Struct, frozen=True, kw_only=True, gc=False, omit_defaults=True):
+    """A `tiers.changes` record. `from`/`to` are always written (null on points records);
+    the detail fields after `at` only when they apply."""
+
+    change_id: str
+    member_id: str
+    type: TierChangeType
+    from_: str | None = msgspec.field(name="from")
+    to: str | None
+    growth: int  # growth value of the last evaluation window at `at`
+    cause: dict[str, str]
+    at: str
+    points: int | None = None  # points expired / about to expire
+    balance: int | None = None  # points balance after the change
+    expires_at: str | None = None
+    needed_growth: int | None = None  # growth still needed to keep the tier at `review_at`
+    review_at: str | None = None
 
 
 def change_id_for(member_id: str, subject: str, op: str, cause: dict[str, str]) -> str:
