@@ -52,6 +52,7 @@ from schemas.changes import TierChange, change_id_for
 from schemas.errors import EventRejected, RuleDefinitionError
 from schemas.events import TOPIC_BY_EVENT_TYPE, Event, OrderPaid, OrderRefunded
 from taggers.clock import DAY, LocalCalendar
+from taggers.counters import add_to_bucket
 from taggers.yamlsrc import check_keys, line, suggest
 
 LEVEL_ID = re.compile(r"^[a-z][a-z0-9_]{0,34}$")  # "tier_" + id stays a valid tag id
@@ -241,16 +242,8 @@ class LoyaltyProgram:
             settled = min(points, state.shortfall)
             state.shortfall -= settled
             points -= settled
-        if not points:
-            return
-        lots = state.lots
-        i = len(lots) - 2
-        while i >= 0 and lots[i] > year:
-            i -= 2
-        if i >= 0 and lots[i] == year:
-            lots[i + 1] += points
-        else:
-            lots[i + 2:i + 2] = [year, points]
+        if points:
+            add_to_bucket(state.lots, year, points)
 
     def _take_points(self, state: LoyaltyState, year: int | None, points: int) -> None:
         """Take points from `year`'s lot first, then oldest first; the rest is shortfall."""
