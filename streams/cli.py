@@ -109,6 +109,45 @@ def redis_sink() -> None:
     _run_until_signalled(lambda stop: run_redis_sink(settings, stop))
 
 
+@main.command("wecom-sync")
+def wecom_sync() -> None:
+    """Mirror tag changes to WeCom customer tags (tags.changes -> mark_tag, group 自动标签)."""
+    import logging
+
+    from streams.agents.wecom import run_wecom_sync
+
+    settings = _settings()
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        _run_until_signalled(lambda stop: run_wecom_sync(settings, stop))
+    except TagstreamError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command()
+@click.option("--openapi", "print_openapi", is_flag=True,
+              help="Print the OpenAPI document (docs/openapi.json) and exit.")
+def api(print_openapi: bool) -> None:
+    """Serve the guide HTTP API and page (TAGSTREAM_API_HOST, TAGSTREAM_API_PORT)."""
+    if print_openapi:
+        from streams.api.openapi import openapi_bytes
+
+        sys.stdout.buffer.write(openapi_bytes())
+        return
+    import logging
+
+    from streams.api.app import run_api
+
+    settings = _settings()
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        run_api(settings)
+    except TagstreamError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 # --- data tools --------------------------------------------------------------------------------
 
 
@@ -140,6 +179,69 @@ def replay(path: Path, speed: float | None, as_fast: bool) -> None:
                                     partitions=settings.partitions,
                                     progress=sys.stderr.isatty()))
     click.echo(result.summary() if hasattr(result, "summary") else str(result), err=True)
+
+
+@main.command()
+def backfill() -> None:
+    """Re-evaluate every member now with the workers' current rules (after a new version)."""
+    from streams.backfill import request_backfill
+
+    settings = _settings()
+    sent = asyncio.run(request_backfill(settings.broker_bootstrap, settings.partitions))
+    click.echo(f"asked {sent} partitions to re-evaluate their members")
+
+
+@main.command()
+@click.option("--events", "events_path", required=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--rules", "rules_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Rule file (default: TAGSTREAM_RULES or the packaged pack).")
+@click.option("--as-of", "as_of", default=None,
+              help="Fire deadlines up to this RFC 3339 instant (default: the last event's time).")
+@click.option("--profiles-out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--changes-out", type=click.Path(dir_okay=False, path_type=Path))
+def dryrun(events_path: Path, rules_path: Path | None, as_of: str | None,
+           profiles_out: Path | None, changes_out: Path | None) -> None:
+    """Run the production engine over an event file with no Kafka: profiles and changes out."""
+    from datetime import datetime
+
+    from taggers.clock import to_epoch
+    from taggers.dryrun import dry_run, write_dry_run
+    from taggers.engine import Engine
+    from taggers.rules import load_rules
+
+    settings = _settings()
+    instant = None
+    if as_of is not None:
+        try:
+            moment = datetime.fromisoformat(as_of)
+        except ValueError:
+            raise click.BadParameter(f"not an RFC 3339 time: {as_of!r}", param_hint="--as-of")
+        if moment.tzinfo is None:
+            raise click.BadParameter("needs a UTC offset, e.g. +08:00", param_hint="--as-of")
+        instant = to_epoch(moment)
+    try:
+        pack = load_rules(rules_path or settings.rules_path)
+    except TagstreamError as exc:
+        raise click.ClickException(str(exc)) from None
+    with events_path.open("rb") as lines:
+        result = dry_run(Engine(pack, settings.allowed_lateness_s), lines, as_of=instant)
+    with (profiles_out.open("wb") if profiles_out else _nowhere()) as profiles, \
+            (changes_out.open("wb") if changes_out else _nowhere()) as changes:
+        write_dry_run(result, pack, profiles if profiles_out else None,
+                      changes if changes_out else None)
+    for line_number, reason in result.rejected[:20]:
+        click.echo(f"{events_path}:{line_number}: rejected: {reason}", err=True)
+    click.echo(f"{len(result.states)} members, {len(result.changes)} changes, "
+               f"{len(result.rejected)} rejected, {result.duplicates} duplicates, rules "
+               f"{pack.version}, as of {pack.calendar.render(result.as_of) if result.as_of else '-'}",
+               err=True)
+
+
+def _nowhere() -> Any:
+    import contextlib
+
+    return contextlib.nullcontext(None)
 
 
 @main.command()

@@ -7,7 +7,7 @@ fields. Defaults match `tagstream stack up`, so a newcomer needs no configuratio
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Mapping
 
@@ -35,12 +35,28 @@ class Settings:
     # How far behind a member's newest event an event may arrive and still be applied.
     allowed_lateness_s: int = 7 * 86400
     timer_interval_s: float = 1.0
+    # How often a worker checks the rule file for a new version (0: never).
+    rules_reload_s: float = 5.0
     # Worker
     web_port: int = 6066
     data_dir: Path = Path(".tagstream")
     log_level: str = "info"
     # Embedded stack (tagstream stack up): where the broker binary and logs live
     stack_dir: Path = Path(".tagstream/stack")
+    # WeCom sync (tagstream wecom-sync). The secret stays out of repr and logs. The call limit
+    # applies per API; WeCom allows 10,000/min and 150,000/h per API per corp, so the default
+    # (2,000/min = 120,000/h) keeps under both, with room for other apps of the same corp.
+    wecom_base_url: str = "https://qyapi.weixin.qq.com"
+    wecom_corp_id: str = ""
+    wecom_secret: str = field(default="", repr=False)
+    wecom_calls_per_minute: int = 2000
+    wecom_coalesce_ms: int = 200
+    # Guide HTTP API (tagstream api)
+    api_host: str = "127.0.0.1"
+    api_port: int = 8080
+    # "token=guide_userid,..." ("*" for an operator): secrets, so kept out of repr and logs;
+    # parsed by streams.api.auth.parse_tokens.
+    api_tokens: str = field(default="", repr=False)
 
     @property
     def broker_bootstrap(self) -> str:
@@ -66,6 +82,10 @@ class Settings:
             raise SettingsError(f"TAGSTREAM_CLOCK must be 'wall' or 'event', not {settings.clock!r}")
         if settings.partitions < 1:
             raise SettingsError("TAGSTREAM_PARTITIONS must be at least 1")
+        if settings.wecom_calls_per_minute < 10:
+            raise SettingsError("TAGSTREAM_WECOM_CALLS_PER_MINUTE must be at least 10")
+        if settings.wecom_coalesce_ms < 0:
+            raise SettingsError("TAGSTREAM_WECOM_COALESCE_MS must not be negative")
         return settings
 
 
@@ -79,10 +99,19 @@ ENV_NAMES: dict[str, str] = {
     "clock": "TAGSTREAM_CLOCK",
     "allowed_lateness_s": "TAGSTREAM_ALLOWED_LATENESS_S",
     "timer_interval_s": "TAGSTREAM_TIMER_INTERVAL_S",
+    "rules_reload_s": "TAGSTREAM_RULES_RELOAD_S",
     "web_port": "TAGSTREAM_WEB_PORT",
     "data_dir": "TAGSTREAM_DATA_DIR",
     "log_level": "TAGSTREAM_LOG_LEVEL",
     "stack_dir": "TAGSTREAM_STACK_DIR",
+    "wecom_base_url": "TAGSTREAM_WECOM_BASE_URL",
+    "wecom_corp_id": "TAGSTREAM_WECOM_CORP_ID",
+    "wecom_secret": "TAGSTREAM_WECOM_SECRET",
+    "wecom_calls_per_minute": "TAGSTREAM_WECOM_CALLS_PER_MINUTE",
+    "wecom_coalesce_ms": "TAGSTREAM_WECOM_COALESCE_MS",
+    "api_host": "TAGSTREAM_API_HOST",
+    "api_port": "TAGSTREAM_API_PORT",
+    "api_tokens": "TAGSTREAM_API_TOKENS",
 }
 
 

@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from typing import Awaitable, Callable
 
 import faust
 
 
+from streams.admin import ensure_topics
 from streams.agents.members import MemberProcessor, register_member_agent
 from streams.app import create_app
 from streams.clock import PartitionClocks
+from streams.rules_watch import RulesWatcher
 from streams.settings import Settings
 from streams.topics import EVENT_TOPICS, declare_topics, topic_partitions
 from taggers.engine import Engine
@@ -41,14 +44,23 @@ def build_worker(settings: Settings) -> WorkerParts:
         Engine(pack, settings.allowed_lateness_s), topics, table,
         PartitionClocks(settings.clock, EVENT_TOPICS), settings.partitions)
     register_member_agent(app, processor, topics, settings.timer_interval_s)
+    if settings.rules_reload_s > 0:
+        watcher = RulesWatcher(settings.rules_path, pack, lambda new: processor.use_rules(
+            Engine(new, settings.allowed_lateness_s)))
+        app.timer(settings.rules_reload_s)(_as_coroutine(watcher.check))
     log.info("rules %s loaded from %s: %d tags", pack.version, settings.rules_path,
              len(pack.tags))
     return WorkerParts(app, processor)
 
 
-def run_worker(settings: Settings) -> None:
-    from streams.admin import ensure_topics
+def _as_coroutine(check: Callable[[], object]) -> Callable[[], Awaitable[None]]:
+    async def run() -> None:
+        check()
 
+    return run
+
+
+def run_worker(settings: Settings) -> None:
     parts = build_worker(settings)
     asyncio.run(ensure_topics(settings.broker_bootstrap, topic_partitions(settings.partitions),
                               settings.replication))

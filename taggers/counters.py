@@ -249,21 +249,22 @@ def compile_tracker(name: str, spec: Any, source: str) -> TrackerDef:
     per_item = _uses_items(spec["key"], spec["start_when"], spec.get("stop_when"))
 
     def record(state: Any, event: Any, instant: int) -> None:
-        for ctx in _contexts(event, per_item):
-            value = key(ctx)
-            if value is None:
-                continue
-            value = str(value)
-            keys = state.pending.setdefault(name, [])
-            if stop is not None and stop(ctx):
-                _remove_key(keys, value)
-            elif start(ctx) and value not in keys[0::2]:
+        # Starts first, then stops: a trial and the regular size in one order is a conversion.
+        contexts = [(str(value), ctx) for ctx in _contexts(event, per_item)
+                    if (value := key(ctx)) is not None]
+        keys = state.pending.setdefault(name, [])
+        for value, ctx in contexts:
+            if start(ctx) and value not in keys[0::2]:
                 keys.extend((value, instant))
                 if len(keys) > 2 * MAX_TRACKED_KEYS:
                     oldest = min(range(0, len(keys), 2), key=lambda i: keys[i + 1])
                     del keys[oldest:oldest + 2]
-            if not keys:
-                del state.pending[name]
+        if stop is not None:
+            for value, ctx in contexts:
+                if stop(ctx):
+                    _remove_key(keys, value)
+        if not keys:
+            del state.pending[name]
 
     return TrackerDef(name, types, record, keep_s)
 

@@ -9,14 +9,17 @@ So what a rule author sees here is exactly what the stream will do.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Any, Iterable
 
-from schemas.changes import TagChange
+import orjson
+
+from schemas.changes import TagChange, TierChange, encode_change
 from schemas.decode import decode_event
 from schemas.errors import EventRejected
 from schemas.events import TIE_RANK_BY_TOPIC, TOPIC_BY_EVENT_TYPE, Event
 from taggers.clock import to_epoch
 from taggers.engine import Engine
+from taggers.profile import render_profile
 from taggers.state import MemberState
 
 
@@ -24,6 +27,7 @@ from taggers.state import MemberState
 class DryRunResult:
     states: dict[str, MemberState] = field(default_factory=dict)
     changes: list[TagChange] = field(default_factory=list)
+    tier_changes: list[TierChange] = field(default_factory=list)
     rejected: list[tuple[int, str]] = field(default_factory=list)  # (line number, reason)
     duplicates: int = 0
     as_of: int | None = None
@@ -59,11 +63,27 @@ def dry_run(engine: Engine, lines: Iterable[bytes], as_of: int | None = None) ->
             continue
         states[event.member_id] = outcome.state
         result.changes.extend(outcome.changes)
+        result.tier_changes.extend(outcome.tier_changes)
         result.duplicates += outcome.duplicate
     if as_of is None and rows:
         as_of = rows[-1][0]
     result.as_of = as_of
     if as_of is not None:
         for state in states.values():
-            result.changes.extend(engine.advance(state, as_of).changes)
+            outcome = engine.advance(state, as_of)
+            result.changes.extend(outcome.changes)
+            result.tier_changes.extend(outcome.tier_changes)
     return result
+
+
+def write_dry_run(result: DryRunResult, pack: Any, profiles_out: Any | None,
+                  changes_out: Any | None) -> None:
+    """One profile per member (by member id) and every change, as JSON lines."""
+    if profiles_out is not None:
+        for member_id in sorted(result.states):
+            profiles_out.write(orjson.dumps(render_profile(result.states[member_id], pack)))
+            profiles_out.write(b"\n")
+    if changes_out is not None:
+        for change in [*result.changes, *result.tier_changes]:
+            changes_out.write(encode_change(change))
+            changes_out.write(b"\n")

@@ -18,7 +18,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas.changes import Guide, TagChange, change_id_for
+from schemas.changes import Guide, TagChange, TierChange, change_id_for
 from schemas.errors import EventRejected
 from schemas.events import Event, MemberJoined, OrderPaid, OrderRefunded, ProfileUpdated
 from schemas.events import WecomFriendAdded, WecomFriendRemoved
@@ -35,6 +35,7 @@ REMOVED_FROM_PACK = "__rule_removed__"
 class Outcome:
     state: MemberState
     changes: list[TagChange] = field(default_factory=list)
+    tier_changes: list[TierChange] = field(default_factory=list)  # for tiers.changes
     duplicate: bool = False
 
 
@@ -49,6 +50,7 @@ class Engine:
         self.pack = pack
         self.allowed_lateness_s = allowed_lateness_s
         self.calendar = pack.calendar
+        self.loyalty = pack.loyalty
         self._retention = {c.name: c.retention_days for c in pack.counters}
 
     # --- public API ---------------------------------------------------------------------------
@@ -65,17 +67,29 @@ class Engine:
         self._reject_if_late(state, occurred)
 
         outcome = Outcome(state)
-        self._fire_due(state, occurred, outcome.changes)
+        self._fire_due(state, occurred, outcome)
         now = occurred if state.watermark is None else max(occurred, state.watermark)
+        cause = {"event_id": event.event_id}
         self._remember(state, digest, occurred)
         self._record(state, event, occurred)
-        self._evaluate(state, event, now, {"event_id": event.event_id}, outcome.changes)
+        if self.loyalty is not None:
+            state.loyalty, tier_changes = self.loyalty.apply(
+                state.loyalty, event, occurred, state.member_id, cause)
+            outcome.tier_changes.extend(tier_changes)
+        self._evaluate(state, event, now, cause, outcome.changes)
+        return outcome
+
+    def reevaluate(self, state: MemberState, now: int) -> Outcome:
+        """Fire due deadlines, then evaluate every rule at `now` (a backfill after new rules)."""
+        outcome = self.advance(state, now)
+        at = now if state.watermark is None else max(now, state.watermark)
+        self._evaluate(state, None, at, None, outcome.changes)
         return outcome
 
     def advance(self, state: MemberState, now: int) -> Outcome:
         """Fire every deadline of this member due at or before `now`."""
         outcome = Outcome(state)
-        self._fire_due(state, now, outcome.changes)
+        self._fire_due(state, now, outcome)
         return outcome
 
     # --- steps --------------------------------------------------------------------------------
@@ -96,10 +110,13 @@ class Engine:
                 f"{SEEN_CAPACITY} most recent events remembered for this member (from "
                 f"{render(seen[1])}), so a redelivery cannot be ruled out; not applied")
 
-    def _fire_due(self, state: MemberState, until: int, changes: list[TagChange]) -> None:
+    def _fire_due(self, state: MemberState, until: int, outcome: Outcome) -> None:
         while state.next_deadline is not None and state.next_deadline <= until:
             deadline = state.next_deadline
-            self._evaluate(state, None, deadline, None, changes)
+            if self.loyalty is not None and state.loyalty is not None:
+                outcome.tier_changes.extend(
+                    self.loyalty.advance(state.loyalty, deadline, state.member_id))
+            self._evaluate(state, None, deadline, None, outcome.changes)
 
     def _remember(self, state: MemberState, digest: int, occurred: int) -> None:
         seen = state.seen
@@ -222,6 +239,10 @@ class Engine:
                                     cause, ctx.now, evidence))
 
     def _next_deadline(self, ctx: EvalContext, indexes: Any, best: int | None) -> int | None:
+        if self.loyalty is not None:
+            due = self.loyalty.next_deadline(ctx.state.loyalty)
+            if due is not None and due > ctx.now and (best is None or due < best):
+                best = due
         units = self.pack.units
         for index in indexes:
             for rule in units[index]:

@@ -4,28 +4,57 @@ from __future__ import annotations
 
 from typing import Any
 
-from taggers.clock import LocalCalendar
+from taggers.rules import RulePack
 from taggers.state import MemberState
 
+# The classic eight RFM segments as (R, F, M) high/low.
+RFM_LETTERS = {
+    "important_value": "HHH", "important_develop": "HLH", "important_keep": "LHH",
+    "important_retain": "LLH", "general_value": "HHL", "general_develop": "HLL",
+    "general_keep": "LHL", "general_retain": "LLL",
+}
 
-def render_profile(state: MemberState, calendar: LocalCalendar) -> dict[str, Any]:
+
+def render_profile(state: MemberState, pack: RulePack) -> dict[str, Any]:
+    calendar = pack.calendar
+
     def at(instant: int | None) -> str | None:
         return None if instant is None else calendar.render(instant)
 
     orders = state.orders
-    return {
+    segment = pack.group_value("rfm", state.tags)
+    rfm = None
+    if segment is not None:
+        letters = RFM_LETTERS.get(segment, "???")
+        rfm = {"r": _level(letters[0]), "f": _level(letters[1]), "m": _level(letters[2]),
+               "segment": segment}
+    profile: dict[str, Any] = {
         "member_id": state.member_id,
         "joined_at": at(state.joined_at),
-        "birthday": state.birthday,
+        "lifecycle": pack.group_value("lifecycle", state.tags),
         "orders": {"count": orders.count, "distinct_days": orders.distinct_days,
                    "spend_fen": orders.spend_fen, "refund_fen": orders.refund_fen,
                    "first_at": at(orders.first_at), "last_at": at(orders.last_at)},
-        "tags": [{"id": tag_id, "since": at(held.since), "rule_version": held.rules_version,
-                  "evidence": held.evidence}
-                 for tag_id, held in sorted(state.tags.items())],
+        "rfm": rfm,
+        "tags": [_tag(tag_id, held, pack, at) for tag_id, held in sorted(state.tags.items())],
         "guides": [{"userid": g.userid, "external_userid": g.external_userid}
                    for g in state.guides],
+        "birthday": state.birthday,
         "rules_version": state.rules_version,
         "next_deadline": at(state.next_deadline),
         "as_of": at(state.watermark),
     }
+    if pack.loyalty is not None and state.watermark is not None:
+        profile.update(pack.loyalty.profile(state.loyalty, state.watermark))
+    return profile
+
+
+def _tag(tag_id: str, held: Any, pack: RulePack, at: Any) -> dict[str, Any]:
+    rule = pack.tag(tag_id)
+    return {"id": tag_id, "name_zh": rule.name_zh if rule else tag_id,
+            "family": rule.family if rule else None, "since": at(held.since),
+            "rule_version": held.rules_version, "evidence": held.evidence}
+
+
+def _level(letter: str) -> str | None:
+    return {"H": "high", "L": "low"}.get(letter)

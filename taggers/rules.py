@@ -25,7 +25,18 @@ from taggers.counters import (
     distinct_window,
     parse_duration,
 )
-from taggers.expr import ANY_EVENT, BOOL, Compiled, ExprError, Field, Scope, compile_expression
+from taggers.expr import (
+    ANY_EVENT,
+    BOOL,
+    NUM,
+    STR,
+    Compiled,
+    ExprError,
+    Field,
+    Scope,
+    compile_expression,
+)
+from taggers.loyalty import compile_loyalty
 from taggers.scope import (
     EVENT_FIELDS,
     EvalContext,
@@ -188,11 +199,35 @@ def compile_rules(text: str, source: str = "<rules>") -> RulePack:
                      for name, spec in counter_specs.items())
     loyalty = None
     if document.get("loyalty") is not None:
-        from taggers.loyalty import compile_loyalty
-
         loyalty = compile_loyalty(document["loyalty"], source, calendar)
+        tags.extend(_tier_tags(loyalty, tag_ids, source, line(document, "loyalty")))
     return RulePack(version.strip(), calendar, counters, trackers,
                     _evaluation_units(tags, source), source, loyalty)
+
+
+def _tier_tags(program: Any, tag_ids: list[str], source: str,
+               at: int | None) -> list[TagRule]:
+    """The member's tier shown as a tag (tier_gold...), one at a time, for guides and WeCom.
+    Tiers move on events and on review deadlines, both of which evaluate this group."""
+
+    def level(ctx: EvalContext) -> str:
+        return program.level_tag(ctx.state.loyalty)
+
+    def growth(ctx: EvalContext) -> int:
+        loyalty = ctx.state.loyalty
+        return program.growth_at(loyalty, ctx.now) if loyalty is not None else 0
+
+    rules = []
+    for tag_id, name_zh in program.level_tags:
+        if tag_id in tag_ids:
+            raise RuleDefinitionError(f"tag id {tag_id!r} is taken by the loyalty tiers",
+                                      path=source, line=at)
+        condition = Compiled(BOOL, (lambda t: lambda ctx: level(ctx) == t)(tag_id),
+                             leaves=(("tier", level, STR), ("growth", growth, NUM)),
+                             inputs=frozenset({ANY_EVENT}))
+        rules.append(TagRule(tag_id, name_zh, "tier", condition, at, (), "tier",
+                             tag_id.removeprefix("tier_")))
+    return rules
 
 
 def _mapping(document: dict[str, Any], key: str, source: str) -> dict[str, Any]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import msgspec
 
+from taggers.loyalty import LoyaltyState
+
 # How many recent event ids a member remembers for redelivery checks. An event older than
 # the oldest remembered id is treated as too late to apply (dead-lettered, never applied twice).
 SEEN_CAPACITY = 64
@@ -55,6 +57,7 @@ class MemberState(msgspec.Struct, array_like=True, gc=False):
     watermark: int | None = None  # newest instant this member's state reflects
     next_deadline: int | None = None  # earliest instant a time-based rule may change a tag
     rules_version: str = ""
+    loyalty: LoyaltyState | None = None  # tier, growth and points (taggers/loyalty.py)
 
 
 _encoder = msgspec.msgpack.Encoder()

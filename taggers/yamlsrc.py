@@ -22,8 +22,11 @@ class _LineLoader(yaml.SafeLoader):
     values like `no` would silently turn into booleans."""
 
 
+# Dates stay text too: the rule compiler parses them itself and can then say which line holds
+# an impossible date like 2024-02-30 (PyYAML would raise a bare ValueError).
+_NOT_IMPLICIT = {"tag:yaml.org,2002:bool", "tag:yaml.org,2002:timestamp"}
 _LineLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in _NOT_IMPLICIT]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 _LineLoader.add_implicit_resolver(

@@ -13,6 +13,8 @@ from typing import Any, Awaitable, Callable
 
 import faust
 
+import orjson
+
 from schemas.changes import encode_change
 from schemas.control import CONTROL_HEADER, WATERMARK, control_kind, decode_watermark
 from schemas.decode import decode_event
@@ -26,11 +28,13 @@ from streams.reorder import ReorderBuffer
 from streams.topics import EVENT_TOPICS, REROUTE_TOPIC, Topics
 from taggers.clock import to_epoch
 from taggers.engine import Engine, Outcome
+from taggers.profile import render_profile
 from taggers.state import decode_state, encode_state
 
 log = logging.getLogger(__name__)
 
 TICK = b"tick"
+BACKFILL = b"backfill"  # re-evaluate every member of the partition with the current rules
 ORIGIN_HEADER = "tagstream-origin"  # "topic:partition:offset" of a re-routed event
 
 
@@ -137,6 +141,8 @@ class MemberProcessor:
                 return
             if message.topic in EVENT_TOPICS:
                 self.clocks.observe_marker(message.topic, message.partition, instant)
+        elif kind == BACKFILL:
+            await self._reevaluate_partition(message.partition)
         elif kind != TICK:
             await self.reject(f"unknown control message {kind!r}", _origin(message), message)
 
@@ -164,8 +170,34 @@ class MemberProcessor:
         for change in outcome.changes:
             await self.topics.tag_changes.send(key=key, value=encode_change(change),
                                                partition=partition)
+        for tier_change in outcome.tier_changes:
+            await self.topics.tier_changes.send(key=key, value=encode_change(tier_change),
+                                                partition=partition)
+        await self.topics.profiles.send(
+            key=key, value=orjson.dumps(render_profile(state, self.engine.pack)),
+            partition=partition)
         self.counters.tag_changes += len(outcome.changes)
         self.deadlines.push(partition, state.next_deadline, state.member_id)
+
+    # --- rule versions ------------------------------------------------------------------------
+
+    def use_rules(self, engine: Engine) -> None:
+        """Switch to a newly loaded rule pack: each member is re-evaluated with it on their
+        next event or deadline (or at once, for all, by `tagstream backfill`)."""
+        self.engine = engine
+
+    async def _reevaluate_partition(self, partition: int) -> None:
+        now = self.clocks.now(partition)
+        for key, raw_state in list(self.table.items()):
+            member_id = key.decode() if isinstance(key, bytes) else str(key)
+            if partition_for(member_id, self.partitions) != partition or not raw_state:
+                continue
+            state = decode_state(raw_state)
+            at = now if now is not None else state.watermark
+            if at is None:
+                continue
+            outcome = self.engine.reevaluate(state, at)
+            await self._store(partition, key, outcome)
 
     async def _reroute(self, message: Any, member_id: str, home: int,
                        origin: tuple[str, int, int]) -> None:

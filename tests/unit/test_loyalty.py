@@ -18,8 +18,10 @@ from taggers.loyalty import LoyaltyState, compile_loyalty
 from taggers.yamlsrc import load_yaml
 from tests.factories import event, paid
 
-DEFAULT_YAML = (Path(__file__).parents[2] / "taggers" / "rules" /
-                "loyalty_default.yaml").read_text(encoding="utf-8")
+_PACK = (Path(__file__).parents[2] / "taggers" / "rules" / "default.yaml").read_text("utf-8")
+# The default pack's `loyalty:` section on its own, after three comment lines (the line
+# numbers in BAD count from this text).
+DEFAULT_YAML = "# loyalty section\n# of the\n# default pack\n" + _PACK[_PACK.index("\nloyalty:") + 1:]
 CAL = LocalCalendar(8 * 3600)
 M = "M1"
 
