@@ -213,13 +213,20 @@ class Engine:
 
     @staticmethod
     def _holds(rule: TagRule, ctx: EvalContext, current: HeldTag | None) -> bool:
-        """A tag with a ttl holds while its condition does, and until `ttl` after that."""
+        """A tag with a ttl holds while its condition does, and for `ttl` after it stops.
+
+        A condition is evaluated at every instant it can change (events and its deadlines),
+        so the first evaluation that finds it false is when it stopped; a condition on the
+        current event stops right after that event."""
         if rule.condition.eval(ctx):
             if rule.ttl_s is not None and current is not None:
-                current.until = ctx.now + rule.ttl_s
+                current.until = ctx.now + rule.ttl_s if rule.instant else None
             return True
-        return (rule.ttl_s is not None and current is not None and current.until is not None
-                and ctx.now < current.until)
+        if rule.ttl_s is None or current is None:
+            return False
+        if current.until is None:
+            current.until = ctx.now + rule.ttl_s
+        return ctx.now < current.until
 
     def _settle(self, state: MemberState, ctx: EvalContext, rule: TagRule, holds: bool,
                 cause: dict[str, str] | None, changes: list[TagChange]) -> None:
@@ -229,7 +236,7 @@ class Engine:
             return
         evidence = self._evidence(rule, ctx)
         if holds:
-            until = ctx.now + rule.ttl_s if rule.ttl_s is not None else None
+            until = ctx.now + rule.ttl_s if rule.ttl_s is not None and rule.instant else None
             held[rule.id] = HeldTag(ctx.now, self.pack.version, evidence, until)
             if rule.id not in state.ever:
                 state.ever.append(rule.id)
@@ -249,8 +256,9 @@ class Engine:
                 candidates = []
                 if rule.condition.next_change is not None:
                     candidates.append(rule.condition.next_change(ctx))
-                if rule.ttl_s is not None and rule.id in ctx.state.tags:
-                    candidates.append(ctx.state.tags[rule.id].until)
+                held = ctx.state.tags.get(rule.id) if rule.ttl_s is not None else None
+                if held is not None and held.until is not None:
+                    candidates.append(held.until)
                 for at in candidates:
                     if at is not None and at > ctx.now and (best is None or at < best):
                         best = at

@@ -49,6 +49,8 @@ def tokenize(source: str) -> list[Token]:
     while pos < len(source):
         match = _TOKEN.match(source, pos)
         if not match or match.end() == pos:
+            while source[pos].isspace():
+                pos += 1
             raise ExprError(f"unexpected character {source[pos]!r} at column {pos + 1}")
         start = match.start(match.lastgroup or 0)
         if match.group("num") is not None:
@@ -345,6 +347,7 @@ _COMPARE: dict[str, Callable[[Any, Any], bool]] = {
     ">": lambda a, b: a > b,
     ">=": lambda a, b: a >= b,
 }
+_MIRRORED = {"==": "==", "!=": "!=", "<": ">", "<=": ">=", ">": "<", ">=": "<="}
 _ARITH: dict[str, Callable[[Any, Any], Any]] = {
     "+": lambda a, b: a + b,
     "-": lambda a, b: a - b,
@@ -471,6 +474,9 @@ class _Compiler:
 
     def _compare(self, op: str, left: Compiled, right: Compiled,
                  leaves: tuple[tuple[str, Getter, str], ...], inputs: frozenset[str]) -> Compiled:
+        if left.is_const and not right.is_const:
+            # `31 <= days_since(x)` is `days_since(x) >= 31`: one form for the timer analysis
+            left, right, op = right, left, _MIRRORED[op]
         if left.kind != right.kind and not (left.is_const and left.const is None) \
                 and not (right.is_const and right.const is None):
             raise ExprError(f"cannot compare {left.kind} with {right.kind} using {op!r}")
@@ -519,6 +525,17 @@ class _Compiler:
         general = _earliest(left.next_change, right.next_change)
         if general is None or not right.is_const or left.monotone == 0:
             return general
+        reaches, const, get = left.reaches, right.const, left.eval
+        if op in ("==", "!=") and reaches is not None and left.monotone > 0 \
+                and isinstance(const, int):
+            # a growing value equals K from the instant it reaches K until it reaches K + 1
+            def equality_change(ctx: Any) -> int | None:
+                value = get(ctx)
+                if value is None or value > const:
+                    return None
+                return reaches(ctx, const if value < const else const + 1)
+
+            return equality_change
         if op in (">", ">="):
             flips_when = False if left.monotone > 0 else True
         elif op in ("<", "<="):

@@ -68,6 +68,8 @@ class TagRule:
     group: str | None = None  # tags of one group are exclusive: the first that holds wins
     value: str | None = None  # what the profile shows for the group when this tag is held
     ttl_s: int | None = None  # held at least this long after its condition last held
+    # Reads the current event: true only at that instant, so a ttl runs from the event.
+    instant: bool = False
 
 
 @dataclass(frozen=True)
@@ -192,7 +194,7 @@ def compile_rules(text: str, source: str = "<rules>") -> RulePack:
                                               for t in trackers})}
     scope = Scope(fields=state_fields(), windows=windows, window_names=list(kinds),
                   functions=functions)
-    _compile_definitions(definition_specs, scope, source)
+    _compile_definitions(definition_specs, document.get("definitions") or {}, scope, source)
 
     tags = [_compile_tag(spec, source, scope, dependencies) for spec in tag_specs]
     counters = tuple(compile_counter(name, spec, source, retention.get(name, 0))
@@ -231,6 +233,8 @@ def _tier_tags(program: Any, tag_ids: list[str], source: str,
 
 
 def _mapping(document: dict[str, Any], key: str, source: str) -> dict[str, Any]:
+    """The named entries of a section (the `__line__`/`__lines__` bookkeeping stays with
+    the section: read it through `line(section, name)`)."""
     value = document.get(key) or {}
     if not isinstance(value, dict):
         raise RuleDefinitionError(f"'{key}' must be a mapping of name to definition",
@@ -249,12 +253,12 @@ def _tag_ids(tag_specs: list[Any], source: str) -> list[str]:
     return tag_ids
 
 
-def _compile_definitions(specs: dict[str, Any], scope: Scope, source: str) -> None:
+def _compile_definitions(specs: dict[str, Any], section: dict[str, Any], scope: Scope,
+                         source: str) -> None:
     """Named sub-conditions, usable by later definitions and by tags. Their evidence is the
     values they read, so a guide sees the numbers, not just the name."""
-    lines = specs.get("__lines__", {}) if isinstance(specs, dict) else {}
     for name, text in specs.items():
-        at = lines.get(name)
+        at = line(section, name)
         if not re.match(r"^[a-z][a-z0-9_]{0,39}$", name):
             raise RuleDefinitionError(f"definition name {name!r} must be lower_snake_case",
                                       path=source, line=at)
@@ -331,7 +335,7 @@ def _compile_tag(spec: Any, source: str, scope: Scope, dependencies: list[str]) 
         raise RuleDefinitionError(f"tag {tag_id!r}: 'value' is the text a group shows and "
                                   f"needs a 'group'", path=source, line=line(spec, "value"))
     return TagRule(tag_id, name_zh.strip(), family, condition, line(spec, "when"),
-                   tuple(dict.fromkeys(dependencies[start:])), group, value, ttl_s)
+                   tuple(dict.fromkeys(dependencies[start:])), group, value, ttl_s, reads_event)
 
 
 def _evaluation_units(tags: list[TagRule], source: str) -> tuple[tuple[TagRule, ...], ...]:

@@ -341,30 +341,14 @@ RULES_TAGS = ("member", "wecom_friend", "first_purchase", "repeat_buyer", "high_
               "scan_verifier", "cap_opener", "new_member_no_order_31d", "dormant_90d",
               "churn_risk", "birthday_month")
 
-# Cases the default pack or the engine gets wrong (the bugs this file found); each is
-# reported with its exact case. Empty once fixed: strict xfail turns a fix into a failure.
-RECENCY_BUG = (
-    "default.yaml compares the whole-day days_since with '> 90', '> 180' and '<= 90': "
-    "lc_silent and R-low begin at 91 d and lc_lost at 181 d, a day after dormant_90d (90 d) "
-    "and contrary to 'last order <= 90 d' (fix: '>= 90', '>= 180', '< 90')")
-KNOWN_BUGS: dict[str, str] = {
-    "lifecycle: two orders, 90 days on": RECENCY_BUG,
-    "lifecycle: two orders, 90 days and 12 hours on": RECENCY_BUG,
-    "lifecycle: 180 days on": RECENCY_BUG,
-    "lifecycle: 180 days and 12 hours on": RECENCY_BUG,
-    "rfm: R: 90 days on": RECENCY_BUG,
-    "rfm: R: 90 days and 12 hours on": RECENCY_BUG,
-}
-
-
+# Regression: whole-day recency thresholds were '> 90', '> 180' and '<= 90', so lc_silent
+# and R-low began at 91 days and lc_lost at 181, a day after dormant_90d. The cases at exactly
+# 90 and 180 days (and half a day later) below are named after what broke.
 def _params(table: dict[str, list[Any]]) -> list[Any]:
     params = []
     for name, cases in table.items():
         for c in cases:
-            test_id = f"{name}: {c.id}"
-            marks = [pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[test_id])] \
-                if test_id in KNOWN_BUGS else []
-            params.append(pytest.param(name, c, id=test_id, marks=marks))
+            params.append(pytest.param(name, c, id=f"{name}: {c.id}"))
     return params
 
 
@@ -615,10 +599,8 @@ def test_lifecycle_moves_by_timers_leaving_before_entering(engine: Engine) -> No
 
 LIFECYCLE_BY_TIMER = [
     # (stage, days after the last order it is entered)
-    pytest.param("lc_silent", 90, id="silent at 90 d",
-                 marks=pytest.mark.xfail(strict=True, reason=RECENCY_BUG)),
-    pytest.param("lc_lost", 180, id="lost at 180 d",
-                 marks=pytest.mark.xfail(strict=True, reason=RECENCY_BUG)),
+    pytest.param("lc_silent", 90, id="silent at 90 d"),
+    pytest.param("lc_lost", 180, id="lost at 180 d"),
 ]
 
 
@@ -647,7 +629,6 @@ def test_rfm_segment_changes_by_time(engine: Engine) -> None:
     assert all(c.at == "2024-12-31T00:00:00+08:00" for c in changes if c.tag.startswith("rfm_"))
 
 
-@pytest.mark.xfail(strict=True, reason=RECENCY_BUG)
 def test_rfm_recency_goes_low_at_90_days(engine: Engine) -> None:
     state, _ = run(engine, orders_of(3 * BIG, (0,)))
     run(engine, [], as_of=d(90, -1), state=state)

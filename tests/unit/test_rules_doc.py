@@ -244,19 +244,15 @@ def test_days_since_jumps_straight_to_the_threshold() -> None:
     assert deadlines_after_join("joined and days_since(joined_at) >= 31") == 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "expr._compare_next_change jumps straight only for 'x >= K'; "
-    "'K <= x' wakes the member every day for ever"))
 def test_number_first_comparison_also_jumps_straight_to_the_threshold() -> None:
+    """Regression: 'K <= x' used to wake the member every day for ever."""
     # §7 asks authors to write the number on the right; the other form means the same and
     # should cost the same, not a wake-up every day for ever (100 timers in 100 days)
     assert deadlines_after_join("joined and 31 <= days_since(joined_at)") == 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "engine._holds extends 'until' only at evaluations where the condition holds, so a ttl "
-    "tag over a window ends up to ttl early (2024-04-05T10:00 instead of 2024-04-07T00:00)"))
 def test_ttl_keeps_a_tag_for_ttl_after_its_condition_stops() -> None:
+    """Regression: a ttl over a window used to end up to ttl early."""
     # §6: "A ttl on any other tag keeps it for ttl after its condition stops holding".
     # An order on 03-01 leaves paid_orders[30d] at 03-31 00:00: held until 04-07 00:00.
     pack = compile_rules('version: "x"\ncounters:\n  paid_orders: {on: order.paid}\ntags:\n'
@@ -284,9 +280,8 @@ def test_ttl_of_an_event_tag_runs_from_the_event() -> None:
 # --- claims the doc makes about errors -------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "rules._mapping drops '__lines__', so _compile_definitions never has a line"))
 def test_a_definition_error_names_its_line() -> None:
+    """Regression: errors in definitions used to carry no line."""
     # §10: every error names the file and the line
     text = ('version: "x"\ndefinitions:\n  recent: days_since(orders.last_at) <= 30\n'
             "  big: orders.spend_fen >= 1_000_000 and recnet\ntags: []\n")
@@ -296,9 +291,8 @@ def test_a_definition_error_names_its_line() -> None:
     assert "did you mean 'recent'" in str(failure.value)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "expr.tokenize reports the space before '&&' (column 18), not '&' (column 19)"))
 def test_an_unreadable_character_is_named_with_its_column() -> None:
+    """Regression: the column of the space before the character was reported."""
     text = ('version: "x"\ntags:\n  - id: a\n    name_zh: 甲\n    family: collected\n'
             "    when: orders.count >= 1 && joined\n")
     with pytest.raises(RuleDefinitionError) as failure:
