@@ -123,7 +123,7 @@ function el(tag, attrs, ...children) {
     else if (k === "onclick") node.addEventListener("click", v);
     else if (v !== undefined && v !== null) node.setAttribute(k, v);
   }
-  for (const child of children.flat()) {
+  for (const child of children.flat(Infinity)) {
     if (child === null || child === undefined || child === false) continue;
     node.append(child instanceof Node ? child : document.createTextNode(String(child)));
   }
