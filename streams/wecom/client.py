@@ -156,23 +156,33 @@ class TokenBucket:
 
 
 class _Backoff:
-    """Shared exponential backoff of one API: failures push `not_before` out for every caller."""
+    """Shared exponential backoff of one API: failures push `not_before` out for every caller.
+
+    Failures of requests that were already under way when the last failure was recorded do not
+    escalate it again: five callers failing together are one failed round, not five.
+    """
 
     def __init__(self, base: float, cap: float, rng: random.Random,
                  clock: Callable[[], float]) -> None:
         self.base, self.cap, self.rng, self.clock = base, cap, rng, clock
         self.failures = 0
         self.not_before = 0.0
+        self.failed_at = float("-inf")
 
     async def wait(self) -> None:
         while (delay := self.not_before - self.clock()) > 0:
             await asyncio.sleep(delay)
 
-    def failed(self) -> float:
+    def failed(self, started: float) -> float:
+        """Record a failed attempt that started at `started`; the delay now in force."""
+        now = self.clock()
+        if started < self.failed_at:
+            return max(0.0, self.not_before - now)
         self.failures += 1
+        self.failed_at = now
         ceiling = min(self.cap, self.base * 2 ** (self.failures - 1))
         delay = ceiling / 2 + self.rng.uniform(0, ceiling / 2)  # "equal jitter"
-        self.not_before = max(self.not_before, self.clock() + delay)
+        self.not_before = max(self.not_before, now + delay)
         return delay
 
     def succeeded(self) -> None:
@@ -342,6 +352,7 @@ class WeComClient:
         attempts = 0
         while True:
             await backoff.wait()
+            started = self._clock()
             try:
                 data = await attempt()
             except _Transient as failure:
@@ -353,7 +364,7 @@ class WeComClient:
                     return data
                 result = str(errcode)
             attempts += 1
-            delay = backoff.failed()
+            delay = backoff.failed(started)
             if attempts >= self.max_attempts:
                 log.warning("WeCom %s: giving up after %d attempts (last: %s)",
                             api_name(api), attempts, result)

@@ -291,6 +291,8 @@ class WeComSync:
         self._ready: asyncio.Queue[Pair] = asyncio.Queue()
         self._workers: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._failing_since: float | None = None
+        self._last_error = ""
 
     @property
     def pending(self) -> int:
@@ -303,6 +305,8 @@ class WeComSync:
     # --- lifecycle ------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        if self._workers:
+            return
         self._loop = asyncio.get_running_loop()
         self._workers = [asyncio.create_task(self._work(), name=f"wecom-sync-{i}")
                          for i in range(self._workers_n)]
@@ -313,8 +317,10 @@ class WeComSync:
     async def reset(self) -> None:
         """Forget every pending change and cancel open calls (partitions were revoked: the
         changes not done will be consumed again from the committed offsets)."""
+        running = bool(self._workers)
         await self._drop_everything()
-        await self.start()
+        if running:
+            await self.start()
 
     async def _drop_everything(self) -> None:
         workers, self._workers = self._workers, []
@@ -403,6 +409,7 @@ class WeComSync:
             await self.api.mark_tag(pair.userid, pair.external_userid, add=add, remove=remove)
         except WeComError as exc:
             label = str(exc.errcode) if exc.errcode is not None else "unreachable"
+            self._last_error = str(exc)
             self.stats.errors[label] = self.stats.errors.get(label, 0) + 1
             if exc.errcode in PAIR_GONE_ERRCODES:
                 log.warning("WeCom pair %s/%s cannot be tagged (%s): %d change(s) dropped",
@@ -413,6 +420,7 @@ class WeComSync:
             return "retry"
         except Exception:  # noqa: BLE001 - a bug here must delay changes, never drop them
             log.exception("WeCom sync: unexpected error marking %s/%s", *pair)
+            self._last_error = "internal error"
             self.stats.errors["internal"] = self.stats.errors.get("internal", 0) + 1
             return "retry"
         self.stats.max_batch = max(self.stats.max_batch, len(batch.ops))
@@ -427,10 +435,14 @@ class WeComSync:
             else:
                 state.pending.absorb_older(batch)
             state.failures += 1
-            if state.failures == 1 or state.failures % 20 == 0:
-                log.warning("WeCom sync: %s/%s failed %d time(s); %d change(s) waiting",
+            if self._failing_since is None:
+                self._failing_since = self._clock()
+                log.warning("WeCom sync: calls failing (%s); changes wait and are retried",
+                            self._last_error)
+            if state.failures % 20 == 0:
+                log.warning("WeCom sync: %s/%s failed %d times (%s); %d change(s) waiting",
                             pair.userid, pair.external_userid, state.failures,
-                            len(state.pending.tickets))
+                            self._last_error, len(state.pending.tickets))
             self._backing_off.add(pair)
             self._schedule(pair, state, self._retry_delay(state.failures))
             return
@@ -441,6 +453,10 @@ class WeComSync:
         state.failures = 0
         for ticket in batch.tickets:
             self._resolve(ticket)
+        if outcome == "ok" and self._failing_since is not None:
+            log.warning("WeCom sync: calls succeed again after %.1f s; %d change(s) waiting",
+                        self._clock() - self._failing_since, self.pending)
+            self._failing_since = None
         if outcome == "ok" and self._backing_off:
             self._wake_backing_off()
         if state.pending is not None:

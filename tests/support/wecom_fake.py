@@ -222,10 +222,12 @@ class FakeWeCom:
                 for pair, tags in self.state.items() if tags}
 
     def counts(self) -> Counter:
-        """(api, result) -> calls, result being "ok", an errcode or "http_<status>"."""
+        """(api, result) -> calls; result: "ok", an errcode, "http_<status>" or "cut"."""
         out: Counter = Counter()
         for call in self.calls:
-            if call.status != 200:
+            if call.status == 0:  # the client went away before an answer (killed, timed out)
+                out[(call.api, "cut")] += 1
+            elif call.status != 200:
                 out[(call.api, f"http_{call.status}")] += 1
             else:
                 out[(call.api, "ok" if not call.errcode else str(call.errcode))] += 1
