@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Mapping
 
 from schemas.errors import TagstreamError
+from streams.redaction import redact_url
 
 DEFAULT_RULES = Path(__file__).resolve().parent.parent / "taggers" / "rules" / "default.yaml"
 
@@ -27,14 +28,27 @@ class Settings:
     app_id: str = "tagstream"
     partitions: int = 4
     replication: int = 1
-    # Serving store
+    # Kafka security (streams/security.py applies these to Faust and every Kafka client):
+    # PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL; SASL PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.
+    # Empty file settings mean "not set" (the system CAs, no client certificate).
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str = "PLAIN"
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: str = field(default="", repr=False)
+    kafka_ssl_cafile: str = ""
+    kafka_ssl_certfile: str = ""
+    kafka_ssl_keyfile: str = ""
+    kafka_ssl_key_password: str = field(default="", repr=False)
+    # Serving store. The URL may be rediss:// (TLS) and may carry a password; repr masks it.
     redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_password: str = field(default="", repr=False)  # used when the URL has none
+    redis_ssl_cafile: str = ""  # CA for a rediss:// server with a private CA
     # Rules and time
     rules_path: Path = DEFAULT_RULES
     clock: str = "wall"  # "wall" (live) or "event" (replay/backfill: the event-time watermark)
     # How far behind a member's newest event an event may arrive and still be applied.
     allowed_lateness_s: int = 7 * 86400
-    timer_interval_s: float = 1.0
+    timer_interval_s: float = 0.25
     # How often a worker checks the rule file for a new version (0: never).
     rules_reload_s: float = 5.0
     # Worker
@@ -57,6 +71,18 @@ class Settings:
     # "token=guide_userid,..." ("*" for an operator): secrets, so kept out of repr and logs;
     # parsed by streams.api.auth.parse_tokens.
     api_tokens: str = field(default="", repr=False)
+
+    def __repr__(self) -> str:
+        """Every field but the secrets (repr=False), with any password inside a URL masked."""
+        shown = (f"{f.name}={redact_url(value)!r}" if isinstance(value, str)
+                 else f"{f.name}={value!r}"
+                 for f in fields(self) if f.repr for value in (getattr(self, f.name),))
+        return f"Settings({', '.join(shown)})"
+
+    @property
+    def worker_data_dir(self) -> Path:
+        """This worker's own data directory: one per web port, so workers share a host."""
+        return self.data_dir / f"worker-{self.web_port}"
 
     @property
     def broker_bootstrap(self) -> str:
@@ -86,6 +112,7 @@ class Settings:
             raise SettingsError("TAGSTREAM_WECOM_CALLS_PER_MINUTE must be at least 10")
         if settings.wecom_coalesce_ms < 0:
             raise SettingsError("TAGSTREAM_WECOM_COALESCE_MS must not be negative")
+        check_security(settings)
         return settings
 
 
@@ -94,7 +121,17 @@ ENV_NAMES: dict[str, str] = {
     "app_id": "TAGSTREAM_APP_ID",
     "partitions": "TAGSTREAM_PARTITIONS",
     "replication": "TAGSTREAM_REPLICATION",
+    "kafka_security_protocol": "TAGSTREAM_KAFKA_SECURITY_PROTOCOL",
+    "kafka_sasl_mechanism": "TAGSTREAM_KAFKA_SASL_MECHANISM",
+    "kafka_sasl_username": "TAGSTREAM_KAFKA_SASL_USERNAME",
+    "kafka_sasl_password": "TAGSTREAM_KAFKA_SASL_PASSWORD",
+    "kafka_ssl_cafile": "TAGSTREAM_KAFKA_SSL_CAFILE",
+    "kafka_ssl_certfile": "TAGSTREAM_KAFKA_SSL_CERTFILE",
+    "kafka_ssl_keyfile": "TAGSTREAM_KAFKA_SSL_KEYFILE",
+    "kafka_ssl_key_password": "TAGSTREAM_KAFKA_SSL_KEY_PASSWORD",
     "redis_url": "TAGSTREAM_REDIS_URL",
+    "redis_password": "TAGSTREAM_REDIS_PASSWORD",
+    "redis_ssl_cafile": "TAGSTREAM_REDIS_SSL_CAFILE",
     "rules_path": "TAGSTREAM_RULES",
     "clock": "TAGSTREAM_CLOCK",
     "allowed_lateness_s": "TAGSTREAM_ALLOWED_LATENESS_S",
@@ -128,3 +165,26 @@ def _parse(name: str, raw: str, default: object) -> object:
         return raw
     except ValueError:
         raise SettingsError(f"{name}={raw!r} is not a valid {type(default).__name__}") from None
+
+
+KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+KAFKA_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+def check_security(settings: Settings) -> None:
+    """Security settings that cannot work together fail at start; no message shows a secret."""
+    protocol = settings.kafka_security_protocol
+    if protocol not in KAFKA_SECURITY_PROTOCOLS:
+        raise SettingsError(f"TAGSTREAM_KAFKA_SECURITY_PROTOCOL must be one of "
+                            f"{', '.join(KAFKA_SECURITY_PROTOCOLS)}, not {protocol!r}")
+    if protocol.startswith("SASL_"):
+        if settings.kafka_sasl_mechanism not in KAFKA_SASL_MECHANISMS:
+            raise SettingsError(f"TAGSTREAM_KAFKA_SASL_MECHANISM must be one of "
+                                f"{', '.join(KAFKA_SASL_MECHANISMS)}, not "
+                                f"{settings.kafka_sasl_mechanism!r}")
+        if not settings.kafka_sasl_username or not settings.kafka_sasl_password:
+            raise SettingsError(f"TAGSTREAM_KAFKA_SECURITY_PROTOCOL={protocol} needs "
+                                "TAGSTREAM_KAFKA_SASL_USERNAME and TAGSTREAM_KAFKA_SASL_PASSWORD")
+    if settings.kafka_ssl_keyfile and not settings.kafka_ssl_certfile:
+        raise SettingsError("TAGSTREAM_KAFKA_SSL_KEYFILE is set without "
+                            "TAGSTREAM_KAFKA_SSL_CERTFILE (the client certificate)")

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Iterable
 
 import faust
 
 import orjson
 
 from schemas.changes import encode_change
-from schemas.control import CONTROL_HEADER, WATERMARK, control_kind, decode_watermark
+from schemas.control import WATERMARK, control_kind, decode_watermark
 from schemas.decode import decode_event
 from schemas.errors import EventRejected
 from schemas.events import TIE_RANK_BY_TOPIC
@@ -29,11 +30,10 @@ from streams.topics import EVENT_TOPICS, REROUTE_TOPIC, Topics
 from taggers.clock import to_epoch
 from taggers.engine import Engine, Outcome
 from taggers.profile import render_profile
-from taggers.state import decode_state, encode_state
+from taggers.state import MemberState, decode_state, encode_state
 
 log = logging.getLogger(__name__)
 
-TICK = b"tick"
 BACKFILL = b"backfill"  # re-evaluate every member of the partition with the current rules
 ORIGIN_HEADER = "tagstream-origin"  # "topic:partition:offset" of a re-routed event
 
@@ -50,12 +50,34 @@ class Counters:
 
 Ack = Callable[[], Awaitable[Any]]
 
+# Write-back: a partition's changed member states go to the table (one changelog record per
+# member, not per event) and to members.profiles at most this often, or sooner when this
+# many members or events are waiting. Tag changes are sent at once; only state is batched.
+FLUSH_INTERVAL_S = 0.2
+FLUSH_MEMBERS = 2000
+FLUSH_EVENTS = 5000
+
+
+class _PartitionWrites:
+    """What a partition owes the table and Kafka since its last flush."""
+
+    __slots__ = ("dirty", "acks", "since")
+
+    def __init__(self) -> None:
+        self.dirty: dict[bytes, MemberState] = {}
+        self.acks: list[Ack] = []
+        self.since = 0.0
+
 
 class MemberProcessor:
-    """Handles one inbound message at a time for the partitions this worker owns."""
+    """Handles one inbound message at a time for the partitions this worker owns.
+
+    Crash safety: an event is acknowledged to Kafka (so its offset may be committed) only
+    after the state it produced is in the table's changelog. A crash before that redelivers
+    the event, which re-creates the same changes with the same change ids."""
 
     def __init__(self, engine: Engine, topics: Topics, table: Any, clocks: PartitionClocks,
-                 partitions: int) -> None:
+                 partitions: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.engine = engine
         self.topics = topics
         self.table = table
@@ -64,16 +86,23 @@ class MemberProcessor:
         self.deadlines = DeadlineIndex()
         self.pending = ReorderBuffer()
         self.counters = Counters()
+        self._monotonic = clock
+        self._writes: dict[int, _PartitionWrites] = {}
 
     async def handle(self, message: Any, ack: Ack) -> None:
         """Process one message; `ack` is called once it is fully handled (maybe later)."""
         partition = message.partition
         if not self.deadlines.is_loaded(partition):
             self._load_deadlines(partition)
+        await self._route(message, ack)
+        await self._maybe_flush(partition)
+
+    async def _route(self, message: Any, ack: Ack) -> None:
+        partition = message.partition
         kind = control_kind(message.headers)
         if kind is not None:
             await self._control(kind, message)
-            await ack()
+            self._owe(partition, ack)
             await self._release_and_fire(partition)
             return
         origin = _origin(message)
@@ -81,17 +110,17 @@ class MemberProcessor:
             event = decode_event(message.value, topic=origin[0])
         except EventRejected as rejected:
             await self.reject(rejected.reason, origin, message)
-            await ack()
+            self._owe(partition, ack)
             return
 
         home = partition_for(event.member_id, self.partitions)
         if home != partition:
             await self._reroute(message, event.member_id, home, origin)
-            await ack()
+            self._owe(partition, ack)
             return
         if self.clocks.mode == "wall":
             await self._apply(event, origin, message)
-            await ack()
+            self._owe(partition, ack)
             await self._fire_due(partition)
             return
         occurred = to_epoch(event.occurred_at)
@@ -109,14 +138,13 @@ class MemberProcessor:
                 return
             for event, origin, message, ack in self.pending.pop_ready(partition, now):
                 await self._apply(event, origin, message)
-                await ack()
+                self._owe(partition, ack)
         await self._fire_due(partition)
 
     async def _apply(self, event: Any, origin: tuple[str, int, int], message: Any) -> None:
         key = event.member_id.encode()
-        raw_state = self.table.get(key)
         try:
-            outcome = self.engine.apply(decode_state(raw_state) if raw_state else None, event)
+            outcome = self.engine.apply(self._load(message.partition, key), event)
         except EventRejected as rejected:
             await self.reject(rejected.reason, origin, message)
             return
@@ -143,7 +171,7 @@ class MemberProcessor:
                 self.clocks.observe_marker(message.topic, message.partition, instant)
         elif kind == BACKFILL:
             await self._reevaluate_partition(message.partition)
-        elif kind != TICK:
+        else:
             await self.reject(f"unknown control message {kind!r}", _origin(message), message)
 
     async def _fire_due(self, partition: int) -> None:
@@ -152,10 +180,9 @@ class MemberProcessor:
             return
         for member_id in dict.fromkeys(self.deadlines.pop_due(partition, now)):
             key = member_id.encode()
-            raw_state = self.table.get(key)
-            if not raw_state:
+            state = self._load(partition, key)
+            if state is None:
                 continue
-            state = decode_state(raw_state)
             if state.next_deadline is None or state.next_deadline > now:
                 continue  # a stale heap entry: the member's deadline moved
             outcome = self.engine.advance(state, now)
@@ -164,18 +191,73 @@ class MemberProcessor:
 
     # --- outputs ------------------------------------------------------------------------------
 
+    def _load(self, partition: int, key: bytes) -> MemberState | None:
+        """The member's newest state: from the write-back cache, else the table."""
+        writes = self._writes.get(partition)
+        if writes is not None and key in writes.dirty:
+            return writes.dirty[key]
+        raw_state = self.table.get(key)
+        return decode_state(raw_state) if raw_state else None
+
+    def _owe(self, partition: int, ack: Ack) -> None:
+        self._partition_writes(partition).acks.append(ack)
+
+    def _partition_writes(self, partition: int) -> _PartitionWrites:
+        writes = self._writes.get(partition)
+        if writes is None:
+            writes = self._writes[partition] = _PartitionWrites()
+        if not writes.dirty and not writes.acks:
+            writes.since = self._monotonic()
+        return writes
+
+    async def _maybe_flush(self, partition: int) -> None:
+        writes = self._writes.get(partition)
+        if writes is None or not (writes.dirty or writes.acks):
+            return
+        if (len(writes.dirty) >= FLUSH_MEMBERS or len(writes.acks) >= FLUSH_EVENTS
+                or self._monotonic() - writes.since >= FLUSH_INTERVAL_S):
+            await self.flush(partition)
+
+    async def flush(self, partition: int) -> None:
+        """Write the partition's changed states (table + changelog + profiles), then
+        acknowledge the events behind them."""
+        writes = self._writes.pop(partition, None)
+        if writes is None:
+            return
+        pack = self.engine.pack
+        for key, state in writes.dirty.items():
+            raw = encode_state(state)
+            # The store and its changelog partition are written explicitly (not
+            # `table[key] = ...`, which takes the partition of the message being handled), so
+            # a flush may run from a timer, a rebalance or shutdown.
+            self.table.data[key] = raw
+            self.table.send_changelog(partition, key, raw)
+            await self.topics.profiles.send(key=key, value=orjson.dumps(render_profile(state, pack)),
+                                            partition=partition)
+        for ack in writes.acks:
+            await ack()
+
+    async def flush_all(self) -> None:
+        for partition in list(self._writes):
+            await self.flush(partition)
+
+    async def tick(self, partitions: Iterable[int]) -> None:
+        """Periodic, with no event: fire due deadlines (wall clock) and write batched state."""
+        for partition in partitions:
+            if not self.deadlines.is_loaded(partition):
+                self._load_deadlines(partition)
+            await self._fire_due(partition)
+            await self._maybe_flush(partition)
+
     async def _store(self, partition: int, key: bytes, outcome: Outcome) -> None:
         state = outcome.state
-        self.table[key] = encode_state(state)
+        self._partition_writes(partition).dirty[key] = state
         for change in outcome.changes:
             await self.topics.tag_changes.send(key=key, value=encode_change(change),
                                                partition=partition)
         for tier_change in outcome.tier_changes:
             await self.topics.tier_changes.send(key=key, value=encode_change(tier_change),
                                                 partition=partition)
-        await self.topics.profiles.send(
-            key=key, value=orjson.dumps(render_profile(state, self.engine.pack)),
-            partition=partition)
         self.counters.tag_changes += len(outcome.changes)
         self.deadlines.push(partition, state.next_deadline, state.member_id)
 
@@ -188,11 +270,13 @@ class MemberProcessor:
 
     async def _reevaluate_partition(self, partition: int) -> None:
         now = self.clocks.now(partition)
-        for key, raw_state in list(self.table.items()):
+        for key in list(self.table.keys()):
             member_id = key.decode() if isinstance(key, bytes) else str(key)
-            if partition_for(member_id, self.partitions) != partition or not raw_state:
+            if partition_for(member_id, self.partitions) != partition:
                 continue
-            state = decode_state(raw_state)
+            state = self._load(partition, key)
+            if state is None:
+                continue
             at = now if now is not None else state.watermark
             if at is None:
                 continue
@@ -225,11 +309,13 @@ class MemberProcessor:
                 entries.append((deadline, member_id))
         self.deadlines.load(partition, entries)
 
-    def on_revoked(self, partitions: set[int]) -> None:
+    async def on_revoked(self, partitions: set[int]) -> None:
         for partition in partitions:
+            await self.flush(partition)
             self.deadlines.drop(partition)
             self.clocks.forget(partition)
             self.pending.drop(partition)
+
 
 
 def _origin(message: Any) -> tuple[str, int, int]:
@@ -276,12 +362,14 @@ def register_member_agent(app: faust.App, processor: MemberProcessor, topics: To
 
     @app.timer(timer_interval_s)
     async def tick() -> None:
-        """Wake every owned partition so deadlines fire with no event (wall clock)."""
-        for tp in app.assignor.assigned_actives():
-            if tp.topic == REROUTE_TOPIC:
-                await topics.reroute.send(key=None, value=b"", partition=tp.partition,
-                                          headers=[(CONTROL_HEADER, TICK)])
+        """Deadlines fire and batched state is written with no event needed."""
+        owned = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic in EVENT_TOPICS}
+        await processor.tick(sorted(owned))
 
     @app.on_partitions_revoked.connect
     async def on_revoked(app: faust.App, revoked: set[Any], **_: Any) -> None:
-        processor.on_revoked({tp.partition for tp in revoked if tp.topic == REROUTE_TOPIC})
+        await processor.on_revoked({tp.partition for tp in revoked if tp.topic in EVENT_TOPICS})
+
+    @app.on_before_shutdown.connect
+    async def on_shutdown(app: faust.App, **_: Any) -> None:
+        await processor.flush_all()

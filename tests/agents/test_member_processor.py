@@ -11,12 +11,11 @@ import orjson
 import pytest
 
 from schemas.control import encode_watermark
-from streams.agents.members import ORIGIN_HEADER, TICK, MemberProcessor
+from streams.agents.members import ORIGIN_HEADER, MemberProcessor
 from streams.clock import PartitionClocks
 from streams.partitioning import partition_for
 from streams.settings import DEFAULT_RULES
 from streams.topics import EVENT_TOPICS, REROUTE_TOPIC, Topics
-from schemas.control import CONTROL_HEADER
 from taggers.engine import Engine
 from taggers.rules import load_rules
 from taggers.state import decode_state
@@ -35,6 +34,22 @@ class Message:
     headers: list = field(default_factory=list)
 
 
+class FakeTable(dict):
+    """The two things the processor uses of a Faust table besides reads: its store and its
+    changelog (recorded with the partition, which must be the member's)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.changelog: list[tuple[int, bytes]] = []
+
+    @property
+    def data(self) -> dict:
+        return self
+
+    def send_changelog(self, partition: int, key: bytes, value: bytes) -> None:
+        self.changelog.append((partition, key))
+
+
 class FakeTopic:
     def __init__(self, name: str) -> None:
         self.name = name
@@ -51,15 +66,21 @@ class Harness:
                              tag_changes=FakeTopic("tags.changes"),
                              tier_changes=FakeTopic("tiers.changes"),
                              profiles=FakeTopic("members.profiles"))
-        self.table: dict[bytes, bytes] = {}
+        self.table = FakeTable()
         self.wall = wall
+        self.monotonic = 0.0
         self.processor = MemberProcessor(
             Engine(load_rules(DEFAULT_RULES)), self.topics, self.table,
-            PartitionClocks(clock, EVENT_TOPICS, wall=lambda: self.wall), PARTITIONS)
+            PartitionClocks(clock, EVENT_TOPICS, wall=lambda: self.wall), PARTITIONS,
+            clock=lambda: self.monotonic)
         self.acked: list[int] = []
         self.offset = 0
 
-    async def send(self, topic: str, value: bytes, partition: int, headers=None) -> Message:
+    async def send(self, topic: str, value: bytes, partition: int, headers=None,
+                   seconds_later: float = 0.01, flush: bool = True) -> Message:
+        """Deliver one message `seconds_later` (monotonic) than the previous one, then (by
+        default) flush the partition's write-back as the worker does periodically."""
+        self.monotonic += seconds_later
         self.offset += 1
         message = Message(topic, partition, self.offset, None, value, headers or [])
 
@@ -67,6 +88,8 @@ class Harness:
             self.acked.append(offset)
 
         await self.processor.handle(message, ack)
+        if flush:
+            await self.processor.flush(partition)
         return message
 
     async def event(self, topic: str, body: dict) -> Message:
@@ -134,7 +157,8 @@ async def test_deadline_fires_on_tick_with_no_event_in_wall_mode() -> None:
         await h.event("events.orders", raw_event("order.paid", at, amount_fen=300_000))
     assert ("repeat_buyer", "added") in h.changes()
     h.wall = datetime.fromisoformat("2025-01-01T00:00:00+08:00").timestamp()
-    await h.send(REROUTE_TOPIC, b"", partition_for("M1", PARTITIONS), [(CONTROL_HEADER, TICK)])
+    h.monotonic += 1  # and the write-back is due
+    await h.processor.tick([partition_for("M1", PARTITIONS)])
     assert ("repeat_buyer", "removed") in h.changes()
     removal = next(orjson.loads(s["value"]) for s in h.topics.tag_changes.sent
                    if b'"repeat_buyer"' in s["value"] and b'"removed"' in s["value"])
@@ -152,6 +176,30 @@ async def test_redelivered_event_is_acked_and_changes_nothing() -> None:
     assert h.changes() == [("first_purchase", "added")]
     assert h.table == before and again.offset in h.acked
     assert h.processor.counters.duplicates == 1
+
+
+async def test_state_and_acks_wait_for_the_flush_and_go_together() -> None:
+    h = Harness("wall", wall=2e9)
+    home = partition_for("M1", PARTITIONS)
+    first = await h.event("events.orders", raw_event("order.paid", "2033-05-18T10:00:00+08:00",
+                                                     amount_fen=100))
+    assert first.offset in h.acked and b"M1" in h.table
+    # within the flush interval: the change is published at once, state and ack wait
+    body = raw_event("order.paid", "2033-05-18T10:05:00+08:00", amount_fen=100)
+    second = await h.send("events.orders", orjson.dumps(body), home, flush=False)
+    assert ("repeat_buyer", "added") in h.changes()
+    assert second.offset not in h.acked
+    assert decode_state(h.table[b"M1"]).orders.count == 1
+    profiles_before = len(h.topics.profiles.sent)
+    # a tick after the interval flushes: table, profile, then the acks
+    h.monotonic += 0.2
+    await h.processor.tick([home])
+    assert second.offset in h.acked
+    assert decode_state(h.table[b"M1"]).orders.count == 2
+    assert len(h.topics.profiles.sent) == profiles_before + 1
+    # one changelog record per flush of the member, on the member's partition
+    assert h.table.changelog == [(home, b"M1"), (home, b"M1")]
+    assert orjson.loads(h.topics.profiles.sent[-1]["value"])["orders"]["count"] == 2
 
 
 @pytest.mark.parametrize("value", [b"", b"\x00\xff", b"[]", b"{}", b'{"event_type": 1}'])

@@ -74,7 +74,8 @@ def running_worker(settings: Settings, tmp_path: Path, name: str = "worker",
 
 async def read_topic(bootstrap: str, topic: str, *, until: Callable[[list[Any]], bool],
                      timeout: float, worker: WorkerProcess | None = None) -> list[Any]:
-    """Every record of `topic` from the start, re-read until `until(records)` or timeout.
+    """Every record of `topic` from the start, read until `until(new_records)` says enough
+    (it sees each batch once, so it keeps its own tally: see the helpers below) or timeout.
     Records are aiokafka ConsumerRecords. Fails early if the worker died."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
@@ -90,9 +91,9 @@ async def read_topic(bootstrap: str, topic: str, *, until: Callable[[list[Any]],
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             batch = await consumer.getmany(timeout_ms=300, max_records=5000)
-            for messages in batch.values():
-                records.extend(messages)
-            if until(records):
+            new = [message for messages in batch.values() for message in messages]
+            records.extend(new)
+            if until(new):
                 return records
             if worker is not None and not worker.alive():
                 raise AssertionError(f"worker died:\n{worker.log_tail()}")
@@ -104,3 +105,44 @@ async def read_topic(bootstrap: str, topic: str, *, until: Callable[[list[Any]],
 def values(records: list[Any]) -> list[dict[str, Any]]:
     return [orjson.loads(record.value) for record in records]
 
+
+# --- stopping conditions for read_topic: each keeps its own tally ---------------------------
+
+
+def at_least(count: int) -> Callable[[list[Any]], bool]:
+    seen = 0
+
+    def enough(new: list[Any]) -> bool:
+        nonlocal seen
+        seen += len(new)
+        return seen >= count
+
+    return enough
+
+
+def never() -> Callable[[list[Any]], bool]:
+    """Read for the whole timeout (to be sure nothing more arrives)."""
+    return lambda new: False
+
+
+def change_ids_cover(expected: set[str]) -> Callable[[list[Any]], bool]:
+    missing = set(expected)
+
+    def enough(new: list[Any]) -> bool:
+        for record in new:
+            missing.discard(orjson.loads(record.value)["change_id"])
+        return not missing
+
+    return enough
+
+
+def latest_by_key_equals(expected: dict[str, Any]) -> Callable[[list[Any]], bool]:
+    """The newest value per key (JSON) equals `expected` (a compacted topic's view)."""
+    latest: dict[str, Any] = {}
+
+    def enough(new: list[Any]) -> bool:
+        for record in new:
+            latest[record.key.decode()] = orjson.loads(record.value)
+        return bool(new) and latest == expected
+
+    return enough

@@ -1,0 +1,86 @@
+"""The stream and the dry run agree exactly on a generated history (issue 3 and 4).
+
+A generated history of 5,000 members over 2 years is replayed with `tagstream replay` into a
+real worker running on the event-time clock; `tags.changes` and `tiers.changes` must hold
+exactly the change ids the pure engine computes (`taggers.dryrun`), and the final profile of
+every member on `members.profiles` must equal the dry run's.
+"""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+import pytest
+
+from streams.generate import generate_events, write_jsonl
+from streams.replay import replay
+from streams.topics import PROFILES_TOPIC, TAG_CHANGES_TOPIC, TIER_CHANGES_TOPIC
+from taggers.dryrun import dry_run
+from taggers.engine import Engine
+from taggers.profile import render_profile
+from taggers.rules import load_rules
+from tests.support.kafka import (
+    change_ids_cover,
+    create_topics,
+    latest_by_key_equals,
+    read_topic,
+    running_worker,
+    values,
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+MEMBERS = 5_000
+DAYS = 731
+
+
+async def test_stream_and_dryrun_agree_on_tags_tiers_points_and_profiles(stack, tmp_path):
+    path = tmp_path / "history.jsonl"
+    with path.open("wb") as out:
+        write_jsonl(generate_events(members=MEMBERS, days=DAYS, seed=2024), out)
+    with path.open("rb") as lines:
+        started = time.perf_counter()
+        expected = dry_run(Engine(load_rules(stack.rules_path), stack.allowed_lateness_s), lines)
+        dryrun_s = time.perf_counter() - started
+    assert not expected.rejected
+    pack = load_rules(stack.rules_path)
+    expected_tags = {c.change_id for c in expected.changes}
+    expected_tiers = {c.change_id for c in expected.tier_changes}
+    expected_profiles = {m: render_profile(s, pack) for m, s in expected.states.items()}
+    assert len(expected.states) == MEMBERS and expected_tiers
+
+    await create_topics(stack)
+    with running_worker(stack, tmp_path, clock="event") as worker:
+        started = time.perf_counter()
+        result = await replay(stack.broker_bootstrap, path, partitions=stack.partitions,
+                              progress=False)
+        tag_records = await read_topic(
+            stack.broker_bootstrap, TAG_CHANGES_TOPIC, worker=worker, timeout=900,
+            until=change_ids_cover(expected_tags))
+        stream_s = time.perf_counter() - started
+        tier_records = await read_topic(
+            stack.broker_bootstrap, TIER_CHANGES_TOPIC, worker=worker, timeout=120,
+            until=change_ids_cover(expected_tiers))
+        profile_records = await read_topic(
+            stack.broker_bootstrap, PROFILES_TOPIC, worker=worker, timeout=120,
+            until=latest_by_key_equals(expected_profiles))
+    print(f"\n{result.events} events, {MEMBERS} members, {DAYS} days: dry run {dryrun_s:.1f} s, "
+          f"stream {stream_s:.1f} s ({result.events / stream_s:.0f} events/s), "
+          f"{len(expected_tags)} tag changes, {len(expected_tiers)} tier/points changes")
+
+    found_tags = [c["change_id"] for c in values(tag_records)]
+    assert set(found_tags) == expected_tags
+    assert len(found_tags) == len(expected_tags)  # none twice
+    assert {c["change_id"] for c in values(tier_records)} == expected_tiers
+    latest = _latest(profile_records)
+    assert latest.keys() == expected_profiles.keys()
+    differing = [m for m in latest if latest[m] != expected_profiles[m]]
+    assert not differing, (differing[:3], latest[differing[0]], expected_profiles[differing[0]])
+
+
+def _latest(records) -> dict:
+    latest = {}
+    for record in records:
+        latest[record.key.decode()] = orjson.loads(record.value)
+    return latest
