@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any, Mapping
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
@@ -23,8 +24,9 @@ class TopicError(TagstreamError):
 
 
 async def ensure_topics(bootstrap: str, topics: dict[str, int], replication: int = 1, *,
-                        timeout: float = 30.0) -> None:
+                        timeout: float = 30.0, security: Mapping[str, Any] | None = None) -> None:
     """Create the missing `topics` ({name: partitions}); return once metadata shows them all.
+    `security`: `streams.security.kafka_client_kwargs(settings)` (TLS/SASL), if any.
 
     A topic that already exists with the requested partition count is fine; one with another
     count raises TopicError rather than being silently used with the wrong partitioning.
@@ -38,8 +40,13 @@ async def ensure_topics(bootstrap: str, topics: dict[str, int], replication: int
     if replication < 1:
         raise TopicError(f"replication must be at least 1, not {replication}")
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap,
-                                request_timeout_ms=int(timeout * 1000))
-    await admin.start()
+                                request_timeout_ms=int(timeout * 1000), **(security or {}))
+    try:
+        await admin.start()
+    except Exception as exc:  # noqa: BLE001 - aiokafka raises KeyError on a refused SCRAM login
+        await admin.close()
+        raise TopicError(f"cannot connect to the Kafka broker at {bootstrap}"
+                         f"{_as_whom(security)}: {type(exc).__name__}: {exc}") from None
     try:
         response = await admin.create_topics(
             [NewTopic(name, partitions, replication) for name, partitions in topics.items()])
@@ -52,6 +59,17 @@ async def ensure_topics(bootstrap: str, topics: dict[str, int], replication: int
         await _wait_for_partitions(admin, topics, time.monotonic() + timeout)
     finally:
         await admin.close()
+
+
+def _as_whom(security: Mapping[str, Any] | None) -> str:
+    """How we tried to connect, for the error message (never the password)."""
+    protocol = (security or {}).get("security_protocol", "PLAINTEXT")
+    if protocol == "PLAINTEXT":
+        return ""
+    if not protocol.startswith("SASL_"):
+        return f" over {protocol}"
+    return (f" over {protocol} as {security['sasl_plain_username']!r} "  # type: ignore[index]
+            f"({security['sasl_mechanism']}; check the user and TAGSTREAM_KAFKA_SASL_PASSWORD)")
 
 
 async def _wait_for_partitions(admin: AIOKafkaAdminClient, topics: dict[str, int],

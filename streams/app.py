@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import faust
 
+from streams.security import faust_broker_credentials
 from streams.settings import Settings
 
 
@@ -11,10 +12,11 @@ def create_app(settings: Settings) -> faust.App:
     return faust.App(
         settings.app_id,
         broker=settings.broker,
+        broker_credentials=faust_broker_credentials(settings),
         store="memory://",  # state is rebuilt from the changelog topic on start
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication,
-        datadir=str(settings.data_dir),
+        datadir=str(settings.worker_data_dir),
         web_port=settings.web_port,
         web_host="127.0.0.1",
         web_bind="127.0.0.1",

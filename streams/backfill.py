@@ -6,6 +6,8 @@ that partition, inside its stream (so state writes go to the right changelog par
 
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 from aiokafka import AIOKafkaProducer
 
 from schemas.control import CONTROL_HEADER
@@ -13,8 +15,9 @@ from streams.agents.members import BACKFILL
 from streams.topics import REROUTE_TOPIC
 
 
-async def request_backfill(bootstrap: str, partitions: int) -> int:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+async def request_backfill(bootstrap: str, partitions: int, *,
+                           security: Mapping[str, Any] | None = None) -> int:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", **(security or {}))
     await producer.start()
     try:
         for partition in range(partitions):

@@ -10,12 +10,23 @@ from typing import Any
 import click
 
 from schemas.errors import TagstreamError
+from streams.redaction import install_log_redaction
 from streams.settings import Settings
 
 
 def _settings() -> Settings:
     try:
         return Settings.from_env()
+    except TagstreamError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _kafka_security(settings: Settings) -> dict[str, Any]:
+    """TLS/SASL keyword arguments for the aiokafka clients of the data tools."""
+    from streams.security import kafka_client_kwargs
+
+    try:
+        return kafka_client_kwargs(settings)
     except TagstreamError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -48,7 +59,9 @@ def stack_up(timeout: float) -> None:
                                   topic_partitions(settings.partitions), settings.replication))
     except TagstreamError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"broker {settings.broker} and Redis {settings.redis_url} are up")
+    from streams.redaction import redact_url
+
+    click.echo(f"broker {settings.broker} and Redis {redact_url(settings.redis_url)} are up")
 
 
 @stack.command("down")
@@ -72,14 +85,25 @@ def stack_status() -> None:
 
 
 @main.command()
-def worker() -> None:
+@click.option("--web-port", type=click.IntRange(1, 65535), default=None,
+              help="This worker's HTTP port (default: TAGSTREAM_WEB_PORT). Its data directory "
+                   "is <TAGSTREAM_DATA_DIR>/worker-<port>, so workers on one host need only "
+                   "different ports.")
+def worker(web_port: int | None) -> None:
     """Run the Faust worker (settings from TAGSTREAM_* environment variables)."""
+    import dataclasses
+
     from streams.worker import run_worker
 
+    from streams.redaction import redact, secret_values
+
+    settings = _settings()
+    if web_port is not None:
+        settings = dataclasses.replace(settings, web_port=web_port)
     try:
-        run_worker(_settings())
+        run_worker(settings)
     except TagstreamError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(redact(str(exc), secret_values(settings))) from None
 
 
 def _run_until_signalled(run: Any) -> None:
@@ -106,6 +130,7 @@ def redis_sink() -> None:
     settings = _settings()
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    install_log_redaction(settings)
     _run_until_signalled(lambda stop: run_redis_sink(settings, stop))
 
 
@@ -119,6 +144,7 @@ def wecom_sync() -> None:
     settings = _settings()
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    install_log_redaction(settings)
     try:
         _run_until_signalled(lambda stop: run_wecom_sync(settings, stop))
     except TagstreamError as exc:
@@ -142,6 +168,7 @@ def api(print_openapi: bool) -> None:
     settings = _settings()
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    install_log_redaction(settings)
     try:
         run_api(settings)
     except TagstreamError as exc:
@@ -177,7 +204,8 @@ def replay(path: Path, speed: float | None, as_fast: bool) -> None:
     settings = _settings()
     result = asyncio.run(run_replay(settings.broker_bootstrap, path, speed=speed,
                                     partitions=settings.partitions,
-                                    progress=sys.stderr.isatty()))
+                                    progress=sys.stderr.isatty(),
+                                    security=_kafka_security(settings)))
     click.echo(result.summary() if hasattr(result, "summary") else str(result), err=True)
 
 
@@ -187,7 +215,8 @@ def backfill() -> None:
     from streams.backfill import request_backfill
 
     settings = _settings()
-    sent = asyncio.run(request_backfill(settings.broker_bootstrap, settings.partitions))
+    sent = asyncio.run(request_backfill(settings.broker_bootstrap, settings.partitions,
+                                        security=_kafka_security(settings)))
     click.echo(f"asked {sent} partitions to re-evaluate their members")
 
 
@@ -256,7 +285,8 @@ def tail(topic: str, from_beginning: bool, idle: float, limit: int) -> None:
     settings = _settings()
     count = asyncio.run(tail_topic(settings.broker_bootstrap, topic,
                                    from_beginning=from_beginning, idle_s=idle or None,
-                                   limit=limit or None, out=sys.stdout))
+                                   limit=limit or None, out=sys.stdout,
+                                   security=_kafka_security(settings)))
     click.echo(f"{count} records from {topic}", err=True)
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 import orjson
 
 from streams.admin import ensure_topics
+from streams.redaction import redact_url
+from streams.security import kafka_client_kwargs
 from streams.settings import Settings
 from streams.stack import EmbeddedStack
 from streams.tail import format_record
@@ -27,12 +29,14 @@ def run_demo(settings: Settings, *, members: int, days: int, seed: int,
     settings = replace(settings, clock="event")
     stack = EmbeddedStack(settings)
     was_running = all(info.get("answering") for info in stack.status().values())
-    say(f"1/5 starting the embedded broker ({settings.broker}) and Redis ({settings.redis_url})")
+    say(f"1/5 starting the embedded broker ({settings.broker}) and Redis "
+        f"({redact_url(settings.redis_url)})")
     stack.up()
     worker: subprocess.Popen[bytes] | None = None
     try:
         asyncio.run(ensure_topics(settings.broker_bootstrap,
-                                  topic_partitions(settings.partitions), settings.replication))
+                                  topic_partitions(settings.partitions), settings.replication,
+                                  security=kafka_client_kwargs(settings)))
         workdir = settings.data_dir / "demo"
         workdir.mkdir(parents=True, exist_ok=True)
         events_path = workdir / "events.jsonl"
@@ -78,7 +82,7 @@ async def _replay_and_follow(settings: Settings, events_path: Path,
     from streams.replay import replay
 
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.broker_bootstrap,
-                                enable_auto_commit=False)
+                                enable_auto_commit=False, **kafka_client_kwargs(settings))
     await consumer.start()
     counts: Counter[str] = Counter()
     try:
@@ -86,7 +90,8 @@ async def _replay_and_follow(settings: Settings, events_path: Path,
         consumer.assign(partitions)
         await consumer.seek_to_end(*partitions)
         replaying = asyncio.create_task(replay(settings.broker_bootstrap, events_path,
-                                               partitions=settings.partitions, progress=False))
+                                               partitions=settings.partitions, progress=False,
+                                               security=kafka_client_kwargs(settings)))
         loop = asyncio.get_running_loop()
         started = last = loop.time()
         while True:

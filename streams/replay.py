@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Mapping
 
 import msgspec
 from aiokafka import AIOKafkaProducer
@@ -147,7 +147,8 @@ def _event_time(value: object) -> datetime | None:
 
 async def replay(bootstrap: str, path: Path, *, speed: float | None = None, partitions: int,
                  progress: bool = True, topic_override: str | None = None,
-                 replication: int = 1) -> ReplayResult:
+                 replication: int = 1,
+                 security: Mapping[str, Any] | None = None) -> ReplayResult:
     """Send every line of the JSONL file at `path` ("-" = stdin) and end with watermarks.
 
     `speed=None` sends as fast as the broker takes them; `speed=X` keeps X times the pace of
@@ -163,7 +164,7 @@ async def replay(bootstrap: str, path: Path, *, speed: float | None = None, part
     topics = {topic: partitions for topic in EVENT_TOPICS}
     if topic_override is not None:
         topics[topic_override] = partitions
-    await ensure_topics(bootstrap, topics, replication)
+    await ensure_topics(bootstrap, topics, replication, security=security)
 
     started = time.perf_counter()
     produced: dict[str, int] = {}
@@ -173,7 +174,7 @@ async def replay(bootstrap: str, path: Path, *, speed: float | None = None, part
     line_no = 0
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5,
                                 max_batch_size=BATCH_BYTES, max_request_size=MAX_MESSAGE_BYTES,
-                                client_id="tagstream-replay")
+                                client_id="tagstream-replay", **(security or {}))
     await producer.start()
     try:
         with _open(path) as fp, _progress_bar(path, progress) as bar:
@@ -342,14 +343,15 @@ def _progress_bar(path: Path, enabled: bool) -> tqdm:
 
 async def produce_raw(bootstrap: str, topic: str, items: Iterable[tuple[bytes | None, bytes]],
                       partition: int | None = None,
-                      headers: list[tuple[str, bytes]] | None = None) -> list[tuple[int, int]]:
+                      headers: list[tuple[str, bytes]] | None = None,
+                      security: Mapping[str, Any] | None = None) -> list[tuple[int, int]]:
     """Send (key, value) pairs as they are, in order; returns each one's (partition, offset).
 
     For tests that need arbitrary bytes on a topic. With `partition=None` a keyed message goes
     where the Kafka default partitioner (murmur2, as `partition_for`) puts it.
     """
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5,
-                                client_id="tagstream-produce-raw")
+                                client_id="tagstream-produce-raw", **(security or {}))
     await producer.start()
     try:
         futures = [await producer.send(topic, value, key=key, partition=partition,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TextIO
+from typing import Any, Mapping, TextIO
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -28,9 +28,11 @@ def format_record(value: bytes) -> str:
 
 async def tail_topic(bootstrap: str, topic: str, *, from_beginning: bool = False,
                      idle_s: float | None = None, limit: int | None = None,
-                     out: TextIO | None = None) -> int:
+                     out: TextIO | None = None,
+                     security: Mapping[str, Any] | None = None) -> int:
     """Print records until `limit` records or `idle_s` seconds without one; returns the count."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                **(security or {}))
     await consumer.start()
     count = 0
     try:

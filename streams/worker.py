@@ -14,7 +14,9 @@ from streams.admin import ensure_topics
 from streams.agents.members import MemberProcessor, register_member_agent
 from streams.app import create_app
 from streams.clock import PartitionClocks
+from streams.redaction import install_log_redaction
 from streams.rules_watch import RulesWatcher
+from streams.security import kafka_client_kwargs
 from streams.settings import Settings
 from streams.topics import EVENT_TOPICS, declare_topics, topic_partitions
 from taggers.engine import Engine
@@ -61,9 +63,10 @@ def _as_coroutine(check: Callable[[], object]) -> Callable[[], Awaitable[None]]:
 
 
 def run_worker(settings: Settings) -> None:
+    install_log_redaction(settings)
     parts = build_worker(settings)
     asyncio.run(ensure_topics(settings.broker_bootstrap, topic_partitions(settings.partitions),
-                              settings.replication))
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+                              settings.replication, security=kafka_client_kwargs(settings)))
+    settings.worker_data_dir.mkdir(parents=True, exist_ok=True)
     worker = faust.Worker(parts.app, loglevel=settings.log_level, quiet=True)
     worker.execute_from_commandline()

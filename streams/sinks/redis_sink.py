@@ -28,6 +28,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from streams import metrics
+from streams.security import kafka_client_kwargs, redis_client_kwargs
 from streams.settings import Settings
 from streams.sinks.redis_store import RedisProfileStore
 from streams.topics import PROFILES_TOPIC
@@ -145,6 +146,7 @@ class RedisSink:
                 # A group (re)join takes ~5 s with these, as for the worker (streams/app.py).
                 session_timeout_ms=10_000, heartbeat_interval_ms=1_000, rebalance_timeout_ms=6_000,
                 max_poll_records=self.batch_max,
+                **kafka_client_kwargs(self.settings),
             )
             try:
                 await consumer.start()
@@ -226,7 +228,7 @@ async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
 
 async def run_redis_sink(settings: Settings, stop_event: asyncio.Event) -> None:
     """Run the sink until `stop_event` is set (the worker runs this as a task, or the CLI)."""
-    store = RedisProfileStore(settings.redis_url)
+    store = RedisProfileStore(settings.redis_url, connection=redis_client_kwargs(settings))
     await store.start()
     try:
         await RedisSink(settings, store).run(stop_event)

@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import orjson
 import redis.asyncio
@@ -135,8 +135,11 @@ class RedisProfileStore:
     """Profiles and audience indexes in Redis. Connects on `start()`, never at import."""
 
     def __init__(self, redis_url: str, *, prefix: str = DEFAULT_PREFIX,
-                 socket_timeout: float = 5.0) -> None:
+                 socket_timeout: float = 5.0, connection: Mapping[str, Any] | None = None) -> None:
+        """`connection`: extra `Redis.from_url` arguments, e.g. the password and TLS CA from
+        `streams.security.redis_client_kwargs(settings)`."""
         self.redis_url = redis_url
+        self.connection = dict(connection or {})
         self.prefix = prefix
         self.socket_timeout = socket_timeout
         self._redis: redis.asyncio.Redis | None = None
@@ -147,7 +150,7 @@ class RedisProfileStore:
         self._redis = redis.asyncio.Redis.from_url(
             self.redis_url, socket_timeout=self.socket_timeout,
             socket_connect_timeout=self.socket_timeout, retry=Retry(NoBackoff(), 0),
-            health_check_interval=30)
+            health_check_interval=30, **self.connection)
         self._apply = self._redis.register_script(_APPLY_LUA)
         self._forget = self._redis.register_script(_FORGET_LUA)
 

