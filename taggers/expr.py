@@ -308,8 +308,35 @@ class Compiled:
     inputs: frozenset[str] = frozenset()
 
 
+# Deeper brackets are no real rule, and evaluating them would recurse as deep in the worker.
+MAX_NESTING = 64
+
+
 def compile_expression(source: str, scope: Scope) -> Compiled:
-    return _Compiler(scope).compile(Parser(source).parse())
+    depth = _bracket_depth(source)
+    if depth > MAX_NESTING:
+        raise ExprError(f"brackets nested {depth} deep; the limit is {MAX_NESTING}")
+    try:
+        return _Compiler(scope).compile(Parser(source).parse())
+    except RecursionError:  # e.g. a long chain of unary operators
+        raise ExprError("expression nested too deeply") from None
+
+
+def _bracket_depth(source: str) -> int:
+    """The deepest nesting of ( and [ outside string literals."""
+    depth = deepest = 0
+    quote = None
+    for char in source:
+        if quote:
+            quote = None if char == quote else quote
+        elif char in "\"'":
+            quote = char
+        elif char in "([":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in ")]":
+            depth -= 1
+    return deepest
 
 
 def _earliest(*fns: NextChange | None) -> NextChange | None:

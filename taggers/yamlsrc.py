@@ -21,6 +21,15 @@ class _LineLoader(yaml.SafeLoader):
     Booleans are YAML 1.2 style (only true/false): under YAML 1.1 the counter key `on:` and
     values like `no` would silently turn into booleans."""
 
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        # PyYAML's own constructors raise bare ValueError/IndexError for an explicitly tagged
+        # value they cannot read (`!!int ---`, `!!int` with nothing, `!!binary é`).
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, IndexError, TypeError, OverflowError) as exc:
+            raise RuleDefinitionError(f"cannot read {node.tag} value {str(node.value)[:40]!r}: "
+                                      f"{exc}", line=node.start_mark.line + 1) from None
+
 
 # Dates stay text too: the rule compiler parses them itself and can then say which line holds
 # an impossible date like 2024-02-30 (PyYAML would raise a bare ValueError).
@@ -56,6 +65,8 @@ def load_yaml(text: str, source: str) -> Any:
         return yaml.load(text, Loader=_LineLoader)  # noqa: S506 - SafeLoader subclass
     except RuleDefinitionError as exc:
         raise RuleDefinitionError(str(exc).split(": ", 1)[-1], path=source, line=exc.line) from None
+    except RecursionError:
+        raise RuleDefinitionError("not valid YAML: nested too deeply", path=source) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         raise RuleDefinitionError(f"not valid YAML: {getattr(exc, 'problem', exc)}",
