@@ -111,12 +111,19 @@ class Engine:
                 f"{render(seen[1])}), so a redelivery cannot be ruled out; not applied")
 
     def _fire_due(self, state: MemberState, until: int, outcome: Outcome) -> None:
+        pack = self.pack
         while state.next_deadline is not None and state.next_deadline <= until:
             deadline = state.next_deadline
-            if self.loyalty is not None and state.loyalty is not None:
+            series = state.unit_deadlines
+            due = {series[i] for i in range(0, len(series), 2) if series[i + 1] <= deadline}
+            if self.loyalty is not None and state.loyalty is not None \
+                    and (self.loyalty.next_deadline(state.loyalty) or until + 1) <= deadline:
                 outcome.tier_changes.extend(
                     self.loyalty.advance(state.loyalty, deadline, state.member_id))
-            self._evaluate(state, None, deadline, None, outcome.changes)
+                if pack.tier_unit is not None:
+                    due.add(pack.tier_unit)
+            self._evaluate(state, None, deadline, None, outcome.changes,
+                           pack.with_dependents(due))
 
     def _remember(self, state: MemberState, digest: int, occurred: int) -> None:
         seen = state.seen
@@ -171,17 +178,24 @@ class Engine:
         state.guides.append(GuideLink(userid, external_userid))
 
     def _evaluate(self, state: MemberState, event: Event | None, now: int,
-                  cause: dict[str, str] | None, changes: list[TagChange]) -> None:
-        """Evaluate the rules at `now`; a None cause means a deadline fired at `now`.
-
-        After an event only the rules that read what that event type writes are evaluated:
-        the others cannot have changed, since every deadline up to now has already fired.
-        A deadline, a backfill or a new rules version evaluates everything."""
-        self._prune(state, now)
+                  cause: dict[str, str] | None, changes: list[TagChange],
+                  due: tuple[int, ...] | None = None) -> None:
+        """Evaluate rules at `now`: after an event, the units reading what that event type
+        writes; at a deadline, the units due then (`due`); everything for a backfill or a
+        new rules version. Units left out cannot have changed: every deadline up to `now`
+        has fired, and nothing they read was written. A None cause means a deadline."""
+        if state.watermark is None or self.calendar.day_of(now) != \
+                self.calendar.day_of(state.watermark):
+            self._prune(state, now)  # windows only lose days when the day changes
         ctx = EvalContext(state, event, now, self.calendar)
         pack = self.pack
-        full = event is None or state.rules_version != pack.version
-        indexes = range(len(pack.units)) if full else pack.units_affected_by(event.event_type)
+        full = state.rules_version != pack.version or (event is None and due is None)
+        if full:
+            indexes: Any = range(len(pack.units))
+        elif event is not None:
+            indexes = pack.units_affected_by(event.event_type)
+        else:
+            indexes = due
         held = state.tags
         for index in indexes:
             unit = pack.units[index]
@@ -205,11 +219,41 @@ class Engine:
                                             {"rule": "no longer in rule pack " + pack.version}))
         state.watermark = now if state.watermark is None else max(state.watermark, now)
         state.rules_version = pack.version
-        # Skipped rules keep their deadlines, which are no earlier than the old one: keep it
-        # as a bound (at worst one early wake-up, which then recomputes everything exactly).
-        kept = None if full or state.next_deadline is None or state.next_deadline <= now \
-            else state.next_deadline
-        state.next_deadline = self._next_deadline(ctx, indexes, kept)
+        self._schedule(state, ctx, indexes, full)
+
+    def _schedule(self, state: MemberState, ctx: EvalContext, indexes: Any,
+                  full: bool) -> None:
+        """Recompute the deadlines of the evaluated units; the others keep theirs."""
+        series = state.unit_deadlines
+        evaluated = set(indexes)
+        kept = [] if full else [v for i in range(0, len(series), 2)
+                                if series[i] not in evaluated and series[i + 1] > ctx.now
+                                for v in (series[i], series[i + 1])]
+        for index in indexes:
+            at = self._unit_deadline(ctx, index)
+            if at is not None:
+                kept.extend((index, at))
+        state.unit_deadlines = kept
+        best = min(kept[1::2], default=None)
+        if self.loyalty is not None:
+            due = self.loyalty.next_deadline(state.loyalty)
+            if due is not None and due > ctx.now and (best is None or due < best):
+                best = due
+        state.next_deadline = best
+
+    def _unit_deadline(self, ctx: EvalContext, index: int) -> int | None:
+        best = None
+        for rule in self.pack.units[index]:
+            candidates = []
+            if rule.condition.next_change is not None:
+                candidates.append(rule.condition.next_change(ctx))
+            held = ctx.state.tags.get(rule.id) if rule.ttl_s is not None else None
+            if held is not None and held.until is not None:
+                candidates.append(held.until)
+            for at in candidates:
+                if at is not None and at > ctx.now and (best is None or at < best):
+                    best = at
+        return best
 
     @staticmethod
     def _holds(rule: TagRule, ctx: EvalContext, current: HeldTag | None) -> bool:
@@ -244,25 +288,6 @@ class Engine:
             del held[rule.id]
         changes.append(self._change(state, rule.id, rule, "added" if holds else "removed",
                                     cause, ctx.now, evidence))
-
-    def _next_deadline(self, ctx: EvalContext, indexes: Any, best: int | None) -> int | None:
-        if self.loyalty is not None:
-            due = self.loyalty.next_deadline(ctx.state.loyalty)
-            if due is not None and due > ctx.now and (best is None or due < best):
-                best = due
-        units = self.pack.units
-        for index in indexes:
-            for rule in units[index]:
-                candidates = []
-                if rule.condition.next_change is not None:
-                    candidates.append(rule.condition.next_change(ctx))
-                held = ctx.state.tags.get(rule.id) if rule.ttl_s is not None else None
-                if held is not None and held.until is not None:
-                    candidates.append(held.until)
-                for at in candidates:
-                    if at is not None and at > ctx.now and (best is None or at < best):
-                        best = at
-        return best
 
     def _prune(self, state: MemberState, now: int) -> None:
         """Forget what no window can read any more: bounded state whatever the history."""

@@ -85,6 +85,7 @@ class RulePack:
     _by_type: dict[str, tuple[Any, ...]] = field(default_factory=dict, repr=False)
     _affected: dict[str, tuple[int, ...]] = field(default_factory=dict, repr=False)
     _by_id: dict[str, TagRule] = field(default_factory=dict, repr=False)
+    _dependents: dict[int, frozenset[int]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self._by_id.update((rule.id, rule) for unit in self.units for rule in unit)
@@ -99,24 +100,38 @@ class RulePack:
         """For each event type, the units whose result it can change: those reading what it
         writes, and (transitively) those reading their tags through has_tag/had_tag."""
         unit_of = {rule.id: i for i, unit in enumerate(self.units) for rule in unit}
-        dependents: dict[int, set[int]] = {}
+        direct: dict[int, set[int]] = {}
         for i, unit in enumerate(self.units):
             for rule in unit:
                 for tag_id in rule.depends_on:
-                    dependents.setdefault(unit_of[tag_id], set()).add(i)
+                    direct.setdefault(unit_of[tag_id], set()).add(i)
+        for i in range(len(self.units)):
+            closure, frontier = set(), [i]
+            while frontier:
+                for dependent in direct.get(frontier.pop(), ()):
+                    if dependent not in closure:
+                        closure.add(dependent)
+                        frontier.append(dependent)
+            self._dependents[i] = frozenset(closure)
         affected: dict[str, tuple[int, ...]] = {}
         for event_type in TOPIC_BY_EVENT_TYPE:
             chosen = {i for i, unit in enumerate(self.units)
                       if any(event_type in r.condition.inputs or ANY_EVENT in r.condition.inputs
                              for r in unit)}
-            frontier = list(chosen)
-            while frontier:
-                for dependent in dependents.get(frontier.pop(), ()):
-                    if dependent not in chosen:
-                        chosen.add(dependent)
-                        frontier.append(dependent)
-            affected[event_type] = tuple(sorted(chosen))
+            affected[event_type] = self.with_dependents(chosen)
         return affected
+
+    def with_dependents(self, units: Any) -> tuple[int, ...]:
+        """These units and every unit reading their tags, in evaluation order."""
+        chosen = set(units)
+        for i in list(chosen):
+            chosen |= self._dependents.get(i, frozenset())
+        return tuple(sorted(chosen))
+
+    @property
+    def tier_unit(self) -> int | None:
+        """The unit of the tier_<level> tags (evaluated when a loyalty deadline fires)."""
+        return next((i for i, unit in enumerate(self.units) if unit[0].group == "tier"), None)
 
     def units_affected_by(self, event_type: str) -> tuple[int, ...]:
         return self._affected.get(event_type, ())

@@ -58,6 +58,9 @@ class MemberState(msgspec.Struct, array_like=True, gc=False):
     next_deadline: int | None = None  # earliest instant a time-based rule may change a tag
     rules_version: str = ""
     loyalty: LoyaltyState | None = None  # tier, growth and points (taggers/loyalty.py)
+    # flat [unit index, deadline, ...]: when each rule unit can next change by time alone, so
+    # a deadline re-evaluates only the rules due then (indexes of the pack `rules_version`)
+    unit_deadlines: list[int] = []
 
 
 _encoder = msgspec.msgpack.Encoder()

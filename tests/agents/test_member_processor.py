@@ -157,8 +157,8 @@ async def test_deadline_fires_on_tick_with_no_event_in_wall_mode() -> None:
         await h.event("events.orders", raw_event("order.paid", at, amount_fen=300_000))
     assert ("repeat_buyer", "added") in h.changes()
     h.wall = datetime.fromisoformat("2025-01-01T00:00:00+08:00").timestamp()
-    h.monotonic += 1  # and the write-back is due
     await h.processor.tick([partition_for("M1", PARTITIONS)])
+    await h.processor.flush(partition_for("M1", PARTITIONS))
     assert ("repeat_buyer", "removed") in h.changes()
     removal = next(orjson.loads(s["value"]) for s in h.topics.tag_changes.sent
                    if b'"repeat_buyer"' in s["value"] and b'"removed"' in s["value"])

@@ -29,7 +29,7 @@ from tests.support.kafka import (
     values,
 )
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 MEMBERS = 5_000
 DAYS = 731
