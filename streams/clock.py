@@ -1,9 +1,10 @@
 """The worker's clock per partition: wall time (live) or the event-time watermark (replay).
 
 With `TAGSTREAM_CLOCK=event` each event topic's copy of a partition is *complete through*
-some instant: an event at t proves everything before t has been written (producers write a
-topic in time order; equal times may still follow), and a watermark marker W from the replay
-tool says everything up to and including W has been written. The partition's clock is the
+some instant: an event at t proves everything before t - W has been written, where W is the
+reorder window (0 when producers write a topic in time order; equal times may still follow),
+and a watermark marker M from the replay tool says everything up to and including M has been
+written. The partition's clock is the
 lowest of the three topics' completeness: events at or before it can be applied in time order
 and deadlines at or before it can fire, with nothing earlier still to come. That is what
 makes a replayed year produce exactly the tags that living through it would.
@@ -17,14 +18,16 @@ from typing import Callable, Iterable
 
 class PartitionClocks:
     def __init__(self, mode: str, inputs: Iterable[str],
-                 wall: Callable[[], float] = time.time) -> None:
+                 wall: Callable[[], float] = time.time, reorder_window_s: int = 0) -> None:
         self.mode = mode
         self.inputs = tuple(inputs)
         self._wall = wall
+        self.reorder_window_s = reorder_window_s
         self._complete: dict[tuple[str, int], int] = {}
 
     def observe_event(self, topic: str, partition: int, instant: int) -> None:
-        self._advance(topic, partition, instant - 1)
+        """An event at t proves the topic complete through t - 1 - the reorder window."""
+        self._advance(topic, partition, instant - 1 - self.reorder_window_s)
 
     def observe_marker(self, topic: str, partition: int, instant: int) -> None:
         self._advance(topic, partition, instant)

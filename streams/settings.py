@@ -48,6 +48,10 @@ class Settings:
     clock: str = "wall"  # "wall" (live) or "event" (replay/backfill: the event-time watermark)
     # How far behind a member's newest event an event may arrive and still be applied.
     allowed_lateness_s: int = 7 * 86400
+    # TAGSTREAM_CLOCK=event: how far out of time order events may arrive within one topic.
+    # They are held and applied in order; an event arriving after the clock passed it is
+    # dead-lettered as late (the replay tool writes each topic in order, so 0 suffices).
+    reorder_window_s: int = 0
     timer_interval_s: float = 0.25
     # How often a worker checks the rule file for a new version (0: never).
     rules_reload_s: float = 5.0
@@ -135,6 +139,7 @@ ENV_NAMES: dict[str, str] = {
     "rules_path": "TAGSTREAM_RULES",
     "clock": "TAGSTREAM_CLOCK",
     "allowed_lateness_s": "TAGSTREAM_ALLOWED_LATENESS_S",
+    "reorder_window_s": "TAGSTREAM_REORDER_WINDOW_S",
     "timer_interval_s": "TAGSTREAM_TIMER_INTERVAL_S",
     "rules_reload_s": "TAGSTREAM_RULES_RELOAD_S",
     "web_port": "TAGSTREAM_WEB_PORT",

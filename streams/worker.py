@@ -44,7 +44,8 @@ def build_worker(settings: Settings) -> WorkerParts:
                       key_type=bytes, value_type=bytes)
     processor = MemberProcessor(
         Engine(pack, settings.allowed_lateness_s), topics, table,
-        PartitionClocks(settings.clock, EVENT_TOPICS), settings.partitions)
+        PartitionClocks(settings.clock, EVENT_TOPICS,
+                        reorder_window_s=settings.reorder_window_s), settings.partitions)
     register_member_agent(app, processor, topics, settings.timer_interval_s)
     if settings.rules_reload_s > 0:
         watcher = RulesWatcher(settings.rules_path, pack, lambda new: processor.use_rules(

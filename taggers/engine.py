@@ -102,7 +102,8 @@ class Engine:
             raise EventRejected(
                 f"late event: occurred_at {render(occurred)} is more than "
                 f"{self.allowed_lateness_s} s before this member's newest state "
-                f"({render(state.watermark)}); raise TAGSTREAM_ALLOWED_LATENESS_S or backfill")
+                f"({render(state.watermark)}), so it is not applied (an old event delivered "
+                f"again lands here too); raise TAGSTREAM_ALLOWED_LATENESS_S or backfill")
         seen = state.seen
         if len(seen) >= 2 * SEEN_CAPACITY and occurred < seen[1]:
             raise EventRejected(

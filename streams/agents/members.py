@@ -124,6 +124,16 @@ class MemberProcessor:
             await self._fire_due(partition)
             return
         occurred = to_epoch(event.occurred_at)
+        clock = self.clocks.now(partition)
+        if clock is not None and occurred <= clock:
+            await self.reject(
+                f"late event: occurred_at {self.engine.calendar.render(occurred)} arrived after "
+                f"the event-time clock of partition {partition} had passed it "
+                f"({self.engine.calendar.render(clock)}); events may be out of order by at "
+                f"most TAGSTREAM_REORDER_WINDOW_S={self.clocks.reorder_window_s} s",
+                origin, message)
+            self._owe(partition, ack)
+            return
         if message.topic in EVENT_TOPICS:
             self.clocks.observe_event(message.topic, partition, occurred)
         self.pending.push(partition, occurred, TIE_RANK_BY_TOPIC.get(origin[0], 9),

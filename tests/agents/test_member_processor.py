@@ -207,3 +207,27 @@ async def test_garbage_never_raises(value: bytes) -> None:
     h = Harness("event")
     await h.send("events.scans", value, 0)
     assert len(h.topics.deadletter.sent) == 1 and h.acked == [1]
+
+
+async def test_event_clock_reorders_within_the_window_and_dead_letters_later_ones() -> None:
+    h = Harness("event")
+    h.processor.clocks.reorder_window_s = 3600
+    member = "M9"
+    p = partition_for(member, PARTITIONS)
+
+    def order(at: str) -> dict:
+        return raw_event("order.paid", at, member=member, amount_fen=100)
+
+    await h.event("events.orders", order("2024-01-01T10:30:00+08:00"))
+    await h.event("events.orders", order("2024-01-01T10:00:00+08:00"))  # 30 min out of order
+    await h.markers("2024-01-01T10:30:00+08:00", p)
+    state = decode_state(h.table[member.encode()])
+    assert state.orders.count == 2 and h.topics.deadletter.sent == []
+    changes = [orjson.loads(s["value"]) for s in h.topics.tag_changes.sent]
+    first = next(c for c in changes if c["tag"] == "first_purchase" and c["op"] == "added")
+    assert first["at"] == "2024-01-01T10:00:00+08:00"  # applied in time order, not arrival
+    # an event the clock has already passed is dead-lettered, not applied out of order
+    await h.event("events.orders", order("2024-01-01T09:00:00+08:00"))
+    [letter] = [orjson.loads(s["value"]) for s in h.topics.deadletter.sent]
+    assert "late event" in letter["error"] and "TAGSTREAM_REORDER_WINDOW_S=3600" in letter["error"]
+    assert decode_state(h.table[member.encode()]).orders.count == 2
