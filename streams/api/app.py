@@ -22,6 +22,7 @@ from streams.api.auth import Principal, TokenMap, bearer_token, parse_tokens
 from streams.api.feed import (BUFFER_PER_PARTITION, CursorError, FeedEvent, FeedHub, decode_cursor,
                               encode_cursor)
 from streams.api.openapi import openapi_bytes
+from streams.security import kafka_client_kwargs, redis_client_kwargs
 from streams.settings import Settings
 from streams.sinks.redis_store import MAX_PAGE, RedisProfileStore
 
@@ -339,8 +340,9 @@ def create_app(settings: Settings, *, heartbeat_s: float = HEARTBEAT_S,
     app[TOKENS] = parse_tokens(settings.api_tokens)
     app[CATALOGUE] = tag_catalogue(settings)
     app[HEARTBEAT] = heartbeat_s
-    app[STORE] = RedisProfileStore(settings.redis_url)
-    app[HUB] = FeedHub(settings.broker_bootstrap, app[STORE], buffer_per_partition=feed_buffer)
+    app[STORE] = RedisProfileStore(settings.redis_url, connection=redis_client_kwargs(settings))
+    app[HUB] = FeedHub(settings.broker_bootstrap, app[STORE], buffer_per_partition=feed_buffer,
+                       kafka_options=kafka_client_kwargs(settings))
     add_routes(app)
 
     async def lifecycle(app: web.Application) -> Any:
