@@ -21,6 +21,7 @@ from schemas.control import WATERMARK, control_kind, decode_watermark
 from schemas.decode import decode_event
 from schemas.errors import EventRejected
 from schemas.events import TIE_RANK_BY_TOPIC
+from streams import metrics
 from streams.clock import PartitionClocks
 from streams.deadletter import dead_letter
 from streams.deadlines import DeadlineIndex
@@ -88,10 +89,12 @@ class MemberProcessor:
         self.counters = Counters()
         self._monotonic = clock
         self._writes: dict[int, _PartitionWrites] = {}
+        self.positions: dict[tuple[str, int], int] = {}  # next offset per topic-partition
 
     async def handle(self, message: Any, ack: Ack) -> None:
         """Process one message; `ack` is called once it is fully handled (maybe later)."""
         partition = message.partition
+        self.positions[(message.topic, partition)] = message.offset + 1
         if not self.deadlines.is_loaded(partition):
             self._load_deadlines(partition)
         await self._route(message, ack)
@@ -166,6 +169,7 @@ class MemberProcessor:
             self.counters.duplicates += 1
             return
         self.counters.processed += 1
+        metrics.EVENTS_PROCESSED.labels(origin[0]).inc()
         await self._store(message.partition, key, outcome)
 
     # --- control messages ---------------------------------------------------------------------
@@ -265,9 +269,12 @@ class MemberProcessor:
         for change in outcome.changes:
             await self.topics.tag_changes.send(key=key, value=encode_change(change),
                                                partition=partition)
+            metrics.TAG_CHANGES.labels(change.tag, change.op).inc()
+            metrics.RULE_FIRES.labels(change.tag).inc()
         for tier_change in outcome.tier_changes:
             await self.topics.tier_changes.send(key=key, value=encode_change(tier_change),
                                                 partition=partition)
+            metrics.TIER_CHANGES.labels(tier_change.type).inc()
         self.counters.tag_changes += len(outcome.changes)
         self.deadlines.push(partition, state.next_deadline, state.member_id)
 
@@ -302,6 +309,7 @@ class MemberProcessor:
 
     async def reject(self, reason: str, origin: tuple[str, int, int], message: Any) -> None:
         self.counters.dead_lettered += 1
+        metrics.EVENTS_DEADLETTERED.labels(origin[0]).inc()
         log.warning("dead-lettered %s:%s:%s: %s", origin[0], origin[1], origin[2], reason)
         await self.topics.deadletter.send(
             key=message.key, value=dead_letter(reason, *origin, message.value),
@@ -375,6 +383,22 @@ def register_member_agent(app: faust.App, processor: MemberProcessor, topics: To
         """Deadlines fire and batched state is written with no event needed."""
         owned = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic in EVENT_TOPICS}
         await processor.tick(sorted(owned))
+
+    @app.timer(5.0)
+    async def report_lag() -> None:
+        for tp in app.assignor.assigned_actives():
+            if tp.topic not in EVENT_TOPICS:
+                continue
+            highwater = app.consumer.highwater(tp)
+            position = processor.positions.get((tp.topic, tp.partition))
+            if highwater is not None and position is not None:
+                metrics.CONSUMER_LAG.labels(app.conf.id, tp.topic, str(tp.partition)).set(
+                    max(0, highwater - position))
+
+    @app.page("/metrics")
+    async def serve_metrics(web: Any, request: Any) -> Any:
+        body, content_type = metrics.render_metrics()
+        return web.bytes(body, content_type=content_type.split(";")[0])
 
     @app.on_partitions_revoked.connect
     async def on_revoked(app: faust.App, revoked: set[Any], **_: Any) -> None:

@@ -11,6 +11,7 @@ import time
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
+import aiohttp
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -63,6 +64,14 @@ async def test_absence_rule_fires_at_its_deadline_with_no_event(stack, tmp_path)
                     delays.append(arrived - deadline)
         finally:
             await producer.stop()
+        # the worker's Prometheus endpoint counts what it did
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{settings.web_port}/metrics") as response:
+                assert response.status == 200
+                exposition = await response.text()
+    assert 'tagstream_events_processed_total{topic="events.orders"} 6.0' in exposition
+    assert 'tagstream_tag_changes_total{op="added",tag="quiet_3s"} 6.0' in exposition
+    assert "tagstream_consumer_lag" in exposition
     delays.sort()
     print(f"\ndeadline -> tags.changes delay over {len(delays)} timers: "
           f"median {delays[len(delays) // 2] * 1000:.0f} ms, max {delays[-1] * 1000:.0f} ms")

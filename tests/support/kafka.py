@@ -25,11 +25,13 @@ async def create_topics(settings: Settings) -> None:
 
 
 class WorkerProcess:
-    """A `tagstream worker` child process with its own log file."""
+    """A `tagstream <command>` child process (a worker by default) with its own log file."""
 
-    def __init__(self, settings: Settings, log_path: Path) -> None:
+    def __init__(self, settings: Settings, log_path: Path,
+                 command: tuple[str, ...] = ("worker",)) -> None:
         self.settings = settings
         self.log_path = log_path
+        self.command = command
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> "WorkerProcess":
@@ -37,7 +39,7 @@ class WorkerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "streams.cli", "worker"], env=env, stdout=log,
+                [sys.executable, "-m", "streams.cli", *self.command], env=env, stdout=log,
                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         return self
 
@@ -60,12 +62,19 @@ class WorkerProcess:
             self.process.kill()
             self.process.wait()
 
+    def kill(self) -> None:
+        """SIGKILL: no shutdown hook runs (a crash)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
 
 @contextmanager
 def running_worker(settings: Settings, tmp_path: Path, name: str = "worker",
+                   command: tuple[str, ...] = ("worker",),
                    **overrides: Any) -> Iterator[WorkerProcess]:
     settings = dataclasses.replace(settings, **overrides)
-    worker = WorkerProcess(settings, tmp_path / f"{name}.log").start()
+    worker = WorkerProcess(settings, tmp_path / f"{name}.log", command).start()
     try:
         yield worker
     finally:
