@@ -305,5 +305,51 @@ def demo(members: int, days: int, seed: int, keep_stack: bool) -> None:
         raise click.ClickException(str(exc)) from None
 
 
+@main.command()
+@click.option("--members", default=10_000, show_default=True, type=click.IntRange(1))
+@click.option("--events", default=100_000, show_default=True, type=click.IntRange(1),
+              help="About this many events: the history's days are chosen to make them.")
+@click.option("--partitions", default=None, type=click.IntRange(1),
+              help="Partitions per topic (default: TAGSTREAM_PARTITIONS).")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1),
+              help="Worker processes for the pipeline, the restart and the latency phase.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@click.option("--use-stack", is_flag=True,
+              help="Use the running broker and Redis of TAGSTREAM_BROKER / TAGSTREAM_REDIS_URL "
+                   "(event topics must be empty) instead of starting private ones.")
+@click.option("--keep-stack", is_flag=True, help="Leave the private broker and Redis running.")
+@click.option("--profile", type=click.Choice(["py-spy", "pyinstrument"]), default=None,
+              help="Run the pipeline workers under this profiler (pip install -e '.[bench]').")
+@click.option("--latency-seconds", default=25.0, show_default=True, type=click.FloatRange(1),
+              help="How long live orders are produced for the latency measure.")
+@click.option("--seed", default=1, show_default=True, type=int)
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Logs and profiles (default: <TAGSTREAM_DATA_DIR>/bench/<time>).")
+def bench(members: int, events: int, partitions: int | None, workers: int, as_json: bool,
+          use_stack: bool, keep_stack: bool, profile: str | None, latency_seconds: float,
+          seed: int, workdir: Path | None) -> None:
+    """Raw Kafka passthrough vs the full pipeline, latency, memory and recovery, in one run."""
+    import json
+    import shlex
+
+    from streams.bench import BenchOptions, format_summary, run_bench
+
+    if use_stack and keep_stack:
+        raise click.UsageError("--keep-stack is for the private stack; --use-stack never stops one")
+    settings = _settings()
+    options = BenchOptions(
+        members=members, events=events, partitions=partitions or settings.partitions,
+        workers=workers, use_stack=use_stack, keep_stack=keep_stack, profile=profile,
+        latency_s=latency_seconds, seed=seed, workdir=workdir,
+        command=shlex.join(["tagstream", *sys.argv[1:]]))
+    try:
+        result = run_bench(settings, options, lambda text: click.echo(text, err=True))
+    except TagstreamError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps(result, indent=2) if as_json else format_summary(result))
+    if result.get("error"):
+        raise click.ClickException(f"bench failed: {result['error']}")
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,1126 @@
+"""`tagstream bench`: what the pipeline costs next to plain Kafka, measured in one run.
+
+One run on one broker (a private embedded stack on free loopback ports, or with `--use-stack`
+the broker and Redis the settings point at) measures, in this order:
+
+1. a generated history of N members (streams/generate.py, `days` chosen so that N members make
+   about the requested number of events, ending now) is pre-produced by the replay tool;
+2. raw passthrough: a plain aiokafka consumer (assigned partitions, no group) reads the three
+   event topics, decodes each value with orjson and produces it to `bench.passthrough`, as
+   fast as it can: first record consumed -> last record acknowledged;
+3. the pure engine's dry run over the same file gives the exact set of tag changes the stream
+   must publish, and each member's state size;
+4. the pipeline: W worker processes on the event-time clock (so the result is deterministic)
+   and the Redis sink, started once the events are on the topics: the first worker's
+   "Worker ready" (group joined, partitions assigned, changelog recovered; excluded) -> the
+   Kafka timestamp of the last expected tag change on `tags.changes`;
+5. restart recovery: the workers are stopped and new ones (wall clock) started with every
+   member's state in the changelog: process start -> "Worker ready";
+6. latency: on those workers, a first order of a new member (one tag change each, at least)
+   produced at half the measured pipeline rate for a while: produce -> the change read back
+   from `tags.changes` on this host, p50 and p99.
+
+Speeds are reported, never asserted. Every process the bench starts is stopped by its pid,
+also on failure and Ctrl-C. The workers, the sink, the broker and Redis share the machine's
+cores with the bench itself, as they would on a single host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import dataclasses
+import gc
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from schemas.errors import TagstreamError
+from schemas.events import ORDERS_TOPIC
+from streams.admin import ensure_topics
+from streams.generate import CST, generate_events, write_jsonl
+from streams.partitioning import partition_for
+from streams.security import kafka_client_kwargs
+from streams.settings import Settings
+from streams.stack import EmbeddedStack
+from streams.topics import (
+    DEADLETTER_TOPIC,
+    EVENT_TOPICS,
+    TAG_CHANGES_TOPIC,
+    TIER_CHANGES_TOPIC,
+    topic_partitions,
+)
+
+PASSTHROUGH_TOPIC = "bench.passthrough"
+PROFILERS = ("py-spy", "pyinstrument")
+LIVE_MEMBER_PREFIX = "LIVE-"  # members the latency phase creates; none exist in the history
+READY_TIMEOUT_S = 180.0  # a worker's start -> "Worker ready" (group join + changelog recovery)
+LATENCY_GRACE_S = 15.0
+FLOOR_RATE = 20.0  # live orders per second for the latency floor (no queueing at this rate)
+FLOOR_SECONDS = 5.0  # after the last live event, how long its tag change may still take
+SAMPLE_MEMBERS = 1000  # members generated to find the days that give the requested events
+PY_SPY_RATE = 100  # samples per second
+
+# Faust's log lines: "[2026-11-22 12:18:15,018] [1415] [INFO] [^---Recovery]: Worker ready"
+_LOG_TIME = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+WORKER_READY = "]: Worker ready"
+ASSIGNED = "Setting newly assigned partitions"
+RECOVERY_COMPLETE = "]: Recovery complete"
+
+
+class BenchError(TagstreamError):
+    """The bench cannot run or a phase failed; the message says which and where the logs are."""
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    members: int = 10_000
+    events: int = 100_000
+    partitions: int = 4
+    workers: int = 1
+    use_stack: bool = False  # the running broker and Redis of the settings, not private ones
+    keep_stack: bool = False  # leave the private broker and Redis running afterwards
+    profile: str | None = None  # "py-spy" or "pyinstrument": the pipeline workers run under it
+    latency_s: float = 25.0
+    seed: int = 1
+    history_end: datetime | None = None  # default: now (see _generate)
+    # No new tag change for this long: the pipeline is done (or stuck); missing changes are
+    # then reported as a mismatch with the dry run.
+    stall_s: float = 30.0
+    workdir: Path | None = None
+    command: str = ""
+
+
+Say = Callable[[str], None]
+
+
+# --- child processes: started with their own log, stopped by their pid ---------------------------
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it if the bench dies without stopping it (kill -9)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+class Child:
+    """One process the bench started: its log file, its peak memory, stopping it by pid."""
+
+    def __init__(self, name: str, argv: list[str], env: Mapping[str, str], log_path: Path,
+                 registry: list["Child"]) -> None:
+        self.name = name
+        self.log_path = log_path
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with log_path.open("ab") as log:
+            self.offset = log.tell()
+            self.started = time.time()
+            # Own session: a Ctrl-C at the terminal reaches only the bench, which then stops
+            # its children in order.
+            self.process = subprocess.Popen(
+                argv, env=dict(env), stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent)
+        registry.append(self)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def peak_rss_mb(self) -> float | None:
+        """VmHWM: the most resident memory the process has had, while it still runs."""
+        try:
+            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+        except OSError:
+            pass
+        return None
+
+    def log_lines(self) -> list[str]:
+        try:
+            with self.log_path.open("rb") as f:
+                f.seek(self.offset)
+                text = f.read().decode("utf-8", "replace")
+        except OSError:
+            return []
+        return _ANSI.sub("", text).splitlines()
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log_lines()[-lines:]) or "(log is empty)"
+
+    def first_line_time(self, marker: str) -> float | None:
+        """The time Faust logged the first line containing `marker` (epoch seconds)."""
+        for line in self.log_lines():
+            if marker in line:
+                return _log_time(line)
+        return None
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            self.process.send_signal(sig)  # Popen keeps its child unreaped: the pid is ours
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM, then SIGKILL after `timeout`; waits for the exit."""
+        if not self.alive():
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def _log_time(line: str) -> float | None:
+    match = _LOG_TIME.match(line)
+    if match is None:
+        return None
+    # Faust logs local time with milliseconds; the bench runs in the same time zone.
+    return datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
+async def wait_for_log(child: Child, marker: str, timeout: float) -> float:
+    """When `child` logged `marker` (waiting for it); fails if it exits or takes too long."""
+    deadline = time.monotonic() + timeout
+    while True:
+        at = child.first_line_time(marker)
+        if at is not None:
+            return at
+        if not child.alive():
+            raise BenchError(f"{child.name} exited with code {child.process.returncode} before "
+                             f"logging {marker.strip(' ]:')!r}; its log ({child.log_path}):\n"
+                             f"{child.log_tail()}")
+        if time.monotonic() > deadline:
+            raise BenchError(f"{child.name} did not log {marker.strip(' ]:')!r} within "
+                             f"{timeout:.0f} s; its log ({child.log_path}):\n{child.log_tail()}")
+        await asyncio.sleep(0.05)
+
+
+# --- the run --------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Run:
+    """What the phases share: settings, where files go, what was started, what was measured."""
+
+    settings: Settings
+    options: BenchOptions
+    workdir: Path
+    say: Say
+    children: list[Child] = field(default_factory=list)
+    result: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def bootstrap(self) -> str:
+        return self.settings.broker_bootstrap
+
+    @property
+    def security(self) -> dict[str, Any]:
+        return kafka_client_kwargs(self.settings)
+
+    def env(self, **overrides: Any) -> dict[str, str]:
+        settings = dataclasses.replace(self.settings, **overrides)
+        return {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
+
+
+def run_bench(settings: Settings, options: BenchOptions, say: Say) -> dict[str, Any]:
+    """Run every phase; returns the result (with "error" set if a phase failed)."""
+    if options.profile is not None and options.profile not in PROFILERS:
+        raise BenchError(f"--profile must be one of {', '.join(PROFILERS)}")
+    if options.profile is not None:
+        _require_profiler(options.profile)
+    workdir = (options.workdir or settings.data_dir / "bench"
+               / datetime.now().strftime("%Y%m%d-%H%M%S")).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    if options.use_stack:
+        # A fresh app id: its own consumer group and an empty changelog on a shared broker.
+        settings = dataclasses.replace(settings, app_id=f"{settings.app_id}-bench-{int(time.time())}")
+    else:
+        broker_port, redis_port = _free_ports(2)
+        settings = dataclasses.replace(
+            settings, broker=f"kafka://127.0.0.1:{broker_port}",
+            redis_url=f"redis://127.0.0.1:{redis_port}/0", stack_dir=workdir / "stack")
+    settings = dataclasses.replace(settings, partitions=options.partitions,
+                                   data_dir=workdir / "data", log_level="info")
+    run = _Run(settings, options, workdir, say)
+    run.result.update(_header(options, settings, workdir))
+    stack = None if options.use_stack else EmbeddedStack(settings)
+    started = time.perf_counter()
+    previous_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        if stack is not None:
+            say(f"starting a private broker ({settings.broker}) and Redis ({settings.redis_url})")
+            stack.up()
+        asyncio.run(_phases(run))
+    except (TagstreamError, KeyboardInterrupt, Exception) as exc:  # noqa: BLE001 - reported
+        run.result["error"] = ("interrupted" if isinstance(exc, KeyboardInterrupt)
+                               else f"{type(exc).__name__}: {exc}")
+    finally:
+        for child in reversed(run.children):
+            child.stop()
+        if stack is not None:
+            if options.keep_stack and "error" not in run.result:
+                say(f"the broker ({settings.broker}) and Redis ({settings.redis_url}) keep "
+                    f"running; stop them with: TAGSTREAM_STACK_DIR={settings.stack_dir} "
+                    "tagstream stack down")
+            else:
+                stack.down()
+        signal.signal(signal.SIGTERM, previous_sigterm)
+        run.result["elapsed_s"] = round(time.perf_counter() - started, 1)
+        events_file = workdir / "events.jsonl"
+        if events_file.exists():
+            events_file.unlink()  # large, and the seed and days regenerate it exactly
+    return run.result
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+async def _phases(run: _Run) -> None:
+    settings, options, say = run.settings, run.options, run.say
+    await ensure_topics(run.bootstrap, {**topic_partitions(options.partitions),
+                                        PASSTHROUGH_TOPIC: options.partitions},
+                        settings.replication, security=run.security)
+    if options.use_stack:
+        await _require_empty_event_topics(run)
+    path = run.workdir / "events.jsonl"
+    await asyncio.to_thread(_generate, run, path)
+    await _preproduce(run, path)
+    run.result["raw_passthrough_eps"] = await raw_passthrough(run)
+    expected = await asyncio.to_thread(_dry_run, run, path)
+    await _pipeline(run, expected)
+    await _restart_and_latency(run)
+
+
+# --- 1. history ------------------------------------------------------------------------------------
+
+
+def days_for(members: int, events: int, seed: int) -> int:
+    """The number of days over which `members` generated members make about `events` events."""
+    sample = min(members, SAMPLE_MEMBERS)
+    target = events / members
+
+    def per_member(days: int) -> float:
+        return sum(1 for _ in generate_events(sample, days, seed)) / sample
+
+    low, high = 1, 3650
+    if per_member(low) >= target:
+        return low
+    if per_member(high) <= target:
+        return high
+    while high - low > 1:  # events per member grow with the days: bisect
+        middle = (low + high) // 2
+        if per_member(middle) < target:
+            low = middle
+        else:
+            high = middle
+    return low if target - per_member(low) < per_member(high) - target else high
+
+
+def _generate(run: _Run, path: Path) -> None:
+    options = run.options
+    started = time.perf_counter()
+    days = days_for(options.members, options.events, options.seed)
+    # The history ends now, so on the wall clock (the latency phase) its deadlines lie ahead,
+    # as live ones would, instead of all firing at once as long overdue.
+    end = options.history_end or datetime.now(CST).replace(microsecond=0)
+    start = end - timedelta(days=days)
+    run.say(f"generating {options.members:,} members over {days} days (seed {options.seed})")
+    with path.open("wb") as out:
+        count = write_jsonl(generate_events(options.members, days, options.seed, start), out)
+    run.result.update(days=days, history_start=start.isoformat(), generated_events=count)
+    run.result["details"]["generate_s"] = round(time.perf_counter() - started, 1)
+
+
+async def _preproduce(run: _Run, path: Path) -> None:
+    from streams.replay import replay
+
+    run.say(f"producing {run.result['generated_events']:,} events to the event topics (replay)")
+    replayed = await replay(run.bootstrap, path, partitions=run.options.partitions,
+                            progress=False, replication=run.settings.replication,
+                            security=run.security)
+    if replayed.skipped:
+        raise BenchError(f"replay skipped {len(replayed.skipped)} generated lines, e.g. "
+                         f"{replayed.skipped[0]}")
+    run.result["events"] = replayed.events
+    run.result["details"]["replay"] = {
+        "events_per_s": round(replayed.events_per_s), "seconds": round(replayed.elapsed_s, 2),
+        "watermark_markers": replayed.watermarks,
+        "per_topic": dict(sorted(replayed.produced.items()))}
+
+
+async def _require_empty_event_topics(run: _Run) -> None:
+    consumer = AIOKafkaConsumer(bootstrap_servers=run.bootstrap, **run.security)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(t, p) for t in EVENT_TOPICS for p in range(run.options.partitions)]
+        held = sum((await consumer.end_offsets(tps)).values())
+    finally:
+        await consumer.stop()
+    if held:
+        raise BenchError(f"the event topics on {run.settings.broker} already hold {held} "
+                         "records; the bench needs them empty (its workers would process them "
+                         "too): run it without --use-stack (a private broker), or on a fresh one")
+
+
+# --- 2. raw passthrough ----------------------------------------------------------------------------
+
+
+async def raw_passthrough(run: _Run) -> float:
+    """Plain aiokafka: consume the event topics, orjson-decode, produce to another topic."""
+    run.say("raw passthrough: aiokafka consume -> orjson -> produce")
+    consumer = AIOKafkaConsumer(bootstrap_servers=run.bootstrap, enable_auto_commit=False,
+                                **run.security)
+    producer = AIOKafkaProducer(bootstrap_servers=run.bootstrap, acks="all", linger_ms=5,
+                                max_batch_size=256 * 1024, **run.security)
+    await consumer.start()
+    await producer.start()
+    try:
+        tps = [TopicPartition(t, p) for t in EVENT_TOPICS for p in range(run.options.partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        # What replay wrote, counted by the replay itself: Tansu 0.6 answers ListOffsets
+        # (latest) with the last batch's base offset + 1, short of the true end.
+        replay = run.result["details"]["replay"]
+        total = run.result["events"] + replay["watermark_markers"]
+        loop = asyncio.get_running_loop()
+        all_acked = loop.create_future()
+        state = {"in_flight": 0, "errors": 0, "reading": True, "last_ack": 0.0}
+
+        def acked(future: asyncio.Future) -> None:
+            state["in_flight"] -= 1
+            if future.cancelled() or future.exception() is not None:
+                state["errors"] += 1
+            if not state["reading"] and state["in_flight"] == 0 and not all_acked.done():
+                state["last_ack"] = time.perf_counter()
+                all_acked.set_result(None)
+
+        consumed = undecodable = 0
+        first: float | None = None
+        loads = orjson.loads
+        while consumed < total:
+            batch = await consumer.getmany(timeout_ms=200, max_records=10_000)
+            for tp, messages in batch.items():
+                if first is None and messages:
+                    first = time.perf_counter()
+                for message in messages:
+                    try:
+                        loads(message.value)
+                    except orjson.JSONDecodeError:
+                        undecodable += 1
+                    future = await producer.send(PASSTHROUGH_TOPIC, message.value,
+                                                 key=message.key, partition=tp.partition)
+                    state["in_flight"] += 1
+                    future.add_done_callback(acked)
+                consumed += len(messages)
+        state["reading"] = False
+        if state["in_flight"] == 0:
+            state["last_ack"] = time.perf_counter()
+        else:
+            await all_acked
+        if state["errors"]:
+            raise BenchError(f"raw passthrough: {state['errors']} sends failed")
+    finally:
+        await producer.stop()
+        await consumer.stop()
+    seconds = state["last_ack"] - (first or state["last_ack"])
+    eps = consumed / seconds if seconds > 0 else 0.0
+    run.result["details"]["raw_passthrough"] = {
+        "messages": consumed, "seconds": round(seconds, 3), "not_json": undecodable}
+    run.say(f"raw passthrough: {consumed:,} messages in {seconds:.2f} s = {eps:,.0f}/s")
+    return round(eps)
+
+
+# --- 3. the expected result: the dry run -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Expected:
+    change_ids: frozenset[str]
+    tier_changes: int
+    described: Mapping[str, str]  # change_id -> "member tag op cause", to name what is missing
+
+
+def _dry_run(run: _Run, path: Path) -> Expected:
+    from taggers.dryrun import dry_run
+    from taggers.engine import Engine
+    from taggers.rules import load_rules
+    from taggers.state import encode_state
+
+    run.say("dry run of the same file with the default pack (the expected tag changes)")
+    started = time.perf_counter()
+    engine = Engine(load_rules(run.settings.rules_path), run.settings.allowed_lateness_s)
+    with path.open("rb") as lines:
+        result = dry_run(engine, lines)
+    if result.rejected:
+        raise BenchError(f"the dry run rejected {len(result.rejected)} generated events, e.g. "
+                         f"line {result.rejected[0][0]}: {result.rejected[0][1]}")
+    sizes = sorted(len(encode_state(state)) for state in result.states.values())
+    expected = Expected(frozenset(c.change_id for c in result.changes), len(result.tier_changes),
+                        {c.change_id: f"{c.member_id} {c.op} {c.tag} at {c.at} ({c.cause})"
+                         for c in result.changes})
+    run.result["state_bytes_per_member"] = round(statistics.fmean(sizes)) if sizes else 0
+    run.result["details"]["state_bytes"] = {
+        "members": len(sizes), "p50": _quantile(sizes, 0.5), "p99": _quantile(sizes, 0.99),
+        "max": sizes[-1] if sizes else 0}
+    run.result["details"]["dry_run"] = {
+        "seconds": round(time.perf_counter() - started, 1),
+        "events_per_s": round(run.result["events"] / (time.perf_counter() - started)),
+        "tag_changes": len(expected.change_ids), "tier_changes": expected.tier_changes}
+    if len(expected.change_ids) != len(result.changes):
+        raise BenchError("the dry run produced two tag changes with one change_id")
+    del result
+    gc.collect()
+    return expected
+
+
+# --- 4. the pipeline -------------------------------------------------------------------------------
+
+
+def _worker_argv(run: _Run, web_port: int, report: Path | None) -> list[str]:
+    worker = ["-m", "streams.cli", "worker", "--web-port", str(web_port)]
+    if report is not None and run.options.profile == "pyinstrument":
+        # The whole worker's life in the main thread (Faust's consumer has a thread of its own,
+        # which py-spy sees and pyinstrument does not).
+        return [sys.executable, "-m", "pyinstrument", "-r", "pyisession", "-o", str(report),
+                *worker]
+    return [sys.executable, *worker]
+
+
+def _start_workers(run: _Run, phase: str, clock: str, profile: bool) -> list[Child]:
+    workers = []
+    for index, port in enumerate(_free_ports(run.options.workers), start=1):
+        report = None
+        if profile and run.options.profile == "pyinstrument":
+            report = run.workdir / f"profile-{phase}-worker{index}.pyisession"
+        workers.append(Child(f"{phase} worker {index}", _worker_argv(run, port, report),
+                             run.env(clock=clock), run.workdir / f"{phase}-worker{index}.log",
+                             run.children))
+    return workers
+
+
+def _start_sink(run: _Run) -> Child:
+    return Child("redis sink", [sys.executable, "-m", "streams.cli", "redis-sink"], run.env(),
+                 run.workdir / "redis-sink.log", run.children)
+
+
+async def _pipeline(run: _Run, expected: Expected) -> None:
+    options = run.options
+    tags = [TopicPartition(TAG_CHANGES_TOPIC, p) for p in range(options.partitions)]
+    tiers = [TopicPartition(TIER_CHANGES_TOPIC, p) for p in range(options.partitions)]
+    reader = AIOKafkaConsumer(bootstrap_servers=run.bootstrap, enable_auto_commit=False,
+                              **run.security)
+    await reader.start()
+    try:
+        baseline = await reader.end_offsets(tags)
+        tier_baseline = await reader.end_offsets(tiers)
+        dead_baseline = await _positions(run, DEADLETTER_TOPIC)
+        sink = _start_sink(run)
+        run.say(f"pipeline: {options.workers} worker(s), event clock, default pack, "
+                f"Redis sink on; {len(expected.change_ids):,} tag changes expected")
+        workers = _start_workers(run, "pipeline", "event", profile=options.profile is not None)
+        ready = [await wait_for_log(w, WORKER_READY, READY_TIMEOUT_S) for w in workers]
+        # Attached once the interpreter is up (py-spy cannot attach to one still starting).
+        spies = _start_py_spy(run, workers) if options.profile == "py-spy" else []
+        started = min(ready)
+        run.say(f"pipeline: worker(s) ready after {started - workers[0].started:.1f} s; "
+                "measuring from here")
+        finished, seen = await _wait_for_changes(run, reader, tags, baseline, expected,
+                                                 workers + [sink])
+        seconds = finished - started
+        eps = run.result["events"] / seconds if seconds > 0 else 0.0
+        run.result["pipeline_eps"] = round(eps)
+        raw = run.result["raw_passthrough_eps"]
+        run.result["ratio"] = round(eps / raw, 3) if raw else None
+        tier_ends = await reader.end_offsets(tiers)
+        dead = await _read_all(run, DEADLETTER_TOPIC, dead_baseline)
+        peaks = [w.peak_rss_mb() for w in workers]
+        run.result["rss_mb"] = max((p for p in peaks if p is not None), default=None)
+        run.result["details"]["pipeline"] = {
+            "seconds": round(seconds, 3), "tag_changes": seen.total,
+            "duplicate_tag_changes": seen.duplicates, "unexpected_tag_changes": seen.unexpected,
+            "tier_changes": sum(tier_ends[tp] - tier_baseline[tp] for tp in tiers),
+            "tier_changes_expected": expected.tier_changes,
+            "matches_dry_run": not seen.missing and not seen.unexpected,
+            "dead_lettered": len(dead),
+            "dead_letter_examples": [_dead_letter_text(value) for value in dead[:5]],
+            "missing_tag_changes": len(seen.missing),
+            "missing_examples": seen.missing[:10],
+            "unexpected_examples": seen.unexpected_examples,
+            "first_change_after_ready_s": round(seen.first - started, 3) if seen.first else None,
+            "workers_ready_spread_s": round(max(ready) - min(ready), 3),
+            "rss_mb_per_worker": peaks, "redis_sink_rss_mb": sink.peak_rss_mb()}
+        if seen.missing or seen.unexpected:
+            run.result.setdefault("warnings", []).append(
+                f"the stream's tag changes differ from the dry run's: {len(seen.missing)} "
+                f"missing, {seen.unexpected} unexpected (see details.pipeline)")
+            run.say(f"WARNING: the stream's tag changes differ from the dry run's: "
+                    f"{len(seen.missing)} missing, {seen.unexpected} unexpected (details.pipeline)")
+        run.say(f"pipeline: {run.result['events']:,} events in {seconds:.2f} s = {eps:,.0f}/s "
+                f"(ratio {run.result['ratio']}); worker peak RSS {run.result['rss_mb']} MB")
+        if spies:
+            await _stop_py_spy(run, spies)
+        run.say("stopping the pipeline worker(s) (SIGTERM) for the restart")
+        stop_started = time.perf_counter()
+        await asyncio.gather(*(asyncio.to_thread(w.stop) for w in workers))
+        run.result["details"]["pipeline"]["worker_stop_s"] = round(
+            time.perf_counter() - stop_started, 2)
+        if options.profile == "pyinstrument":
+            run.result["profile"] = _pyinstrument_reports(run, workers)
+    finally:
+        await reader.stop()
+
+
+async def _positions(run: _Run, topic: str) -> dict[int, int]:
+    """Where each partition of `topic` ends now (its records from here on are this run's)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=run.bootstrap, **run.security)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(run.options.partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_end(*tps)
+        ends = {tp.partition: await consumer.position(tp) for tp in tps}
+        # Tansu's end can stop short inside the last batch: read on to the real end.
+        while batch := await consumer.getmany(timeout_ms=300, max_records=10_000):
+            for tp, messages in batch.items():
+                ends[tp.partition] = messages[-1].offset + 1
+        return ends
+    finally:
+        await consumer.stop()
+
+
+async def _read_all(run: _Run, topic: str, start: dict[int, int]) -> list[bytes]:
+    """The values of `topic` from `start` on, until a fetch brings nothing more."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=run.bootstrap, **run.security)
+    await consumer.start()
+    values: list[bytes] = []
+    try:
+        tps = [TopicPartition(topic, p) for p in start]
+        consumer.assign(tps)
+        for tp in tps:
+            consumer.seek(tp, start[tp.partition])
+        while batch := await consumer.getmany(timeout_ms=500, max_records=10_000):
+            values.extend(m.value for messages in batch.values() for m in messages)
+        return values
+    finally:
+        await consumer.stop()
+
+
+def _dead_letter_text(value: bytes) -> str:
+    try:
+        record = orjson.loads(value)
+        return f"{record.get('topic')}:{record.get('partition')}@{record.get('offset')}: " \
+               f"{record.get('error')}"
+    except orjson.JSONDecodeError:
+        return repr(value[:200])
+
+
+@dataclass
+class _Seen:
+    total: int = 0
+    duplicates: int = 0
+    unexpected: int = 0
+    first: float | None = None  # Kafka timestamps (epoch s) of the first and last expected
+    last: float | None = None
+    last_unexpected: float | None = None
+    missing: list[str] = field(default_factory=list)  # expected changes never published
+    unexpected_examples: list[str] = field(default_factory=list)
+
+
+async def _wait_for_changes(run: _Run, reader: AIOKafkaConsumer, tps: list[TopicPartition],
+                            baseline: dict[TopicPartition, int], expected: Expected,
+                            watched: list[Child]) -> tuple[float, _Seen]:
+    """Wait until every expected change is on tags.changes; when the last one was written.
+
+    While the workers run, only the end offsets are polled (cheap), so the bench takes no CPU
+    from them; the records are read once there are at least as many as expected, or once the
+    end offsets stand still for a second: Tansu 0.6 reports a partition's end as its last
+    batch's base offset + 1, so the count can fall short by part of a batch per partition.
+    The end time comes from the records' own timestamps, not from when they were read."""
+    missing = set(expected.change_ids)
+    seen = _Seen()
+    positions = dict(baseline)
+    reader.assign(tps)
+    for tp in tps:
+        reader.seek(tp, baseline[tp])
+    last_total, last_progress, read_at = -1, time.monotonic(), -1
+    while True:
+        for child in watched:
+            if not child.alive():
+                raise BenchError(f"{child.name} exited with code {child.process.returncode}; "
+                                 f"its log ({child.log_path}):\n{child.log_tail()}")
+        ends = await reader.end_offsets(tps)
+        total = sum(ends[tp] - baseline[tp] for tp in tps)
+        if total != last_total:
+            last_total, last_progress = total, time.monotonic()
+        still = time.monotonic() - last_progress >= 1.0
+        if total >= len(expected.change_ids) or (still and total != read_at):
+            read_at = total
+            await _read_changes(reader, ends, positions, missing, expected, seen)
+            if not missing:
+                assert seen.last is not None or not expected.change_ids
+                return (seen.last if seen.last is not None else time.time()), seen
+        if time.monotonic() - last_progress > run.options.stall_s:
+            await _read_changes(reader, ends, positions, missing, expected, seen)
+            if not missing:
+                continue
+            seen.missing = [expected.described[c] for c in sorted(missing)]
+            if seen.last is None:
+                raise BenchError(f"pipeline stalled: no tag change in {run.options.stall_s:.0f} s;"
+                                 f" worker log: {watched[0].log_path}")
+            # The stream finished with other changes than the dry run: the speed is still
+            # measured (to its last change); the mismatch is reported, not hidden.
+            return max(seen.last, seen.last_unexpected or 0.0), seen
+        await asyncio.sleep(0.2)
+
+
+async def _read_changes(reader: AIOKafkaConsumer, ends: dict[TopicPartition, int],
+                        positions: dict[TopicPartition, int], missing: set[str],
+                        expected: Expected, seen: _Seen) -> None:
+    """Read on from `positions` to `ends` at least (and whatever else a fetch brings)."""
+    while True:
+        batch = await reader.getmany(timeout_ms=300, max_records=20_000)
+        if not batch and all(positions[tp] >= ends[tp] for tp in ends):
+            return
+        for tp, messages in batch.items():
+            for message in messages:
+                positions[tp] = message.offset + 1
+                seen.total += 1
+                change_id = orjson.loads(message.value)["change_id"]
+                if change_id in missing:
+                    missing.discard(change_id)
+                    at = message.timestamp / 1000
+                    seen.first = at if seen.first is None else min(seen.first, at)
+                    seen.last = at if seen.last is None else max(seen.last, at)
+                elif change_id in expected.change_ids:
+                    seen.duplicates += 1
+                else:
+                    seen.unexpected += 1
+                    seen.last_unexpected = message.timestamp / 1000
+                    if len(seen.unexpected_examples) < 10:
+                        change = orjson.loads(message.value)
+                        seen.unexpected_examples.append(
+                            f"{change['member_id']} {change['op']} {change['tag']} at "
+                            f"{change['at']} ({change['cause']})")
+        if not missing:
+            return
+
+
+# --- 5 and 6. restart recovery, then latency on the wall clock ------------------------------------
+
+
+async def _restart_and_latency(run: _Run) -> None:
+    options = run.options
+    changelog = f"{run.settings.app_id}-members-changelog"
+    records = await _topic_records(run, changelog)
+    run.say(f"restart: {options.workers} new worker(s), wall clock, {records:,} changelog "
+            "records to recover")
+    workers = _start_workers(run, "latency", "wall", profile=False)
+    ready = [await wait_for_log(w, WORKER_READY, READY_TIMEOUT_S) for w in workers]
+    assigned = [w.first_line_time(ASSIGNED) for w in workers]
+    recovered = [w.first_line_time(RECOVERY_COMPLETE) for w in workers]
+    run.result["recovery_s"] = round(max(r - w.started for r, w in zip(ready, workers)), 2)
+    run.result["details"]["recovery"] = {
+        "changelog_records": records,
+        # start -> partitions assigned (group join) and assigned -> changelog read, slowest worker
+        "join_s": None,
+        "changelog_s": None,
+        "rss_mb_per_worker": [w.peak_rss_mb() for w in workers]}
+    if None not in assigned and None not in recovered:
+        details = run.result["details"]["recovery"]
+        details["join_s"] = _slowest(a - w.started for a, w in zip(assigned, workers))
+        details["changelog_s"] = _slowest(r - a for r, a in zip(recovered, assigned))
+    run.say(f"restart: ready after {run.result['recovery_s']} s")
+    # First a trickle, for the floor with no queueing; then half the measured maximum rate.
+    floor = await measure_latency(run, FLOOR_RATE, min(FLOOR_SECONDS, options.latency_s),
+                                  workers, first=0)
+    rate = max(1.0, run.result["pipeline_eps"] * 0.5)
+    run.result["latency_ms"] = await measure_latency(run, rate, options.latency_s, workers,
+                                                     first=floor["sent"])
+    run.result["latency_ms"]["floor"] = {k: floor[k] for k in ("p50", "p99", "rate_eps", "sent")}
+    run.result["details"]["recovery"]["rss_mb_after_latency"] = [w.peak_rss_mb()
+                                                                 for w in workers]
+
+
+def _slowest(spans: Iterable[float]) -> float:
+    return round(max(spans), 2)
+
+
+async def _topic_records(run: _Run, topic: str) -> int:
+    consumer = AIOKafkaConsumer(bootstrap_servers=run.bootstrap, **run.security)
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        if not partitions:
+            await consumer._client.force_metadata_update()  # noqa: SLF001 - no public way
+            partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in partitions]
+        if not tps:
+            return 0
+        begins = await consumer.beginning_offsets(tps)
+        ends = await consumer.end_offsets(tps)
+        return sum(ends[tp] - begins[tp] for tp in tps)
+    finally:
+        await consumer.stop()
+
+
+def live_order(number: int) -> tuple[str, bytes]:
+    """A first order of a new member: `first_purchase` (and more) is added at once."""
+    member_id = f"{LIVE_MEMBER_PREFIX}{number:08d}"
+    event = {"event_id": f"bench-live-{number:08d}", "event_type": "order.paid",
+             "member_id": member_id,
+             "occurred_at": datetime.now(CST).isoformat(timespec="milliseconds"),
+             "channel": "miniprogram", "schema_version": 1, "order_id": f"bench-o-{number:08d}",
+             "amount_fen": 5900,
+             "items": [{"sku": "RICE-NE-5KG", "category": "rice", "unit_price_fen": 5900,
+                        "quantity": 1, "spec": "regular"}]}
+    return member_id, orjson.dumps(event)
+
+
+async def measure_latency(run: _Run, rate: float, seconds: float, watched: list[Child], *,
+                          first: int = 0) -> dict[str, Any]:
+    """Paced live orders -> their first tag change read back; latencies in ms."""
+    partitions = run.options.partitions
+    run.say(f"latency: live first orders at {rate:,.0f}/s for {seconds:.0f} s")
+    producer = AIOKafkaProducer(bootstrap_servers=run.bootstrap, acks="all", linger_ms=0,
+                                **run.security)
+    consumer = AIOKafkaConsumer(bootstrap_servers=run.bootstrap, enable_auto_commit=False,
+                                fetch_max_wait_ms=10, **run.security)
+    await producer.start()
+    await consumer.start()
+    sent_at: dict[bytes, float] = {}  # event_id -> perf_counter when sent
+    latencies: list[float] = []
+    done = asyncio.Event()
+    sending = True
+    try:
+        tps = [TopicPartition(TAG_CHANGES_TOPIC, p) for p in range(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_end(*tps)
+        for tp in tps:
+            await consumer.position(tp)  # the seek is lazy: fix it before producing
+
+        async def read() -> None:
+            prefix = LIVE_MEMBER_PREFIX.encode()
+            while not done.is_set():
+                batch = await consumer.getmany(timeout_ms=50, max_records=5000)
+                received = time.perf_counter()
+                for messages in batch.values():
+                    for message in messages:
+                        if not (message.key or b"").startswith(prefix):
+                            continue  # a history member's timer firing meanwhile
+                        cause = orjson.loads(message.value).get("cause") or {}
+                        event_id = str(cause.get("event_id", "")).encode()
+                        sent = sent_at.pop(event_id, None)
+                        if sent is not None:
+                            latencies.append((received - sent) * 1000)
+                if not sending and not sent_at:
+                    done.set()
+
+        reader = asyncio.create_task(read())
+        deliveries: list[asyncio.Future] = []
+        started = time.perf_counter()
+        number = 0
+        while (now := time.perf_counter()) - started < seconds:
+            due = int((now - started) * rate)
+            while number < due:
+                member_id, value = live_order(first + number)
+                sent_at[f"bench-live-{first + number:08d}".encode()] = time.perf_counter()
+                deliveries.append(await producer.send(
+                    ORDERS_TOPIC, value, key=member_id.encode(),
+                    partition=partition_for(member_id, partitions)))
+                number += 1
+            if reader.done():
+                reader.result()  # raises what stopped it
+            for child in watched:
+                if not child.alive():
+                    raise BenchError(f"{child.name} exited during the latency phase; its log "
+                                     f"({child.log_path}):\n{child.log_tail()}")
+            await asyncio.sleep(0.002)
+        sent_seconds = time.perf_counter() - started
+        sending = False
+        await asyncio.gather(*deliveries)
+        try:
+            await asyncio.wait_for(done.wait(), LATENCY_GRACE_S)
+        except asyncio.TimeoutError:
+            pass
+        done.set()
+        await reader
+    finally:
+        await producer.stop()
+        await consumer.stop()
+    ordered = sorted(latencies)
+    summary = {
+        "p50": _round(_quantile(ordered, 0.5)), "p90": _round(_quantile(ordered, 0.9)),
+        "p99": _round(_quantile(ordered, 0.99)), "max": _round(ordered[-1] if ordered else None),
+        "rate_eps": round(number / sent_seconds, 1) if sent_seconds else 0.0,
+        "target_rate_eps": round(rate, 1), "sent": number, "received": len(ordered),
+        "missing": number - len(ordered), "seconds": round(sent_seconds, 1)}
+    run.say(f"latency: p50 {summary['p50']} ms, p99 {summary['p99']} ms over "
+            f"{len(ordered):,} of {number:,} live orders")
+    return summary
+
+
+# --- profiling -------------------------------------------------------------------------------------
+
+
+def _require_profiler(name: str) -> None:
+    if name == "py-spy" and _py_spy() is None:
+        raise BenchError("py-spy is not installed: pip install -e '.[bench]'")
+    if name == "pyinstrument":
+        try:
+            import pyinstrument  # noqa: F401
+        except ImportError:
+            raise BenchError("pyinstrument is not installed: pip install -e '.[bench]'") from None
+
+
+def _py_spy() -> str | None:
+    beside = Path(sys.executable).with_name("py-spy")
+    return str(beside) if beside.exists() else shutil.which("py-spy")
+
+
+def _start_py_spy(run: _Run, workers: list[Child]) -> list[tuple[Child, Path]]:
+    """py-spy attached to each worker, recording collapsed stacks until it is interrupted."""
+    spies = []
+    for index, worker in enumerate(workers, start=1):
+        report = run.workdir / f"profile-pipeline-worker{index}.py-spy.txt"
+        spy = Child(f"py-spy of worker {index}",
+                    [_py_spy() or "py-spy", "record", "--pid", str(worker.pid), "--rate",
+                     str(PY_SPY_RATE), "--format", "raw", "--output", str(report)],
+                    os.environ, run.workdir / f"py-spy-worker{index}.log", run.children)
+        spies.append((spy, report))
+    return spies
+
+
+async def _stop_py_spy(run: _Run, spies: list[tuple[Child, Path]]) -> None:
+    reports = []
+    for spy, report in spies:
+        spy.signal(signal.SIGINT)  # py-spy writes its report on Ctrl-C
+        await asyncio.to_thread(spy.stop, 30.0)
+        reports.append(report)
+    profile: dict[str, Any] = {"tool": "py-spy", "reports": [str(r) for r in reports],
+                               "covers": "pipeline phase, all threads, CPU only (idle excluded)"}
+    if reports and reports[0].exists():
+        stacks = parse_collapsed(reports[0].read_text(errors="replace").splitlines())
+        profile.update(summarize_stacks(stacks))
+        summary_path = reports[0].with_suffix(".top.txt")
+        summary_path.write_text(format_top(profile))
+        profile["summary"] = str(summary_path)
+    else:
+        profile["error"] = f"py-spy wrote no report; see {spies[0][0].log_path}"
+    run.result["profile"] = profile
+
+
+def _pyinstrument_reports(run: _Run, workers: list[Child]) -> dict[str, Any]:
+    profile: dict[str, Any] = {"tool": "pyinstrument", "reports": [],
+                               "covers": "the pipeline workers' whole life, main thread only "
+                                         "(Faust's consumer thread is not sampled)"}
+    for index in range(1, len(workers) + 1):
+        session = run.workdir / f"profile-pipeline-worker{index}.pyisession"
+        if not session.exists():
+            profile["error"] = f"pyinstrument wrote no session; see {workers[index - 1].log_path}"
+            continue
+        html = session.with_suffix(".html")
+        subprocess.run([sys.executable, "-m", "pyinstrument", "--load", str(session), "-r",
+                        "html", "-o", str(html)], check=False, capture_output=True)
+        profile["reports"].append(str(html))
+        if index == 1:
+            from pyinstrument.session import Session
+
+            loaded = Session.load(str(session))
+            stacks = Counter()
+            for frames, seconds in loaded.frame_records:
+                stacks[tuple(_pyinstrument_frame(f) for f in frames)] += seconds
+            profile.update(summarize_stacks(stacks))
+            summary_path = session.with_suffix(".top.txt")
+            summary_path.write_text(format_top(profile))
+            profile["summary"] = str(summary_path)
+    return profile
+
+
+def _pyinstrument_frame(identifier: str) -> str:
+    """pyinstrument's "function\\x00file\\x00line" as py-spy's "function (file:line)"."""
+    parts = identifier.split("\x00")
+    if len(parts) >= 3:
+        return f"{parts[0]} ({_short_path(parts[1])}:{parts[2]})"
+    return parts[0]
+
+
+def parse_collapsed(lines: Iterable[str]) -> Counter:
+    """py-spy's raw format ("frame;frame;frame count", outermost first) -> {stack: samples}."""
+    stacks: Counter = Counter()
+    for line in lines:
+        stack, _, count = line.rstrip().rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = tuple(_shorten_frame(frame) for frame in stack.split(";"))
+        stacks[frames] += int(count)
+    return stacks
+
+
+def _shorten_frame(frame: str) -> str:
+    match = re.match(r"^(.*) \((.*):(\d+)\)$", frame)
+    if match is None:
+        return frame
+    return f"{match.group(1)} ({_short_path(match.group(2))}:{match.group(3)})"
+
+
+def _short_path(path: str) -> str:
+    for marker in ("site-packages/", "/work/main/", "lib/python3.11/"):
+        if marker in path:
+            return path.split(marker, 1)[1]
+    return path
+
+
+def summarize_stacks(stacks: Mapping[tuple[str, ...], float], top: int = 15) -> dict[str, Any]:
+    """The functions with the most samples on their own (self) and anywhere on the stack
+    (total), as a share of all samples; lines are dropped so a function counts once."""
+    total = sum(stacks.values())
+    own: Counter = Counter()
+    inclusive: Counter = Counter()
+    for frames, weight in stacks.items():
+        if not frames:
+            continue
+        names = [re.sub(r":\d+\)$", ")", frame) for frame in frames]
+        own[names[-1]] += weight
+        for name in set(names):
+            inclusive[name] += weight
+
+    def share(counter: Counter) -> list[dict[str, Any]]:
+        return [{"function": name, "pct": round(100 * weight / total, 1)}
+                for name, weight in counter.most_common(top)] if total else []
+
+    return {"samples": round(total, 3), "top_self": share(own), "top_total": share(inclusive)}
+
+
+def format_top(profile: Mapping[str, Any]) -> str:
+    lines = [f"{profile['tool']}: {profile.get('covers', '')}", "", "self %  function"]
+    lines += [f"{row['pct']:6.1f}  {row['function']}" for row in profile.get("top_self", [])]
+    lines += ["", "total %  function"]
+    lines += [f"{row['pct']:7.1f}  {row['function']}" for row in profile.get("top_total", [])]
+    return "\n".join(lines) + "\n"
+
+
+# --- reporting -------------------------------------------------------------------------------------
+
+
+def _header(options: BenchOptions, settings: Settings, workdir: Path) -> dict[str, Any]:
+    from importlib.metadata import version
+
+    return {
+        "events": None, "events_requested": options.events, "members": options.members,
+        "partitions": options.partitions, "workers": options.workers,
+        "raw_passthrough_eps": None, "pipeline_eps": None, "ratio": None, "latency_ms": None,
+        "rss_mb": None, "state_bytes_per_member": None, "recovery_s": None,
+        "clock": {"pipeline": "event", "latency": "wall"},
+        "redis_sink": "on: tagstream redis-sink, its own process",
+        "broker": "embedded Tansu (private, loopback)" if not options.use_stack
+                  else f"running: {settings.broker}",
+        "profile": None, "seed": options.seed,
+        "machine": {"nproc": os.cpu_count(), "python": platform.python_version(),
+                    "platform": platform.platform(), "cpu": _cpu_model(),
+                    "mem_gib": _mem_gib()},
+        "versions": {name: version(name) for name in ("faust-streaming", "aiokafka")},
+        "command": options.command, "workdir": str(workdir), "details": {},
+    }
+
+
+def _cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def _mem_gib() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 1024 / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
+def format_summary(result: Mapping[str, Any]) -> str:
+    """The result for a person: the headline figures, then where the details are."""
+    latency = result.get("latency_ms") or {}
+    machine = result.get("machine") or {}
+
+    def number(value: Any, unit: str = "") -> str:
+        if value is None:
+            return "-"
+        return f"{value:,}{unit}" if isinstance(value, int) else f"{value}{unit}"
+
+    lines = [
+        f"tagstream bench: {number(result.get('events'))} events, "
+        f"{number(result.get('members'))} members, {result.get('partitions')} partitions, "
+        f"{result.get('workers')} worker(s); {machine.get('nproc')} cores, "
+        f"Python {machine.get('python')}",
+        f"  raw passthrough      {number(result.get('raw_passthrough_eps'), ' events/s')}",
+        f"  pipeline             {number(result.get('pipeline_eps'), ' events/s')}"
+        f"  (ratio {number(result.get('ratio'))})",
+        f"  latency at {number(latency.get('rate_eps'), '/s')}  p50 {number(latency.get('p50'))} ms, "
+        f"p99 {number(latency.get('p99'))} ms ({number(latency.get('received'))} of "
+        f"{number(latency.get('sent'))} live orders)",
+        f"  worker peak RSS      {number(result.get('rss_mb'), ' MB')}",
+        f"  state per member     {number(result.get('state_bytes_per_member'), ' bytes')}",
+        f"  restart recovery     {number(result.get('recovery_s'), ' s')}",
+    ]
+    profile = result.get("profile")
+    if profile:
+        lines.append(f"  profile ({profile.get('tool')}): {', '.join(profile.get('reports', []))}")
+        for row in profile.get("top_self", [])[:8]:
+            lines.append(f"    {row['pct']:5.1f} %  {row['function']}")
+    lines.append(f"  logs and reports in {result.get('workdir')}")
+    if result.get("error"):
+        lines.append(f"FAILED: {result['error']}")
+    lines.append(f"  command: {result.get('command')}")
+    return "\n".join(lines)
+
+
+def _quantile(ordered: list[float] | list[int], q: float) -> Any:
+    if not ordered:
+        return None
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+def _free_ports(count: int) -> list[int]:
+    """`count` distinct loopback ports nothing listened on a moment ago."""
+    probes = []
+    try:
+        for _ in range(count):
+            probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            probe.bind(("127.0.0.1", 0))
+            probes.append(probe)
+        return [probe.getsockname()[1] for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
