@@ -6,6 +6,7 @@ state and sends the results. Every business decision lives in `taggers`.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -90,9 +91,17 @@ class MemberProcessor:
         self._monotonic = clock
         self._writes: dict[int, _PartitionWrites] = {}
         self.positions: dict[tuple[str, int], int] = {}  # next offset per topic-partition
+        # One thing at a time: a message, a tick or a rebalance. Each awaits sends midway;
+        # interleaved, a tick could fire a member's deadline while that member's earlier
+        # event, already released by the clock, was still waiting to be applied.
+        self._turn = asyncio.Lock()
 
     async def handle(self, message: Any, ack: Ack) -> None:
         """Process one message; `ack` is called once it is fully handled (maybe later)."""
+        async with self._turn:
+            await self._handle(message, ack)
+
+    async def _handle(self, message: Any, ack: Ack) -> None:
         partition = message.partition
         self.positions[(message.topic, partition)] = message.offset + 1
         if not self.deadlines.is_loaded(partition):
@@ -243,25 +252,29 @@ class MemberProcessor:
             raw = encode_state(state)
             # The store and its changelog partition are written explicitly (not
             # `table[key] = ...`, which takes the partition of the message being handled), so
-            # a flush may run from a timer, a rebalance or shutdown.
+            # a flush may run from a timer, a rebalance or shutdown. All of them before the
+            # first await: nothing may read the table between the pop and the writes.
             self.table.data[key] = raw
             self.table.send_changelog(partition, key, raw)
+        for key, state in writes.dirty.items():
             await self.topics.profiles.send(key=key, value=orjson.dumps(render_profile(state, pack)),
                                             partition=partition)
         for ack in writes.acks:
             await ack()
 
     async def flush_all(self) -> None:
-        for partition in list(self._writes):
-            await self.flush(partition)
+        async with self._turn:
+            for partition in list(self._writes):
+                await self.flush(partition)
 
     async def tick(self, partitions: Iterable[int]) -> None:
         """Periodic, with no event: fire due deadlines (wall clock) and write batched state."""
-        for partition in partitions:
-            if not self.deadlines.is_loaded(partition):
-                self._load_deadlines(partition)
-            await self._fire_due(partition)
-            await self._maybe_flush(partition)
+        async with self._turn:
+            for partition in partitions:
+                if not self.deadlines.is_loaded(partition):
+                    self._load_deadlines(partition)
+                await self._fire_due(partition)
+                await self._maybe_flush(partition)
 
     async def _store(self, partition: int, key: bytes, outcome: Outcome) -> None:
         state = outcome.state
@@ -328,6 +341,10 @@ class MemberProcessor:
         self.deadlines.load(partition, entries)
 
     async def on_revoked(self, partitions: set[int]) -> None:
+        async with self._turn:
+            await self._forget(partitions)
+
+    async def _forget(self, partitions: set[int]) -> None:
         for partition in partitions:
             await self.flush(partition)
             self.deadlines.drop(partition)

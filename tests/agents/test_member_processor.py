@@ -3,6 +3,7 @@ routing, dead letters, the event-time reorder buffer, deadlines and acknowledgem
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -16,6 +17,8 @@ from streams.clock import PartitionClocks
 from streams.partitioning import partition_for
 from streams.settings import DEFAULT_RULES
 from streams.topics import EVENT_TOPICS, REROUTE_TOPIC, Topics
+from taggers.clock import to_epoch
+from taggers.dryrun import dry_run
 from taggers.engine import Engine
 from taggers.rules import load_rules
 from taggers.state import decode_state
@@ -231,3 +234,46 @@ async def test_event_clock_reorders_within_the_window_and_dead_letters_later_one
     [letter] = [orjson.loads(s["value"]) for s in h.topics.deadletter.sent]
     assert "late event" in letter["error"] and "TAGSTREAM_REORDER_WINDOW_S=3600" in letter["error"]
     assert decode_state(h.table[member.encode()]).orders.count == 2
+
+
+class YieldingTopic(FakeTopic):
+    """Like Kafka, a send gives other coroutines (the timer) a chance to run."""
+
+    async def send(self, **kwargs: Any) -> None:
+        self.sent.append(kwargs)
+        await asyncio.sleep(0)
+
+
+async def test_tick_cannot_fire_a_deadline_while_an_earlier_event_waits_to_be_applied() -> None:
+    """Regression: while one released event was being applied (its sends yield), the timer
+    fired another member's deadline that lay after that member's own released, not yet
+    applied event; the stream then disagreed with the dry run."""
+    h = Harness("event")
+    for name in ("tag_changes", "tier_changes", "profiles", "deadletter", "reroute"):
+        object.__setattr__(h.topics, name, YieldingTopic(name))
+    p = partition_for("MY", PARTITIONS)
+    other = next(f"MX{n}" for n in range(100) if partition_for(f"MX{n}", PARTITIONS) == p)
+    first = [raw_event("order.paid", "2024-01-02T10:00:00+08:00", member="MY", amount_fen=300_000),
+             raw_event("order.paid", "2024-03-02T10:00:00+08:00", member="MY", amount_fen=300_000)]
+    later = [raw_event("order.paid", "2024-06-01T10:00:00+08:00", member=other, amount_fen=100),
+             raw_event("order.paid", "2024-07-01T10:00:00+08:00", member="MY", amount_fen=100)]
+    for body in first:
+        await h.event("events.orders", body)
+    await h.markers("2024-03-02T10:00:00+08:00", p)  # MY now has a deadline on 2025-01-01
+    for body in later:
+        await h.event("events.orders", body)  # held: the clock is still at 2024-03-02
+    ticking = asyncio.create_task(_tick_forever(h.processor, p))
+    try:
+        await h.markers("2025-02-01T10:00:00+08:00", p)  # both released, the deadline is due
+    finally:
+        ticking.cancel()
+    dry = dry_run(Engine(load_rules(DEFAULT_RULES)), [orjson.dumps(b) for b in first + later],
+                  as_of=to_epoch(datetime.fromisoformat("2025-02-01T10:00:00+08:00")))
+    stream_ids = {orjson.loads(s["value"])["change_id"] for s in h.topics.tag_changes.sent}
+    assert stream_ids == {c.change_id for c in dry.changes}
+
+
+async def _tick_forever(processor: MemberProcessor, partition: int) -> None:
+    while True:
+        await processor.tick([partition])
+        await asyncio.sleep(0)
