@@ -208,3 +208,13 @@ def test_profiles_topic_is_compacted():
     topics = SERVICES["topics"]
     assert PROFILES_TOPIC in topics["environment"]["COMPACTED"].split()
     assert "cleanup.policy=compact" in "\n".join(topics["command"])
+
+
+def test_serving_services_run_beside_the_workers():
+    assert SERVICES["redis-sink"]["command"] == ["tagstream", "redis-sink"]
+    assert SERVICES["api"]["command"] == ["tagstream", "api"]
+    assert "8080:8080" in [str(p) for p in SERVICES["api"]["ports"]]
+    assert SERVICES["wecom-sync"]["command"] == ["tagstream", "wecom-sync"]
+    for service in ("redis-sink", "api"):
+        assert SERVICES[service]["environment"]["TAGSTREAM_REDIS_URL"] == \
+            SERVICES["worker"]["environment"]["TAGSTREAM_REDIS_URL"]
