@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import msgspec
 
 from schemas.errors import EventRejected
@@ -16,6 +18,16 @@ from schemas.events import (
 _DECODERS = {topic: msgspec.json.Decoder(family) for topic, family in FAMILY_BY_TOPIC.items()}
 _ANY_DECODER = msgspec.json.Decoder(AnyEvent)
 _EVENT_TYPE_PROBE = msgspec.json.Decoder(dict[str, object])
+# occurred_at years a member event can have. Outside them the time is a producer bug (epoch 0,
+# 0001-01-01, 9999-12-31 placeholders), and near year 1 or 9999 the calendar arithmetic of the
+# rules (windows, deadlines a year ahead) leaves the range Python's datetime can represent.
+OCCURRED_AT_YEARS = (2000, 2199)
+# Events nest 3 deep (event > items > item). msgspec's own limit depends on how deep the
+# caller's stack already is, so a message near it was accepted by `tagstream dryrun` and
+# rejected inside the worker; a fixed limit makes the verdict the same everywhere.
+MAX_JSON_DEPTH = 64
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
+_JSON_BRACKET = re.compile(rb"[\[\]{}]")
 
 
 def decode_event(raw: bytes | None, topic: str | None = None) -> Event:
@@ -24,9 +36,11 @@ def decode_event(raw: bytes | None, topic: str | None = None) -> Event:
         raise EventRejected("empty message value: expected a JSON event object")
     if len(raw) > MAX_EVENT_BYTES:
         raise EventRejected(f"message is {len(raw)} bytes; the limit is {MAX_EVENT_BYTES}")
+    if _json_depth(raw) > MAX_JSON_DEPTH:
+        raise EventRejected(f"JSON nested too deeply (more than {MAX_JSON_DEPTH} levels)")
     decoder = _DECODERS.get(topic, _ANY_DECODER) if topic else _ANY_DECODER
     try:
-        return decoder.decode(raw)
+        event = decoder.decode(raw)
     except msgspec.ValidationError as exc:
         raise EventRejected(_explain_validation(raw, topic, str(exc))) from None
     except msgspec.DecodeError as exc:
@@ -36,6 +50,25 @@ def decode_event(raw: bytes | None, topic: str | None = None) -> Event:
         raise EventRejected(f"not valid UTF-8 JSON: {exc}") from None
     except RecursionError:
         raise EventRejected("JSON nested too deeply") from None
+    first, last = OCCURRED_AT_YEARS
+    if not first <= event.occurred_at.year <= last:
+        raise EventRejected(f"occurred_at {event.occurred_at.isoformat()} is outside the "
+                            f"supported years {first}-{last}")
+    return event
+
+
+def _json_depth(raw: bytes) -> int:
+    """How deep brackets nest outside JSON strings (cheap: most events have too few to check)."""
+    if raw.count(b"[") + raw.count(b"{") <= MAX_JSON_DEPTH:
+        return 0
+    depth = deepest = 0
+    for bracket in _JSON_BRACKET.findall(_JSON_STRING.sub(b"", raw)):
+        if bracket in (b"[", b"{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
 
 
 def _explain_validation(raw: bytes, topic: str | None, message: str) -> str:
