@@ -33,6 +33,7 @@ def run_demo(settings: Settings, *, members: int, days: int, seed: int,
         f"({redact_url(settings.redis_url)})")
     stack.up()
     worker: subprocess.Popen[bytes] | None = None
+    sink: subprocess.Popen[bytes] | None = None
     try:
         asyncio.run(ensure_topics(settings.broker_bootstrap,
                                   topic_partitions(settings.partitions), settings.replication,
@@ -46,23 +47,49 @@ def run_demo(settings: Settings, *, members: int, days: int, seed: int,
         with events_path.open("wb") as out:
             write_jsonl(generate_events(members=members, days=days, seed=seed), out)
         worker_log = workdir / "worker.log"
-        say(f"3/5 starting the worker (log: {worker_log})")
+        say(f"3/5 starting the worker and the Redis sink (logs: {workdir})")
         worker = start_worker(settings, worker_log)
+        sink = start_worker(settings, workdir / "redis-sink.log", command="redis-sink")
         say("4/5 replaying the history; tag changes as they arrive:")
         asyncio.run(_replay_and_follow(settings, events_path, worker))
+        asyncio.run(_show_served_profile(settings))
     finally:
-        if worker is not None:
-            stop_worker(worker)
+        for process in (worker, sink):
+            if process is not None:
+                stop_worker(process)
         if not keep_stack and not was_running:
             say("5/5 stopping the broker and Redis we started")
             stack.down()
 
 
-def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
+def start_worker(settings: Settings, log_path: Path,
+                 command: str = "worker") -> subprocess.Popen[bytes]:
     env = {**os.environ, **settings.to_env()}
     with log_path.open("ab") as log:
-        return subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=env,
+        return subprocess.Popen([sys.executable, "-m", "streams.cli", command], env=env,
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+async def _show_served_profile(settings: Settings) -> None:
+    """What a guide's screen would show: the richest member's profile, as Redis serves it."""
+    from streams.sinks.redis_store import RedisProfileStore
+
+    async with RedisProfileStore(settings.redis_url) as store:
+        for _ in range(40):
+            page = await store.members_for(None, "high_value", None, 50)
+            if page.member_ids:
+                break
+            await asyncio.sleep(0.5)
+        else:
+            say("no high_value member in Redis yet")
+            return
+        profile = await store.get_profile(page.member_ids[0])
+    say(f"served from Redis, member {profile['member_id']}: lifecycle {profile['lifecycle']}, "
+        f"tier {profile.get('tier')}, points {profile.get('points')}, RFM "
+        f"{(profile.get('rfm') or {}).get('segment')}")
+    for tag in profile["tags"]:
+        evidence = ", ".join(f"{k}={v}" for k, v in tag["evidence"].items())
+        say(f"  {tag['name_zh']} ({tag['id']}) since {tag['since']}: {evidence}")
 
 
 def stop_worker(worker: subprocess.Popen[bytes], timeout: float = 20) -> None:
