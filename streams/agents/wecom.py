@@ -38,6 +38,7 @@ from aiokafka.errors import KafkaError
 from schemas.changes import TagChange
 from schemas.errors import TagstreamError
 from streams.metrics import CONSUMER_LAG
+from streams.security import kafka_client_kwargs
 from streams.settings import Settings, SettingsError
 from streams.topics import TAG_CHANGES_TOPIC
 from streams.wecom.client import WeComClient, WeComError
@@ -109,7 +110,7 @@ class WeComSyncService(faust.Service):
             bootstrap_servers=self.settings.broker_bootstrap, group_id=self.group_id,
             client_id=self.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
             session_timeout_ms=10_000, heartbeat_interval_ms=1_000, rebalance_timeout_ms=6_000,
-            max_poll_interval_ms=300_000)
+            max_poll_interval_ms=300_000, **kafka_client_kwargs(self.settings))
         self.consumer.subscribe([TAG_CHANGES_TOPIC], listener=_Rebalance(self))
         await self.consumer.start()
         await self.sync.start()
@@ -254,7 +255,7 @@ async def run_wecom_sync(settings: Settings, stop: asyncio.Event) -> None:
 
     service = WeComSyncService(settings)  # fails fast on a missing corp id or secret
     await ensure_topics(settings.broker_bootstrap, topic_partitions(settings.partitions),
-                        settings.replication)
+                        settings.replication, security=kafka_client_kwargs(settings))
     await service.start()
     try:
         while not stop.is_set() and not service.crashed:
