@@ -179,6 +179,13 @@ class Child:
         if self.alive():
             self.process.send_signal(sig)  # Popen keeps its child unreaped: the pid is ours
 
+    def wait(self, timeout: float) -> None:
+        """Wait up to `timeout` for the process to exit by itself."""
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM, then SIGKILL after `timeout`; waits for the exit."""
         if not self.alive():
@@ -542,12 +549,17 @@ async def _pipeline(run: _Run, expected: Expected) -> None:
         workers = _start_workers(run, "pipeline", "event", profile=options.profile is not None)
         ready = [await wait_for_log(w, WORKER_READY, READY_TIMEOUT_S) for w in workers]
         # Attached once the interpreter is up (py-spy cannot attach to one still starting).
-        spies = _start_py_spy(run, workers) if options.profile == "py-spy" else []
+        spies = _start_py_spy(run, workers, "pipeline") if options.profile == "py-spy" else []
         started = min(ready)
+        cpu_pids = {**{w.name: w.pid for w in workers}, sink.name: sink.pid, **_stack_pids(run)}
+        cpu_before = {name: cpu_seconds(pid) for name, pid in cpu_pids.items()}
+        cpu_from = time.time()
         run.say(f"pipeline: worker(s) ready after {started - workers[0].started:.1f} s; "
                 "measuring from here")
         finished, seen = await _wait_for_changes(run, reader, tags, baseline, expected,
                                                  workers + [sink])
+        cpu_window = time.time() - cpu_from
+        cpu_used = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in cpu_pids.items()}
         seconds = finished - started
         eps = run.result["events"] / seconds if seconds > 0 else 0.0
         run.result["pipeline_eps"] = round(eps)
@@ -570,7 +582,11 @@ async def _pipeline(run: _Run, expected: Expected) -> None:
             "unexpected_examples": seen.unexpected_examples,
             "first_change_after_ready_s": round(seen.first - started, 3) if seen.first else None,
             "workers_ready_spread_s": round(max(ready) - min(ready), 3),
-            "rss_mb_per_worker": peaks, "redis_sink_rss_mb": sink.peak_rss_mb()}
+            "rss_mb_per_worker": peaks, "redis_sink_rss_mb": sink.peak_rss_mb(),
+            # CPU time each process used from "Worker ready" until the bench saw the last
+            # change, as % of one core: ~100 for a worker means it is CPU-bound.
+            "cpu_pct_of_one_core": {name: round(100 * used / cpu_window, 1)
+                                    for name, used in cpu_used.items()}}
         if seen.missing or seen.unexpected:
             run.result.setdefault("warnings", []).append(
                 f"the stream's tag changes differ from the dry run's: {len(seen.missing)} "
@@ -580,7 +596,8 @@ async def _pipeline(run: _Run, expected: Expected) -> None:
         run.say(f"pipeline: {run.result['events']:,} events in {seconds:.2f} s = {eps:,.0f}/s "
                 f"(ratio {run.result['ratio']}); worker peak RSS {run.result['rss_mb']} MB")
         if spies:
-            await _stop_py_spy(run, spies)
+            run.result["profile"] = await _stop_py_spy(
+                spies, "pipeline phase (event clock), all threads, CPU only (idle excluded)")
         run.say("stopping the pipeline worker(s) (SIGTERM) for the restart")
         stop_started = time.perf_counter()
         await asyncio.gather(*(asyncio.to_thread(w.stop) for w in workers))
@@ -634,6 +651,29 @@ def _dead_letter_text(value: bytes) -> str:
                f"{record.get('error')}"
     except orjson.JSONDecodeError:
         return repr(value[:200])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (0 if it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _stack_pids(run: _Run) -> dict[str, int]:
+    """The private stack's broker and Redis, from the records `EmbeddedStack.up` wrote."""
+    from streams.stack import read_record
+
+    pids = {}
+    if not run.options.use_stack:
+        for name in ("broker", "redis"):
+            record = read_record(Path(run.settings.stack_dir) / f"{name}.json")
+            if record is not None:
+                pids[name] = record.pid
+    return pids
 
 
 @dataclass
@@ -756,8 +796,21 @@ async def _restart_and_latency(run: _Run) -> None:
     floor = await measure_latency(run, FLOOR_RATE, min(FLOOR_SECONDS, options.latency_s),
                                   workers, first=0)
     rate = max(1.0, run.result["pipeline_eps"] * 0.5)
+    spies = _start_py_spy(run, workers, "latency") if options.profile == "py-spy" else []
+    cpu_pids = {**{w.name: w.pid for w in workers}, **_stack_pids(run),
+                "redis sink": next(c.pid for c in run.children if c.name == "redis sink"),
+                "bench (producer and reader)": os.getpid()}
+    cpu_before = {name: cpu_seconds(pid) for name, pid in cpu_pids.items()}
+    cpu_from = time.time()
     run.result["latency_ms"] = await measure_latency(run, rate, options.latency_s, workers,
                                                      first=floor["sent"])
+    cpu_window = time.time() - cpu_from
+    run.result["details"]["latency_cpu_pct_of_one_core"] = {
+        name: round(100 * (cpu_seconds(pid) - cpu_before[name]) / cpu_window, 1)
+        for name, pid in cpu_pids.items()}
+    if spies:
+        run.result["profile"]["latency_phase"] = await _stop_py_spy(
+            spies, "latency phase at half the pipeline rate (wall clock), all threads, CPU only")
     run.result["latency_ms"]["floor"] = {k: floor[k] for k in ("p50", "p99", "rate_eps", "sent")}
     run.result["details"]["recovery"]["rss_mb_after_latency"] = [w.peak_rss_mb()
                                                                  for w in workers]
@@ -899,27 +952,28 @@ def _py_spy() -> str | None:
     return str(beside) if beside.exists() else shutil.which("py-spy")
 
 
-def _start_py_spy(run: _Run, workers: list[Child]) -> list[tuple[Child, Path]]:
+def _start_py_spy(run: _Run, workers: list[Child], phase: str) -> list[tuple[Child, Path]]:
     """py-spy attached to each worker, recording collapsed stacks until it is interrupted."""
     spies = []
     for index, worker in enumerate(workers, start=1):
-        report = run.workdir / f"profile-pipeline-worker{index}.py-spy.txt"
-        spy = Child(f"py-spy of worker {index}",
+        report = run.workdir / f"profile-{phase}-worker{index}.py-spy.txt"
+        spy = Child(f"py-spy of {phase} worker {index}",
                     [_py_spy() or "py-spy", "record", "--pid", str(worker.pid), "--rate",
                      str(PY_SPY_RATE), "--format", "raw", "--output", str(report)],
-                    os.environ, run.workdir / f"py-spy-worker{index}.log", run.children)
+                    os.environ, run.workdir / f"py-spy-{phase}-worker{index}.log", run.children)
         spies.append((spy, report))
     return spies
 
 
-async def _stop_py_spy(run: _Run, spies: list[tuple[Child, Path]]) -> None:
+async def _stop_py_spy(spies: list[tuple[Child, Path]], covers: str) -> dict[str, Any]:
     reports = []
     for spy, report in spies:
         spy.signal(signal.SIGINT)  # py-spy writes its report on Ctrl-C
-        await asyncio.to_thread(spy.stop, 30.0)
+        await asyncio.to_thread(spy.wait, 60.0)
+        spy.stop()
         reports.append(report)
     profile: dict[str, Any] = {"tool": "py-spy", "reports": [str(r) for r in reports],
-                               "covers": "pipeline phase, all threads, CPU only (idle excluded)"}
+                               "covers": covers}
     if reports and reports[0].exists():
         stacks = parse_collapsed(reports[0].read_text(errors="replace").splitlines())
         profile.update(summarize_stacks(stacks))
@@ -928,7 +982,7 @@ async def _stop_py_spy(run: _Run, spies: list[tuple[Child, Path]]) -> None:
         profile["summary"] = str(summary_path)
     else:
         profile["error"] = f"py-spy wrote no report; see {spies[0][0].log_path}"
-    run.result["profile"] = profile
+    return profile
 
 
 def _pyinstrument_reports(run: _Run, workers: list[Child]) -> dict[str, Any]:
