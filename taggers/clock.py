@@ -15,11 +15,13 @@ DAY = 86_400
 class LocalCalendar:
     """Day numbers and RFC 3339 rendering in one fixed UTC offset."""
 
-    __slots__ = ("offset_s", "tz")
+    __slots__ = ("offset_s", "tz", "_rendered")
 
     def __init__(self, offset_s: int) -> None:
         self.offset_s = offset_s
         self.tz = timezone(timedelta(seconds=offset_s))
+        # the same instants come back again and again (a member's last order, its deadlines)
+        self._rendered: dict[int, str] = {}
 
     @classmethod
     def parse(cls, text: str) -> "LocalCalendar":
@@ -41,7 +43,12 @@ class LocalCalendar:
         return day * DAY - self.offset_s
 
     def render(self, instant: int) -> str:
-        return datetime.fromtimestamp(instant, self.tz).isoformat()
+        text = self._rendered.get(instant)
+        if text is None:
+            if len(self._rendered) >= 200_000:
+                self._rendered.clear()
+            text = self._rendered[instant] = datetime.fromtimestamp(instant, self.tz).isoformat()
+        return text
 
 
 def to_epoch(moment: datetime) -> int:

@@ -148,8 +148,9 @@ class RulePack:
 
     def group_value(self, group: str, held: Any) -> str | None:
         """The value the profile shows for `group`, given the member's held tags."""
-        for rule in self.tags:
-            if rule.group == group and rule.id in held:
+        for tag_id in held:
+            rule = self._by_id.get(tag_id)
+            if rule is not None and rule.group == group:
                 return rule.value or rule.id
         return None
 
