@@ -48,4 +48,9 @@ def create_app(settings: Settings) -> faust.App:
         broker_heartbeat_interval=1,
         producer_linger_ms=5,
         producer_acks=-1,
+        # The member agent acknowledges events only once their state is in the changelog
+        # (and holds some for the event-time clock), so "wait until every event is acked"
+        # before a rebalance would wait for ever. Instead the agent flushes on revocation
+        # and leaves what it held unacknowledged: the next owner gets those events again.
+        stream_wait_empty=False,
     )
