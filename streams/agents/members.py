@@ -391,8 +391,15 @@ def register_member_agent(app: faust.App, processor: MemberProcessor, topics: To
             except Exception as exc:  # noqa: BLE001 - a bug must not stop the partition
                 log.exception("unexpected error handling %s:%s:%s", event.message.topic,
                               event.message.partition, event.message.offset)
-                await processor.reject(f"internal error: {type(exc).__name__}: {exc}",
-                                       _origin(event.message), event.message)
+                try:
+                    await processor.reject(f"internal error: {type(exc).__name__}: {exc}",
+                                           _origin(event.message), event.message)
+                except Exception:  # noqa: BLE001 - e.g. the dead letter itself cannot be sent
+                    # Not acknowledged: the event comes back after a restart rather than
+                    # being lost; the agent itself keeps going.
+                    log.exception("could not dead-letter %s:%s:%s", event.message.topic,
+                                  event.message.partition, event.message.offset)
+                    continue
                 await ack()
 
     @app.timer(timer_interval_s)
