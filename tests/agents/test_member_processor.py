@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from schemas.control import encode_watermark
-from streams.agents.members import ORIGIN_HEADER, MemberProcessor
+from streams.agents.members import BACKFILL, ORIGIN_HEADER, MemberProcessor
 from streams.clock import PartitionClocks
 from streams.partitioning import partition_for
 from streams.settings import DEFAULT_RULES
@@ -20,7 +20,7 @@ from streams.topics import EVENT_TOPICS, REROUTE_TOPIC, Topics
 from taggers.clock import to_epoch
 from taggers.dryrun import dry_run
 from taggers.engine import Engine
-from taggers.rules import load_rules
+from taggers.rules import compile_rules, load_rules
 from taggers.state import decode_state
 from tests.factories import raw_event
 
@@ -277,3 +277,27 @@ async def _tick_forever(processor: MemberProcessor, partition: int) -> None:
     while True:
         await processor.tick([partition])
         await asyncio.sleep(0)
+
+
+async def test_backfill_reevaluates_every_member_of_the_partition_with_new_rules() -> None:
+    h = Harness("wall", wall=datetime.fromisoformat("2024-01-03T00:00:00+08:00").timestamp())
+    members = [f"MB{n}" for n in range(40)]
+    p = partition_for(members[0], PARTITIONS)
+    mine = [m for m in members if partition_for(m, PARTITIONS) == p]
+    for member in members:
+        await h.event("events.orders", raw_event("order.paid", "2024-01-02T10:00:00+08:00",
+                                                 member=member, amount_fen=20_000))
+    # a new rules version with a new tag; nobody has had an event since
+    stricter = DEFAULT_RULES.read_text().replace('version: "2024-03-01.1"',
+                                                 'version: "2024-03-02.1"')
+    stricter = stricter.replace("tags:\n", "tags:\n  - {id: any_buyer, name_zh: 购买过, "
+                                "family: transaction, when: 'orders.count >= 1'}\n", 1)
+    h.processor.use_rules(Engine(compile_rules(stricter, "new.yaml")))
+    assert not [s for s in h.topics.tag_changes.sent if b'"any_buyer"' in s["value"]]
+    from schemas.control import CONTROL_HEADER
+
+    await h.send(REROUTE_TOPIC, b"", p, [(CONTROL_HEADER, BACKFILL)])
+    added = {orjson.loads(s["value"])["member_id"] for s in h.topics.tag_changes.sent
+             if b'"any_buyer"' in s["value"]}
+    assert added == set(mine)  # every member of this partition, and only those
+    assert all(decode_state(h.table[m.encode()]).rules_version == "2024-03-02.1" for m in mine)
