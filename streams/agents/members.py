@@ -405,6 +405,10 @@ def register_member_agent(app: faust.App, processor: MemberProcessor, topics: To
     @app.timer(timer_interval_s)
     async def tick() -> None:
         """Deadlines fire and batched state is written with no event needed."""
+        if app.rebalancing or app.in_recovery or not app.tables.recovery.completed.is_set():
+            # Mid-rebalance the table is still being restored: a deadline heap built now
+            # would miss the members not yet recovered, and their deadlines would never fire.
+            return
         owned = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic in EVENT_TOPICS}
         await processor.tick(sorted(owned))
 
