@@ -188,7 +188,10 @@ async def test_the_per_api_rate_is_kept(wecom_fake: FakeWeCom) -> None:
         await asyncio.gather(*(client.mark_tag("g", f"wm{i}", add=[tag]) for i in range(40)))
         took = time.monotonic() - started
     assert took >= (40 - bucket.burst) / bucket.rate * 0.95
-    for window in (0.5, 1.0, 2.0, 3.0):
+    # Measured where the calls arrive. Sub-second windows are left out: on a loaded machine
+    # requests granted on time can still reach the server bunched together (flaky in CI);
+    # the grant times themselves are checked exactly by the token-bucket test below.
+    for window in (2.0, 3.0):
         assert wecom_fake.max_calls_in_window(window, "mark_tag") <= bucket.window_bound(window)
 
 
