@@ -116,8 +116,8 @@ async def test_replaying_the_same_file_twice_changes_nothing(stack, tmp_path):
 
 
 @pytest.mark.xfail(strict=False, reason=(
-    "not yet run to completion end to end (issue 7 open); the same behaviour passes in "
-    "tests/agents/test_member_processor.py"))
+    "open defect (issue 7): in its one complete run every change id matched the in-order "
+    "dry run but 1 of 300 final profiles (M0000186) differed; not yet diagnosed"))
 async def test_out_of_order_within_the_window_equals_in_order_and_later_is_dead_lettered(
         stack, tmp_path):
     lines = history(tmp_path / "ordered.jsonl", members=300, days=200, seed=9)
@@ -150,7 +150,6 @@ async def test_out_of_order_within_the_window_equals_in_order_and_later_is_dead_
     assert all("TAGSTREAM_REORDER_WINDOW_S" in d["error"] for d in values(letters))
 
 
-@pytest.mark.xfail(strict=False, reason="not yet run to completion end to end (issue 7 open)")
 async def test_paused_broker_and_restarted_redis_lose_nothing(stack, tmp_path):
     path = tmp_path / "history.jsonl"
     lines = history(path, members=800, days=400, seed=13)
