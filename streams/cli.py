@@ -316,7 +316,8 @@ def demo(members: int, days: int, seed: int, keep_stack: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @click.option("--use-stack", is_flag=True,
               help="Use the running broker and Redis of TAGSTREAM_BROKER / TAGSTREAM_REDIS_URL "
-                   "(event topics must be empty) instead of starting private ones.")
+                   "(event topics must be empty; its own app id, group and changelog; "
+                   "profiles go to that Redis) instead of starting private ones.")
 @click.option("--keep-stack", is_flag=True, help="Leave the private broker and Redis running.")
 @click.option("--profile", type=click.Choice(["py-spy", "pyinstrument"]), default=None,
               help="Run the pipeline workers under this profiler (pip install -e '.[bench]').")
