@@ -36,7 +36,6 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -57,7 +56,7 @@ from streams.generate import CST, generate_events, write_jsonl
 from streams.partitioning import partition_for
 from streams.security import kafka_client_kwargs
 from streams.settings import Settings
-from streams.stack import EmbeddedStack
+from streams.stack import EmbeddedStack, free_ports
 from streams.topics import (
     DEADLETTER_TOPIC,
     EVENT_TOPICS,
@@ -266,7 +265,7 @@ def run_bench(settings: Settings, options: BenchOptions, say: Say) -> dict[str, 
         # A fresh app id: its own consumer group and an empty changelog on a shared broker.
         settings = dataclasses.replace(settings, app_id=f"{settings.app_id}-bench-{int(time.time())}")
     else:
-        broker_port, redis_port = _free_ports(2)
+        broker_port, redis_port = free_ports(2)
         settings = dataclasses.replace(
             settings, broker=f"kafka://127.0.0.1:{broker_port}",
             redis_url=f"redis://127.0.0.1:{redis_port}/0", stack_dir=workdir / "stack")
@@ -544,7 +543,7 @@ def _worker_argv(run: _Run, web_port: int, report: Path | None) -> list[str]:
 
 def _start_workers(run: _Run, phase: str, clock: str, profile: bool) -> list[Child]:
     workers = []
-    for index, port in enumerate(_free_ports(run.options.workers), start=1):
+    for index, port in enumerate(free_ports(run.options.workers), start=1):
         report = None
         if profile and run.options.profile == "pyinstrument":
             report = run.workdir / f"profile-{phase}-worker{index}.pyisession"
@@ -1199,17 +1198,3 @@ def _quantile(ordered: list[float] | list[int], q: float) -> Any:
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
-
-
-def _free_ports(count: int) -> list[int]:
-    """`count` distinct loopback ports nothing listened on a moment ago."""
-    probes = []
-    try:
-        for _ in range(count):
-            probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            probe.bind(("127.0.0.1", 0))
-            probes.append(probe)
-        return [probe.getsockname()[1] for probe in probes]
-    finally:
-        for probe in probes:
-            probe.close()

@@ -151,6 +151,21 @@ def log_tail(record: ProcessRecord, lines: int = 20) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:]) or "(log is empty)"
 
 
+def free_ports(count: int) -> list[int]:
+    """`count` distinct loopback ports nothing listened on a moment ago (the probe sockets
+    stay bound until all are chosen, so no port is handed out twice)."""
+    probes = []
+    try:
+        for _ in range(count):
+            probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            probe.bind(("127.0.0.1", 0))
+            probes.append(probe)
+        return [probe.getsockname()[1] for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
+
+
 def port_taken(host: str, port: int) -> bool:
     """True if something on this machine already listens on host:port."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET

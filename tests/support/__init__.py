@@ -3,29 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-import socket
 from pathlib import Path
 
 from streams.settings import Settings
+from streams.stack import free_ports
 
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listened on a moment ago."""
     return free_ports(1)[0]
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` distinct free ports: the probe sockets stay bound until all are chosen."""
-    probes = []
-    try:
-        for _ in range(count):
-            probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            probe.bind(("127.0.0.1", 0))
-            probes.append(probe)
-        return [probe.getsockname()[1] for probe in probes]
-    finally:
-        for probe in probes:
-            probe.close()
 
 
 def private_stack_settings(tmp_path: Path) -> Settings:
