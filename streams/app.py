@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
@@ -13,6 +15,7 @@ from streams.settings import Settings
 # up to 1.5 s between an event and its tag change. The wait is capped here, the one place
 # tagstream reaches into Faust; the aiokafka default is 500 ms.
 FETCH_MAX_WAIT_MS = 20
+PRODUCE_BATCH_BYTES = 256 * 1024
 _create_worker_consumer = faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer
 
 
@@ -23,6 +26,13 @@ def _consumer_with_short_fetch_wait(self, transport):  # type: ignore[no-untyped
 
 
 faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer = _consumer_with_short_fetch_wait
+
+
+def kafka_producer(app: faust.App) -> Any:
+    """The aiokafka producer under the app's Faust producer (started with the app). The member
+    agent ships its batches with it directly (streams/outbox.py): a Faust `send` per record
+    costs more than the rest of an event's processing."""
+    return app.producer._ensure_producer()  # noqa: SLF001
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -47,6 +57,9 @@ def create_app(settings: Settings) -> faust.App:
         broker_session_timeout=10,
         broker_heartbeat_interval=1,
         producer_linger_ms=5,
+        # The member agent ships a batch per partition per flush; batches up to this size go
+        # as one record batch (the broker's default message limit is 1 MiB).
+        producer_max_batch_size=PRODUCE_BATCH_BYTES,
         producer_acks=-1,
         # The member agent acknowledges events only once their state is in the changelog
         # (and holds some for the event-time clock), so "wait until every event is acked"

@@ -329,7 +329,7 @@ async def _interruptible(phases: Any) -> None:
 
 
 async def _phases(run: _Run) -> None:
-    settings, options, say = run.settings, run.options, run.say
+    settings, options = run.settings, run.options
     await ensure_topics(run.bootstrap, {**topic_partitions(options.partitions),
                                         PASSTHROUGH_TOPIC: options.partitions},
                         settings.replication, security=run.security)

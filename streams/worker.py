@@ -12,8 +12,9 @@ import faust
 
 from streams.admin import ensure_topics
 from streams.agents.members import MemberProcessor, register_member_agent
-from streams.app import create_app
+from streams.app import create_app, kafka_producer
 from streams.clock import PartitionClocks
+from streams.outbox import KafkaRecordSender
 from streams.redaction import install_log_redaction
 from streams.rules_watch import RulesWatcher
 from streams.security import kafka_client_kwargs
@@ -43,7 +44,8 @@ def build_worker(settings: Settings) -> WorkerParts:
     table = app.Table("members", partitions=settings.partitions, default=None,
                       key_type=bytes, value_type=bytes)
     processor = MemberProcessor(
-        Engine(pack, settings.allowed_lateness_s), topics, table,
+        Engine(pack, settings.allowed_lateness_s), KafkaRecordSender(lambda: kafka_producer(app)),
+        table, table.changelog_topic.get_topic_name(),
         PartitionClocks(settings.clock, EVENT_TOPICS,
                         reorder_window_s=settings.reorder_window_s), settings.partitions)
     register_member_agent(app, processor, topics, settings.timer_interval_s)
@@ -69,5 +71,16 @@ def run_worker(settings: Settings) -> None:
     asyncio.run(ensure_topics(settings.broker_bootstrap, topic_partitions(settings.partitions),
                               settings.replication, security=kafka_client_kwargs(settings)))
     settings.worker_data_dir.mkdir(parents=True, exist_ok=True)
-    worker = faust.Worker(parts.app, loglevel=settings.log_level, quiet=True)
+    worker = quiet_worker(parts.app, settings.log_level)
     worker.execute_from_commandline()
+
+
+def quiet_worker(app: faust.App, log_level: str) -> faust.Worker:
+    """A Faust worker that logs at `log_level` and no lower.
+
+    Faust's terminal spinner sets the root logger to DEBUG so that it can spin on every record:
+    every aiokafka and Faust debug message is then built (and, here, redacted) and thrown
+    away. That cost a third of the worker's time; without the spinner the level holds."""
+    worker = faust.Worker(app, loglevel=log_level, quiet=True)
+    worker.spinner = None
+    return worker

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import logging
 import time
 from dataclasses import dataclass
@@ -28,7 +29,16 @@ from streams.deadletter import dead_letter
 from streams.deadlines import DeadlineIndex
 from streams.partitioning import partition_for
 from streams.reorder import ReorderBuffer
-from streams.topics import EVENT_TOPICS, REROUTE_TOPIC, Topics
+from streams.outbox import Record, RecordSender
+from streams.topics import (
+    DEADLETTER_TOPIC,
+    EVENT_TOPICS,
+    PROFILES_TOPIC,
+    REROUTE_TOPIC,
+    TAG_CHANGES_TOPIC,
+    TIER_CHANGES_TOPIC,
+    Topics,
+)
 from taggers.clock import to_epoch
 from taggers.engine import Engine, Outcome
 from taggers.profile import render_profile
@@ -52,244 +62,278 @@ class Counters:
 
 Ack = Callable[[], Awaitable[Any]]
 
-# Write-back: a partition's changed member states go to the table (one changelog record per
-# member, not per event) and to members.profiles at most this often, or sooner when this
-# many members or events are waiting. Tag changes are sent at once; only state is batched.
-FLUSH_INTERVAL_S = 0.2
-FLUSH_MEMBERS = 2000
+# A batch is shipped this long after its first record or acknowledgement (the latency a quiet
+# stream adds), or at once when this many events or changed members are waiting (the memory a
+# busy one holds). Per batch, each changed member costs one changelog and one profile record.
+FLUSH_LINGER_S = 0.02
 FLUSH_EVENTS = 5000
-
-
-class _PartitionWrites:
-    """What a partition owes the table and Kafka since its last flush."""
-
-    __slots__ = ("dirty", "acks", "since")
-
-    def __init__(self) -> None:
-        self.dirty: dict[bytes, MemberState] = {}
-        self.acks: list[Ack] = []
-        self.since = 0.0
+FLUSH_MEMBERS = 2000
+# A shipment that cannot be delivered (the broker is gone for longer than the producer's own
+# retries) is retried as a whole, with this backoff: its events stay unacknowledged meanwhile,
+# and records it may have delivered once are delivered again with the same change ids.
+RESHIP_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
 
 
 class MemberProcessor:
-    """Handles one inbound message at a time for the partitions this worker owns.
+    """Handles the inbound messages of the partitions this worker owns, a batch at a time.
 
-    Crash safety: an event is acknowledged to Kafka (so its offset may be committed) only
-    after the state it produced is in the table's changelog. A crash before that redelivers
-    the event, which re-creates the same changes with the same change ids."""
+    `handle` does all the work of a message at once and awaits nothing: routing, the
+    event-time clock, the engine, and the records that result go to the open batch. `flush`
+    seals the batch (each changed member's state into the table and its changelog and profile
+    records into the batch) and ships it. Crash safety: an event is acknowledged to Kafka (so
+    its offset may be committed) only once every record of its batch is delivered. A crash
+    before that redelivers the event, which re-creates the same changes with the same ids."""
 
-    def __init__(self, engine: Engine, topics: Topics, table: Any, clocks: PartitionClocks,
-                 partitions: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, engine: Engine, sender: RecordSender, table: Any, changelog_topic: str,
+                 clocks: PartitionClocks, partitions: int,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.engine = engine
-        self.topics = topics
+        self.sender = sender
         self.table = table
+        self.changelog_topic = changelog_topic
         self.clocks = clocks
         self.partitions = partitions
         self.deadlines = DeadlineIndex()
         self.pending = ReorderBuffer()
         self.counters = Counters()
         self._monotonic = clock
-        self._writes: dict[int, _PartitionWrites] = {}
         self.positions: dict[tuple[str, int], int] = {}  # next offset per topic-partition
-        # One thing at a time: a message, a tick or a rebalance. Each awaits sends midway;
-        # interleaved, a tick could fire a member's deadline while that member's earlier
-        # event, already released by the clock, was still waiting to be applied.
-        self._turn = asyncio.Lock()
+        # The open batch.
+        self._records: list[Record] = []
+        self._dirty: dict[bytes, tuple[int, MemberState]] = {}  # key -> (partition, state)
+        self._acks: list[Ack] = []
+        self._opened_at: float | None = None
+        # Sealed batches ship one at a time, in the order they were sealed (the lock is FIFO),
+        # so a partition's records reach Kafka in the order they were made.
+        self._shipping = asyncio.Lock()
 
-    async def handle(self, message: Any, ack: Ack) -> None:
-        """Process one message; `ack` is called once it is fully handled (maybe later)."""
-        async with self._turn:
-            await self._handle(message, ack)
+    # --- the open batch -----------------------------------------------------------------------
 
-    async def _handle(self, message: Any, ack: Ack) -> None:
+    def _emit(self, record: Record) -> None:
+        if self._opened_at is None:
+            self._opened_at = self._monotonic()
+        self._records.append(record)
+
+    def _owe(self, ack: Ack) -> None:
+        if self._opened_at is None:
+            self._opened_at = self._monotonic()
+        self._acks.append(ack)
+
+    def batch_full(self) -> bool:
+        return len(self._acks) >= FLUSH_EVENTS or len(self._dirty) >= FLUSH_MEMBERS
+
+    def batch_due(self) -> bool:
+        """Something waits and it has waited the linger time (or the batch is full)."""
+        if self._opened_at is None:
+            return False
+        return self.batch_full() or self._monotonic() - self._opened_at >= FLUSH_LINGER_S
+
+    # --- messages -----------------------------------------------------------------------------
+
+    def handle(self, message: Any, ack: Ack) -> None:
+        """Process one message; `ack` is called once its batch is delivered (maybe later)."""
         partition = message.partition
         self.positions[(message.topic, partition)] = message.offset + 1
         if not self.deadlines.is_loaded(partition):
             self._load_deadlines(partition)
-        await self._route(message, ack)
-        await self._maybe_flush(partition)
+        try:
+            self._route(message, ack)
+        except Exception as exc:  # noqa: BLE001 - a bug must not stop the partition
+            origin = _safe_origin(message)
+            log.exception("unexpected error handling %s:%s:%s", *origin)
+            self.reject(f"internal error: {type(exc).__name__}: {exc}", origin, message)
+            self._owe(ack)  # acks are idempotent (`_once`): it may already be owed
 
-    async def _route(self, message: Any, ack: Ack) -> None:
+    def _route(self, message: Any, ack: Ack) -> None:
         partition = message.partition
         kind = control_kind(message.headers)
         if kind is not None:
-            await self._control(kind, message)
-            self._owe(partition, ack)
-            await self._release_and_fire(partition)
+            self._control(kind, message)
+            self._owe(ack)
+            self._release_and_fire(partition)
             return
         origin = _origin(message)
         try:
             event = decode_event(message.value, topic=origin[0])
         except EventRejected as rejected:
-            await self.reject(rejected.reason, origin, message)
-            self._owe(partition, ack)
+            self.reject(rejected.reason, origin, message)
+            self._owe(ack)
             return
 
         home = partition_for(event.member_id, self.partitions)
         if home != partition:
-            await self._reroute(message, event.member_id, home, origin)
-            self._owe(partition, ack)
+            self._reroute(message, event.member_id, home, origin)
+            self._owe(ack)
             return
         if self.clocks.mode == "wall":
-            await self._apply(event, origin, message)
-            self._owe(partition, ack)
-            await self._fire_due(partition)
+            self._apply(event, origin, message)
+            self._owe(ack)
+            self._fire_due(partition)
             return
         occurred = to_epoch(event.occurred_at)
-        clock = self.clocks.now(partition)
-        if clock is not None and occurred <= clock:
-            await self.reject(
+        passed = self._passed(message.topic, partition)
+        if passed is not None and occurred <= passed:
+            self.reject(
                 f"late event: occurred_at {self.engine.calendar.render(occurred)} arrived after "
-                f"the event-time clock of partition {partition} had passed it "
-                f"({self.engine.calendar.render(clock)}); events may be out of order by at "
+                f"{message.topic} partition {partition} was complete through "
+                f"{self.engine.calendar.render(passed)}; events may be out of order by at "
                 f"most TAGSTREAM_REORDER_WINDOW_S={self.clocks.reorder_window_s} s",
                 origin, message)
-            self._owe(partition, ack)
+            self._owe(ack)
             return
         if message.topic in EVENT_TOPICS:
             self.clocks.observe_event(message.topic, partition, occurred)
         self.pending.push(partition, occurred, TIE_RANK_BY_TOPIC.get(origin[0], 9),
                           (event, origin, message, ack))
-        await self._release_and_fire(partition)
+        self._release_and_fire(partition)
 
-    async def _release_and_fire(self, partition: int) -> None:
+    def _passed(self, topic: str, partition: int) -> int | None:
+        """The instant an arriving event must lie after: the partition's clock, or its own
+        topic's completeness, which runs ahead of the clock while another topic is silent
+        (an event older than that broke the topic's promise of order, even if the clock
+        could still apply it)."""
+        clock = self.clocks.now(partition)
+        own = self.clocks.complete_through(topic, partition) if topic in EVENT_TOPICS else None
+        if own is None or (clock is not None and clock >= own):
+            return clock
+        return own
+
+    def _release_and_fire(self, partition: int) -> None:
         """Event clock: apply held events the clock has passed, in order, then due timers."""
         if self.clocks.mode == "event":
             now = self.clocks.now(partition)
             if now is None:
                 return
             for event, origin, message, ack in self.pending.pop_ready(partition, now):
-                await self._apply(event, origin, message)
-                self._owe(partition, ack)
-        await self._fire_due(partition)
+                self._apply(event, origin, message)
+                self._owe(ack)
+        self._fire_due(partition)
 
-    async def _apply(self, event: Any, origin: tuple[str, int, int], message: Any) -> None:
+    def _apply(self, event: Any, origin: tuple[str, int, int], message: Any) -> None:
         key = event.member_id.encode()
+        partition = message.partition
         try:
-            outcome = self.engine.apply(self._load(message.partition, key), event)
+            outcome = self.engine.apply(self._load(key), event)
         except EventRejected as rejected:
-            await self.reject(rejected.reason, origin, message)
+            self.reject(rejected.reason, origin, message)
             return
         except Exception as exc:  # noqa: BLE001 - an engine bug must not stop the partition
             log.exception("engine failed on %s:%s:%s", *origin)
-            await self.reject(f"internal error: {type(exc).__name__}: {exc}", origin, message)
+            self.reject(f"internal error: {type(exc).__name__}: {exc}", origin, message)
             return
         if outcome.duplicate:
             self.counters.duplicates += 1
             return
         self.counters.processed += 1
         metrics.EVENTS_PROCESSED.labels(origin[0]).inc()
-        await self._store(message.partition, key, outcome)
+        self._store(partition, key, outcome)
 
     # --- control messages ---------------------------------------------------------------------
 
-    async def _control(self, kind: bytes, message: Any) -> None:
+    def _control(self, kind: bytes, message: Any) -> None:
         if kind == WATERMARK:
             try:
                 instant = to_epoch(decode_watermark(message.value))
             except EventRejected as rejected:
-                await self.reject(rejected.reason, _origin(message), message)
+                self.reject(rejected.reason, _origin(message), message)
                 return
             if message.topic in EVENT_TOPICS:
                 self.clocks.observe_marker(message.topic, message.partition, instant)
         elif kind == BACKFILL:
-            await self._reevaluate_partition(message.partition)
+            self._reevaluate_partition(message.partition)
         else:
-            await self.reject(f"unknown control message {kind!r}", _origin(message), message)
+            self.reject(f"unknown control message {kind!r}", _origin(message), message)
 
-    async def _fire_due(self, partition: int) -> None:
+    def _fire_due(self, partition: int) -> None:
         now = self.clocks.now(partition)
         if now is None:
             return
         for member_id in dict.fromkeys(self.deadlines.pop_due(partition, now)):
             key = member_id.encode()
-            state = self._load(partition, key)
+            state = self._load(key)
             if state is None:
                 continue
             if state.next_deadline is None or state.next_deadline > now:
                 continue  # a stale heap entry: the member's deadline moved
             outcome = self.engine.advance(state, now)
             self.counters.timers_fired += 1
-            await self._store(partition, key, outcome)
+            self._store(partition, key, outcome)
 
-    # --- outputs ------------------------------------------------------------------------------
+    # --- state and outputs --------------------------------------------------------------------
 
-    def _load(self, partition: int, key: bytes) -> MemberState | None:
-        """The member's newest state: from the write-back cache, else the table."""
-        writes = self._writes.get(partition)
-        if writes is not None and key in writes.dirty:
-            return writes.dirty[key]
+    def _load(self, key: bytes) -> MemberState | None:
+        """The member's newest state: from the open batch, else the table."""
+        dirty = self._dirty.get(key)
+        if dirty is not None:
+            return dirty[1]
         raw_state = self.table.get(key)
         return decode_state(raw_state) if raw_state else None
 
-    def _owe(self, partition: int, ack: Ack) -> None:
-        self._partition_writes(partition).acks.append(ack)
-
-    def _partition_writes(self, partition: int) -> _PartitionWrites:
-        writes = self._writes.get(partition)
-        if writes is None:
-            writes = self._writes[partition] = _PartitionWrites()
-        if not writes.dirty and not writes.acks:
-            writes.since = self._monotonic()
-        return writes
-
-    async def _maybe_flush(self, partition: int) -> None:
-        writes = self._writes.get(partition)
-        if writes is None or not (writes.dirty or writes.acks):
-            return
-        if (len(writes.dirty) >= FLUSH_MEMBERS or len(writes.acks) >= FLUSH_EVENTS
-                or self._monotonic() - writes.since >= FLUSH_INTERVAL_S):
-            await self.flush(partition)
-
-    async def flush(self, partition: int) -> None:
-        """Write the partition's changed states (table + changelog + profiles), then
-        acknowledge the events behind them."""
-        writes = self._writes.pop(partition, None)
-        if writes is None:
-            return
-        pack = self.engine.pack
-        for key, state in writes.dirty.items():
-            raw = encode_state(state)
-            # The store and its changelog partition are written explicitly (not
-            # `table[key] = ...`, which takes the partition of the message being handled), so
-            # a flush may run from a timer, a rebalance or shutdown. All of them before the
-            # first await: nothing may read the table between the pop and the writes.
-            self.table.data[key] = raw
-            self.table.send_changelog(partition, key, raw)
-        for key, state in writes.dirty.items():
-            await self.topics.profiles.send(key=key, value=orjson.dumps(render_profile(state, pack)),
-                                            partition=partition)
-        for ack in writes.acks:
-            await ack()
-
-    async def flush_all(self) -> None:
-        async with self._turn:
-            for partition in list(self._writes):
-                await self.flush(partition)
-
-    async def tick(self, partitions: Iterable[int]) -> None:
-        """Periodic, with no event: fire due deadlines (wall clock) and write batched state."""
-        async with self._turn:
-            for partition in partitions:
-                if not self.deadlines.is_loaded(partition):
-                    self._load_deadlines(partition)
-                await self._fire_due(partition)
-                await self._maybe_flush(partition)
-
-    async def _store(self, partition: int, key: bytes, outcome: Outcome) -> None:
+    def _store(self, partition: int, key: bytes, outcome: Outcome) -> None:
         state = outcome.state
-        self._partition_writes(partition).dirty[key] = state
+        if self._opened_at is None:
+            self._opened_at = self._monotonic()
+        self._dirty[key] = (partition, state)
         for change in outcome.changes:
-            await self.topics.tag_changes.send(key=key, value=encode_change(change),
-                                               partition=partition)
+            self._records.append(Record(TAG_CHANGES_TOPIC, partition, key, encode_change(change)))
             metrics.TAG_CHANGES.labels(change.tag, change.op).inc()
             metrics.RULE_FIRES.labels(change.tag).inc()
         for tier_change in outcome.tier_changes:
-            await self.topics.tier_changes.send(key=key, value=encode_change(tier_change),
-                                                partition=partition)
+            self._records.append(
+                Record(TIER_CHANGES_TOPIC, partition, key, encode_change(tier_change)))
             metrics.TIER_CHANGES.labels(tier_change.type).inc()
         self.counters.tag_changes += len(outcome.changes)
         self.deadlines.push(partition, state.next_deadline, state.member_id)
+
+    def seal(self) -> tuple[list[Record], list[Ack]] | None:
+        """Close the open batch (None if nothing waits); `ship` it next. Changed states go to
+        the table now (so later events read them) and their changelog and profile records
+        join the batch's records."""
+        if self._opened_at is None:
+            return None
+        records, acks, dirty = self._records, self._acks, self._dirty
+        self._records, self._acks, self._dirty, self._opened_at = [], [], {}, None
+        pack = self.engine.pack
+        data = self.table.data
+        for key, (partition, state) in dirty.items():
+            raw = encode_state(state)
+            # Written to the store directly (not `table[key] = ...`, which takes the partition
+            # of the message being handled): the changelog record goes in this batch.
+            data[key] = raw
+            records.append(Record(self.changelog_topic, partition, key, raw))
+            records.append(Record(PROFILES_TOPIC, partition, key,
+                                  orjson.dumps(render_profile(state, pack))))
+        return records, acks
+
+    async def ship(self, sealed: tuple[list[Record], list[Ack]]) -> None:
+        """Deliver a sealed batch's records, then acknowledge its events. Batches ship one at
+        a time, in the order they were sealed (the lock is FIFO)."""
+        records, acks = sealed
+        async with self._shipping:
+            for attempt in itertools.count():
+                try:
+                    await self.sender.send_all(records)
+                    break
+                except Exception as exc:  # noqa: BLE001 - retried; the events stay unacked
+                    backoff = RESHIP_BACKOFF_S[min(attempt, len(RESHIP_BACKOFF_S) - 1)]
+                    log.error("could not deliver a batch of %d records (%s: %s); retrying in "
+                              "%.1f s", len(records), type(exc).__name__, exc, backoff)
+                    await asyncio.sleep(backoff)
+            for ack in acks:
+                await ack()
+
+    async def flush(self) -> None:
+        """Seal the open batch and ship it."""
+        sealed = self.seal()
+        if sealed is not None:
+            await self.ship(sealed)
+
+    def tick(self, partitions: Iterable[int]) -> None:
+        """Periodic, with no event: fire due deadlines (wall clock)."""
+        for partition in partitions:
+            if not self.deadlines.is_loaded(partition):
+                self._load_deadlines(partition)
+            self._fire_due(partition)
 
     # --- rule versions ------------------------------------------------------------------------
 
@@ -298,35 +342,32 @@ class MemberProcessor:
         next event or deadline (or at once, for all, by `tagstream backfill`)."""
         self.engine = engine
 
-    async def _reevaluate_partition(self, partition: int) -> None:
+    def _reevaluate_partition(self, partition: int) -> None:
         now = self.clocks.now(partition)
         for key in list(self.table.keys()):
             member_id = key.decode() if isinstance(key, bytes) else str(key)
             if partition_for(member_id, self.partitions) != partition:
                 continue
-            state = self._load(partition, key)
+            state = self._load(key)
             if state is None:
                 continue
             at = now if now is not None else state.watermark
             if at is None:
                 continue
-            outcome = self.engine.reevaluate(state, at)
-            await self._store(partition, key, outcome)
+            self._store(partition, key, self.engine.reevaluate(state, at))
 
-    async def _reroute(self, message: Any, member_id: str, home: int,
-                       origin: tuple[str, int, int]) -> None:
+    def _reroute(self, message: Any, member_id: str, home: int,
+                 origin: tuple[str, int, int]) -> None:
         self.counters.rerouted += 1
-        await self.topics.reroute.send(
-            key=member_id.encode(), value=message.value, partition=home,
-            headers=[(ORIGIN_HEADER, f"{origin[0]}:{origin[1]}:{origin[2]}".encode())])
+        self._emit(Record(REROUTE_TOPIC, home, member_id.encode(), message.value,
+                          [(ORIGIN_HEADER, f"{origin[0]}:{origin[1]}:{origin[2]}".encode())]))
 
-    async def reject(self, reason: str, origin: tuple[str, int, int], message: Any) -> None:
+    def reject(self, reason: str, origin: tuple[str, int, int], message: Any) -> None:
         self.counters.dead_lettered += 1
         metrics.EVENTS_DEADLETTERED.labels(origin[0]).inc()
         log.warning("dead-lettered %s:%s:%s: %s", origin[0], origin[1], origin[2], reason)
-        await self.topics.deadletter.send(
-            key=message.key, value=dead_letter(reason, *origin, message.value),
-            partition=message.partition)
+        self._emit(Record(DEADLETTER_TOPIC, message.partition, message.key,
+                          dead_letter(reason, *origin, message.value)))
 
     def _load_deadlines(self, partition: int) -> None:
         """Rebuild a partition's deadline heap from recovered state (once per assignment)."""
@@ -340,17 +381,13 @@ class MemberProcessor:
                 entries.append((deadline, member_id))
         self.deadlines.load(partition, entries)
 
-    async def on_revoked(self, partitions: set[int]) -> None:
-        async with self._turn:
-            await self._forget(partitions)
-
-    async def _forget(self, partitions: set[int]) -> None:
+    def forget(self, partitions: set[int]) -> None:
+        """Revoked partitions: what they hold unapplied stays unacknowledged, so their next
+        owner gets it again (what they produced is in the open batch, shipped next)."""
         for partition in partitions:
-            await self.flush(partition)
             self.deadlines.drop(partition)
             self.clocks.forget(partition)
             self.pending.drop(partition)
-
 
 
 def _origin(message: Any) -> tuple[str, int, int]:
@@ -362,6 +399,13 @@ def _origin(message: Any) -> tuple[str, int, int]:
                 topic, partition, offset = bytes(value).decode().rsplit(":", 2)
                 return topic, int(partition), int(offset)
     return message.topic, message.partition, message.offset
+
+
+def _safe_origin(message: Any) -> tuple[str, int, int]:
+    try:
+        return _origin(message)
+    except Exception:  # noqa: BLE001 - a malformed origin header
+        return message.topic, message.partition, message.offset
 
 
 def _once(ack: Ack) -> Ack:
@@ -377,40 +421,73 @@ def _once(ack: Ack) -> Ack:
     return once
 
 
+class BatchShipper:
+    """When the member agent's batches are sealed and shipped: once the open batch is due
+    (its linger time passed, or it is full) and, on a quiet stream, by a timer. One batch is
+    in flight while the next fills; the agent waits only when a second one is due first."""
+
+    def __init__(self, processor: MemberProcessor, linger_s: float = FLUSH_LINGER_S) -> None:
+        self.processor = processor
+        self.linger_s = linger_s
+        self._in_flight: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    async def after_message(self) -> None:
+        if self.processor.batch_due():
+            await self.ship_open_batch()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.linger_s, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._in_flight is None or self._in_flight.done():
+            asyncio.ensure_future(self.ship_open_batch())
+        else:  # the open batch goes once the one in flight is delivered
+            self._timer = asyncio.get_running_loop().call_later(self.linger_s, self._on_timer)
+
+    async def ship_open_batch(self) -> None:
+        """Wait for the batch in flight, then seal the open one and start shipping it."""
+        await self.wait_delivered()
+        sealed = self.processor.seal()
+        if sealed is not None:
+            self._in_flight = asyncio.ensure_future(self.processor.ship(sealed))
+
+    async def wait_delivered(self) -> None:
+        in_flight = self._in_flight
+        if in_flight is not None:
+            await asyncio.shield(in_flight)
+
+    async def drain(self) -> None:
+        """Ship everything and wait for it (rebalance, shutdown)."""
+        await self.ship_open_batch()
+        await self.wait_delivered()
+
+
 def register_member_agent(app: faust.App, processor: MemberProcessor, topics: Topics,
                           timer_interval_s: float) -> None:
+    shipper = BatchShipper(processor)
+
     @app.agent(topics.inbound, name="members")
     async def members(stream: Any) -> None:
-        # Manual acks: an event held for the event-time clock is acknowledged (and so its
-        # offset committed) only once applied; Faust commits up to the first unacked offset.
+        # Manual acks: an event is acknowledged (and so its offset committed) only once its
+        # batch is delivered, and an event held for the event-time clock only once applied;
+        # Faust commits up to the first unacknowledged offset.
         manual = stream.noack()
         async for event in manual.events():
-            ack = _once(functools.partial(manual.ack, event))
-            try:
-                await processor.handle(event.message, ack)
-            except Exception as exc:  # noqa: BLE001 - a bug must not stop the partition
-                log.exception("unexpected error handling %s:%s:%s", event.message.topic,
-                              event.message.partition, event.message.offset)
-                try:
-                    await processor.reject(f"internal error: {type(exc).__name__}: {exc}",
-                                           _origin(event.message), event.message)
-                except Exception:  # noqa: BLE001 - e.g. the dead letter itself cannot be sent
-                    # Not acknowledged: the event comes back after a restart rather than
-                    # being lost; the agent itself keeps going.
-                    log.exception("could not dead-letter %s:%s:%s", event.message.topic,
-                                  event.message.partition, event.message.offset)
-                    continue
-                await ack()
+            processor.handle(event.message, _once(functools.partial(manual.ack, event)))
+            await shipper.after_message()
 
     @app.timer(timer_interval_s)
     async def tick() -> None:
-        """Deadlines fire and batched state is written with no event needed."""
+        """Deadlines fire with no event needed."""
         if app.rebalancing or app.in_recovery or not app.tables.recovery.completed.is_set():
             # Mid-rebalance the table is still being restored: a deadline heap built now
             # would miss the members not yet recovered, and their deadlines would never fire.
             return
         owned = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic in EVENT_TOPICS}
-        await processor.tick(sorted(owned))
+        processor.tick(sorted(owned))
+        if processor.batch_due():
+            await shipper.ship_open_batch()
 
     @app.timer(5.0)
     async def report_lag() -> None:
@@ -430,8 +507,9 @@ def register_member_agent(app: faust.App, processor: MemberProcessor, topics: To
 
     @app.on_partitions_revoked.connect
     async def on_revoked(app: faust.App, revoked: set[Any], **_: Any) -> None:
-        await processor.on_revoked({tp.partition for tp in revoked if tp.topic in EVENT_TOPICS})
+        processor.forget({tp.partition for tp in revoked if tp.topic in EVENT_TOPICS})
+        await shipper.drain()
 
     @app.on_before_shutdown.connect
     async def on_shutdown(app: faust.App, **_: Any) -> None:
-        await processor.flush_all()
+        await shipper.drain()

@@ -7,12 +7,14 @@ import asyncio
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+from unittest.mock import patch
 
 import orjson
 import pytest
 
 from schemas.control import encode_watermark
-from streams.agents.members import BACKFILL, ORIGIN_HEADER, MemberProcessor
+from streams.agents.members import BACKFILL, FLUSH_LINGER_S, ORIGIN_HEADER, MemberProcessor
+from streams.outbox import Record
 from streams.clock import PartitionClocks
 from streams.partitioning import partition_for
 from streams.settings import DEFAULT_RULES
@@ -37,20 +39,15 @@ class Message:
     headers: list = field(default_factory=list)
 
 
-class FakeTable(dict):
-    """The two things the processor uses of a Faust table besides reads: its store and its
-    changelog (recorded with the partition, which must be the member's)."""
+CHANGELOG_TOPIC = "tagstream-members-changelog"
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.changelog: list[tuple[int, bytes]] = []
+
+class FakeTable(dict):
+    """What the processor uses of a Faust table: reads and its store."""
 
     @property
     def data(self) -> dict:
         return self
-
-    def send_changelog(self, partition: int, key: bytes, value: bytes) -> None:
-        self.changelog.append((partition, key))
 
 
 class FakeTopic:
@@ -58,8 +55,20 @@ class FakeTopic:
         self.name = name
         self.sent: list[dict[str, Any]] = []
 
-    async def send(self, **kwargs: Any) -> None:
-        self.sent.append(kwargs)
+
+class FakeSender:
+    """Delivers each record to the FakeTopic of its topic name, in order."""
+
+    def __init__(self, topics: dict[str, FakeTopic]) -> None:
+        self.topics = topics
+        self.shipments = 0
+
+    async def send_all(self, records: list[Record]) -> None:
+        self.shipments += 1
+        for record in records:
+            self.topics[record.topic].sent.append(
+                {"key": record.key, "value": record.value, "partition": record.partition,
+                 "headers": record.headers})
 
 
 class Harness:
@@ -69,11 +78,15 @@ class Harness:
                              tag_changes=FakeTopic("tags.changes"),
                              tier_changes=FakeTopic("tiers.changes"),
                              profiles=FakeTopic("members.profiles"))
+        self.changelog = FakeTopic(CHANGELOG_TOPIC)
+        self.sender = FakeSender({t.name: t for t in (
+            self.topics.reroute, self.topics.deadletter, self.topics.tag_changes,
+            self.topics.tier_changes, self.topics.profiles, self.changelog)})
         self.table = FakeTable()
         self.wall = wall
         self.monotonic = 0.0
         self.processor = MemberProcessor(
-            Engine(load_rules(DEFAULT_RULES)), self.topics, self.table,
+            Engine(load_rules(DEFAULT_RULES)), self.sender, self.table, CHANGELOG_TOPIC,
             PartitionClocks(clock, EVENT_TOPICS, wall=lambda: self.wall), PARTITIONS,
             clock=lambda: self.monotonic)
         self.acked: list[int] = []
@@ -82,7 +95,7 @@ class Harness:
     async def send(self, topic: str, value: bytes, partition: int, headers=None,
                    seconds_later: float = 0.01, flush: bool = True) -> Message:
         """Deliver one message `seconds_later` (monotonic) than the previous one, then (by
-        default) flush the partition's write-back as the worker does periodically."""
+        default) ship the open batch as the worker does once it is due."""
         self.monotonic += seconds_later
         self.offset += 1
         message = Message(topic, partition, self.offset, None, value, headers or [])
@@ -90,9 +103,9 @@ class Harness:
         async def ack(offset: int = self.offset) -> None:
             self.acked.append(offset)
 
-        await self.processor.handle(message, ack)
+        self.processor.handle(message, ack)
         if flush:
-            await self.processor.flush(partition)
+            await self.processor.flush()
         return message
 
     async def event(self, topic: str, body: dict) -> Message:
@@ -160,8 +173,8 @@ async def test_deadline_fires_on_tick_with_no_event_in_wall_mode() -> None:
         await h.event("events.orders", raw_event("order.paid", at, amount_fen=300_000))
     assert ("repeat_buyer", "added") in h.changes()
     h.wall = datetime.fromisoformat("2025-01-01T00:00:00+08:00").timestamp()
-    await h.processor.tick([partition_for("M1", PARTITIONS)])
-    await h.processor.flush(partition_for("M1", PARTITIONS))
+    h.processor.tick([partition_for("M1", PARTITIONS)])
+    await h.processor.flush()
     assert ("repeat_buyer", "removed") in h.changes()
     removal = next(orjson.loads(s["value"]) for s in h.topics.tag_changes.sent
                    if b'"repeat_buyer"' in s["value"] and b'"removed"' in s["value"])
@@ -181,28 +194,48 @@ async def test_redelivered_event_is_acked_and_changes_nothing() -> None:
     assert h.processor.counters.duplicates == 1
 
 
-async def test_state_and_acks_wait_for_the_flush_and_go_together() -> None:
+async def test_changes_state_and_acks_wait_for_the_batch_and_go_together() -> None:
     h = Harness("wall", wall=2e9)
     home = partition_for("M1", PARTITIONS)
     first = await h.event("events.orders", raw_event("order.paid", "2033-05-18T10:00:00+08:00",
                                                      amount_fen=100))
     assert first.offset in h.acked and b"M1" in h.table
-    # within the flush interval: the change is published at once, state and ack wait
+    # while the batch is open: nothing is sent, the table is unchanged, nothing acknowledged
     body = raw_event("order.paid", "2033-05-18T10:05:00+08:00", amount_fen=100)
     second = await h.send("events.orders", orjson.dumps(body), home, flush=False)
-    assert ("repeat_buyer", "added") in h.changes()
-    assert second.offset not in h.acked
+    assert ("repeat_buyer", "added") not in h.changes()
+    assert second.offset not in h.acked and not h.processor.batch_due()
     assert decode_state(h.table[b"M1"]).orders.count == 1
-    profiles_before = len(h.topics.profiles.sent)
-    # a tick after the interval flushes: table, profile, then the acks
-    h.monotonic += 0.2
-    await h.processor.tick([home])
-    assert second.offset in h.acked
+    profiles_before, shipments_before = len(h.topics.profiles.sent), h.sender.shipments
+    # after the linger time the batch is due; shipped: change, table, profile, then the ack
+    h.monotonic += FLUSH_LINGER_S
+    assert h.processor.batch_due()
+    await h.processor.flush()
+    assert h.sender.shipments == shipments_before + 1  # one shipment for all of it
+    assert ("repeat_buyer", "added") in h.changes() and second.offset in h.acked
     assert decode_state(h.table[b"M1"]).orders.count == 2
     assert len(h.topics.profiles.sent) == profiles_before + 1
-    # one changelog record per flush of the member, on the member's partition
-    assert h.table.changelog == [(home, b"M1"), (home, b"M1")]
+    # one changelog record per shipment of the member, on the member's partition
+    assert [(r["partition"], r["key"]) for r in h.changelog.sent] == [(home, b"M1"), (home, b"M1")]
     assert orjson.loads(h.topics.profiles.sent[-1]["value"])["orders"]["count"] == 2
+
+
+async def test_acks_wait_for_delivery_and_a_failed_shipment_is_sent_again() -> None:
+    h = Harness("wall", wall=2e9)
+    failures = [ConnectionError("broker gone")]
+    delivered = h.sender.send_all
+
+    async def flaky(records: list[Record]) -> None:
+        if failures:
+            raise failures.pop()
+        await delivered(records)
+
+    h.sender.send_all = flaky  # type: ignore[method-assign]
+    with patch("streams.agents.members.RESHIP_BACKOFF_S", (0.0,)):
+        message = await h.event("events.orders", raw_event(
+            "order.paid", "2033-05-18T10:00:00+08:00", amount_fen=100))
+    assert h.acked == [message.offset] and not failures
+    assert h.changes() == [("first_purchase", "added")]
 
 
 @pytest.mark.parametrize("value", [b"", b"\x00\xff", b"[]", b"{}", b'{"event_type": 1}'])
@@ -236,12 +269,33 @@ async def test_event_clock_reorders_within_the_window_and_dead_letters_later_one
     assert decode_state(h.table[member.encode()]).orders.count == 2
 
 
-class YieldingTopic(FakeTopic):
+async def test_a_late_event_is_dead_lettered_even_while_another_topic_keeps_the_clock_unset():
+    """Regression (issue 7, out-of-order e2e): with no scan on the partition yet its clock was
+    unknown, so a copy of an old order, days behind the orders already seen, was held and
+    applied in the past instead of being dead-lettered as late."""
+    h = Harness("event")
+    h.processor.clocks.reorder_window_s = 3600
+    member = "M9"
+    for at in ("2024-01-01T10:00:00+08:00", "2024-01-04T10:00:00+08:00"):
+        await h.event("events.orders", raw_event("order.paid", at, member=member, amount_fen=100))
+    assert h.processor.clocks.now(partition_for(member, PARTITIONS)) is None
+    await h.event("events.orders", raw_event("order.paid", "2024-01-02T10:00:00+08:00",
+                                             member=member, amount_fen=100, event_id="late"))
+    [letter] = [orjson.loads(s["value"]) for s in h.topics.deadletter.sent]
+    assert "late event" in letter["error"] and orjson.loads(letter["raw"])["event_id"] == "late"
+    # within the window it is still accepted
+    await h.event("events.orders", raw_event("order.paid", "2024-01-04T09:30:00+08:00",
+                                             member=member, amount_fen=100))
+    assert len(h.topics.deadletter.sent) == 1 and h.processor.pending.held() == 3
+
+
+class YieldingSender(FakeSender):
     """Like Kafka, a send gives other coroutines (the timer) a chance to run."""
 
-    async def send(self, **kwargs: Any) -> None:
-        self.sent.append(kwargs)
-        await asyncio.sleep(0)
+    async def send_all(self, records: list[Record]) -> None:
+        for record in records:
+            await super().send_all([record])
+            await asyncio.sleep(0)
 
 
 async def test_tick_cannot_fire_a_deadline_while_an_earlier_event_waits_to_be_applied() -> None:
@@ -249,8 +303,7 @@ async def test_tick_cannot_fire_a_deadline_while_an_earlier_event_waits_to_be_ap
     fired another member's deadline that lay after that member's own released, not yet
     applied event; the stream then disagreed with the dry run."""
     h = Harness("event")
-    for name in ("tag_changes", "tier_changes", "profiles", "deadletter", "reroute"):
-        object.__setattr__(h.topics, name, YieldingTopic(name))
+    h.processor.sender = YieldingSender(h.sender.topics)
     p = partition_for("MY", PARTITIONS)
     other = next(f"MX{n}" for n in range(100) if partition_for(f"MX{n}", PARTITIONS) == p)
     first = [raw_event("order.paid", "2024-01-02T10:00:00+08:00", member="MY", amount_fen=300_000),
@@ -275,7 +328,8 @@ async def test_tick_cannot_fire_a_deadline_while_an_earlier_event_waits_to_be_ap
 
 async def _tick_forever(processor: MemberProcessor, partition: int) -> None:
     while True:
-        await processor.tick([partition])
+        processor.tick([partition])
+        await processor.flush()
         await asyncio.sleep(0)
 
 
