@@ -37,6 +37,10 @@ class PartitionClocks:
         if complete_through > self._complete.get(key, -(1 << 62)):
             self._complete[key] = complete_through
 
+    def complete_through(self, topic: str, partition: int) -> int | None:
+        """What one topic's copy of a partition is known complete through, if anything."""
+        return self._complete.get((topic, partition))
+
     def now(self, partition: int) -> int | None:
         """The partition's clock, or None while some input has not said where it is."""
         if self.mode == "wall":

@@ -14,7 +14,6 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from schemas.errors import RuleDefinitionError
 
 Getter = Callable[[Any], Any]
 NextChange = Callable[[Any], "int | None"]

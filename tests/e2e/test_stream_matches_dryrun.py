@@ -21,6 +21,8 @@ from taggers.engine import Engine
 from taggers.profile import render_profile
 from taggers.rules import load_rules
 from tests.support.kafka import (
+    assert_same_ids,
+    assert_same_profiles,
     change_ids_cover,
     create_topics,
     latest_by_key_equals,
@@ -70,13 +72,11 @@ async def test_stream_and_dryrun_agree_on_tags_tiers_points_and_profiles(stack, 
           f"{len(expected_tags)} tag changes, {len(expected_tiers)} tier/points changes")
 
     found_tags = [c["change_id"] for c in values(tag_records)]
-    assert set(found_tags) == expected_tags
+    assert_same_ids(found_tags, expected_tags, "tag change ids")
     assert len(found_tags) == len(expected_tags)  # none twice
-    assert {c["change_id"] for c in values(tier_records)} == expected_tiers
-    latest = _latest(profile_records)
-    assert latest.keys() == expected_profiles.keys()
-    differing = [m for m in latest if latest[m] != expected_profiles[m]]
-    assert not differing, (differing[:3], latest[differing[0]], expected_profiles[differing[0]])
+    assert_same_ids((c["change_id"] for c in values(tier_records)), expected_tiers,
+                    "tier change ids")
+    assert_same_profiles(_latest(profile_records), expected_profiles)
 
 
 def _latest(records) -> dict:

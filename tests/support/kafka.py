@@ -9,7 +9,7 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -155,3 +155,30 @@ def latest_by_key_equals(expected: dict[str, Any]) -> Callable[[list[Any]], bool
         return bool(new) and latest == expected
 
     return enough
+
+
+def assert_same_ids(found: Iterable[str], expected: set[str], what: str = "change ids") -> None:
+    """Set equality with a message a CI log can hold: counts and a few examples, not every id
+    (pytest under CI=true prints whole sets: 150,000 ids filled the log and hid the cause)."""
+    found_set = set(found)
+    if found_set == expected:
+        return
+    missing, unexpected = sorted(expected - found_set), sorted(found_set - expected)
+    raise AssertionError(
+        f"{what}: {len(expected)} expected, {len(found_set)} found; {len(missing)} missing "
+        f"(e.g. {missing[:5]}), {len(unexpected)} unexpected (e.g. {unexpected[:5]})")
+
+
+def assert_same_profiles(found: dict[str, Any], expected: dict[str, Any]) -> None:
+    """Profile maps equal; otherwise how many members differ and the first one in full."""
+    if found == expected:
+        return
+    missing = sorted(expected.keys() - found.keys())
+    unexpected = sorted(found.keys() - expected.keys())
+    differing = sorted(m for m in found.keys() & expected.keys() if found[m] != expected[m])
+    first = (f"; first: {differing[0]} found {found[differing[0]]} expected "
+             f"{expected[differing[0]]}" if differing else "")
+    raise AssertionError(
+        f"profiles: {len(expected)} expected, {len(found)} found; {len(missing)} missing "
+        f"(e.g. {missing[:5]}), {len(unexpected)} unexpected (e.g. {unexpected[:5]}), "
+        f"{len(differing)} differ (e.g. {differing[:5]}){first}")
