@@ -10,7 +10,7 @@ partition per batch instead of one `send` per record is most of what makes the p
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable, NamedTuple, Protocol, Sequence
+from typing import Any, Awaitable, Callable, NamedTuple, Protocol, Sequence
 
 
 class Record(NamedTuple):
@@ -22,8 +22,9 @@ class Record(NamedTuple):
 
 
 class RecordSender(Protocol):
-    async def send_all(self, records: Sequence[Record]) -> None:
-        """Deliver every record (in order within a partition); return once all are acked."""
+    async def enqueue(self, records: Sequence[Record]) -> Awaitable[Any]:
+        """Queue every record for delivery, in order within a partition, behind everything
+        queued before; the returned awaitable completes once all of them are delivered."""
 
 
 class KafkaRecordSender:
@@ -32,7 +33,7 @@ class KafkaRecordSender:
     def __init__(self, producer: Callable[[], Any]) -> None:
         self._producer = producer  # called per shipment: Faust starts its producer late
 
-    async def send_all(self, records: Sequence[Record]) -> None:
+    async def enqueue(self, records: Sequence[Record]) -> Awaitable[Any]:
         producer = self._producer()
         batches: dict[tuple[str, int], list[Any]] = {}
         for topic, partition, key, value, headers in records:
@@ -48,4 +49,4 @@ class KafkaRecordSender:
         for (topic, partition), builders in batches.items():
             for builder in builders:
                 deliveries.append(await producer.send_batch(builder, topic, partition=partition))
-        await asyncio.gather(*deliveries)
+        return asyncio.gather(*deliveries)

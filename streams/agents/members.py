@@ -7,8 +7,8 @@ state and sends the results. Every business decision lives in `taggers`.
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
-import itertools
 import logging
 import time
 from dataclasses import dataclass
@@ -24,6 +24,7 @@ from schemas.decode import decode_event
 from schemas.errors import EventRejected
 from schemas.events import TIE_RANK_BY_TOPIC
 from streams import metrics
+from streams.acks import Ack, AckSlot, OrderedAcks
 from streams.clock import PartitionClocks
 from streams.deadletter import dead_letter
 from streams.deadlines import DeadlineIndex
@@ -60,18 +61,14 @@ class Counters:
     timers_fired: int = 0
 
 
-Ack = Callable[[], Awaitable[Any]]
-
 # A batch is shipped this long after its first record or acknowledgement (the latency a quiet
 # stream adds), or at once when this many events or changed members are waiting (the memory a
 # busy one holds). Per batch, each changed member costs one changelog and one profile record.
 FLUSH_LINGER_S = 0.02
 FLUSH_EVENTS = 5000
 FLUSH_MEMBERS = 2000
-# A shipment that cannot be delivered (the broker is gone for longer than the producer's own
-# retries) is retried as a whole, with this backoff: its events stay unacknowledged meanwhile,
-# and records it may have delivered once are delivered again with the same change ids.
-RESHIP_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
+# Batches queued to the producer and not yet delivered; the agent waits beyond this.
+MAX_BATCHES_IN_FLIGHT = 4
 
 
 class MemberProcessor:
@@ -101,11 +98,11 @@ class MemberProcessor:
         # The open batch.
         self._records: list[Record] = []
         self._dirty: dict[bytes, tuple[int, MemberState]] = {}  # key -> (partition, state)
-        self._acks: list[Ack] = []
+        self._acks: list[AckSlot] = []
+        self.acks = OrderedAcks()
         self._opened_at: float | None = None
-        # Sealed batches ship one at a time, in the order they were sealed (the lock is FIFO),
-        # so a partition's records reach Kafka in the order they were made.
-        self._shipping = asyncio.Lock()
+        # Sealed batches are queued to the producer in the order they were sealed.
+        self._queueing = asyncio.Lock()
 
     # --- the open batch -----------------------------------------------------------------------
 
@@ -114,7 +111,7 @@ class MemberProcessor:
             self._opened_at = self._monotonic()
         self._records.append(record)
 
-    def _owe(self, ack: Ack) -> None:
+    def _owe(self, ack: AckSlot) -> None:
         if self._opened_at is None:
             self._opened_at = self._monotonic()
         self._acks.append(ack)
@@ -136,15 +133,16 @@ class MemberProcessor:
         self.positions[(message.topic, partition)] = message.offset + 1
         if not self.deadlines.is_loaded(partition):
             self._load_deadlines(partition)
+        slot = self.acks.register(message.topic, partition, ack)
         try:
-            self._route(message, ack)
+            self._route(message, slot)
         except Exception as exc:  # noqa: BLE001 - a bug must not stop the partition
             origin = _safe_origin(message)
             log.exception("unexpected error handling %s:%s:%s", *origin)
             self.reject(f"internal error: {type(exc).__name__}: {exc}", origin, message)
-            self._owe(ack)  # acks are idempotent (`_once`): it may already be owed
+            self._owe(slot)  # a slot is acknowledged once, even if owed twice
 
-    def _route(self, message: Any, ack: Ack) -> None:
+    def _route(self, message: Any, ack: AckSlot) -> None:
         partition = message.partition
         kind = control_kind(message.headers)
         if kind is not None:
@@ -285,7 +283,7 @@ class MemberProcessor:
         self.counters.tag_changes += len(outcome.changes)
         self.deadlines.push(partition, state.next_deadline, state.member_id)
 
-    def seal(self) -> tuple[list[Record], list[Ack]] | None:
+    def seal(self) -> tuple[list[Record], list[AckSlot]] | None:
         """Close the open batch (None if nothing waits); `ship` it next. Changed states go to
         the table now (so later events read them) and their changelog and profile records
         join the batch's records."""
@@ -305,22 +303,17 @@ class MemberProcessor:
                                   orjson.dumps(render_profile(state, pack))))
         return records, acks
 
-    async def ship(self, sealed: tuple[list[Record], list[Ack]]) -> None:
-        """Deliver a sealed batch's records, then acknowledge its events. Batches ship one at
-        a time, in the order they were sealed (the lock is FIFO)."""
+    async def ship(self, sealed: tuple[list[Record], list[AckSlot]]) -> None:
+        """Deliver a sealed batch's records, then acknowledge its events. Batches are queued
+        to the producer one at a time in the order they were sealed (the lock is FIFO), so a
+        partition's records reach Kafka in the order they were made; several may be in
+        flight. A batch that cannot be delivered raises: its events stay unacknowledged."""
         records, acks = sealed
-        async with self._shipping:
-            for attempt in itertools.count():
-                try:
-                    await self.sender.send_all(records)
-                    break
-                except Exception as exc:  # noqa: BLE001 - retried; the events stay unacked
-                    backoff = RESHIP_BACKOFF_S[min(attempt, len(RESHIP_BACKOFF_S) - 1)]
-                    log.error("could not deliver a batch of %d records (%s: %s); retrying in "
-                              "%.1f s", len(records), type(exc).__name__, exc, backoff)
-                    await asyncio.sleep(backoff)
-            for ack in acks:
-                await ack()
+        async with self._queueing:
+            delivered = await self.sender.enqueue(records)
+        await delivered
+        for slot in acks:
+            await self.acks.done(slot)
 
     async def flush(self) -> None:
         """Seal the open batch and ship it."""
@@ -382,12 +375,13 @@ class MemberProcessor:
         self.deadlines.load(partition, entries)
 
     def forget(self, partitions: set[int]) -> None:
-        """Revoked partitions: what they hold unapplied stays unacknowledged, so their next
-        owner gets it again (what they produced is in the open batch, shipped next)."""
+        """Revoked partitions (after their batches are delivered): what they hold unapplied
+        stays unacknowledged, so their next owner gets it again."""
         for partition in partitions:
             self.deadlines.drop(partition)
             self.clocks.forget(partition)
             self.pending.drop(partition)
+        self.acks.drop(partitions)
 
 
 def _origin(message: Any) -> tuple[str, int, int]:
@@ -423,13 +417,20 @@ def _once(ack: Ack) -> Ack:
 
 class BatchShipper:
     """When the member agent's batches are sealed and shipped: once the open batch is due
-    (its linger time passed, or it is full) and, on a quiet stream, by a timer. One batch is
-    in flight while the next fills; the agent waits only when a second one is due first."""
+    (its linger time passed, or it is full) and, on a quiet stream, by a timer. Up to
+    MAX_BATCHES_IN_FLIGHT batches are delivered while the next fills.
 
-    def __init__(self, processor: MemberProcessor, linger_s: float = FLUSH_LINGER_S) -> None:
+    A batch the producer could not deliver (it retries for producer_request_timeout first)
+    stops the worker through `on_failure`: its events were never acknowledged, so the worker
+    that takes over gets them again. Carrying on would leave a hole behind later batches."""
+
+    def __init__(self, processor: MemberProcessor,
+                 on_failure: Callable[[BaseException], Awaitable[Any]],
+                 linger_s: float = FLUSH_LINGER_S) -> None:
         self.processor = processor
+        self.on_failure = on_failure
         self.linger_s = linger_s
-        self._in_flight: asyncio.Task[None] | None = None
+        self._in_flight: collections.deque[asyncio.Task[None]] = collections.deque()
         self._timer: asyncio.TimerHandle | None = None
 
     async def after_message(self) -> None:
@@ -440,32 +441,39 @@ class BatchShipper:
 
     def _on_timer(self) -> None:
         self._timer = None
-        if self._in_flight is None or self._in_flight.done():
-            asyncio.ensure_future(self.ship_open_batch())
-        else:  # the open batch goes once the one in flight is delivered
-            self._timer = asyncio.get_running_loop().call_later(self.linger_s, self._on_timer)
+        asyncio.ensure_future(self.ship_open_batch())
 
     async def ship_open_batch(self) -> None:
-        """Wait for the batch in flight, then seal the open one and start shipping it."""
-        await self.wait_delivered()
+        """Seal the open batch and start shipping it (first waiting for the oldest batch in
+        flight if there are as many as allowed)."""
+        while self._in_flight and self._in_flight[0].done():
+            self._in_flight.popleft()
+        if len(self._in_flight) >= MAX_BATCHES_IN_FLIGHT:
+            await asyncio.wait([self._in_flight[0]])
         sealed = self.processor.seal()
         if sealed is not None:
-            self._in_flight = asyncio.ensure_future(self.processor.ship(sealed))
+            self._in_flight.append(asyncio.ensure_future(self._ship(sealed)))
 
-    async def wait_delivered(self) -> None:
-        in_flight = self._in_flight
-        if in_flight is not None:
-            await asyncio.shield(in_flight)
+    async def _ship(self, sealed: tuple[list[Record], list[AckSlot]]) -> None:
+        try:
+            await self.processor.ship(sealed)
+        except Exception as exc:  # noqa: BLE001 - reported, then the worker stops
+            log.critical("a batch of %d records could not be delivered (%s: %s); stopping so "
+                         "that its events are processed again", len(sealed[0]),
+                         type(exc).__name__, exc)
+            await self.on_failure(exc)
 
     async def drain(self) -> None:
-        """Ship everything and wait for it (rebalance, shutdown)."""
+        """Ship everything and wait until it is delivered (rebalance, shutdown)."""
         await self.ship_open_batch()
-        await self.wait_delivered()
+        if self._in_flight:
+            await asyncio.wait(list(self._in_flight))
+        self._in_flight.clear()
 
 
 def register_member_agent(app: faust.App, processor: MemberProcessor, topics: Topics,
                           timer_interval_s: float) -> None:
-    shipper = BatchShipper(processor)
+    shipper = BatchShipper(processor, on_failure=app.crash)
 
     @app.agent(topics.inbound, name="members")
     async def members(stream: Any) -> None:
@@ -507,8 +515,8 @@ def register_member_agent(app: faust.App, processor: MemberProcessor, topics: To
 
     @app.on_partitions_revoked.connect
     async def on_revoked(app: faust.App, revoked: set[Any], **_: Any) -> None:
-        processor.forget({tp.partition for tp in revoked if tp.topic in EVENT_TOPICS})
         await shipper.drain()
+        processor.forget({tp.partition for tp in revoked if tp.topic in EVENT_TOPICS})
 
     @app.on_before_shutdown.connect
     async def on_shutdown(app: faust.App, **_: Any) -> None:

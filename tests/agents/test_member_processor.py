@@ -7,13 +7,20 @@ import asyncio
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
-from unittest.mock import patch
 
 import orjson
 import pytest
 
 from schemas.control import encode_watermark
-from streams.agents.members import BACKFILL, FLUSH_LINGER_S, ORIGIN_HEADER, MemberProcessor
+from streams.agents.members import (
+    BACKFILL,
+    FLUSH_LINGER_S,
+    MAX_BATCHES_IN_FLIGHT,
+    ORIGIN_HEADER,
+    BatchShipper,
+    MemberProcessor,
+)
+from streams.acks import OrderedAcks
 from streams.outbox import Record
 from streams.clock import PartitionClocks
 from streams.partitioning import partition_for
@@ -63,12 +70,19 @@ class FakeSender:
         self.topics = topics
         self.shipments = 0
 
-    async def send_all(self, records: list[Record]) -> None:
+    async def enqueue(self, records: list[Record]) -> Any:
         self.shipments += 1
         for record in records:
             self.topics[record.topic].sent.append(
                 {"key": record.key, "value": record.value, "partition": record.partition,
                  "headers": record.headers})
+        return _delivered()
+
+
+def _delivered() -> asyncio.Future[None]:
+    done = asyncio.get_running_loop().create_future()
+    done.set_result(None)
+    return done
 
 
 class Harness:
@@ -220,22 +234,64 @@ async def test_changes_state_and_acks_wait_for_the_batch_and_go_together() -> No
     assert orjson.loads(h.topics.profiles.sent[-1]["value"])["orders"]["count"] == 2
 
 
-async def test_acks_wait_for_delivery_and_a_failed_shipment_is_sent_again() -> None:
+async def test_a_batch_that_cannot_be_delivered_stops_the_worker_with_its_events_unacked():
     h = Harness("wall", wall=2e9)
-    failures = [ConnectionError("broker gone")]
-    delivered = h.sender.send_all
+    failures: list[BaseException] = []
 
-    async def flaky(records: list[Record]) -> None:
-        if failures:
-            raise failures.pop()
+    async def undeliverable() -> None:
+        raise ConnectionError("broker gone")
+
+    async def enqueue(records: list[Record]) -> Any:
+        return undeliverable()
+
+    async def stop_worker(exc: BaseException) -> None:
+        failures.append(exc)
+
+    h.sender.enqueue = enqueue  # type: ignore[method-assign]
+    shipper = BatchShipper(h.processor, on_failure=stop_worker)
+    message = await h.send("events.orders", orjson.dumps(raw_event(
+        "order.paid", "2033-05-18T10:00:00+08:00", amount_fen=100)), 1, flush=False)
+    await shipper.drain()
+    assert [str(exc) for exc in failures] == ["broker gone"]
+    assert message.offset not in h.acked
+
+
+async def test_batches_in_flight_are_bounded_and_each_acks_its_own_events() -> None:
+    h = Harness("wall", wall=2e9)
+    gates: list[asyncio.Future[None]] = []
+    delivered = h.sender.enqueue
+
+    async def slow_enqueue(records: list[Record]) -> Any:
         await delivered(records)
+        gate = asyncio.get_running_loop().create_future()
+        gates.append(gate)
+        return gate
 
-    h.sender.send_all = flaky  # type: ignore[method-assign]
-    with patch("streams.agents.members.RESHIP_BACKOFF_S", (0.0,)):
-        message = await h.event("events.orders", raw_event(
-            "order.paid", "2033-05-18T10:00:00+08:00", amount_fen=100))
-    assert h.acked == [message.offset] and not failures
-    assert h.changes() == [("first_purchase", "added")]
+    h.sender.enqueue = slow_enqueue  # type: ignore[method-assign]
+    shipper = BatchShipper(h.processor, on_failure=pytest.fail)
+    offsets = []
+    for n in range(MAX_BATCHES_IN_FLIGHT + 1):
+        message = await h.send("events.orders", orjson.dumps(raw_event(
+            "order.paid", f"2033-05-18T10:0{n}:00+08:00", member=f"MF{n}", amount_fen=100)),
+            partition_for(f"MF{n}", PARTITIONS), flush=False)
+        offsets.append(message.offset)
+        if n < MAX_BATCHES_IN_FLIGHT:
+            await shipper.ship_open_batch()
+            await asyncio.sleep(0)
+    assert len(gates) == MAX_BATCHES_IN_FLIGHT and h.acked == []
+    waiting = asyncio.ensure_future(shipper.ship_open_batch())  # one too many: waits
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    gates[1].set_result(None)  # the second batch is delivered first: only its event is acked
+    await asyncio.sleep(0.01)
+    assert h.acked == [offsets[1]] and not waiting.done()
+    gates[0].set_result(None)
+    await asyncio.sleep(0.01)
+    assert waiting.done() and sorted(h.acked) == offsets[:2]
+    for gate in gates[2:]:
+        gate.set_result(None)
+    await shipper.drain()
+    assert sorted(h.acked) == offsets
 
 
 @pytest.mark.parametrize("value", [b"", b"\x00\xff", b"[]", b"{}", b'{"event_type": 1}'])
@@ -289,13 +345,52 @@ async def test_a_late_event_is_dead_lettered_even_while_another_topic_keeps_the_
     assert len(h.topics.deadletter.sent) == 1 and h.processor.pending.held() == 3
 
 
+async def test_a_message_is_acknowledged_only_after_every_earlier_one_of_its_partition():
+    """Regression (lost events): Faust commits the first run of consecutive acked offsets,
+    even one that starts after a held message; a rebalance then resumed past the held event,
+    which was never applied nor dead-lettered. Acks now go to Faust in offset order."""
+    h = Harness("event")
+    member = "M7"
+    p = partition_for(member, PARTITIONS)
+    held = await h.event("events.orders", raw_event("order.paid", "2024-01-01T10:05:00+08:00",
+                                                    member=member, amount_fen=100))
+    garbage = await h.send("events.orders", b"not json", p)  # dead-lettered and shipped
+    assert len(h.topics.deadletter.sent) == 1 and h.acked == []  # waits for the held one
+    await h.markers("2024-01-01T10:05:00+08:00", p)
+    assert h.acked.index(held.offset) < h.acked.index(garbage.offset)
+
+
+async def test_ordered_acks_release_a_prefix_and_forget_revoked_partitions() -> None:
+    acked: list[int] = []
+
+    def ack_of(n: int):
+        async def ack() -> None:
+            acked.append(n)
+        return ack
+
+    acks = OrderedAcks()
+    slots = [acks.register("events.orders", 0, ack_of(n)) for n in range(4)]
+    other = acks.register("events.scans", 0, ack_of(9))
+    await acks.done(slots[2])
+    await acks.done(slots[1])
+    assert acked == []
+    await acks.done(slots[0])
+    assert acked == [0, 1, 2]
+    await acks.done(other)
+    assert acked == [0, 1, 2, 9] and acks.pending() == 1
+    acks.drop([0])
+    await acks.done(slots[3])  # revoked meanwhile: left for the next owner
+    assert acked == [0, 1, 2, 9] and acks.pending() == 0
+
+
 class YieldingSender(FakeSender):
     """Like Kafka, a send gives other coroutines (the timer) a chance to run."""
 
-    async def send_all(self, records: list[Record]) -> None:
+    async def enqueue(self, records: list[Record]) -> Any:
         for record in records:
-            await super().send_all([record])
+            await super().enqueue([record])
             await asyncio.sleep(0)
+        return _delivered()
 
 
 async def test_tick_cannot_fire_a_deadline_while_an_earlier_event_waits_to_be_applied() -> None:
