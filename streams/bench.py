@@ -56,7 +56,7 @@ from streams.generate import CST, generate_events, write_jsonl
 from streams.partitioning import partition_for
 from streams.security import kafka_client_kwargs
 from streams.settings import Settings
-from streams.stack import EmbeddedStack, free_ports
+from streams.stack import EmbeddedStack, free_ports, stop_child
 from streams.topics import (
     DEADLETTER_TOPIC,
     EVENT_TOPICS,
@@ -190,14 +190,7 @@ class Child:
 
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM, then SIGKILL after `timeout`; waits for the exit."""
-        if not self.alive():
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_child(self.process, timeout)
 
 
 def _log_time(line: str) -> float | None:

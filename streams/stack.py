@@ -21,6 +21,7 @@ import select
 import shutil
 import signal
 import socket
+import subprocess
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -120,6 +121,19 @@ def stop_process(record: ProcessRecord, timeout: float = 10.0) -> bool:
     finally:
         os.close(pidfd)
         _reap(record.pid)
+
+
+def stop_child(process: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM a child this process started and still holds unreaped (so its pid cannot be
+    reused), SIGKILL it after `timeout`; returns once it has exited."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def read_record(path: Path) -> ProcessRecord | None:

@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.admin import ensure_topics
 from streams.settings import Settings
+from streams.stack import stop_child
 from streams.topics import topic_partitions
 
 
@@ -53,14 +54,8 @@ class WorkerProcess:
             return "(no log)"
 
     def stop(self, timeout: float = 20) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process is not None:
+            stop_child(self.process, timeout)
 
     def kill(self) -> None:
         """SIGKILL: no shutdown hook runs (a crash)."""
