@@ -5,27 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import faust
-from faust.transport.drivers import aiokafka as faust_aiokafka
 
+from streams import compat  # noqa: F401 - installs the Faust/aiokafka adjustments
 from streams.security import faust_broker_credentials
 from streams.settings import Settings
 
-# Faust builds its worker consumer with a fixed fetch_max_wait_ms=1500 and no setting to
-# change it. A broker that holds a fetch for the full wait (the embedded one does) then adds
-# up to 1.5 s between an event and its tag change. The wait is capped here, the one place
-# tagstream reaches into Faust; the aiokafka default is 500 ms.
-FETCH_MAX_WAIT_MS = 20
 PRODUCE_BATCH_BYTES = 256 * 1024
-_create_worker_consumer = faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer
-
-
-def _consumer_with_short_fetch_wait(self, transport):  # type: ignore[no-untyped-def]
-    consumer = _create_worker_consumer(self, transport)
-    consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # noqa: SLF001 - read at consumer start
-    return consumer
-
-
-faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer = _consumer_with_short_fetch_wait
 
 
 def kafka_producer(app: faust.App) -> Any:
