@@ -1,4 +1,4 @@
-"""The two places tagstream reaches into Faust and aiokafka, and why. Installed on import.
+"""The places tagstream reaches into Faust and aiokafka, and why. Installed on import.
 
 1. Faust builds its worker consumer with a fixed fetch_max_wait_ms=1500 and no setting to
    change it. A broker that holds a fetch for the full wait (the embedded one does) then adds
@@ -9,6 +9,13 @@
    a member until its session timed out, and a restarted worker waited for it: two group
    joins and a session timeout, 18 of the 30 s a 10,000-member restart took. The leave is
    sent in generation 0 too; Apache Kafka starts at 1, so nothing changes there.
+3. The embedded broker answers ListOffsets(latest) with the first offset of a partition's
+   last record batch + 1, not the offset after its last record (fetch responses carry the
+   right high watermark). Faust's table recovery reads a changelog up to that end, so the
+   rest of the last batch was skipped: the members in it went back to their previous state,
+   and the events applied since were lost although acknowledged. `end_offsets` now checks
+   each non-empty partition with one fetch at the reported end and takes the fetch's high
+   watermark when it is larger; on Apache Kafka the two agree.
 """
 
 from __future__ import annotations
@@ -17,16 +24,22 @@ import logging
 from typing import Any
 
 import aiokafka.errors as kafka_errors
+from aiokafka.consumer.consumer import AIOKafkaConsumer
 from aiokafka.consumer.group_coordinator import GroupCoordinator
+from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.protocol.group import LeaveGroupRequest
+from aiokafka.structs import TopicPartition
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 log = logging.getLogger(__name__)
 
 FETCH_MAX_WAIT_MS = 20
+PROBE_WAIT_MS = 100
+PROBE_BYTES = 64 * 1024
 
 _create_worker_consumer = faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer
 _maybe_leave_group = GroupCoordinator._maybe_leave_group
+_end_offsets = AIOKafkaConsumer.end_offsets
 
 
 def _consumer_with_short_fetch_wait(self: Any, transport: Any) -> Any:
@@ -48,5 +61,27 @@ async def _leave_group_in_generation_zero_too(self: Any) -> None:
     self.reset_generation()
 
 
+async def _end_offsets_after_the_last_record(self: Any, partitions: Any) -> dict[Any, int]:
+    ends = dict(await _end_offsets(self, partitions))
+    probes: dict[int, dict[str, list[tuple[int, int, int]]]] = {}  # leader -> topic -> parts
+    for tp, end in ends.items():
+        leader = self._client.cluster.leader_for_partition(tp)  # noqa: SLF001
+        if end and leader is not None and leader >= 0:
+            probes.setdefault(leader, {}).setdefault(tp.topic, []).append(
+                (tp.partition, end - 1, PROBE_BYTES))
+    for leader, topics in probes.items():
+        parts = sum(len(p) for p in topics.values())
+        # min_bytes 1: the embedded broker answers a zero-byte fetch with no partitions
+        request = FetchRequest(PROBE_WAIT_MS, 1, PROBE_BYTES * parts, 0, list(topics.items()))
+        response = await self._client.send(leader, request)  # noqa: SLF001
+        for topic, answers in response.topics:
+            for partition, error_code, highwater, *_ in answers:
+                tp = TopicPartition(topic, partition)
+                if error_code == 0 and highwater > ends.get(tp, highwater):
+                    ends[tp] = highwater
+    return ends
+
+
 faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer = _consumer_with_short_fetch_wait
+AIOKafkaConsumer.end_offsets = _end_offsets_after_the_last_record
 GroupCoordinator._maybe_leave_group = _leave_group_in_generation_zero_too

@@ -67,6 +67,7 @@ class Counters:
 FLUSH_LINGER_S = 0.02
 FLUSH_EVENTS = 5000
 FLUSH_MEMBERS = 2000
+MEMBER_OUTPUTS = (TAG_CHANGES_TOPIC, TIER_CHANGES_TOPIC)  # records made from a member's state
 # Batches queued to the producer and not yet delivered; the agent waits beyond this.
 MAX_BATCHES_IN_FLIGHT = 4
 
@@ -376,12 +377,19 @@ class MemberProcessor:
 
     def forget(self, partitions: set[int]) -> None:
         """Revoked partitions (after their batches are delivered): what they hold unapplied
-        stays unacknowledged, so their next owner gets it again."""
+        stays unacknowledged, so their next owner gets it again. So do events applied since
+        the last batch was sealed (the agent may handle a few while the revocation waits
+        for delivery): their state and changes are dropped with their acknowledgements, or
+        this worker would write the changelog of a partition it no longer owns."""
         for partition in partitions:
             self.deadlines.drop(partition)
             self.clocks.forget(partition)
             self.pending.drop(partition)
         self.acks.drop(partitions)
+        self._dirty = {key: entry for key, entry in self._dirty.items()
+                       if entry[0] not in partitions}
+        self._records = [r for r in self._records
+                         if r.topic not in MEMBER_OUTPUTS or r.partition not in partitions]
 
 
 def _origin(message: Any) -> tuple[str, int, int]:
@@ -426,22 +434,33 @@ class BatchShipper:
 
     def __init__(self, processor: MemberProcessor,
                  on_failure: Callable[[BaseException], Awaitable[Any]],
+                 paused: Callable[[], bool] = lambda: False,
                  linger_s: float = FLUSH_LINGER_S) -> None:
         self.processor = processor
         self.on_failure = on_failure
+        self.paused = paused  # a rebalance or table recovery is under way
         self.linger_s = linger_s
         self._in_flight: collections.deque[asyncio.Task[None]] = collections.deque()
         self._timer: asyncio.TimerHandle | None = None
 
     async def after_message(self) -> None:
-        if self.processor.batch_due():
+        if self.processor.batch_due() and not self.paused():
             await self.ship_open_batch()
-        elif self._timer is None:
+        else:
+            self._arm()
+
+    def _arm(self) -> None:
+        if self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self.linger_s, self._on_timer)
 
     def _on_timer(self) -> None:
+        """Quiet stream: ship what waits. Not while the table is being recovered: a state
+        written to it now could be overwritten by an older one from the changelog."""
         self._timer = None
-        asyncio.ensure_future(self.ship_open_batch())
+        if self.paused():
+            self._arm()
+        else:
+            asyncio.ensure_future(self.ship_open_batch())
 
     async def ship_open_batch(self) -> None:
         """Seal the open batch and start shipping it (first waiting for the oldest batch in
@@ -473,7 +492,11 @@ class BatchShipper:
 
 def register_member_agent(app: faust.App, processor: MemberProcessor, topics: Topics,
                           timer_interval_s: float) -> None:
-    shipper = BatchShipper(processor, on_failure=app.crash)
+    def recovering() -> bool:
+        return bool(app.rebalancing or app.in_recovery
+                    or not app.tables.recovery.completed.is_set())
+
+    shipper = BatchShipper(processor, on_failure=app.crash, paused=recovering)
 
     @app.agent(topics.inbound, name="members")
     async def members(stream: Any) -> None:
@@ -488,7 +511,7 @@ def register_member_agent(app: faust.App, processor: MemberProcessor, topics: To
     @app.timer(timer_interval_s)
     async def tick() -> None:
         """Deadlines fire with no event needed."""
-        if app.rebalancing or app.in_recovery or not app.tables.recovery.completed.is_set():
+        if recovering():
             # Mid-rebalance the table is still being restored: a deadline heap built now
             # would miss the members not yet recovered, and their deadlines would never fire.
             return

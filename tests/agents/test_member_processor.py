@@ -383,6 +383,39 @@ async def test_ordered_acks_release_a_prefix_and_forget_revoked_partitions() -> 
     assert acked == [0, 1, 2, 9] and acks.pending() == 0
 
 
+async def test_a_revoked_partition_leaves_nothing_of_its_own_in_the_open_batch() -> None:
+    h = Harness("wall", wall=2e9)
+    mine = "MK1"
+    theirs = next(f"MK{n}" for n in range(2, 99)
+                  if partition_for(f"MK{n}", PARTITIONS) != partition_for(mine, PARTITIONS))
+    sent = []
+    for member in (mine, theirs):
+        sent.append(await h.send("events.orders", orjson.dumps(raw_event(
+            "order.paid", "2033-05-18T10:00:00+08:00", member=member, amount_fen=100)),
+            partition_for(member, PARTITIONS), flush=False))
+    h.processor.forget({partition_for(theirs, PARTITIONS)})
+    await h.processor.flush()
+    assert {orjson.loads(s["value"])["member_id"] for s in h.topics.tag_changes.sent} == {mine}
+    assert [r["key"] for r in h.changelog.sent] == [mine.encode()] and theirs.encode() not in h.table
+    assert h.acked == [sent[0].offset]  # the other comes again to its next owner
+
+
+async def test_the_quiet_stream_timer_waits_while_the_table_is_recovered() -> None:
+    h = Harness("wall", wall=2e9)
+    recovering = [True]
+    shipper = BatchShipper(h.processor, on_failure=pytest.fail, paused=lambda: recovering[0],
+                           linger_s=0.001)
+    await h.send("events.orders", orjson.dumps(raw_event(
+        "order.paid", "2033-05-18T10:00:00+08:00", amount_fen=100)), 1, flush=False)
+    await shipper.after_message()
+    await asyncio.sleep(0.02)
+    assert h.sender.shipments == 0
+    recovering[0] = False
+    await asyncio.sleep(0.02)
+    await shipper.drain()
+    assert h.sender.shipments == 1 and h.acked
+
+
 class YieldingSender(FakeSender):
     """Like Kafka, a send gives other coroutines (the timer) a chance to run."""
 

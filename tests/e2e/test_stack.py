@@ -241,3 +241,30 @@ async def test_ensure_topics_refuses_an_existing_topic_with_other_partitions(
     await ensure_topics(stack.broker_bootstrap, {"events.orders": 4})
     with pytest.raises(TopicError, match="4 partitions, not the 2 required"):
         await ensure_topics(stack.broker_bootstrap, {"events.orders": 2})
+
+
+async def test_end_offsets_count_every_record_of_the_last_batch(stack: Settings) -> None:
+    """Regression: the embedded broker reports a partition's end as its last batch's first
+    offset + 1, so Faust's table recovery stopped short of the last batch's other records
+    (members went back to an older state after a rebalance). streams.compat corrects it."""
+    import streams.compat  # noqa: F401 - the correction under test
+
+    topic = "end-offsets-probe"
+    await ensure_topics(stack.broker_bootstrap, {topic: 2}, 1)
+    producer = AIOKafkaProducer(bootstrap_servers=stack.broker_bootstrap)
+    await producer.start()
+    try:
+        for records in (10, 5):  # two batches on partition 0; partition 1 stays empty
+            batch = producer.create_batch()
+            for n in range(records):
+                batch.append(key=b"k", value=b"%d" % n, timestamp=None)
+            await (await producer.send_batch(batch, topic, partition=0))
+    finally:
+        await producer.stop()
+    consumer = AIOKafkaConsumer(bootstrap_servers=stack.broker_bootstrap)
+    await consumer.start()
+    try:
+        ends = await consumer.end_offsets([TopicPartition(topic, 0), TopicPartition(topic, 1)])
+    finally:
+        await consumer.stop()
+    assert ends == {TopicPartition(topic, 0): 15, TopicPartition(topic, 1): 0}
