@@ -53,6 +53,9 @@ class Settings:
     # dead-lettered as late (the replay tool writes each topic in order, so 0 suffices).
     reorder_window_s: int = 0
     timer_interval_s: float = 0.25
+    # How long the member agent's open batch collects before it is shipped (the latency a
+    # quiet stream adds; a busy one ships every batch this often, or at 5,000 events).
+    batch_linger_ms: int = 20
     # How often a worker checks the rule file for a new version (0: never).
     rules_reload_s: float = 5.0
     # Worker
@@ -141,6 +144,7 @@ ENV_NAMES: dict[str, str] = {
     "allowed_lateness_s": "TAGSTREAM_ALLOWED_LATENESS_S",
     "reorder_window_s": "TAGSTREAM_REORDER_WINDOW_S",
     "timer_interval_s": "TAGSTREAM_TIMER_INTERVAL_S",
+    "batch_linger_ms": "TAGSTREAM_BATCH_LINGER_MS",
     "rules_reload_s": "TAGSTREAM_RULES_RELOAD_S",
     "web_port": "TAGSTREAM_WEB_PORT",
     "data_dir": "TAGSTREAM_DATA_DIR",

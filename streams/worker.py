@@ -47,7 +47,8 @@ def build_worker(settings: Settings) -> WorkerParts:
         Engine(pack, settings.allowed_lateness_s), KafkaRecordSender(lambda: kafka_producer(app)),
         table, table.changelog_topic.get_topic_name(),
         PartitionClocks(settings.clock, EVENT_TOPICS,
-                        reorder_window_s=settings.reorder_window_s), settings.partitions)
+                        reorder_window_s=settings.reorder_window_s), settings.partitions,
+        linger_s=settings.batch_linger_ms / 1000)
     register_member_agent(app, processor, topics, settings.timer_interval_s)
     if settings.rules_reload_s > 0:
         watcher = RulesWatcher(settings.rules_path, pack, lambda new: processor.use_rules(

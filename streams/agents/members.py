@@ -84,7 +84,8 @@ class MemberProcessor:
 
     def __init__(self, engine: Engine, sender: RecordSender, table: Any, changelog_topic: str,
                  clocks: PartitionClocks, partitions: int,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 linger_s: float = FLUSH_LINGER_S) -> None:
         self.engine = engine
         self.sender = sender
         self.table = table
@@ -95,6 +96,7 @@ class MemberProcessor:
         self.pending = ReorderBuffer()
         self.counters = Counters()
         self._monotonic = clock
+        self.linger_s = linger_s
         self.positions: dict[tuple[str, int], int] = {}  # next offset per topic-partition
         # The open batch.
         self._records: list[Record] = []
@@ -124,7 +126,7 @@ class MemberProcessor:
         """Something waits and it has waited the linger time (or the batch is full)."""
         if self._opened_at is None:
             return False
-        return self.batch_full() or self._monotonic() - self._opened_at >= FLUSH_LINGER_S
+        return self.batch_full() or self._monotonic() - self._opened_at >= self.linger_s
 
     # --- messages -----------------------------------------------------------------------------
 
@@ -435,11 +437,11 @@ class BatchShipper:
     def __init__(self, processor: MemberProcessor,
                  on_failure: Callable[[BaseException], Awaitable[Any]],
                  paused: Callable[[], bool] = lambda: False,
-                 linger_s: float = FLUSH_LINGER_S) -> None:
+                 linger_s: float | None = None) -> None:
         self.processor = processor
         self.on_failure = on_failure
         self.paused = paused  # a rebalance or table recovery is under way
-        self.linger_s = linger_s
+        self.linger_s = processor.linger_s if linger_s is None else linger_s
         self._in_flight: collections.deque[asyncio.Task[None]] = collections.deque()
         self._timer: asyncio.TimerHandle | None = None
 
