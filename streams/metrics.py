@@ -79,3 +79,22 @@ SSE_EVENTS_SENT = Counter(
 def render_metrics() -> tuple[bytes, str]:
     """The registry in Prometheus text format, and its Content-Type."""
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+class Tally:
+    """Counter increments collected on the hot path and added to their metrics in one go.
+
+    `labels(...)` costs a lock and a tuple per call, several times per event in the member
+    agent; counting in a dict and flushing once per batch costs a dict update."""
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[Counter, tuple[str, ...]], int] = {}
+
+    def add(self, metric: Counter, *labels: str) -> None:
+        key = (metric, labels)
+        self._counts[key] = self._counts.get(key, 0) + 1
+
+    def flush(self) -> None:
+        counts, self._counts = self._counts, {}
+        for (metric, labels), count in counts.items():
+            metric.labels(*labels).inc(count)

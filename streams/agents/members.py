@@ -95,6 +95,7 @@ class MemberProcessor:
         self.deadlines = DeadlineIndex()
         self.pending = ReorderBuffer()
         self.counters = Counters()
+        self.tally = metrics.Tally()  # added to the Prometheus metrics once per batch
         self._monotonic = clock
         self.linger_s = linger_s
         self.positions: dict[tuple[str, int], int] = {}  # next offset per topic-partition
@@ -226,7 +227,7 @@ class MemberProcessor:
             self.counters.duplicates += 1
             return
         self.counters.processed += 1
-        metrics.EVENTS_PROCESSED.labels(origin[0]).inc()
+        self.tally.add(metrics.EVENTS_PROCESSED, origin[0])
         self._store(partition, key, outcome)
 
     # --- control messages ---------------------------------------------------------------------
@@ -277,12 +278,12 @@ class MemberProcessor:
         self._dirty[key] = (partition, state)
         for change in outcome.changes:
             self._records.append(Record(TAG_CHANGES_TOPIC, partition, key, encode_change(change)))
-            metrics.TAG_CHANGES.labels(change.tag, change.op).inc()
-            metrics.RULE_FIRES.labels(change.tag).inc()
+            self.tally.add(metrics.TAG_CHANGES, change.tag, change.op)
+            self.tally.add(metrics.RULE_FIRES, change.tag)
         for tier_change in outcome.tier_changes:
             self._records.append(
                 Record(TIER_CHANGES_TOPIC, partition, key, encode_change(tier_change)))
-            metrics.TIER_CHANGES.labels(tier_change.type).inc()
+            self.tally.add(metrics.TIER_CHANGES, tier_change.type)
         self.counters.tag_changes += len(outcome.changes)
         self.deadlines.push(partition, state.next_deadline, state.member_id)
 
@@ -290,6 +291,7 @@ class MemberProcessor:
         """Close the open batch (None if nothing waits); `ship` it next. Changed states go to
         the table now (so later events read them) and their changelog and profile records
         join the batch's records."""
+        self.tally.flush()
         if self._opened_at is None:
             return None
         records, acks, dirty = self._records, self._acks, self._dirty
@@ -360,7 +362,7 @@ class MemberProcessor:
 
     def reject(self, reason: str, origin: tuple[str, int, int], message: Any) -> None:
         self.counters.dead_lettered += 1
-        metrics.EVENTS_DEADLETTERED.labels(origin[0]).inc()
+        self.tally.add(metrics.EVENTS_DEADLETTERED, origin[0])
         log.warning("dead-lettered %s:%s:%s: %s", origin[0], origin[1], origin[2], reason)
         self._emit(Record(DEADLETTER_TOPIC, message.partition, message.key,
                           dead_letter(reason, *origin, message.value)))
