@@ -7,7 +7,9 @@ the broker and Redis the settings point at) measures, in this order:
    about the requested number of events, ending now) is pre-produced by the replay tool;
 2. raw passthrough: a plain aiokafka consumer (assigned partitions, no group) reads the three
    event topics, decodes each value with orjson and produces it to `bench.passthrough`, as
-   fast as it can: first record consumed -> last record acknowledged;
+   fast as it can: first record consumed -> last record acknowledged; then the Faust floor:
+   a Faust worker whose agent only acknowledges reads the same messages (first -> last), the
+   ceiling on what any Faust agent can do here (`ratio_ceiling`);
 3. the pure engine's dry run over the same file gives the exact set of tag changes the stream
    must publish, and each member's state size;
 4. the pipeline: W worker processes on the event-time clock (so the result is deterministic)
@@ -334,6 +336,7 @@ async def _phases(run: _Run) -> None:
     _generate(run, path)
     await _preproduce(run, path)
     run.result["raw_passthrough_eps"] = await raw_passthrough(run)
+    await faust_floor(run)
     expected = _dry_run(run, path)
     await _pipeline(run, expected)
     await _restart_and_latency(run)
@@ -476,6 +479,43 @@ async def raw_passthrough(run: _Run) -> float:
         "messages": consumed, "seconds": round(seconds, 3), "not_json": undecodable}
     run.say(f"raw passthrough: {consumed:,} messages in {seconds:.2f} s = {eps:,.0f}/s")
     return round(eps)
+
+
+# --- 2b. the Faust floor --------------------------------------------------------------------------
+
+
+async def faust_floor(run: _Run) -> None:
+    """A Faust agent that only acknowledges (streams/bench_floor.py) over the same messages:
+    the most any Faust agent does here, so `ratio_ceiling` bounds `ratio`."""
+    replay = run.result["details"]["replay"]
+    total = run.result["events"] + replay["watermark_markers"]
+    report = run.workdir / "faust-floor.json"
+    report.unlink(missing_ok=True)
+    run.say(f"faust floor: a Faust agent that only acknowledges, over the same {total:,} messages")
+    [port] = free_ports(1)
+    child = Child("faust floor", [sys.executable, "-m", "streams.bench_floor", str(total),
+                                  str(report)],
+                  run.env(app_id=f"{run.settings.app_id}-floor", web_port=port),
+                  run.workdir / "faust-floor.log", run.children)
+    deadline = time.monotonic() + READY_TIMEOUT_S + total / 1000  # >= 1,000 messages/s
+    while not report.exists():
+        if not child.alive():
+            raise BenchError(f"the Faust floor worker exited; its log ({child.log_path}):\n"
+                             f"{child.log_tail()}")
+        if time.monotonic() > deadline:
+            raise BenchError(f"the Faust floor worker did not see {total:,} messages in time; "
+                             f"its log ({child.log_path}):\n{child.log_tail()}")
+        await asyncio.sleep(0.2)
+    child.stop()
+    floor = orjson.loads(report.read_bytes())
+    eps = floor["messages"] / floor["seconds"] if floor["seconds"] > 0 else 0.0
+    raw = run.result["raw_passthrough_eps"]
+    run.result["faust_floor_eps"] = round(eps)
+    run.result["ratio_ceiling"] = round(eps / raw, 3) if raw else None
+    run.result["details"]["faust_floor"] = {"messages": floor["messages"],
+                                            "seconds": round(floor["seconds"], 3)}
+    run.say(f"faust floor: {floor['messages']:,} messages in {floor['seconds']:.2f} s = "
+            f"{eps:,.0f}/s (ratio ceiling {run.result['ratio_ceiling']})")
 
 
 # --- 3. the expected result: the dry run -----------------------------------------------------------
@@ -1103,7 +1143,8 @@ def _header(options: BenchOptions, settings: Settings, workdir: Path) -> dict[st
     return {
         "events": None, "events_requested": options.events, "members": options.members,
         "partitions": options.partitions, "workers": options.workers,
-        "raw_passthrough_eps": None, "pipeline_eps": None, "ratio": None, "latency_ms": None,
+        "raw_passthrough_eps": None, "faust_floor_eps": None, "ratio_ceiling": None,
+        "pipeline_eps": None, "ratio": None, "latency_ms": None,
         "rss_mb": None, "state_bytes_per_member": None, "recovery_s": None,
         "clock": {"pipeline": "event", "latency": "wall"},
         "redis_sink": "on: tagstream redis-sink, its own process",
@@ -1158,6 +1199,8 @@ def format_summary(result: Mapping[str, Any]) -> str:
         f"{result.get('workers')} worker(s); {machine.get('nproc')} cores, "
         f"Python {machine.get('python')}",
         f"  raw passthrough      {number(result.get('raw_passthrough_eps'), ' events/s')}",
+        f"  Faust, agent idle    {number(result.get('faust_floor_eps'), ' events/s')}"
+        f"  (ratio ceiling {number(result.get('ratio_ceiling'))})",
         f"  pipeline             {number(result.get('pipeline_eps'), ' events/s')}"
         f"  (ratio {number(result.get('ratio'))})",
         f"  latency at {number(latency.get('rate_eps'), '/s')}  p50 {number(latency.get('p50'))} ms, "

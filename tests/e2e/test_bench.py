@@ -33,11 +33,16 @@ def test_bench_json_has_every_field(tmp_path):
 
     assert result["members"] == MEMBERS and result["partitions"] == 2 and result["workers"] == 1
     assert 0.5 * EVENTS <= result["events"] <= 1.5 * EVENTS  # "about" the requested number
-    for name in ("raw_passthrough_eps", "pipeline_eps", "rss_mb", "recovery_s"):
+    for name in ("raw_passthrough_eps", "faust_floor_eps", "pipeline_eps", "rss_mb", "recovery_s"):
         assert isinstance(result[name], (int, float)) and result[name] > 0, name
     assert result["ratio"] == pytest.approx(result["pipeline_eps"] / result["raw_passthrough_eps"],
                                             abs=1e-3)
     assert isinstance(result["state_bytes_per_member"], int) and result["state_bytes_per_member"] > 0
+    # the Faust floor read every message the raw passthrough did (events and markers)
+    assert result["details"]["faust_floor"]["messages"] == \
+        result["details"]["raw_passthrough"]["messages"]
+    assert result["ratio_ceiling"] == pytest.approx(
+        result["faust_floor_eps"] / result["raw_passthrough_eps"], abs=1e-3)
 
     latency = result["latency_ms"]
     assert latency["sent"] > 0 and latency["received"] == latency["sent"]
