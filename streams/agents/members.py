@@ -120,6 +120,9 @@ class MemberProcessor:
             self._opened_at = self._monotonic()
         self._acks.append(ack)
 
+    def batch_open(self) -> bool:
+        return self._opened_at is not None
+
     def batch_full(self) -> bool:
         return len(self._acks) >= FLUSH_EVENTS or len(self._dirty) >= FLUSH_MEMBERS
 
@@ -447,14 +450,16 @@ class BatchShipper:
         self._in_flight: collections.deque[asyncio.Task[None]] = collections.deque()
         self._timer: asyncio.TimerHandle | None = None
 
-    async def after_message(self) -> None:
+    async def ship_when_due(self) -> None:
+        """After a message or a tick: ship the open batch if it is due, else make sure the
+        linger timer ships it when it is."""
         if self.processor.batch_due() and not self.paused():
             await self.ship_open_batch()
         else:
             self._arm()
 
     def _arm(self) -> None:
-        if self._timer is None:
+        if self._timer is None and self.processor.batch_open():
             self._timer = asyncio.get_running_loop().call_later(self.linger_s, self._on_timer)
 
     def _on_timer(self) -> None:
@@ -510,7 +515,7 @@ def register_member_agent(app: faust.App, processor: MemberProcessor, topics: To
         manual = stream.noack()
         async for event in manual.events():
             processor.handle(event.message, _once(functools.partial(manual.ack, event)))
-            await shipper.after_message()
+            await shipper.ship_when_due()
 
     @app.timer(timer_interval_s)
     async def tick() -> None:
@@ -521,8 +526,9 @@ def register_member_agent(app: faust.App, processor: MemberProcessor, topics: To
             return
         owned = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic in EVENT_TOPICS}
         processor.tick(sorted(owned))
-        if processor.batch_due():
-            await shipper.ship_open_batch()
+        # Regression: this shipped only a batch already due, so the changes of a deadline
+        # fired here waited for the next tick (deadline -> tags.changes: median 525 ms).
+        await shipper.ship_when_due()
 
     @app.timer(5.0)
     async def report_lag() -> None:

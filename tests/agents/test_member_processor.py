@@ -197,6 +197,31 @@ async def test_deadline_fires_on_tick_with_no_event_in_wall_mode() -> None:
     assert state.next_deadline is not None and state.next_deadline > h.wall
 
 
+async def test_a_deadline_fired_by_a_tick_is_shipped_after_the_linger_not_the_next_tick():
+    """Regression: the tick shipped only a batch already due, so a deadline's changes waited
+    for the following tick (the live deadline -> tags.changes delay went to ~0.5 s)."""
+    h = Harness("wall", wall=datetime.fromisoformat("2024-03-02T10:00:01+08:00").timestamp())
+    for at in ("2024-01-02T10:00:00+08:00", "2024-03-02T10:00:00+08:00"):
+        await h.event("events.orders", raw_event("order.paid", at, amount_fen=300_000))
+    shipped = h.sender.shipments
+    shipper = BatchShipper(h.processor, on_failure=pytest.fail, linger_s=0.005)
+    h.wall = datetime.fromisoformat("2025-01-01T00:00:00+08:00").timestamp()
+    h.processor.tick([partition_for("M1", PARTITIONS)])  # fires: repeat_buyer is removed
+    await shipper.ship_when_due()  # just opened: not due yet, so the linger timer is armed
+    assert h.sender.shipments == shipped
+    h.monotonic += 1.0  # the linger time has passed (the processor's clock)
+    await asyncio.sleep(0.05)  # the shipper's timer runs on the loop
+    await shipper.drain()
+    assert h.sender.shipments == shipped + 1 and ("repeat_buyer", "removed") in h.changes()
+
+
+async def test_nothing_open_arms_no_timer() -> None:
+    h = Harness("wall", wall=2e9)
+    shipper = BatchShipper(h.processor, on_failure=pytest.fail, linger_s=0.001)
+    await shipper.ship_when_due()
+    assert shipper._timer is None  # noqa: SLF001 - a tick with nothing to ship costs nothing
+
+
 async def test_redelivered_event_is_acked_and_changes_nothing() -> None:
     h = Harness("wall", wall=2e9)
     body = raw_event("order.paid", "2024-01-01T10:00:00+08:00", amount_fen=100, event_id="same")
@@ -407,7 +432,7 @@ async def test_the_quiet_stream_timer_waits_while_the_table_is_recovered() -> No
                            linger_s=0.001)
     await h.send("events.orders", orjson.dumps(raw_event(
         "order.paid", "2033-05-18T10:00:00+08:00", amount_fen=100)), 1, flush=False)
-    await shipper.after_message()
+    await shipper.ship_when_due()
     await asyncio.sleep(0.02)
     assert h.sender.shipments == 0
     recovering[0] = False

@@ -208,6 +208,13 @@ async def assert_stable(fake: FakeWeCom, expected: dict[Pair, set[str]],
     assert len([c for c in fake.calls if c.api == "mark_tag"]) == calls
 
 
+# The limiter bounds when calls are granted; the fake sees them arrive a little later, by a
+# delay that varies with the event loops on both sides. Arrivals within a window of w seconds
+# were granted within w + that variation, so that is the window the bound is checked for.
+# Regression: under load one 1 s window held 89 arrivals against a bound of 88.2 for grants.
+ARRIVAL_JITTER_S = 0.05
+
+
 def figures(name: str, fake: FakeWeCom, service: WeComSyncService | None,
             started: float, done_at: float, **extra: Any) -> dict[str, Any]:
     bucket = TokenBucket(CALLS_PER_MINUTE)
@@ -216,7 +223,8 @@ def figures(name: str, fake: FakeWeCom, service: WeComSyncService | None,
              for w in (1, 10, 60)}
     for key, peak in peaks.items():
         window = float(key.rsplit("_", 1)[1].rstrip("s"))
-        assert peak <= bucket.window_bound(window), (key, peak, bucket.window_bound(window))
+        bound = bucket.window_bound(window + ARRIVAL_JITTER_S)
+        assert peak <= bound, (key, peak, bound)
         if window == 60:
             assert peak <= CALLS_PER_MINUTE
     assert 2 <= fake.max_in_flight() <= 5
