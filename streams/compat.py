@@ -16,24 +16,10 @@
    and the events applied since were lost although acknowledged. `end_offsets` now checks
    each non-empty partition with one fetch at the reported end and takes the fetch's high
    watermark when it is larger; on Apache Kafka the two agree.
-4. Faust's consumer hands every fetched message to the streams with
-   `wait_first(callback(message), suspend_flow.wait())`: four tasks and an `asyncio.wait`
-   per message, so that a rebalance can interrupt a delivery blocked on a full buffer. Almost
-   every delivery completes without blocking, and those tasks were most of what Faust costs
-   per message (an agent doing nothing went from ~10,000 to ~N messages/s here). The
-   consumer's `wait_first` now steps the delivery once; only one that blocks is waited for
-   the original way, continued from where it stopped.
-5. Table recovery pays the same way per changelog record: `asyncio.wait_for(queue.get())`
-   (a task each) and `need_recovery()`, which builds a Counter over every partition, for
-   each record. A restarted worker here read a changelog at ~10,500 records/s, and on a
-   broker without compaction (the embedded one) the changelog holds a record per member per
-   batch. Recovery's `wait_for` steps the `get` once the same way, and `need_recovery` stops
-   at the first partition with records left.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
@@ -43,10 +29,7 @@ from aiokafka.consumer.group_coordinator import GroupCoordinator
 from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.protocol.group import LeaveGroupRequest
 from aiokafka.structs import TopicPartition
-from faust.tables import recovery as faust_recovery
-from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
-from mode.services import WaitResults
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +40,6 @@ PROBE_BYTES = 64 * 1024
 _create_worker_consumer = faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer
 _maybe_leave_group = GroupCoordinator._maybe_leave_group
 _end_offsets = AIOKafkaConsumer.end_offsets
-_wait_first = faust_consumer.Consumer.wait_first
 
 
 def _consumer_with_short_fetch_wait(self: Any, transport: Any) -> Any:
@@ -100,88 +82,6 @@ async def _end_offsets_after_the_last_record(self: Any, partitions: Any) -> dict
     return ends
 
 
-class _Continued:
-    """Awaiting this continues a coroutine already stepped once, now waiting on `pending`
-    (what it yielded): the task that awaits it takes over that wait."""
-
-    __slots__ = ("coro", "pending")
-
-    def __init__(self, coro: Any, pending: Any) -> None:
-        self.coro = coro
-        self.pending = pending
-
-    def __await__(self) -> Any:
-        coro, value = self.coro, self.pending
-        while True:
-            try:
-                sent = yield value
-            except GeneratorExit:
-                coro.close()
-                raise
-            except BaseException as exc:  # noqa: BLE001 - thrown in by the task: pass it on
-                step = coro.throw, exc
-            else:
-                step = coro.send, sent
-            try:
-                value = step[0](step[1])
-            except StopIteration as done:
-                return done.value
-
-
-async def _continue(coro: Any, pending: Any) -> Any:
-    return await _Continued(coro, pending)
-
-
-async def _wait_first_stepping_the_delivery(self: Any, first: Any, *others: Any,
-                                            timeout: Any = None) -> Any:
-    if not asyncio.iscoroutine(first) or self._stopped.is_set() or self._crashed.is_set():
-        return await _wait_first(self, first, *others, timeout=timeout)
-    try:
-        pending = first.send(None)
-    except StopIteration as done:  # delivered without blocking: the usual case
-        _close(others)
-        return WaitResults([first], [done.value], False)
-    except BaseException:
-        _close(others)
-        raise
-    return await _wait_first(self, _continue(first, pending), *others, timeout=timeout)
-
-
-class _AsyncioWithSteppedWaitFor:
-    """`asyncio` as faust.tables.recovery sees it: the same but for `wait_for`."""
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(asyncio, name)
-
-    @staticmethod
-    async def wait_for(awaitable: Any, timeout: float | None) -> Any:
-        if not asyncio.iscoroutine(awaitable):
-            return await asyncio.wait_for(awaitable, timeout)
-        try:
-            pending = awaitable.send(None)
-        except StopIteration as done:  # the record was waiting in the queue
-            return done.value
-        return await asyncio.wait_for(_continue(awaitable, pending), timeout)
-
-
-def _need_recovery_first_found(self: Any) -> bool:
-    offsets = self.active_offsets
-    for tp, highwater in self.active_highwaters.items():
-        offset = offsets[tp]
-        if highwater is not None and offset is not None and highwater - offset > 0:
-            return True
-    return False
-
-
-def _close(awaitables: tuple[Any, ...]) -> None:
-    for awaitable in awaitables:
-        if asyncio.iscoroutine(awaitable):
-            awaitable.close()  # never started: closing it avoids "never awaited"
-
-
 faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer = _consumer_with_short_fetch_wait
 AIOKafkaConsumer.end_offsets = _end_offsets_after_the_last_record
 GroupCoordinator._maybe_leave_group = _leave_group_in_generation_zero_too
-faust_consumer.Consumer.wait_first = _wait_first_stepping_the_delivery
-faust_recovery.asyncio = _AsyncioWithSteppedWaitFor()  # type: ignore[assignment]
-faust_recovery.Recovery.need_recovery = _need_recovery_first_found
