@@ -416,6 +416,12 @@ async def _require_empty_event_topics(run: _Run) -> None:
 # --- 2. raw passthrough ----------------------------------------------------------------------------
 
 
+def _messages_replayed(run: _Run) -> int:
+    """Events and watermark markers on the event topics, as the replay counted them: Tansu
+    0.6 answers ListOffsets (latest) with the last batch's base offset + 1, short of the end."""
+    return run.result["events"] + run.result["details"]["replay"]["watermark_markers"]
+
+
 async def raw_passthrough(run: _Run) -> float:
     """Plain aiokafka: consume the event topics, orjson-decode, produce to another topic."""
     run.say("raw passthrough: aiokafka consume -> orjson -> produce")
@@ -429,10 +435,7 @@ async def raw_passthrough(run: _Run) -> float:
         tps = [TopicPartition(t, p) for t in EVENT_TOPICS for p in range(run.options.partitions)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
-        # What replay wrote, counted by the replay itself: Tansu 0.6 answers ListOffsets
-        # (latest) with the last batch's base offset + 1, short of the true end.
-        replay = run.result["details"]["replay"]
-        total = run.result["events"] + replay["watermark_markers"]
+        total = _messages_replayed(run)
         loop = asyncio.get_running_loop()
         all_acked = loop.create_future()
         state = {"in_flight": 0, "errors": 0, "reading": True, "last_ack": 0.0}
@@ -487,8 +490,7 @@ async def raw_passthrough(run: _Run) -> float:
 async def faust_floor(run: _Run) -> None:
     """A Faust agent that only acknowledges (streams/bench_floor.py) over the same messages:
     the most any Faust agent does here, so `ratio_ceiling` bounds `ratio`."""
-    replay = run.result["details"]["replay"]
-    total = run.result["events"] + replay["watermark_markers"]
+    total = _messages_replayed(run)
     report = run.workdir / "faust-floor.json"
     report.unlink(missing_ok=True)
     run.say(f"faust floor: a Faust agent that only acknowledges, over the same {total:,} messages")
