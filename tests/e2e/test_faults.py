@@ -30,6 +30,7 @@ from tests.support.kafka import (
     at_least,
     change_ids_cover,
     create_topics,
+    describe_member_differences,
     latest_by_key_equals,
     never,
     read_topic,
@@ -45,6 +46,11 @@ def history(path: Path, members: int, days: int, seed: int, limit: int | None = 
     lines = lines[:limit] if limit else lines
     path.write_bytes(b"\n".join(lines) + b"\n")
     return lines
+
+
+def dry_run_changes(settings, lines: list[bytes]):
+    pack = load_rules(settings.rules_path)
+    return dry_run(Engine(pack, settings.allowed_lateness_s), lines).changes
 
 
 def expected_of(settings, lines: list[bytes]):
@@ -74,7 +80,8 @@ async def test_killed_worker_is_taken_over_and_nothing_is_lost(stack, tmp_path):
         victim.kill()
         await replaying
         changes = await read_topic(stack.broker_bootstrap, TAG_CHANGES_TOPIC, worker=survivor,
-                                   until=change_ids_cover(expected_ids), timeout=900)
+                                   until=change_ids_cover(expected_ids), timeout=900,
+                                   idle_s=180)
         profiles = await read_topic(stack.broker_bootstrap, PROFILES_TOPIC, worker=survivor,
                                     until=latest_by_key_equals(expected_profiles), timeout=300)
         assert survivor.alive()
@@ -82,6 +89,10 @@ async def test_killed_worker_is_taken_over_and_nothing_is_lost(stack, tmp_path):
     print(f"\n200,000 events, 1 of 2 workers killed: {len(expected_ids)} changes expected, "
           f"{len(set(found))} distinct found ({len(found) - len(set(found))} duplicates, "
           f"same ids), {len(expected_profiles)} profiles compared")
+    if set(found) != expected_ids:
+        report = describe_member_differences(values(changes), dry_run_changes(stack, lines))
+        (tmp_path / "differences.txt").write_text(report)
+        print(report[:20_000])
     assert_same_ids(found, expected_ids)
     latest = {r.key.decode(): orjson.loads(r.value) for r in profiles}
     assert_same_profiles(latest, expected_profiles)

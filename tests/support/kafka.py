@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterable, Iterator
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from schemas.changes import encode_change
 from streams.admin import ensure_topics
 from streams.settings import Settings
 from streams.stack import stop_child
@@ -77,10 +78,13 @@ def running_worker(settings: Settings, tmp_path: Path, name: str = "worker",
 
 
 async def read_topic(bootstrap: str, topic: str, *, until: Callable[[list[Any]], bool],
-                     timeout: float, worker: WorkerProcess | None = None) -> list[Any]:
+                     timeout: float, worker: WorkerProcess | None = None,
+                     idle_s: float | None = None) -> list[Any]:
     """Every record of `topic` from the start, read until `until(new_records)` says enough
-    (it sees each batch once, so it keeps its own tally: see the helpers below) or timeout.
-    Records are aiokafka ConsumerRecords. Fails early if the worker died."""
+    (it sees each batch once, so it keeps its own tally: see the helpers below), timeout, or
+    `idle_s` without a new record (so a stream that has stopped short fails in minutes, not
+    at the full timeout). Records are aiokafka ConsumerRecords. Fails early if the worker
+    died."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     records: list[Any] = []
@@ -93,11 +97,16 @@ async def read_topic(bootstrap: str, topic: str, *, until: Callable[[list[Any]],
         consumer.assign(assigned)
         await consumer.seek_to_beginning(*assigned)
         deadline = time.monotonic() + timeout
+        last_new = time.monotonic()
         while time.monotonic() < deadline:
             batch = await consumer.getmany(timeout_ms=300, max_records=5000)
             new = [message for messages in batch.values() for message in messages]
             records.extend(new)
             if until(new):
+                return records
+            if new:
+                last_new = time.monotonic()
+            elif idle_s is not None and time.monotonic() - last_new > idle_s:
                 return records
             if worker is not None and not worker.alive():
                 raise AssertionError(f"worker died:\n{worker.log_tail()}")
@@ -162,6 +171,33 @@ def assert_same_ids(found: Iterable[str], expected: set[str], what: str = "chang
     raise AssertionError(
         f"{what}: {len(expected)} expected, {len(found_set)} found; {len(missing)} missing "
         f"(e.g. {missing[:5]}), {len(unexpected)} unexpected (e.g. {unexpected[:5]})")
+
+
+def describe_member_differences(found: Iterable[dict[str, Any]], expected: Iterable[Any],
+                                limit: int = 5) -> str:
+    """For the first members whose changes differ: what the dry run made and what the stream
+    made, one line per change, oldest first (what a takeover bug needs to be understood)."""
+    def line(change: dict[str, Any]) -> str:
+        return (f"  {change['at']} {change.get('op', change.get('type'))} "
+                f"{change.get('tag', change.get('subject', ''))} {change['cause']} "
+                f"{change['change_id'][:8]}")
+
+    by_member: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {}
+    for change in expected:
+        record = orjson.loads(encode_change(change))
+        by_member.setdefault(record["member_id"], ([], []))[0].append(record)
+    for record in found:
+        by_member.setdefault(record["member_id"], ([], []))[1].append(record)
+    differing = [member for member, (want, got) in sorted(by_member.items())
+                 if {c["change_id"] for c in want} != {c["change_id"] for c in got}]
+    report = [f"{len(differing)} members differ: {differing[:20]}"]
+    for member in differing[:limit]:
+        want, got = by_member[member]
+        got = list({c["change_id"]: c for c in got}.values())
+        report.append(f"{member}: dry run made {len(want)}, the stream {len(got)}")
+        report += [" dry run:", *map(line, sorted(want, key=lambda c: c["at"])),
+                   " stream:", *map(line, sorted(got, key=lambda c: c["at"]))]
+    return "\n".join(report)
 
 
 def assert_same_profiles(found: dict[str, Any], expected: dict[str, Any]) -> None:
