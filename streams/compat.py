@@ -16,10 +16,20 @@
    and the events applied since were lost although acknowledged. `end_offsets` now checks
    each non-empty partition with one fetch at the reported end and takes the fetch's high
    watermark when it is larger; on Apache Kafka the two agree.
+4. When a worker's table recovery completes, Faust 0.15 resumes the stream partitions and
+   only then seeks them to their committed offsets (`Recovery.on_recovery_completed`); flow
+   is already on from the changelog reads. Until the seek lands (9 s once here) the consumer
+   fetches from wherever aiokafka put the partitions, and those messages reach the agent.
+   After a takeover those were ahead of the commit: the event-time clock moved past events
+   the seek then delivered again, and those were dead-lettered as late (7,215 orders events
+   in one kill-a-worker run, with a since-reverted adjustment that made it frequent; most
+   likely also the CI run where 16 expected tag changes never came). The seek now comes
+   first and the stream partitions are resumed after it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -29,6 +39,7 @@ from aiokafka.consumer.group_coordinator import GroupCoordinator
 from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.protocol.group import LeaveGroupRequest
 from aiokafka.structs import TopicPartition
+from faust.tables import recovery as faust_recovery
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 log = logging.getLogger(__name__)
@@ -82,6 +93,38 @@ async def _end_offsets_after_the_last_record(self: Any, partitions: Any) -> dict
     return ends
 
 
+async def _on_recovery_completed_seeking_first(self: Any, generation_id: int = 0) -> None:
+    """Faust 0.15.3's `Recovery.on_recovery_completed` with the seek before the resume."""
+    consumer = self.app.consumer
+    self.log.info("Restore complete!")
+    await self.app.on_rebalance_complete.send()
+    self._set_recovery_ended()
+    callbacks = [asyncio.ensure_future(table.on_recovery_completed(
+        self.actives_for_table[table], self.standbys_for_table[table]))
+        for table in self.tables.values()]
+    if callbacks:
+        await asyncio.wait(callbacks)
+    assignment = consumer.assignment()
+    if self.app.consumer_generation_id != generation_id:
+        self.log.warning("Recovery rebalancing again app id %s param %s",
+                         self.app.consumer_generation_id, generation_id)
+        return
+    if assignment:
+        self.log.info("Seek stream partitions to committed offsets.")
+        await self._wait(consumer.perform_seek(), timeout=self.app.conf.broker_request_timeout)
+    consumer.resume_partitions({tp for tp in assignment if not self._is_changelog_tp(tp)})
+    self.completed.set()
+    self.app.flow_control.resume()
+    consumer.resume_flow()
+    await self.app._fetcher.maybe_start()  # noqa: SLF001
+    self.tables.on_actives_ready()
+    if not self.app.assignor.assigned_standbys():
+        self.tables.on_standbys_ready()
+    self.app.on_rebalance_end()
+    self.log.info("Worker ready")
+
+
 faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer = _consumer_with_short_fetch_wait
 AIOKafkaConsumer.end_offsets = _end_offsets_after_the_last_record
 GroupCoordinator._maybe_leave_group = _leave_group_in_generation_zero_too
+faust_recovery.Recovery.on_recovery_completed = _on_recovery_completed_seeking_first

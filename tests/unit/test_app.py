@@ -1,0 +1,14 @@
+"""Faust app settings that decide what a takeover does."""
+
+from __future__ import annotations
+
+from streams.app import create_app
+from streams.settings import Settings
+
+
+def test_no_standby_replicas():
+    """With the memory store a takeover re-reads the whole changelog (there is no persisted
+    offset), so a standby would only make every worker read the others' changelogs all the
+    time, and feed their records to the same recovery code as its own partitions."""
+    app = create_app(Settings.from_env({}))
+    assert app.conf.table_standby_replicas == 0
