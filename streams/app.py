@@ -52,9 +52,7 @@ def create_app(settings: Settings) -> faust.App:
         # and leaves what it held unacknowledged: the next owner gets those events again.
         stream_wait_empty=False,
         # No standby replicas. With the memory store a takeover re-reads a partition's whole
-        # changelog anyway (there is no persisted offset to start from), so a standby saves
-        # nothing; and its changelog reads, still in flight when the partition becomes
-        # active, reach the active recovery as if new: Faust takes the highest offset it
-        # has seen as its position and skips the records below it.
+        # changelog anyway (there is no persisted offset to start from), so a standby would
+        # only make every worker read the other workers' changelogs all the time.
         table_standby_replicas=0,
     )
