@@ -59,15 +59,15 @@ def describe_dead_letters(letters: list[dict]) -> str:
             if letters else "no dead letters")
 
 
-def dry_run_changes(settings, lines: list[bytes]):
-    pack = load_rules(settings.rules_path)
-    return dry_run(Engine(pack, settings.allowed_lateness_s), lines).changes
-
-
-def expected_of(settings, lines: list[bytes]):
+def dry_run_of(settings, lines: list[bytes]):
     pack = load_rules(settings.rules_path)
     result = dry_run(Engine(pack, settings.allowed_lateness_s), lines)
     assert not result.rejected
+    return result, pack
+
+
+def expected_of(result, pack):
+    """The change ids and final profiles the stream must produce."""
     profiles = {m: render_profile(s, pack) for m, s in result.states.items()}
     return {c.change_id for c in result.changes}, profiles
 
@@ -77,7 +77,8 @@ async def test_killed_worker_is_taken_over_and_nothing_is_lost(stack, tmp_path):
     path = tmp_path / "history.jsonl"
     lines = history(path, members=2600, days=731, seed=77, limit=200_000)
     assert len(lines) == 200_000
-    expected_ids, expected_profiles = expected_of(stack, lines)
+    dry, pack = dry_run_of(stack, lines)
+    expected_ids, expected_profiles = expected_of(dry, pack)
     await create_topics(stack)
     with running_worker(stack, tmp_path, name="survivor", clock="event",
                         web_port=free_port()) as survivor, \
@@ -104,7 +105,7 @@ async def test_killed_worker_is_taken_over_and_nothing_is_lost(stack, tmp_path):
           f"{len(set(found))} distinct found ({len(found) - len(set(found))} duplicates, "
           f"same ids), {len(expected_profiles)} profiles compared, {len(letters)} dead letters")
     if set(found) != expected_ids:
-        report = describe_member_differences(values(changes), dry_run_changes(stack, lines))
+        report = describe_member_differences(values(changes), dry.changes)
         report = f"{describe_dead_letters(values(letters))}\n{report}"
         (tmp_path / "differences.txt").write_text(report)
         print(report[:20_000])
@@ -118,7 +119,7 @@ async def test_killed_worker_is_taken_over_and_nothing_is_lost(stack, tmp_path):
 async def test_replaying_the_same_file_twice_changes_nothing(stack, tmp_path):
     path = tmp_path / "history.jsonl"
     lines = history(path, members=300, days=400, seed=5)
-    expected_ids, expected_profiles = expected_of(stack, lines)
+    expected_ids, expected_profiles = expected_of(*dry_run_of(stack, lines))
     await create_topics(stack)
     with running_worker(stack, tmp_path, clock="event") as worker:
         await replay(stack.broker_bootstrap, path, partitions=stack.partitions, progress=False)
@@ -147,7 +148,7 @@ async def test_replaying_the_same_file_twice_changes_nothing(stack, tmp_path):
 async def test_out_of_order_within_the_window_equals_in_order_and_later_is_dead_lettered(
         stack, tmp_path):
     lines = history(tmp_path / "ordered.jsonl", members=300, days=200, seed=9)
-    expected_ids, expected_profiles = expected_of(stack, lines)
+    expected_ids, expected_profiles = expected_of(*dry_run_of(stack, lines))
     window_s = 6 * 3600
     rng = random.Random(3)
     # shuffle: every event moves by up to 6 hours (sorted by a jittered time), then a few
@@ -179,7 +180,7 @@ async def test_out_of_order_within_the_window_equals_in_order_and_later_is_dead_
 async def test_paused_broker_and_restarted_redis_lose_nothing(stack, tmp_path):
     path = tmp_path / "history.jsonl"
     lines = history(path, members=800, days=400, seed=13)
-    expected_ids, expected_profiles = expected_of(stack, lines)
+    expected_ids, expected_profiles = expected_of(*dry_run_of(stack, lines))
     broker_pid = EmbeddedStack(stack).status()["broker"]["pid"]
     await create_topics(stack)
     with running_worker(stack, tmp_path, clock="event") as worker, \
