@@ -90,8 +90,10 @@ def recovery_with(consumer: RecordingConsumer) -> Any:
         _fetcher=SimpleNamespace(maybe_start=nothing),
         assignor=SimpleNamespace(assigned_standbys=lambda: set()),
         on_rebalance_end=lambda: None)
+    log = logging.getLogger("test")
     return SimpleNamespace(
-        app=app, log=logging.getLogger("test"), tables=SimpleNamespace(
+        app=app, log=SimpleNamespace(info=log.info, warning=log.warning, dev=log.debug),
+        tables=SimpleNamespace(
             values=lambda: [], on_actives_ready=lambda: None, on_standbys_ready=lambda: None),
         actives_for_table={}, standbys_for_table={}, completed=asyncio.Event(),
         _set_recovery_ended=lambda: None, _wait=wait,
@@ -107,7 +109,9 @@ async def test_stream_partitions_are_sought_to_the_commit_before_they_are_resume
     consumer = RecordingConsumer({events, changelog})
     recovery = recovery_with(consumer)
     await Recovery.on_recovery_completed(recovery, generation_id=3)
-    assert [name for name, _ in consumer.calls] == ["seek", "resume", "flow", "resume_flow"]
+    # then Faust's own order: resume, seek (which is what wakes the consumer), flow
+    assert [name for name, _ in consumer.calls] == [
+        "seek", "resume", "seek", "flow", "resume_flow"]
     assert consumer.calls[1] == ("resume", frozenset({events}))
     assert recovery.completed.is_set()
 
