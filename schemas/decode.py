@@ -30,8 +30,10 @@ _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
 _JSON_BRACKET = re.compile(rb"[\[\]{}]")
 
 
-def decode_event(raw: bytes | None, topic: str | None = None) -> Event:
-    """Decode one event. With `topic`, only that topic's event family is accepted."""
+def decode_event(raw: bytes | None, topic: str | None = None, *, namespace: str = "") -> Event:
+    """Decode one event. With `topic` (a canonical name: streams/topics.py), only that topic's
+    event family is accepted. `namespace` (TAGSTREAM_TOPIC_NAMESPACE) goes before the topic
+    names a reason gives, so that they are the names on the broker."""
     if raw is None or len(raw) == 0:
         raise EventRejected("empty message value: expected a JSON event object")
     if len(raw) > MAX_EVENT_BYTES:
@@ -42,7 +44,7 @@ def decode_event(raw: bytes | None, topic: str | None = None) -> Event:
     try:
         event = decoder.decode(raw)
     except msgspec.ValidationError as exc:
-        raise EventRejected(_explain_validation(raw, topic, str(exc))) from None
+        raise EventRejected(_explain_validation(raw, topic, str(exc), namespace)) from None
     except msgspec.DecodeError as exc:
         raise EventRejected(f"not valid UTF-8 JSON: {exc}") from None
     except UnicodeDecodeError as exc:
@@ -71,7 +73,7 @@ def _json_depth(raw: bytes) -> int:
     return deepest
 
 
-def _explain_validation(raw: bytes, topic: str | None, message: str) -> str:
+def _explain_validation(raw: bytes, topic: str | None, message: str, namespace: str) -> str:
     """Turn an unknown-tag error into 'this event type belongs on another topic' where true."""
     if "$.event_type" not in message and "event_type" not in message:
         return f"invalid event: {message}"
@@ -81,7 +83,8 @@ def _explain_validation(raw: bytes, topic: str | None, message: str) -> str:
         return f"invalid event: {message}"
     home = TOPIC_BY_EVENT_TYPE.get(event_type) if isinstance(event_type, str) else None
     if home and topic and home != topic:
-        return f"event_type {event_type!r} belongs on topic {home!r}, not {topic!r}"
+        return (f"event_type {event_type!r} belongs on topic {namespace + home!r}, "
+                f"not {namespace + topic!r}")
     if home:  # the tag is fine; the message only quoted "event_type" as some other bad value
         return f"invalid event: {message}"
     if event_type is None:

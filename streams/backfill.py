@@ -12,16 +12,16 @@ from aiokafka import AIOKafkaProducer
 
 from schemas.control import CONTROL_HEADER
 from streams.agents.members import BACKFILL
-from streams.topics import REROUTE_TOPIC
+from streams.topics import TopicNames
 
 
-async def request_backfill(bootstrap: str, partitions: int, *,
+async def request_backfill(bootstrap: str, partitions: int, *, names: TopicNames,
                            security: Mapping[str, Any] | None = None) -> int:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", **(security or {}))
     await producer.start()
     try:
         for partition in range(partitions):
-            await producer.send_and_wait(REROUTE_TOPIC, b"", partition=partition,
+            await producer.send_and_wait(names.reroute, b"", partition=partition,
                                          headers=[(CONTROL_HEADER, BACKFILL)])
     finally:
         await producer.stop()

@@ -52,22 +52,15 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from schemas.errors import TagstreamError
-from schemas.events import ORDERS_TOPIC
 from streams.admin import ensure_topics
 from streams.generate import CST, generate_events, write_jsonl
 from streams.partitioning import partition_for
 from streams.security import kafka_client_kwargs
 from streams.settings import Settings
 from streams.stack import EmbeddedStack, free_ports, stop_child
-from streams.topics import (
-    DEADLETTER_TOPIC,
-    EVENT_TOPICS,
-    TAG_CHANGES_TOPIC,
-    TIER_CHANGES_TOPIC,
-    topic_partitions,
-)
+from streams.topics import TopicNames, topic_names, topic_partitions
 
-PASSTHROUGH_TOPIC = "bench.passthrough"
+PASSTHROUGH_TOPIC = "bench.passthrough"  # canonical: the topic namespace goes before it
 PROFILERS = ("py-spy", "pyinstrument")
 LIVE_MEMBER_PREFIX = "LIVE-"  # members the latency phase creates; none exist in the history
 READY_TIMEOUT_S = 180.0  # a fresh worker's start -> "Worker ready" (group join, empty changelog)
@@ -242,6 +235,10 @@ class _Run:
     def security(self) -> dict[str, Any]:
         return kafka_client_kwargs(self.settings)
 
+    @property
+    def names(self) -> TopicNames:
+        return topic_names(self.settings)
+
     def env(self, **overrides: Any) -> dict[str, str]:
         settings = dataclasses.replace(self.settings, **overrides)
         return {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
@@ -325,8 +322,8 @@ async def _interruptible(phases: Any) -> None:
 
 async def _phases(run: _Run) -> None:
     settings, options = run.settings, run.options
-    await ensure_topics(run.bootstrap, {**topic_partitions(options.partitions),
-                                        PASSTHROUGH_TOPIC: options.partitions},
+    await ensure_topics(run.bootstrap, {**topic_partitions(options.partitions, run.names),
+                                        run.names.actual(PASSTHROUGH_TOPIC): options.partitions},
                         settings.replication, security=run.security)
     if options.use_stack:
         await _require_empty_event_topics(run)
@@ -386,7 +383,8 @@ async def _preproduce(run: _Run, path: Path) -> None:
     from streams.replay import replay
 
     run.say(f"producing {run.result['generated_events']:,} events to the event topics (replay)")
-    replayed = await replay(run.bootstrap, path, partitions=run.options.partitions,
+    replayed = await replay(run.bootstrap, path, names=run.names,
+                            partitions=run.options.partitions,
                             progress=False, replication=run.settings.replication,
                             security=run.security)
     if replayed.skipped:
@@ -403,7 +401,8 @@ async def _require_empty_event_topics(run: _Run) -> None:
     consumer = AIOKafkaConsumer(bootstrap_servers=run.bootstrap, **run.security)
     await consumer.start()
     try:
-        tps = [TopicPartition(t, p) for t in EVENT_TOPICS for p in range(run.options.partitions)]
+        tps = [TopicPartition(t, p) for t in run.names.events
+               for p in range(run.options.partitions)]
         held = sum((await consumer.end_offsets(tps)).values())
     finally:
         await consumer.stop()
@@ -431,8 +430,10 @@ async def raw_passthrough(run: _Run) -> float:
                                 max_batch_size=256 * 1024, **run.security)
     await consumer.start()
     await producer.start()
+    passthrough = run.names.actual(PASSTHROUGH_TOPIC)
     try:
-        tps = [TopicPartition(t, p) for t in EVENT_TOPICS for p in range(run.options.partitions)]
+        tps = [TopicPartition(t, p) for t in run.names.events
+               for p in range(run.options.partitions)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         total = _messages_replayed(run)
@@ -461,7 +462,7 @@ async def raw_passthrough(run: _Run) -> float:
                         loads(message.value)
                     except orjson.JSONDecodeError:
                         undecodable += 1
-                    future = await producer.send(PASSTHROUGH_TOPIC, message.value,
+                    future = await producer.send(passthrough, message.value,
                                                  key=message.key, partition=tp.partition)
                     state["in_flight"] += 1
                     future.add_done_callback(acked)
@@ -595,14 +596,14 @@ def _start_sink(run: _Run) -> Child:
 
 async def _pipeline(run: _Run, expected: Expected) -> None:
     options = run.options
-    tags = [TopicPartition(TAG_CHANGES_TOPIC, p) for p in range(options.partitions)]
+    tags = [TopicPartition(run.names.tag_changes, p) for p in range(options.partitions)]
     reader = AIOKafkaConsumer(bootstrap_servers=run.bootstrap, enable_auto_commit=False,
                               **run.security)
     await reader.start()
     try:
         baseline = await reader.end_offsets(tags)
-        tier_baseline = await _positions(run, TIER_CHANGES_TOPIC)
-        dead_baseline = await _positions(run, DEADLETTER_TOPIC)
+        tier_baseline = await _positions(run, run.names.tier_changes)
+        dead_baseline = await _positions(run, run.names.deadletter)
         sink = _start_sink(run)
         run.say(f"pipeline: {options.workers} worker(s), event clock, default pack, "
                 f"Redis sink on; {len(expected.change_ids):,} tag changes expected")
@@ -625,8 +626,8 @@ async def _pipeline(run: _Run, expected: Expected) -> None:
         run.result["pipeline_eps"] = round(eps)
         raw = run.result["raw_passthrough_eps"]
         run.result["ratio"] = round(eps / raw, 3) if raw else None
-        tiers = await _read_all(run, TIER_CHANGES_TOPIC, tier_baseline)
-        dead = await _read_all(run, DEADLETTER_TOPIC, dead_baseline)
+        tiers = await _read_all(run, run.names.tier_changes, tier_baseline)
+        dead = await _read_all(run, run.names.deadletter, dead_baseline)
         peaks = [w.peak_rss_mb() for w in workers]
         run.result["rss_mb"] = max((p for p in peaks if p is not None), default=None)
         run.result["details"]["pipeline"] = {
@@ -927,7 +928,7 @@ async def measure_latency(run: _Run, rate: float, seconds: float, watched: list[
     done = asyncio.Event()
     sending = True
     try:
-        tps = [TopicPartition(TAG_CHANGES_TOPIC, p) for p in range(partitions)]
+        tps = [TopicPartition(run.names.tag_changes, p) for p in range(partitions)]
         consumer.assign(tps)
         await consumer.seek_to_end(*tps)
         for tp in tps:
@@ -960,7 +961,7 @@ async def measure_latency(run: _Run, rate: float, seconds: float, watched: list[
                 member_id, value = live_order(first + number)
                 sent_at[f"bench-live-{first + number:08d}".encode()] = time.perf_counter()
                 deliveries.append(await producer.send(
-                    ORDERS_TOPIC, value, key=member_id.encode(),
+                    run.names.orders, value, key=member_id.encode(),
                     partition=partition_for(member_id, partitions)))
                 number += 1
             if reader.done():

@@ -22,13 +22,13 @@ import orjson
 
 from streams.app import create_app
 from streams.settings import Settings
-from streams.topics import EVENT_TOPICS
+from streams.topics import topic_names
 from streams.worker import quiet_worker
 
 
 def build_floor_app(settings: Settings, messages: int, report: Path) -> Any:
     app = create_app(settings)
-    topic = app.topic(*EVENT_TOPICS, key_type=bytes, value_type=bytes)
+    topic = app.topic(*topic_names(settings).events, key_type=bytes, value_type=bytes)
     seen = {"count": 0, "first": 0.0}
 
     @app.agent(topic, name="floor")

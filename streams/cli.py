@@ -50,13 +50,14 @@ def stack_up(timeout: float) -> None:
     """Start the Kafka-compatible broker and Redis and wait until both answer."""
     from streams.admin import ensure_topics
     from streams.stack import EmbeddedStack
-    from streams.topics import topic_partitions
+    from streams.topics import topic_names, topic_partitions
 
     settings = _settings()
     try:
         EmbeddedStack(settings).up(timeout=timeout)
         asyncio.run(ensure_topics(settings.broker_bootstrap,
-                                  topic_partitions(settings.partitions), settings.replication))
+                                  topic_partitions(settings.partitions, topic_names(settings)),
+                                  settings.replication))
     except TagstreamError as exc:
         raise click.ClickException(str(exc)) from None
     from streams.redaction import redact_url
@@ -196,14 +197,15 @@ def generate(members: int, days: int, seed: int) -> None:
 def replay(path: Path, speed: float | None, as_fast: bool) -> None:
     """Produce a recorded event file to the event topics, keyed by member, in file order."""
     from streams.replay import replay as run_replay
+    from streams.topics import topic_names
 
     if speed is not None and as_fast:
         raise click.UsageError("--speed and --max exclude each other")
     if speed is not None and speed <= 0:
         raise click.UsageError("--speed must be positive")
     settings = _settings()
-    result = asyncio.run(run_replay(settings.broker_bootstrap, path, speed=speed,
-                                    partitions=settings.partitions,
+    result = asyncio.run(run_replay(settings.broker_bootstrap, path, names=topic_names(settings),
+                                    speed=speed, partitions=settings.partitions,
                                     progress=sys.stderr.isatty(),
                                     security=_kafka_security(settings)))
     click.echo(result.summary() if hasattr(result, "summary") else str(result), err=True)
@@ -213,9 +215,11 @@ def replay(path: Path, speed: float | None, as_fast: bool) -> None:
 def backfill() -> None:
     """Re-evaluate every member now with the workers' current rules (after a new version)."""
     from streams.backfill import request_backfill
+    from streams.topics import topic_names
 
     settings = _settings()
     sent = asyncio.run(request_backfill(settings.broker_bootstrap, settings.partitions,
+                                        names=topic_names(settings),
                                         security=_kafka_security(settings)))
     click.echo(f"asked {sent} partitions to re-evaluate their members")
 
@@ -274,15 +278,19 @@ def _nowhere() -> Any:
 
 
 @main.command()
-@click.option("--topic", default="tags.changes", show_default=True)
+@click.option("--topic", default=None,
+              help="Topic name on the broker, as given (default: tags.changes with "
+                   "TAGSTREAM_TOPIC_NAMESPACE before it).")
 @click.option("--from-beginning", is_flag=True, help="Start at the oldest record.")
 @click.option("--idle", default=0.0, help="Stop after this many seconds with nothing new.")
 @click.option("--limit", default=0, help="Stop after this many records (0: no limit).")
-def tail(topic: str, from_beginning: bool, idle: float, limit: int) -> None:
+def tail(topic: str | None, from_beginning: bool, idle: float, limit: int) -> None:
     """Print records of a topic (tag changes by default) as they arrive."""
     from streams.tail import tail_topic
+    from streams.topics import topic_names
 
     settings = _settings()
+    topic = topic or topic_names(settings).tag_changes
     count = asyncio.run(tail_topic(settings.broker_bootstrap, topic,
                                    from_beginning=from_beginning, idle_s=idle or None,
                                    limit=limit or None, out=sys.stdout,

@@ -19,7 +19,7 @@ from streams.security import kafka_client_kwargs
 from streams.settings import Settings
 from streams.stack import EmbeddedStack
 from streams.tail import format_record
-from streams.topics import TAG_CHANGES_TOPIC, topic_partitions
+from streams.topics import topic_names, topic_partitions
 
 
 def run_demo(settings: Settings, *, members: int, days: int, seed: int,
@@ -36,7 +36,8 @@ def run_demo(settings: Settings, *, members: int, days: int, seed: int,
     sink: subprocess.Popen[bytes] | None = None
     try:
         asyncio.run(ensure_topics(settings.broker_bootstrap,
-                                  topic_partitions(settings.partitions), settings.replication,
+                                  topic_partitions(settings.partitions, topic_names(settings)),
+                                  settings.replication,
                                   security=kafka_client_kwargs(settings)))
         workdir = settings.data_dir / "demo"
         workdir.mkdir(parents=True, exist_ok=True)
@@ -112,12 +113,14 @@ async def _replay_and_follow(settings: Settings, events_path: Path,
                                 enable_auto_commit=False, **kafka_client_kwargs(settings))
     await consumer.start()
     counts: Counter[str] = Counter()
+    names = topic_names(settings)
     try:
-        partitions = [TopicPartition(TAG_CHANGES_TOPIC, p) for p in range(settings.partitions)]
+        partitions = [TopicPartition(names.tag_changes, p) for p in range(settings.partitions)]
         consumer.assign(partitions)
         await consumer.seek_to_end(*partitions)
         replaying = asyncio.create_task(replay(settings.broker_bootstrap, events_path,
-                                               partitions=settings.partitions, progress=False,
+                                               names=names, partitions=settings.partitions,
+                                               progress=False,
                                                security=kafka_client_kwargs(settings)))
         loop = asyncio.get_running_loop()
         started = last = loop.time()

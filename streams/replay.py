@@ -4,6 +4,7 @@
 (streams/generate.py) reaches the workers. Each line's bytes are sent unchanged (the worker
 decodes and dead-letters; replay only routes), to the topic of its `event_type`, keyed by
 `member_id`, on the member's partition (`partition_for`), so per-member order is file order.
+Topics are named by the caller's `TopicNames` (the topic namespace before each event topic).
 A line that cannot be routed is never dropped silently: it is reported in `ReplayResult.skipped`
 with its line number and the reason (or, with `topic_override`, sent raw to that topic).
 The replay ends with a watermark marker on every partition of every event topic, so each
@@ -33,10 +34,11 @@ from schemas.control import encode_watermark
 from schemas.events import EVENT_TYPES_BY_TOPIC, TOPIC_BY_EVENT_TYPE
 from streams.admin import ensure_topics
 from streams.partitioning import partition_for
+from streams.topics import TopicNames
 
 log = logging.getLogger(__name__)
 
-EVENT_TOPICS = tuple(EVENT_TYPES_BY_TOPIC)
+EVENT_TOPICS = tuple(EVENT_TYPES_BY_TOPIC)  # canonical names, as `route` gives them
 # Records are appended to one open batch per partition (aiokafka BatchBuilder), so delivery
 # is tracked per batch, not per record. Delivery futures are awaited a chunk at a time, one
 # chunk behind the sends, so the producer always has a chunk in flight while the next is built.
@@ -59,7 +61,7 @@ class SkippedLine:
 
 @dataclass(frozen=True)
 class ReplayResult:
-    produced: dict[str, int]  # events (lines) produced, per topic
+    produced: dict[str, int]  # events (lines) produced, per topic (its name on the broker)
     skipped: tuple[SkippedLine, ...]
     last_event_time: datetime | None  # the newest occurred_at sent; the watermarks carry it
     elapsed_s: float
@@ -97,7 +99,8 @@ _route_decoder = msgspec.json.Decoder(_Route)
 
 
 def route(line: bytes) -> tuple[str, str, datetime | None] | str:
-    """(topic, member_id, occurred_at or None) for a line, or the reason it cannot be routed."""
+    """(canonical topic, member_id, occurred_at or None) for a line, or the reason it cannot
+    be routed."""
     if not line.strip():
         return "empty line"
     try:
@@ -145,11 +148,12 @@ def _event_time(value: object) -> datetime | None:
     return at if at.tzinfo is not None else None
 
 
-async def replay(bootstrap: str, path: Path, *, speed: float | None = None, partitions: int,
-                 progress: bool = True, topic_override: str | None = None,
+async def replay(bootstrap: str, path: Path, *, names: TopicNames, speed: float | None = None,
+                 partitions: int, progress: bool = True, topic_override: str | None = None,
                  replication: int = 1,
                  security: Mapping[str, Any] | None = None) -> ReplayResult:
-    """Send every line of the JSONL file at `path` ("-" = stdin) and end with watermarks.
+    """Send every line of the JSONL file at `path` ("-" = stdin) to the event topics of
+    `names`, and end with watermarks.
 
     `speed=None` sends as fast as the broker takes them; `speed=X` keeps X times the pace of
     the `occurred_at` gaps. Missing event topics are created with `partitions` partitions
@@ -161,7 +165,7 @@ async def replay(bootstrap: str, path: Path, *, speed: float | None = None, part
         raise ValueError("partitions must be at least 1")
     if speed is not None and speed <= 0:
         raise ValueError("speed must be positive (or None for as fast as possible)")
-    topics = {topic: partitions for topic in EVENT_TOPICS}
+    topics = {topic: partitions for topic in names.events}
     if topic_override is not None:
         topics[topic_override] = partitions
     await ensure_topics(bootstrap, topics, replication, security=security)
@@ -182,7 +186,7 @@ async def replay(bootstrap: str, path: Path, *, speed: float | None = None, part
             pace_from: tuple[float, float] | None = None  # (first event time, wall time then)
             batches = _Batches(producer)
             partitions_of = {topic: sorted(await producer.partitions_for(topic))
-                             for topic in EVENT_TOPICS}
+                             for topic in names.events}
             in_time_order = True
             since_watermark = 0
             read = 0
@@ -204,9 +208,8 @@ async def replay(bootstrap: str, path: Path, *, speed: float | None = None, part
                         key, partition = member_id.encode("utf-8"), partition_for(member_id,
                                                                                    partitions)
                 else:
-                    topic, member_id, at = routed
-                    if topic_override is not None:
-                        topic = topic_override
+                    canonical, member_id, at = routed
+                    topic = names.actual(canonical) if topic_override is None else topic_override
                     key, partition = member_id.encode("utf-8"), partition_for(member_id, partitions)
                 if len(line) + (len(key) if key else 0) > MAX_MESSAGE_BYTES - 512:
                     _skip(skipped, line_no, f"line is {len(line)} bytes; a Kafka message here "
@@ -245,7 +248,7 @@ async def replay(bootstrap: str, path: Path, *, speed: float | None = None, part
             bar.update(read)
 
         if last_event_time is not None:
-            watermarks += await _write_watermarks(producer, last_event_time)
+            watermarks += await _write_watermarks(producer, names.events, last_event_time)
         await producer.flush()
     finally:
         await producer.stop()
@@ -311,11 +314,12 @@ class _Batches:
             self.previous, self.in_flight = self.in_flight, []
 
 
-async def _write_watermarks(producer: AIOKafkaProducer, at: datetime) -> int:
+async def _write_watermarks(producer: AIOKafkaProducer, event_topics: tuple[str, ...],
+                            at: datetime) -> int:
     """A watermark marker for `at` on every partition of every event topic."""
     value, headers = encode_watermark(at)
     futures = []
-    for topic in EVENT_TOPICS:
+    for topic in event_topics:
         for partition in sorted(await producer.partitions_for(topic)):
             futures.append(await producer.send(topic, value, key=None, partition=partition,
                                                headers=headers))

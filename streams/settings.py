@@ -7,6 +7,7 @@ fields. Defaults match `tagstream stack up`, so a newcomer needs no configuratio
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Mapping
@@ -26,6 +27,10 @@ class Settings:
     # Kafka
     broker: str = "kafka://127.0.0.1:9092"
     app_id: str = "tagstream"
+    # Put before every topic name tagstream reads or writes ("t1." reads t1.events.orders):
+    # several deployments, or tests, can then share one broker. "" keeps the names DESIGN.md
+    # gives. Faust's own topics (the changelog) and the consumer groups follow app_id instead.
+    topic_namespace: str = ""
     partitions: int = 4
     replication: int = 1
     # Kafka security (streams/security.py applies these to Faust and every Kafka client):
@@ -119,6 +124,7 @@ class Settings:
             raise SettingsError("TAGSTREAM_WECOM_CALLS_PER_MINUTE must be at least 10")
         if settings.wecom_coalesce_ms < 0:
             raise SettingsError("TAGSTREAM_WECOM_COALESCE_MS must not be negative")
+        check_topic_namespace(settings.topic_namespace)
         check_security(settings)
         return settings
 
@@ -126,6 +132,7 @@ class Settings:
 ENV_NAMES: dict[str, str] = {
     "broker": "TAGSTREAM_BROKER",
     "app_id": "TAGSTREAM_APP_ID",
+    "topic_namespace": "TAGSTREAM_TOPIC_NAMESPACE",
     "partitions": "TAGSTREAM_PARTITIONS",
     "replication": "TAGSTREAM_REPLICATION",
     "kafka_security_protocol": "TAGSTREAM_KAFKA_SECURITY_PROTOCOL",
@@ -174,6 +181,18 @@ def _parse(name: str, raw: str, default: object) -> object:
         return raw
     except ValueError:
         raise SettingsError(f"{name}={raw!r} is not a valid {type(default).__name__}") from None
+
+
+# Kafka topic names may use only these characters, and at most 249 of them: 100 leaves room
+# for every topic name tagstream puts after the namespace.
+TOPIC_NAMESPACE = re.compile(r"[A-Za-z0-9._-]{0,100}")
+
+
+def check_topic_namespace(namespace: str) -> None:
+    if not TOPIC_NAMESPACE.fullmatch(namespace):
+        raise SettingsError(f"TAGSTREAM_TOPIC_NAMESPACE must be at most 100 of the characters "
+                            f"A-Z a-z 0-9 . _ - (it goes before every topic name), not "
+                            f"{namespace!r}")
 
 
 KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")

@@ -19,7 +19,7 @@ from streams.redaction import install_log_redaction
 from streams.rules_watch import RulesWatcher
 from streams.security import kafka_client_kwargs
 from streams.settings import Settings
-from streams.topics import EVENT_TOPICS, declare_topics, topic_partitions
+from streams.topics import declare_topics, topic_names, topic_partitions
 from taggers.engine import Engine
 from taggers.rules import load_rules
 
@@ -37,7 +37,8 @@ def build_worker(settings: Settings) -> WorkerParts:
     stops the worker before it joins the group."""
     pack = load_rules(settings.rules_path)
     app = create_app(settings)
-    topics = declare_topics(app, settings.partitions)
+    names = topic_names(settings)
+    topics = declare_topics(app, settings.partitions, names)
     # Keys and values are bytes stored as they are. Faust picks the changelog codec from
     # key_type/value_type (bytes -> raw); anything else falls back to JSON, and recovery then
     # fails on our msgpack values.
@@ -46,9 +47,9 @@ def build_worker(settings: Settings) -> WorkerParts:
     processor = MemberProcessor(
         Engine(pack, settings.allowed_lateness_s), KafkaRecordSender(lambda: kafka_producer(app)),
         table, table.changelog_topic.get_topic_name(),
-        PartitionClocks(settings.clock, EVENT_TOPICS,
+        PartitionClocks(settings.clock, names.events,
                         reorder_window_s=settings.reorder_window_s), settings.partitions,
-        linger_s=settings.batch_linger_ms / 1000)
+        names, linger_s=settings.batch_linger_ms / 1000)
     register_member_agent(app, processor, topics, settings.timer_interval_s)
     if settings.rules_reload_s > 0:
         watcher = RulesWatcher(settings.rules_path, pack, lambda new: processor.use_rules(
@@ -69,7 +70,8 @@ def _as_coroutine(check: Callable[[], object]) -> Callable[[], Awaitable[None]]:
 def run_worker(settings: Settings) -> None:
     install_log_redaction(settings)
     parts = build_worker(settings)
-    asyncio.run(ensure_topics(settings.broker_bootstrap, topic_partitions(settings.partitions),
+    asyncio.run(ensure_topics(settings.broker_bootstrap,
+                              topic_partitions(settings.partitions, topic_names(settings)),
                               settings.replication, security=kafka_client_kwargs(settings)))
     settings.worker_data_dir.mkdir(parents=True, exist_ok=True)
     worker = quiet_worker(parts.app, settings.log_level)

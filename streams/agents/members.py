@@ -31,15 +31,7 @@ from streams.deadlines import DeadlineIndex
 from streams.partitioning import partition_for
 from streams.reorder import ReorderBuffer
 from streams.outbox import Record, RecordSender
-from streams.topics import (
-    DEADLETTER_TOPIC,
-    EVENT_TOPICS,
-    PROFILES_TOPIC,
-    REROUTE_TOPIC,
-    TAG_CHANGES_TOPIC,
-    TIER_CHANGES_TOPIC,
-    Topics,
-)
+from streams.topics import TopicNames, Topics
 from taggers.clock import to_epoch
 from taggers.engine import Engine, Outcome
 from taggers.profile import render_profile
@@ -67,7 +59,6 @@ class Counters:
 FLUSH_LINGER_S = 0.02
 FLUSH_EVENTS = 5000
 FLUSH_MEMBERS = 2000
-MEMBER_OUTPUTS = (TAG_CHANGES_TOPIC, TIER_CHANGES_TOPIC)  # records made from a member's state
 # Batches queued to the producer and not yet delivered; the agent waits beyond this.
 MAX_BATCHES_IN_FLIGHT = 4
 
@@ -80,10 +71,12 @@ class MemberProcessor:
     seals the batch (each changed member's state into the table and its changelog and profile
     records into the batch) and ships it. Crash safety: an event is acknowledged to Kafka (so
     its offset may be committed) only once every record of its batch is delivered. A crash
-    before that redelivers the event, which re-creates the same changes with the same ids."""
+    before that redelivers the event, which re-creates the same changes with the same ids.
+
+    `names` are the topics it reads and writes; `clocks` must follow `names.events`."""
 
     def __init__(self, engine: Engine, sender: RecordSender, table: Any, changelog_topic: str,
-                 clocks: PartitionClocks, partitions: int,
+                 clocks: PartitionClocks, partitions: int, names: TopicNames,
                  clock: Callable[[], float] = time.monotonic,
                  linger_s: float = FLUSH_LINGER_S) -> None:
         self.engine = engine
@@ -92,6 +85,8 @@ class MemberProcessor:
         self.changelog_topic = changelog_topic
         self.clocks = clocks
         self.partitions = partitions
+        self.names = names
+        self._member_outputs = (names.tag_changes, names.tier_changes)  # made from a state
         self.deadlines = DeadlineIndex()
         self.pending = ReorderBuffer()
         self.counters = Counters()
@@ -144,7 +139,7 @@ class MemberProcessor:
         try:
             self._route(message, slot)
         except Exception as exc:  # noqa: BLE001 - a bug must not stop the partition
-            origin = _safe_origin(message)
+            origin = _safe_origin(message, self.names.reroute)
             log.exception("unexpected error handling %s:%s:%s", *origin)
             self.reject(f"internal error: {type(exc).__name__}: {exc}", origin, message)
             self._owe(slot)  # a slot is acknowledged once, even if owed twice
@@ -157,9 +152,11 @@ class MemberProcessor:
             self._owe(ack)
             self._release_and_fire(partition)
             return
-        origin = _origin(message)
+        origin = _origin(message, self.names.reroute)
+        # Decided by the kind of topic the event entered on: its family, its tie rank.
+        entered = self.names.canonical(origin[0])
         try:
-            event = decode_event(message.value, topic=origin[0])
+            event = decode_event(message.value, topic=entered, namespace=self.names.namespace)
         except EventRejected as rejected:
             self.reject(rejected.reason, origin, message)
             self._owe(ack)
@@ -186,9 +183,10 @@ class MemberProcessor:
                 origin, message)
             self._owe(ack)
             return
-        if message.topic in EVENT_TOPICS:
+        if message.topic in self.names.events:
             self.clocks.observe_event(message.topic, partition, occurred)
-        self.pending.push(partition, occurred, TIE_RANK_BY_TOPIC.get(origin[0], 9),
+        rank = TIE_RANK_BY_TOPIC.get(entered, 9) if entered is not None else 9
+        self.pending.push(partition, occurred, rank,
                           (event, origin, message, ack))
         self._release_and_fire(partition)
 
@@ -198,7 +196,8 @@ class MemberProcessor:
         (an event older than that broke the topic's promise of order, even if the clock
         could still apply it)."""
         clock = self.clocks.now(partition)
-        own = self.clocks.complete_through(topic, partition) if topic in EVENT_TOPICS else None
+        own = (self.clocks.complete_through(topic, partition) if topic in self.names.events
+               else None)
         if own is None or (clock is not None and clock >= own):
             return clock
         return own
@@ -240,14 +239,15 @@ class MemberProcessor:
             try:
                 instant = to_epoch(decode_watermark(message.value))
             except EventRejected as rejected:
-                self.reject(rejected.reason, _origin(message), message)
+                self.reject(rejected.reason, _origin(message, self.names.reroute), message)
                 return
-            if message.topic in EVENT_TOPICS:
+            if message.topic in self.names.events:
                 self.clocks.observe_marker(message.topic, message.partition, instant)
         elif kind == BACKFILL:
             self._reevaluate_partition(message.partition)
         else:
-            self.reject(f"unknown control message {kind!r}", _origin(message), message)
+            self.reject(f"unknown control message {kind!r}",
+                        _origin(message, self.names.reroute), message)
 
     def _fire_due(self, partition: int) -> None:
         now = self.clocks.now(partition)
@@ -280,12 +280,13 @@ class MemberProcessor:
             self._opened_at = self._monotonic()
         self._dirty[key] = (partition, state)
         for change in outcome.changes:
-            self._records.append(Record(TAG_CHANGES_TOPIC, partition, key, encode_change(change)))
+            self._records.append(
+                Record(self.names.tag_changes, partition, key, encode_change(change)))
             self.tally.add(metrics.TAG_CHANGES, change.tag, change.op)
             self.tally.add(metrics.RULE_FIRES, change.tag)
         for tier_change in outcome.tier_changes:
             self._records.append(
-                Record(TIER_CHANGES_TOPIC, partition, key, encode_change(tier_change)))
+                Record(self.names.tier_changes, partition, key, encode_change(tier_change)))
             self.tally.add(metrics.TIER_CHANGES, tier_change.type)
         self.counters.tag_changes += len(outcome.changes)
         self.deadlines.push(partition, state.next_deadline, state.member_id)
@@ -307,7 +308,7 @@ class MemberProcessor:
             # of the message being handled): the changelog record goes in this batch.
             data[key] = raw
             records.append(Record(self.changelog_topic, partition, key, raw))
-            records.append(Record(PROFILES_TOPIC, partition, key,
+            records.append(Record(self.names.profiles, partition, key,
                                   orjson.dumps(render_profile(state, pack))))
         return records, acks
 
@@ -360,14 +361,14 @@ class MemberProcessor:
     def _reroute(self, message: Any, member_id: str, home: int,
                  origin: tuple[str, int, int]) -> None:
         self.counters.rerouted += 1
-        self._emit(Record(REROUTE_TOPIC, home, member_id.encode(), message.value,
+        self._emit(Record(self.names.reroute, home, member_id.encode(), message.value,
                           [(ORIGIN_HEADER, f"{origin[0]}:{origin[1]}:{origin[2]}".encode())]))
 
     def reject(self, reason: str, origin: tuple[str, int, int], message: Any) -> None:
         self.counters.dead_lettered += 1
         self.tally.add(metrics.EVENTS_DEADLETTERED, origin[0])
         log.warning("dead-lettered %s:%s:%s: %s", origin[0], origin[1], origin[2], reason)
-        self._emit(Record(DEADLETTER_TOPIC, message.partition, message.key,
+        self._emit(Record(self.names.deadletter, message.partition, message.key,
                           dead_letter(reason, *origin, message.value)))
 
     def _load_deadlines(self, partition: int) -> None:
@@ -396,12 +397,12 @@ class MemberProcessor:
         self._dirty = {key: entry for key, entry in self._dirty.items()
                        if entry[0] not in partitions}
         self._records = [r for r in self._records
-                         if r.topic not in MEMBER_OUTPUTS or r.partition not in partitions]
+                         if r.topic not in self._member_outputs or r.partition not in partitions]
 
 
-def _origin(message: Any) -> tuple[str, int, int]:
+def _origin(message: Any, reroute_topic: str) -> tuple[str, int, int]:
     """Where an event first entered: its own coordinates, or those a re-route recorded."""
-    if message.topic == REROUTE_TOPIC and message.headers:
+    if message.topic == reroute_topic and message.headers:
         items = message.headers.items() if isinstance(message.headers, dict) else message.headers
         for name, value in items:
             if name == ORIGIN_HEADER:
@@ -410,9 +411,9 @@ def _origin(message: Any) -> tuple[str, int, int]:
     return message.topic, message.partition, message.offset
 
 
-def _safe_origin(message: Any) -> tuple[str, int, int]:
+def _safe_origin(message: Any, reroute_topic: str) -> tuple[str, int, int]:
     try:
-        return _origin(message)
+        return _origin(message, reroute_topic)
     except Exception:  # noqa: BLE001 - a malformed origin header
         return message.topic, message.partition, message.offset
 
@@ -506,6 +507,7 @@ def register_member_agent(app: faust.App, processor: MemberProcessor, topics: To
                     or not app.tables.recovery.completed.is_set())
 
     shipper = BatchShipper(processor, on_failure=app.crash, paused=recovering)
+    event_topics = processor.names.events
 
     @app.agent(topics.inbound, name="members")
     async def members(stream: Any) -> None:
@@ -524,7 +526,8 @@ def register_member_agent(app: faust.App, processor: MemberProcessor, topics: To
             # Mid-rebalance the table is still being restored: a deadline heap built now
             # would miss the members not yet recovered, and their deadlines would never fire.
             return
-        owned = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic in EVENT_TOPICS}
+        owned = {tp.partition for tp in app.assignor.assigned_actives()
+                 if tp.topic in event_topics}
         processor.tick(sorted(owned))
         # Regression: this shipped only a batch already due, so the changes of a deadline
         # fired here waited for the next tick (deadline -> tags.changes: median 525 ms).
@@ -533,7 +536,7 @@ def register_member_agent(app: faust.App, processor: MemberProcessor, topics: To
     @app.timer(5.0)
     async def report_lag() -> None:
         for tp in app.assignor.assigned_actives():
-            if tp.topic not in EVENT_TOPICS:
+            if tp.topic not in event_topics:
                 continue
             highwater = app.consumer.highwater(tp)
             position = processor.positions.get((tp.topic, tp.partition))
@@ -549,7 +552,7 @@ def register_member_agent(app: faust.App, processor: MemberProcessor, topics: To
     @app.on_partitions_revoked.connect
     async def on_revoked(app: faust.App, revoked: set[Any], **_: Any) -> None:
         await shipper.drain()
-        processor.forget({tp.partition for tp in revoked if tp.topic in EVENT_TOPICS})
+        processor.forget({tp.partition for tp in revoked if tp.topic in event_topics})
 
     @app.on_before_shutdown.connect
     async def on_shutdown(app: faust.App, **_: Any) -> None:

@@ -40,7 +40,7 @@ from schemas.errors import TagstreamError
 from streams.metrics import CONSUMER_LAG
 from streams.security import kafka_client_kwargs
 from streams.settings import Settings, SettingsError
-from streams.topics import TAG_CHANGES_TOPIC
+from streams.topics import topic_names
 from streams.wecom.client import WeComClient, WeComError
 from streams.wecom.sync import OffsetTracker, TagMapper, WeComSync
 
@@ -111,7 +111,8 @@ class WeComSyncService(faust.Service):
             client_id=self.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
             session_timeout_ms=10_000, heartbeat_interval_ms=1_000, rebalance_timeout_ms=6_000,
             max_poll_interval_ms=300_000, **kafka_client_kwargs(self.settings))
-        self.consumer.subscribe([TAG_CHANGES_TOPIC], listener=_Rebalance(self))
+        self.consumer.subscribe([topic_names(self.settings).tag_changes],
+                                listener=_Rebalance(self))
         await self.consumer.start()
         await self.sync.start()
         self._consuming = self.add_future(self._consume())
@@ -162,7 +163,7 @@ class WeComSyncService(faust.Service):
         except (msgspec.DecodeError, TypeError) as exc:
             # Not ours to fix (the worker writes this topic); never retried, so never blocking.
             self.undecodable += 1
-            log.error("tags.changes %s:%s is not a tag change (%s); skipped", tp.partition,
+            log.error("%s:%s:%s is not a tag change (%s); skipped", tp.topic, tp.partition,
                       record.offset, exc)
             tracker.done(record.offset)
             return
@@ -254,7 +255,8 @@ async def run_wecom_sync(settings: Settings, stop: asyncio.Event) -> None:
     from streams.topics import topic_partitions
 
     service = WeComSyncService(settings)  # fails fast on a missing corp id or secret
-    await ensure_topics(settings.broker_bootstrap, topic_partitions(settings.partitions),
+    await ensure_topics(settings.broker_bootstrap,
+                        topic_partitions(settings.partitions, topic_names(settings)),
                         settings.replication, security=kafka_client_kwargs(settings))
     await service.start()
     try:

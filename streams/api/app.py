@@ -24,6 +24,7 @@ from streams.api.feed import (BUFFER_PER_PARTITION, CursorError, FeedEvent, Feed
 from streams.api.openapi import openapi_bytes
 from streams.security import kafka_client_kwargs, redis_client_kwargs
 from streams.settings import Settings
+from streams.topics import TopicNames, topic_names
 from streams.sinks.redis_store import MAX_PAGE, RedisProfileStore
 
 log = logging.getLogger(__name__)
@@ -235,7 +236,7 @@ async def _feed(request: web.Request, guide: str | None) -> web.StreamResponse:
     last_id = request.headers.get("Last-Event-ID", "").strip()
     if last_id:
         try:
-            resume = decode_cursor(last_id)
+            resume = decode_cursor(last_id, hub.names)
         except CursorError as exc:
             raise _error(web.HTTPBadRequest, "bad_request", str(exc)) from None
     try:
@@ -258,19 +259,20 @@ async def _feed(request: web.Request, guide: str | None) -> web.StreamResponse:
             async for tp, next_offset, event in hub.read_range(guide, start.catch_up):
                 cursor[tp] = next_offset
                 if event is not None:
-                    await _send(response, [event], cursor)
+                    await _send(response, [event], cursor, hub.names)
         for event in start.backlog:
             cursor[event.tp] = event.offset + 1
-            await _send(response, [event], cursor)
+            await _send(response, [event], cursor, hub.names)
         _advance(cursor, start.snapshot)
-        await response.write(_sse(encode_cursor(cursor), None))
+        await response.write(_sse(encode_cursor(cursor, hub.names), None))
         heartbeat = request.app[HEARTBEAT]
         while not sub.closed:
             try:
                 first = await asyncio.wait_for(sub.queue.get(), heartbeat)
             except asyncio.TimeoutError:
                 _advance(cursor, hub.positions)  # the queue is empty: all before is handled
-                await response.write(b": keepalive\n" + _sse(encode_cursor(cursor), None))
+                keepalive = _sse(encode_cursor(cursor, hub.names), None)
+                await response.write(b": keepalive\n" + keepalive)
                 continue
             events = [first] if first is not None else []
             while not sub.queue.empty() and len(events) < 200:
@@ -278,7 +280,7 @@ async def _feed(request: web.Request, guide: str | None) -> web.StreamResponse:
                 if item is not None:
                     events.append(item)
             if events:
-                await _send(response, events, cursor,
+                await _send(response, events, cursor, hub.names,
                             hub.positions if sub.queue.empty() else None)
     except (ConnectionResetError, ConnectionError):
         pass  # the client went away; it resumes with its Last-Event-ID
@@ -295,13 +297,13 @@ def _advance(cursor: dict, positions: dict) -> None:
 
 
 async def _send(response: web.StreamResponse, events: list[FeedEvent], cursor: dict,
-                then: dict | None = None) -> None:
+                names: TopicNames, then: dict | None = None) -> None:
     chunks = []
     for i, event in enumerate(events):
         cursor[event.tp] = max(cursor.get(event.tp, 0), event.offset + 1)
         if then is not None and i == len(events) - 1:
             _advance(cursor, then)  # nothing else is queued: the cursor passes filtered changes
-        chunks.append(_sse(encode_cursor(cursor), event))
+        chunks.append(_sse(encode_cursor(cursor, names), event))
         metrics.SSE_EVENTS_SENT.labels(event.kind).inc()
     await response.write(b"".join(chunks))
 
@@ -341,7 +343,8 @@ def create_app(settings: Settings, *, heartbeat_s: float = HEARTBEAT_S,
     app[CATALOGUE] = tag_catalogue(settings)
     app[HEARTBEAT] = heartbeat_s
     app[STORE] = RedisProfileStore(settings.redis_url, connection=redis_client_kwargs(settings))
-    app[HUB] = FeedHub(settings.broker_bootstrap, app[STORE], buffer_per_partition=feed_buffer,
+    app[HUB] = FeedHub(settings.broker_bootstrap, app[STORE], names=topic_names(settings),
+                       buffer_per_partition=feed_buffer,
                        kafka_options=kafka_client_kwargs(settings))
     add_routes(app)
 

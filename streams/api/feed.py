@@ -6,7 +6,8 @@ all). A tag change names its guides; a tier change that names none is matched to
 guides as Redis knows them.
 
 Resume: an SSE event id is the feed's cursor, the next offset to read on every partition of both
-topics (`t0=812,t1=790,r0=33,r1=35`, `t` for tags.changes, `r` for tiers.changes). A reconnect
+topics (`t0=812,t1=790,r0=33,r1=35`, `t` for tags.changes, `r` for tiers.changes, whatever the
+topic namespace: a cursor names topics by their canonical names). A reconnect
 with `Last-Event-ID` continues exactly after the last change delivered: nothing skipped, nothing
 twice. The cursor also moves past other guides' changes (heartbeats carry it), so a resume does
 not re-scan them. Recent changes are kept in memory per partition; a cursor older than that is
@@ -27,10 +28,11 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.sinks.redis_store import RedisProfileStore
-from streams.topics import TAG_CHANGES_TOPIC, TIER_CHANGES_TOPIC
+from streams.topics import TAG_CHANGES_TOPIC, TIER_CHANGES_TOPIC, TopicNames
 
 log = logging.getLogger(__name__)
 
+# By canonical name: a cursor means the same whatever the topic namespace.
 TOPIC_CODES = {TAG_CHANGES_TOPIC: "t", TIER_CHANGES_TOPIC: "r"}
 CODE_TOPICS = {code: topic for topic, code in TOPIC_CODES.items()}
 KINDS = {TAG_CHANGES_TOPIC: "tag", TIER_CHANGES_TOPIC: "tier"}
@@ -46,12 +48,13 @@ class CursorError(ValueError):
     """A Last-Event-ID that is not a cursor this API wrote."""
 
 
-def encode_cursor(cursor: Cursor) -> str:
-    return ",".join(f"{TOPIC_CODES[tp.topic]}{tp.partition}={offset}"
+def encode_cursor(cursor: Cursor, names: TopicNames) -> str:
+    codes = {names.actual(topic): code for topic, code in TOPIC_CODES.items()}
+    return ",".join(f"{codes[tp.topic]}{tp.partition}={offset}"
                     for tp, offset in sorted(cursor.items()))
 
 
-def decode_cursor(text: str) -> Cursor:
+def decode_cursor(text: str, names: TopicNames) -> Cursor:
     if len(text) > MAX_CURSOR_LENGTH:
         raise CursorError("Last-Event-ID is too long")
     cursor: Cursor = {}
@@ -60,7 +63,7 @@ def decode_cursor(text: str) -> Cursor:
         if not match:
             raise CursorError("Last-Event-ID is not a feed cursor")
         code, partition, offset = match.groups()
-        cursor[TopicPartition(CODE_TOPICS[code], int(partition))] = int(offset)
+        cursor[TopicPartition(names.actual(CODE_TOPICS[code]), int(partition))] = int(offset)
     return cursor
 
 
@@ -100,8 +103,11 @@ class FeedStart:
     snapshot: Cursor  # the hub's position when the feed joined: catch-up + backlog reach it
 
 
-async def decode_records(records: list[Any], store: RedisProfileStore | None) -> list[FeedEvent]:
-    """FeedEvents for Kafka records of the feed topics, in the given order; unreadable skipped."""
+async def decode_records(records: list[Any], store: RedisProfileStore | None,
+                         names: TopicNames) -> list[FeedEvent]:
+    """FeedEvents for Kafka records of the feed topics (of `names`), in the given order;
+    unreadable skipped."""
+    kinds = {names.actual(topic): kind for topic, kind in KINDS.items()}
     decoded: list[tuple[Any, dict[str, Any]]] = []
     for record in records:
         try:
@@ -130,7 +136,7 @@ async def decode_records(records: list[Any], store: RedisProfileStore | None) ->
         else:
             guides = frozenset(known.get(change.get("member_id"), ()))
         events.append(FeedEvent(TopicPartition(record.topic, record.partition), record.offset,
-                                KINDS[record.topic], orjson.dumps(change), guides))
+                                kinds[record.topic], orjson.dumps(change), guides))
     return events
 
 
@@ -138,11 +144,12 @@ class FeedHub:
     """The one tail of the change topics that every open feed of this process is served from."""
 
     def __init__(self, bootstrap: str, store: RedisProfileStore | None = None, *,
-                 buffer_per_partition: int = BUFFER_PER_PARTITION,
+                 names: TopicNames, buffer_per_partition: int = BUFFER_PER_PARTITION,
                  kafka_options: dict[str, Any] | None = None) -> None:
-        """`kafka_options`: TLS/SASL arguments for the consumers
-        (streams.security.kafka_client_kwargs)."""
+        """`names`: the topics to tail (streams.topics.topic_names); `kafka_options`: TLS/SASL
+        arguments for the consumers (streams.security.kafka_client_kwargs)."""
         self.bootstrap = bootstrap
+        self.names = names
         self.kafka_options = dict(kafka_options or {})
         self.store = store
         self.buffer_per_partition = buffer_per_partition
@@ -203,7 +210,7 @@ class FeedHub:
         await consumer.start()
         self._consumer = consumer
         try:
-            tps = await _feed_partitions(consumer)
+            tps = await _feed_partitions(consumer, self.names)
             consumer.assign(tps)
             if not self.positions:
                 await consumer.seek_to_end(*tps)
@@ -223,7 +230,7 @@ class FeedHub:
                 if not batch:
                     continue
                 records = [r for tp in sorted(batch) for r in batch[tp]]
-                events = await decode_records(records, self.store)
+                events = await decode_records(records, self.store, self.names)
                 self._publish(events, {tp: msgs[-1].offset + 1 for tp, msgs in batch.items()})
         finally:
             self._consumer = None
@@ -292,7 +299,8 @@ class FeedHub:
                 batch = await consumer.getmany(*remaining, timeout_ms=500, max_records=2000)
                 records = [r for tp in sorted(batch) for r in batch[tp]
                            if tp in remaining and r.offset < remaining[tp][1]]
-                by_offset = {(e.tp, e.offset): e for e in await decode_records(records, self.store)}
+                by_offset = {(e.tp, e.offset): e
+                             for e in await decode_records(records, self.store, self.names)}
                 for record in records:
                     tp = TopicPartition(record.topic, record.partition)
                     event = by_offset.get((tp, record.offset))
@@ -305,9 +313,10 @@ class FeedHub:
             await consumer.stop()
 
 
-async def _feed_partitions(consumer: AIOKafkaConsumer) -> list[TopicPartition]:
+async def _feed_partitions(consumer: AIOKafkaConsumer, names: TopicNames) -> list[TopicPartition]:
     for _ in range(100):
-        found = {topic: consumer.partitions_for_topic(topic) for topic in TOPIC_CODES}
+        found = {topic: consumer.partitions_for_topic(topic)
+                 for topic in (names.tag_changes, names.tier_changes)}
         if all(found.values()):
             return [TopicPartition(topic, p) for topic, parts in sorted(found.items())
                     for p in sorted(parts)]

@@ -31,7 +31,7 @@ from streams import metrics
 from streams.security import kafka_client_kwargs, redis_client_kwargs
 from streams.settings import Settings
 from streams.sinks.redis_store import RedisProfileStore
-from streams.topics import PROFILES_TOPIC
+from streams.topics import topic_names
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ class RedisSink:
                 await _sleep_unless(stop, backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
                 continue
-            consumer.subscribe([PROFILES_TOPIC], listener=_Assignments(self))
+            consumer.subscribe([topic_names(self.settings).profiles], listener=_Assignments(self))
             return consumer
         return None
 

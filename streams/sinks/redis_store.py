@@ -6,7 +6,7 @@ Key design (prefix `ts:` by default):
     ts:tag:{tag}                 zset  members holding the tag                (score 0)
     ts:guide:{guide}             zset  members bound to the guide             (score 0)
     ts:aud:{tag}:{guide}         zset  members holding the tag AND bound to the guide
-    ts:sink:offsets              hash  "members.profiles:{partition}" -> next offset written
+    ts:sink:offsets              hash  "{profiles topic}:{partition}" -> next offset written
 
 The audience question guides ask ("my members tagged dormant_90d") is one sorted set, read a page
 at a time with ZRANGE BYLEX from the last member id returned: O(log N + page) however large the

@@ -25,7 +25,7 @@ from streams.outbox import Record
 from streams.clock import PartitionClocks
 from streams.partitioning import partition_for
 from streams.settings import DEFAULT_RULES
-from streams.topics import EVENT_TOPICS, REROUTE_TOPIC, Topics
+from streams.topics import TopicNames, Topics
 from taggers.clock import to_epoch
 from taggers.dryrun import dry_run
 from taggers.engine import Engine
@@ -34,6 +34,9 @@ from taggers.state import decode_state
 from tests.factories import raw_event
 
 PARTITIONS = 4
+# Tests sharing one broker each get a namespace like this (TAGSTREAM_TOPIC_NAMESPACE).
+NAMESPACE = "t-7f3a."
+NAMESPACES = pytest.mark.parametrize("namespace", ["", NAMESPACE])
 
 
 @dataclass
@@ -86,12 +89,13 @@ def _delivered() -> asyncio.Future[None]:
 
 
 class Harness:
-    def __init__(self, clock: str, wall: float = 0.0) -> None:
-        self.topics = Topics(inbound=None, reroute=FakeTopic(REROUTE_TOPIC),
-                             deadletter=FakeTopic("events.deadletter"),
-                             tag_changes=FakeTopic("tags.changes"),
-                             tier_changes=FakeTopic("tiers.changes"),
-                             profiles=FakeTopic("members.profiles"))
+    def __init__(self, clock: str, wall: float = 0.0, namespace: str = "") -> None:
+        self.names = names = TopicNames.for_namespace(namespace)
+        self.topics = Topics(inbound=None, reroute=FakeTopic(names.reroute),
+                             deadletter=FakeTopic(names.deadletter),
+                             tag_changes=FakeTopic(names.tag_changes),
+                             tier_changes=FakeTopic(names.tier_changes),
+                             profiles=FakeTopic(names.profiles))
         self.changelog = FakeTopic(CHANGELOG_TOPIC)
         self.sender = FakeSender({t.name: t for t in (
             self.topics.reroute, self.topics.deadletter, self.topics.tag_changes,
@@ -101,7 +105,7 @@ class Harness:
         self.monotonic = 0.0
         self.processor = MemberProcessor(
             Engine(load_rules(DEFAULT_RULES)), self.sender, self.table, CHANGELOG_TOPIC,
-            PartitionClocks(clock, EVENT_TOPICS, wall=lambda: self.wall), PARTITIONS,
+            PartitionClocks(clock, names.events, wall=lambda: self.wall), PARTITIONS, names,
             clock=lambda: self.monotonic)
         self.acked: list[int] = []
         self.offset = 0
@@ -128,7 +132,7 @@ class Harness:
 
     async def markers(self, at: str, partition: int) -> None:
         value, headers = encode_watermark(datetime.fromisoformat(at))
-        for topic in EVENT_TOPICS:
+        for topic in self.names.events:
             await self.send(topic, value, partition, headers)
 
     def changes(self, tags=("member", "first_purchase", "repeat_buyer")) -> list[tuple[str, str]]:
@@ -136,42 +140,46 @@ class Harness:
         return [(r["tag"], r["op"]) for r in records if r["tag"] in tags]
 
 
-async def test_invalid_event_is_dead_lettered_with_coordinates_and_acked() -> None:
-    h = Harness("wall", wall=2e9)
-    message = await h.send("events.orders", b'{"event_type": "order.paid", "amount_fen": 1.5}', 2)
+@NAMESPACES
+async def test_invalid_event_is_dead_lettered_with_coordinates_and_acked(namespace: str) -> None:
+    h = Harness("wall", wall=2e9, namespace=namespace)
+    message = await h.send(h.names.orders, b'{"event_type": "order.paid", "amount_fen": 1.5}', 2)
     [letter] = h.topics.deadletter.sent
     record = orjson.loads(letter["value"])
-    assert record["topic"] == "events.orders" and record["partition"] == 2
+    assert record["topic"] == h.names.orders and record["partition"] == 2
     assert record["offset"] == message.offset and "amount_fen" in record["error"]
     assert record["raw"] == '{"event_type": "order.paid", "amount_fen": 1.5}'
     assert h.acked == [message.offset]
 
 
-async def test_event_on_wrong_partition_is_rerouted_with_its_origin() -> None:
-    h = Harness("wall", wall=2e9)
+@NAMESPACES
+async def test_event_on_wrong_partition_is_rerouted_with_its_origin(namespace: str) -> None:
+    h = Harness("wall", wall=2e9, namespace=namespace)
     body = raw_event("interaction.member_joined", "2033-05-18T11:33:20+08:00", member="M42")
     home = partition_for("M42", PARTITIONS)
     wrong = (home + 1) % PARTITIONS
-    message = await h.send("events.interactions", orjson.dumps(body), wrong)
+    message = await h.send(h.names.interactions, orjson.dumps(body), wrong)
     [forwarded] = h.topics.reroute.sent
     assert forwarded["partition"] == home and forwarded["key"] == b"M42"
     assert h.table == {} and h.acked == [message.offset]
     # the re-routed copy is processed on the home partition, and a later dead letter would
     # name the original coordinates
-    await h.send(REROUTE_TOPIC, forwarded["value"], home, forwarded["headers"])
+    await h.send(h.names.reroute, forwarded["value"], home, forwarded["headers"])
     assert h.changes() == [("member", "added")]
-    assert dict(forwarded["headers"])[ORIGIN_HEADER] == f"events.interactions:{wrong}:{message.offset}".encode()
+    assert dict(forwarded["headers"])[ORIGIN_HEADER] == \
+        f"{h.names.interactions}:{wrong}:{message.offset}".encode()
 
 
-async def test_event_clock_holds_events_until_every_topic_has_passed_them() -> None:
-    h = Harness("event")
+@NAMESPACES
+async def test_event_clock_holds_events_until_every_topic_has_passed_them(namespace: str) -> None:
+    h = Harness("event", namespace=namespace)
     member = "M7"
     p = partition_for(member, PARTITIONS)
     # the order (10:05) is fetched before the join (10:00) from another topic
-    order = await h.event("events.orders", raw_event("order.paid", "2024-01-01T10:05:00+08:00",
+    order = await h.event(h.names.orders, raw_event("order.paid", "2024-01-01T10:05:00+08:00",
                                                      member=member, amount_fen=100))
     assert h.changes() == [] and h.acked == []  # held, and not acknowledged yet
-    join = await h.event("events.interactions",
+    join = await h.event(h.names.interactions,
                          raw_event("interaction.member_joined", "2024-01-01T10:00:00+08:00",
                                    member=member))
     assert h.changes() == []  # scans topic has not said where it is
@@ -184,7 +192,7 @@ async def test_event_clock_holds_events_until_every_topic_has_passed_them() -> N
 async def test_deadline_fires_on_tick_with_no_event_in_wall_mode() -> None:
     h = Harness("wall", wall=datetime.fromisoformat("2024-03-02T10:00:01+08:00").timestamp())
     for at in ("2024-01-02T10:00:00+08:00", "2024-03-02T10:00:00+08:00"):
-        await h.event("events.orders", raw_event("order.paid", at, amount_fen=300_000))
+        await h.event(h.names.orders, raw_event("order.paid", at, amount_fen=300_000))
     assert ("repeat_buyer", "added") in h.changes()
     h.wall = datetime.fromisoformat("2025-01-01T00:00:00+08:00").timestamp()
     h.processor.tick([partition_for("M1", PARTITIONS)])
@@ -202,7 +210,7 @@ async def test_a_deadline_fired_by_a_tick_is_shipped_after_the_linger_not_the_ne
     for the following tick (the live deadline -> tags.changes delay went to ~0.5 s)."""
     h = Harness("wall", wall=datetime.fromisoformat("2024-03-02T10:00:01+08:00").timestamp())
     for at in ("2024-01-02T10:00:00+08:00", "2024-03-02T10:00:00+08:00"):
-        await h.event("events.orders", raw_event("order.paid", at, amount_fen=300_000))
+        await h.event(h.names.orders, raw_event("order.paid", at, amount_fen=300_000))
     shipped = h.sender.shipments
     shipper = BatchShipper(h.processor, on_failure=pytest.fail, linger_s=0.005)
     h.wall = datetime.fromisoformat("2025-01-01T00:00:00+08:00").timestamp()
@@ -225,9 +233,9 @@ async def test_nothing_open_arms_no_timer() -> None:
 async def test_redelivered_event_is_acked_and_changes_nothing() -> None:
     h = Harness("wall", wall=2e9)
     body = raw_event("order.paid", "2024-01-01T10:00:00+08:00", amount_fen=100, event_id="same")
-    await h.event("events.orders", body)
+    await h.event(h.names.orders, body)
     before = dict(h.table)
-    again = await h.event("events.orders", body)
+    again = await h.event(h.names.orders, body)
     assert h.changes() == [("first_purchase", "added")]
     assert h.table == before and again.offset in h.acked
     assert h.processor.counters.duplicates == 1
@@ -236,12 +244,12 @@ async def test_redelivered_event_is_acked_and_changes_nothing() -> None:
 async def test_changes_state_and_acks_wait_for_the_batch_and_go_together() -> None:
     h = Harness("wall", wall=2e9)
     home = partition_for("M1", PARTITIONS)
-    first = await h.event("events.orders", raw_event("order.paid", "2033-05-18T10:00:00+08:00",
+    first = await h.event(h.names.orders, raw_event("order.paid", "2033-05-18T10:00:00+08:00",
                                                      amount_fen=100))
     assert first.offset in h.acked and b"M1" in h.table
     # while the batch is open: nothing is sent, the table is unchanged, nothing acknowledged
     body = raw_event("order.paid", "2033-05-18T10:05:00+08:00", amount_fen=100)
-    second = await h.send("events.orders", orjson.dumps(body), home, flush=False)
+    second = await h.send(h.names.orders, orjson.dumps(body), home, flush=False)
     assert ("repeat_buyer", "added") not in h.changes()
     assert second.offset not in h.acked and not h.processor.batch_due()
     assert decode_state(h.table[b"M1"]).orders.count == 1
@@ -274,7 +282,7 @@ async def test_a_batch_that_cannot_be_delivered_stops_the_worker_with_its_events
 
     h.sender.enqueue = enqueue  # type: ignore[method-assign]
     shipper = BatchShipper(h.processor, on_failure=stop_worker)
-    message = await h.send("events.orders", orjson.dumps(raw_event(
+    message = await h.send(h.names.orders, orjson.dumps(raw_event(
         "order.paid", "2033-05-18T10:00:00+08:00", amount_fen=100)), 1, flush=False)
     await shipper.drain()
     assert [str(exc) for exc in failures] == ["broker gone"]
@@ -296,7 +304,7 @@ async def test_batches_in_flight_are_bounded_and_each_acks_its_own_events() -> N
     shipper = BatchShipper(h.processor, on_failure=pytest.fail)
     offsets = []
     for n in range(MAX_BATCHES_IN_FLIGHT + 1):
-        message = await h.send("events.orders", orjson.dumps(raw_event(
+        message = await h.send(h.names.orders, orjson.dumps(raw_event(
             "order.paid", f"2033-05-18T10:0{n}:00+08:00", member=f"MF{n}", amount_fen=100)),
             partition_for(f"MF{n}", PARTITIONS), flush=False)
         offsets.append(message.offset)
@@ -322,7 +330,7 @@ async def test_batches_in_flight_are_bounded_and_each_acks_its_own_events() -> N
 @pytest.mark.parametrize("value", [b"", b"\x00\xff", b"[]", b"{}", b'{"event_type": 1}'])
 async def test_garbage_never_raises(value: bytes) -> None:
     h = Harness("event")
-    await h.send("events.scans", value, 0)
+    await h.send(h.names.scans, value, 0)
     assert len(h.topics.deadletter.sent) == 1 and h.acked == [1]
 
 
@@ -335,8 +343,8 @@ async def test_event_clock_reorders_within_the_window_and_dead_letters_later_one
     def order(at: str) -> dict:
         return raw_event("order.paid", at, member=member, amount_fen=100)
 
-    await h.event("events.orders", order("2024-01-01T10:30:00+08:00"))
-    await h.event("events.orders", order("2024-01-01T10:00:00+08:00"))  # 30 min out of order
+    await h.event(h.names.orders, order("2024-01-01T10:30:00+08:00"))
+    await h.event(h.names.orders, order("2024-01-01T10:00:00+08:00"))  # 30 min out of order
     await h.markers("2024-01-01T10:30:00+08:00", p)
     state = decode_state(h.table[member.encode()])
     assert state.orders.count == 2 and h.topics.deadletter.sent == []
@@ -344,7 +352,7 @@ async def test_event_clock_reorders_within_the_window_and_dead_letters_later_one
     first = next(c for c in changes if c["tag"] == "first_purchase" and c["op"] == "added")
     assert first["at"] == "2024-01-01T10:00:00+08:00"  # applied in time order, not arrival
     # an event the clock has already passed is dead-lettered, not applied out of order
-    await h.event("events.orders", order("2024-01-01T09:00:00+08:00"))
+    await h.event(h.names.orders, order("2024-01-01T09:00:00+08:00"))
     [letter] = [orjson.loads(s["value"]) for s in h.topics.deadletter.sent]
     assert "late event" in letter["error"] and "TAGSTREAM_REORDER_WINDOW_S=3600" in letter["error"]
     assert decode_state(h.table[member.encode()]).orders.count == 2
@@ -358,14 +366,14 @@ async def test_a_late_event_is_dead_lettered_even_while_another_topic_keeps_the_
     h.processor.clocks.reorder_window_s = 3600
     member = "M9"
     for at in ("2024-01-01T10:00:00+08:00", "2024-01-04T10:00:00+08:00"):
-        await h.event("events.orders", raw_event("order.paid", at, member=member, amount_fen=100))
+        await h.event(h.names.orders, raw_event("order.paid", at, member=member, amount_fen=100))
     assert h.processor.clocks.now(partition_for(member, PARTITIONS)) is None
-    await h.event("events.orders", raw_event("order.paid", "2024-01-02T10:00:00+08:00",
+    await h.event(h.names.orders, raw_event("order.paid", "2024-01-02T10:00:00+08:00",
                                              member=member, amount_fen=100, event_id="late"))
     [letter] = [orjson.loads(s["value"]) for s in h.topics.deadletter.sent]
     assert "late event" in letter["error"] and orjson.loads(letter["raw"])["event_id"] == "late"
     # within the window it is still accepted
-    await h.event("events.orders", raw_event("order.paid", "2024-01-04T09:30:00+08:00",
+    await h.event(h.names.orders, raw_event("order.paid", "2024-01-04T09:30:00+08:00",
                                              member=member, amount_fen=100))
     assert len(h.topics.deadletter.sent) == 1 and h.processor.pending.held() == 3
 
@@ -377,9 +385,9 @@ async def test_a_message_is_acknowledged_only_after_every_earlier_one_of_its_par
     h = Harness("event")
     member = "M7"
     p = partition_for(member, PARTITIONS)
-    held = await h.event("events.orders", raw_event("order.paid", "2024-01-01T10:05:00+08:00",
+    held = await h.event(h.names.orders, raw_event("order.paid", "2024-01-01T10:05:00+08:00",
                                                     member=member, amount_fen=100))
-    garbage = await h.send("events.orders", b"not json", p)  # dead-lettered and shipped
+    garbage = await h.send(h.names.orders, b"not json", p)  # dead-lettered and shipped
     assert len(h.topics.deadletter.sent) == 1 and h.acked == []  # waits for the held one
     await h.markers("2024-01-01T10:05:00+08:00", p)
     assert h.acked.index(held.offset) < h.acked.index(garbage.offset)
@@ -408,14 +416,16 @@ async def test_ordered_acks_release_a_prefix_and_forget_revoked_partitions() -> 
     assert acked == [0, 1, 2, 9] and acks.pending() == 0
 
 
-async def test_a_revoked_partition_leaves_nothing_of_its_own_in_the_open_batch() -> None:
-    h = Harness("wall", wall=2e9)
+@NAMESPACES
+async def test_a_revoked_partition_leaves_nothing_of_its_own_in_the_open_batch(
+        namespace: str) -> None:
+    h = Harness("wall", wall=2e9, namespace=namespace)
     mine = "MK1"
     theirs = next(f"MK{n}" for n in range(2, 99)
                   if partition_for(f"MK{n}", PARTITIONS) != partition_for(mine, PARTITIONS))
     sent = []
     for member in (mine, theirs):
-        sent.append(await h.send("events.orders", orjson.dumps(raw_event(
+        sent.append(await h.send(h.names.orders, orjson.dumps(raw_event(
             "order.paid", "2033-05-18T10:00:00+08:00", member=member, amount_fen=100)),
             partition_for(member, PARTITIONS), flush=False))
     h.processor.forget({partition_for(theirs, PARTITIONS)})
@@ -430,7 +440,7 @@ async def test_the_quiet_stream_timer_waits_while_the_table_is_recovered() -> No
     recovering = [True]
     shipper = BatchShipper(h.processor, on_failure=pytest.fail, paused=lambda: recovering[0],
                            linger_s=0.001)
-    await h.send("events.orders", orjson.dumps(raw_event(
+    await h.send(h.names.orders, orjson.dumps(raw_event(
         "order.paid", "2033-05-18T10:00:00+08:00", amount_fen=100)), 1, flush=False)
     await shipper.ship_when_due()
     await asyncio.sleep(0.02)
@@ -464,10 +474,10 @@ async def test_tick_cannot_fire_a_deadline_while_an_earlier_event_waits_to_be_ap
     later = [raw_event("order.paid", "2024-06-01T10:00:00+08:00", member=other, amount_fen=100),
              raw_event("order.paid", "2024-07-01T10:00:00+08:00", member="MY", amount_fen=100)]
     for body in first:
-        await h.event("events.orders", body)
+        await h.event(h.names.orders, body)
     await h.markers("2024-03-02T10:00:00+08:00", p)  # MY now has a deadline on 2025-01-01
     for body in later:
-        await h.event("events.orders", body)  # held: the clock is still at 2024-03-02
+        await h.event(h.names.orders, body)  # held: the clock is still at 2024-03-02
     ticking = asyncio.create_task(_tick_forever(h.processor, p))
     try:
         await h.markers("2025-02-01T10:00:00+08:00", p)  # both released, the deadline is due
@@ -492,7 +502,7 @@ async def test_backfill_reevaluates_every_member_of_the_partition_with_new_rules
     p = partition_for(members[0], PARTITIONS)
     mine = [m for m in members if partition_for(m, PARTITIONS) == p]
     for member in members:
-        await h.event("events.orders", raw_event("order.paid", "2024-01-02T10:00:00+08:00",
+        await h.event(h.names.orders, raw_event("order.paid", "2024-01-02T10:00:00+08:00",
                                                  member=member, amount_fen=20_000))
     # a new rules version with a new tag; nobody has had an event since
     stricter = DEFAULT_RULES.read_text().replace('version: "2024-03-01.1"',
@@ -503,8 +513,62 @@ async def test_backfill_reevaluates_every_member_of_the_partition_with_new_rules
     assert not [s for s in h.topics.tag_changes.sent if b'"any_buyer"' in s["value"]]
     from schemas.control import CONTROL_HEADER
 
-    await h.send(REROUTE_TOPIC, b"", p, [(CONTROL_HEADER, BACKFILL)])
+    await h.send(h.names.reroute, b"", p, [(CONTROL_HEADER, BACKFILL)])
     added = {orjson.loads(s["value"])["member_id"] for s in h.topics.tag_changes.sent
              if b'"any_buyer"' in s["value"]}
     assert added == set(mine)  # every member of this partition, and only those
     assert all(decode_state(h.table[m.encode()]).rules_version == "2024-03-02.1" for m in mine)
+
+
+# --- topic namespace ---------------------------------------------------------------------------
+
+
+async def test_with_a_namespace_an_event_is_decoded_and_its_changes_go_to_the_namespaced_topics():
+    h = Harness("wall", wall=2e9, namespace=NAMESPACE)
+    body = raw_event("order.paid", "2033-05-18T10:00:00+08:00", member="M42", amount_fen=100)
+    message = await h.send(NAMESPACE + "events.orders", orjson.dumps(body),
+                           partition_for("M42", PARTITIONS))
+    assert h.topics.deadletter.sent == [] and h.acked == [message.offset]
+    assert h.topics.tag_changes.name == NAMESPACE + "tags.changes"
+    [change] = [orjson.loads(s["value"]) for s in h.topics.tag_changes.sent
+                if b'"first_purchase"' in s["value"]]
+    assert change["member_id"] == "M42" and change["cause"]["event_id"] == body["event_id"]
+    assert h.topics.profiles.name == NAMESPACE + "members.profiles"
+    assert [r["key"] for r in h.topics.profiles.sent] == [b"M42"]
+    # the sender delivers by topic name: a record for any other topic would fail the send
+    assert all(topic.startswith(NAMESPACE) for topic in h.sender.topics
+               if topic != CHANGELOG_TOPIC)
+
+
+async def test_with_a_namespace_an_order_on_the_scans_topic_is_dead_lettered_under_it():
+    h = Harness("wall", wall=2e9, namespace=NAMESPACE)
+    body = raw_event("order.paid", "2033-05-18T10:00:00+08:00", member="M42", amount_fen=100)
+    message = await h.send(NAMESPACE + "events.scans", orjson.dumps(body), 1)
+    assert h.topics.deadletter.name == NAMESPACE + "events.deadletter"
+    [letter] = [orjson.loads(s["value"]) for s in h.topics.deadletter.sent]
+    assert (letter["topic"], letter["partition"], letter["offset"]) == (
+        NAMESPACE + "events.scans", 1, message.offset)
+    assert letter["error"] == (f"event_type 'order.paid' belongs on topic "
+                               f"'{NAMESPACE}events.orders', not '{NAMESPACE}events.scans'")
+    assert h.topics.tag_changes.sent == [] and h.table == {} and h.acked == [message.offset]
+
+
+async def test_with_a_namespace_equal_times_are_applied_in_canonical_topic_rank():
+    """Interactions before orders at the same instant: the rank is the canonical topic's."""
+    h = Harness("event", namespace=NAMESPACE)
+    at = "2024-01-01T10:00:00+08:00"
+    await h.event(h.names.orders, raw_event("order.paid", at, member="M7", amount_fen=100))
+    await h.event(h.names.interactions, raw_event("interaction.member_joined", at, member="M7"))
+    await h.markers(at, partition_for("M7", PARTITIONS))
+    assert h.changes() == [("member", "added"), ("first_purchase", "added")]
+
+
+async def test_events_of_another_namespace_are_not_taken_as_event_topics():
+    """A topic outside the namespace is no event topic: it decodes as any family (like the
+    re-route topic with no origin) and does not move the event clock."""
+    h = Harness("event", namespace=NAMESPACE)
+    p = partition_for("M7", PARTITIONS)
+    value, headers = encode_watermark(datetime.fromisoformat("2024-01-01T10:00:00+08:00"))
+    for topic in ("events.orders", "events.interactions", "events.scans"):
+        await h.send(topic, value, p, headers)
+    assert h.processor.clocks.now(p) is None

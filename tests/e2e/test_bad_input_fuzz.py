@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from schemas.events import MAX_EVENT_BYTES
-from streams.topics import DEADLETTER_TOPIC, PROFILES_TOPIC
+from streams.topics import TopicNames, topic_names
 from taggers.engine import Engine
 from taggers.rules import load_rules
 from tests.support.fuzz_events import FuzzCase, Verdict, expected_verdict, fuzz_case
@@ -37,12 +37,14 @@ BATCHES = 40
 CASES_PER_BATCH = 100
 
 
-async def produce(bootstrap: str, cases: list[FuzzCase]) -> list[tuple[str, int, int]]:
+async def produce(bootstrap: str, names: TopicNames,
+                  cases: list[FuzzCase]) -> list[tuple[str, int, int]]:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5,
                                 max_request_size=4 * MAX_EVENT_BYTES)
     await producer.start()
     try:
-        futures = [await producer.send(case.topic, case.value, key=case.key) for case in cases]
+        futures = [await producer.send(names.actual(case.topic), case.value, key=case.key)
+                   for case in cases]
         sent = await asyncio.gather(*futures)
     finally:
         await producer.stop()
@@ -63,6 +65,7 @@ def keys_cover(members: set[str]) -> Callable[[list[Any]], bool]:
 
 def test_fuzzed_input_is_processed_or_dead_lettered_and_the_worker_survives(stack, tmp_path):
     engine = Engine(load_rules(stack.rules_path), stack.allowed_lateness_s)
+    names = topic_names(stack)
     asyncio.run(create_topics(stack))
     sent: list[tuple[FuzzCase, Verdict, tuple[str, int, int], str]] = []
     batch_numbers = itertools.count()
@@ -76,8 +79,8 @@ def test_fuzzed_input_is_processed_or_dead_lettered_and_the_worker_survives(stac
             run = f"b{next(batch_numbers)}"
             cases = [data.draw(fuzz_case(n, run), label=f"case {n}")
                      for n in range(CASES_PER_BATCH)]
-            verdicts = [expected_verdict(case, engine) for case in cases]
-            coordinates = asyncio.run(produce(stack.broker_bootstrap, cases))
+            verdicts = [expected_verdict(case, engine, names.namespace) for case in cases]
+            coordinates = asyncio.run(produce(stack.broker_bootstrap, names, cases))
             sent.extend((case, verdict, where, f"F{run}-{n}")
                         for n, (case, verdict, where) in enumerate(zip(cases, verdicts,
                                                                        coordinates)))
@@ -90,12 +93,12 @@ def test_fuzzed_input_is_processed_or_dead_lettered_and_the_worker_survives(stac
         assert rejected and accepted_members  # the generator makes both kinds
 
         bootstrap = stack.broker_bootstrap
-        asyncio.run(read_topic(bootstrap, DEADLETTER_TOPIC, worker=worker, timeout=180,
+        asyncio.run(read_topic(bootstrap, names.deadletter, worker=worker, timeout=180,
                                until=at_least(len(rejected))))
-        profiles = asyncio.run(read_topic(bootstrap, PROFILES_TOPIC, worker=worker, timeout=180,
+        profiles = asyncio.run(read_topic(bootstrap, names.profiles, worker=worker, timeout=180,
                                           until=keys_cover(accepted_members)))
         # everything is in by now; a last full read also catches dead letters beyond the count
-        letters = asyncio.run(read_topic(bootstrap, DEADLETTER_TOPIC, worker=worker, timeout=5,
+        letters = asyncio.run(read_topic(bootstrap, names.deadletter, worker=worker, timeout=5,
                                          until=never()))
         assert worker.alive(), worker.log_tail(80)
     log = worker.log_path.read_text(errors="replace")

@@ -18,7 +18,7 @@ from streams.generate import generate_events
 from streams.replay import replay
 from streams.sinks.redis_store import RedisProfileStore
 from streams.stack import EmbeddedStack
-from streams.topics import DEADLETTER_TOPIC, PROFILES_TOPIC, TAG_CHANGES_TOPIC
+from streams.topics import topic_names
 from taggers.dryrun import dry_run
 from taggers.engine import Engine
 from taggers.profile import render_profile
@@ -79,26 +79,27 @@ async def test_killed_worker_is_taken_over_and_nothing_is_lost(stack, tmp_path):
     assert len(lines) == 200_000
     dry, pack = dry_run_of(stack, lines)
     expected_ids, expected_profiles = expected_of(dry, pack)
+    names = topic_names(stack)
     await create_topics(stack)
     with running_worker(stack, tmp_path, name="survivor", clock="event",
                         web_port=free_port()) as survivor, \
             running_worker(stack, tmp_path, name="victim", clock="event",
                            web_port=free_port()) as victim:
-        replaying = asyncio.create_task(replay(stack.broker_bootstrap, path,
+        replaying = asyncio.create_task(replay(stack.broker_bootstrap, path, names=names,
                                                partitions=stack.partitions, progress=False))
         # kill the victim once it has clearly been working: a fifth of the changes are out
-        await read_topic(stack.broker_bootstrap, TAG_CHANGES_TOPIC, worker=survivor,
+        await read_topic(stack.broker_bootstrap, names.tag_changes, worker=survivor,
                          until=at_least(len(expected_ids) // 5), timeout=600)
         victim.kill()
         await replaying
-        changes = await read_topic(stack.broker_bootstrap, TAG_CHANGES_TOPIC, worker=survivor,
+        changes = await read_topic(stack.broker_bootstrap, names.tag_changes, worker=survivor,
                                    until=change_ids_cover(expected_ids), timeout=900,
                                    idle_s=180)
-        profiles = await read_topic(stack.broker_bootstrap, PROFILES_TOPIC, worker=survivor,
+        profiles = await read_topic(stack.broker_bootstrap, names.profiles, worker=survivor,
                                     until=latest_by_key_equals(expected_profiles), timeout=300,
                                     idle_s=60)
         assert survivor.alive()
-        letters = await read_topic(stack.broker_bootstrap, DEADLETTER_TOPIC, until=never(),
+        letters = await read_topic(stack.broker_bootstrap, names.deadletter, until=never(),
                                    timeout=5)
     found = [c["change_id"] for c in values(changes)]
     print(f"\n200,000 events, 1 of 2 workers killed: {len(expected_ids)} changes expected, "
@@ -120,21 +121,24 @@ async def test_replaying_the_same_file_twice_changes_nothing(stack, tmp_path):
     path = tmp_path / "history.jsonl"
     lines = history(path, members=300, days=400, seed=5)
     expected_ids, expected_profiles = expected_of(*dry_run_of(stack, lines))
+    names = topic_names(stack)
     await create_topics(stack)
     with running_worker(stack, tmp_path, clock="event") as worker:
-        await replay(stack.broker_bootstrap, path, partitions=stack.partitions, progress=False)
-        first = await read_topic(stack.broker_bootstrap, TAG_CHANGES_TOPIC, worker=worker,
+        await replay(stack.broker_bootstrap, path, names=names, partitions=stack.partitions,
+                     progress=False)
+        first = await read_topic(stack.broker_bootstrap, names.tag_changes, worker=worker,
                                  until=change_ids_cover(expected_ids), timeout=300)
-        await read_topic(stack.broker_bootstrap, PROFILES_TOPIC, worker=worker,
+        await read_topic(stack.broker_bootstrap, names.profiles, worker=worker,
                          until=latest_by_key_equals(expected_profiles), timeout=120)
-        await replay(stack.broker_bootstrap, path, partitions=stack.partitions, progress=False)
+        await replay(stack.broker_bootstrap, path, names=names, partitions=stack.partitions,
+                     progress=False)
         # every line of the second replay is dead-lettered as late/already applied or is a
         # remembered duplicate; wait until the dead letters stop growing
-        letters = await read_topic(stack.broker_bootstrap, DEADLETTER_TOPIC, worker=worker,
+        letters = await read_topic(stack.broker_bootstrap, names.deadletter, worker=worker,
                                    until=never(), timeout=30)
-        after = await read_topic(stack.broker_bootstrap, TAG_CHANGES_TOPIC, worker=worker,
+        after = await read_topic(stack.broker_bootstrap, names.tag_changes, worker=worker,
                                  until=never(), timeout=5)
-        profiles = await read_topic(stack.broker_bootstrap, PROFILES_TOPIC, worker=worker,
+        profiles = await read_topic(stack.broker_bootstrap, names.profiles, worker=worker,
                                     until=never(), timeout=5)
     assert_same_ids((c["change_id"] for c in values(after)), {c["change_id"] for c in values(first)})
     assert len(after) == len(first)  # not one new change record
@@ -161,14 +165,16 @@ async def test_out_of_order_within_the_window_equals_in_order_and_later_is_dead_
         shuffled.insert(len(shuffled) // 2 + 500 * n, line)
     path = tmp_path / "shuffled.jsonl"
     path.write_bytes(b"\n".join(shuffled) + b"\n")
+    names = topic_names(stack)
     await create_topics(stack)
     with running_worker(stack, tmp_path, clock="event", reorder_window_s=window_s) as worker:
-        await replay(stack.broker_bootstrap, path, partitions=stack.partitions, progress=False)
-        changes = await read_topic(stack.broker_bootstrap, TAG_CHANGES_TOPIC, worker=worker,
+        await replay(stack.broker_bootstrap, path, names=names, partitions=stack.partitions,
+                     progress=False)
+        changes = await read_topic(stack.broker_bootstrap, names.tag_changes, worker=worker,
                                    until=change_ids_cover(expected_ids), timeout=300)
-        profiles = await read_topic(stack.broker_bootstrap, PROFILES_TOPIC, worker=worker,
+        profiles = await read_topic(stack.broker_bootstrap, names.profiles, worker=worker,
                                     until=latest_by_key_equals(expected_profiles), timeout=120)
-        letters = await read_topic(stack.broker_bootstrap, DEADLETTER_TOPIC, worker=worker,
+        letters = await read_topic(stack.broker_bootstrap, names.deadletter, worker=worker,
                                    until=at_least(len(late)), timeout=60)
     assert_same_ids((c["change_id"] for c in values(changes)), expected_ids)
     assert_same_profiles({r.key.decode(): orjson.loads(r.value) for r in profiles}, expected_profiles)
@@ -182,12 +188,13 @@ async def test_paused_broker_and_restarted_redis_lose_nothing(stack, tmp_path):
     lines = history(path, members=800, days=400, seed=13)
     expected_ids, expected_profiles = expected_of(*dry_run_of(stack, lines))
     broker_pid = EmbeddedStack(stack).status()["broker"]["pid"]
+    names = topic_names(stack)
     await create_topics(stack)
     with running_worker(stack, tmp_path, clock="event") as worker, \
             running_worker(stack, tmp_path, name="redis-sink", command=("redis-sink",)) as sink:
-        replaying = asyncio.create_task(replay(stack.broker_bootstrap, path,
+        replaying = asyncio.create_task(replay(stack.broker_bootstrap, path, names=names,
                                                partitions=stack.partitions, progress=False))
-        await read_topic(stack.broker_bootstrap, TAG_CHANGES_TOPIC, worker=worker,
+        await read_topic(stack.broker_bootstrap, names.tag_changes, worker=worker,
                          until=at_least(len(expected_ids) // 4), timeout=300)
         os.kill(broker_pid, signal.SIGSTOP)  # the broker freezes: no answer, no error
         try:
@@ -200,7 +207,7 @@ async def test_paused_broker_and_restarted_redis_lose_nothing(stack, tmp_path):
         await asyncio.sleep(5)
         embedded.up()
         await replaying
-        changes = await read_topic(stack.broker_bootstrap, TAG_CHANGES_TOPIC, worker=worker,
+        changes = await read_topic(stack.broker_bootstrap, names.tag_changes, worker=worker,
                                    until=change_ids_cover(expected_ids), timeout=600)
         assert worker.alive() and sink.alive()
         async with RedisProfileStore(stack.redis_url) as store:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -13,7 +14,7 @@ from aiokafka import AIOKafkaProducer
 
 from streams.api.feed import decode_cursor
 from streams.sinks.redis_store import RedisProfileStore
-from streams.topics import TAG_CHANGES_TOPIC, TIER_CHANGES_TOPIC
+from streams.topics import TopicNames, topic_names
 from tests.support.api import LI, OPERATOR, ZHANG, api_settings, bearer, open_feed, running_api
 from tests.support.kafka import create_topics
 from tests.support.profiles import make_profile
@@ -33,21 +34,30 @@ def tag_change(member_id: str, guides: list[str], tag: str = "high_value",
             "name_zh": "高价值", "family": "transaction"}
 
 
+@dataclass
+class ChangeProducer:
+    producer: AIOKafkaProducer
+    names: TopicNames  # the topics of the test's topic namespace
+
+
 @pytest.fixture
 async def producer(stack):
     await create_topics(stack)
     producer = AIOKafkaProducer(bootstrap_servers=stack.broker_bootstrap, acks="all",
                                 linger_ms=1)
     await producer.start()
-    yield producer
+    yield ChangeProducer(producer, topic_names(stack))
     await producer.stop()
 
 
-async def send(producer: AIOKafkaProducer, changes: list[dict[str, Any]],
-               topic: str = TAG_CHANGES_TOPIC) -> None:
+async def send(producer: ChangeProducer, changes: list[dict[str, Any]],
+               tiers: bool = False) -> None:
+    """To tags.changes, or with `tiers` to tiers.changes."""
+    topic = producer.names.tier_changes if tiers else producer.names.tag_changes
     for change in changes:
-        await producer.send(topic, key=change["member_id"].encode(), value=orjson.dumps(change))
-    await producer.flush()
+        await producer.producer.send(topic, key=change["member_id"].encode(),
+                                     value=orjson.dumps(change))
+    await producer.producer.flush()
 
 
 def mixed_changes(count: int) -> list[dict[str, Any]]:
@@ -92,7 +102,7 @@ async def test_guides_get_only_their_members_changes_live(stack, producer):
         tier = {"change_id": "tier-1", "member_id": "Z0", "type": "tier.upgraded",
                 "from": "silver", "to": "gold", "growth": 5200, "cause": {"event_id": "ord-x"},
                 "at": "2024-03-01T12:00:00+08:00"}
-        await send(producer, [tier], TIER_CHANGES_TOPIC)
+        await send(producer, [tier], tiers=True)
 
         def of(guide: str) -> list[dict[str, Any]]:
             return [c for c in changes if guide in {g["userid"] for g in c["guides"]}]
@@ -121,7 +131,7 @@ async def test_resume_with_last_event_id_has_no_gap_and_no_repeat(stack, produce
             await send(producer, first)
             got = [e.data for e in await feed.events(17, timeout=20)]
             last_id = feed.last_id
-        assert last_id is not None and decode_cursor(last_id)
+        assert last_id is not None and decode_cursor(last_id, topic_names(settings))
 
         # Missed while away: the rest of the first batch, and more.
         second = mixed_changes(25)
@@ -144,8 +154,8 @@ async def test_cursor_moves_past_other_guides_changes(stack, producer):
             await send(producer, [tag_change(f"L{i}", ["li"]) for i in range(12)])
             with pytest.raises(asyncio.TimeoutError):
                 await feed.next_event(timeout=1.5)  # heartbeats only: id-only blocks
-            start = decode_cursor(feed.ids_seen[0])
-            moved = decode_cursor(feed.last_id)
+            start = decode_cursor(feed.ids_seen[0], topic_names(settings))
+            moved = decode_cursor(feed.last_id, topic_names(settings))
         assert sum(moved.values()) - sum(start.values()) == 12
         mine = tag_change("Z1", ["zhang"])
         await send(producer, [mine])

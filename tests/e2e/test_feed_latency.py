@@ -21,11 +21,10 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from schemas.events import ORDERS_TOPIC
 from streams.partitioning import partition_for
 from streams.sinks.redis_sink import run_redis_sink
 from streams.sinks.redis_store import RedisProfileStore
-from streams.topics import TAG_CHANGES_TOPIC
+from streams.topics import topic_names
 from tests.e2e.test_feed import tag_change
 from tests.support.api import ZHANG, api_settings, open_feed, running_api
 from tests.support.kafka import create_topics, running_worker
@@ -66,7 +65,8 @@ async def test_order_to_guide_feed_and_redis_latency(stack, tmp_path):
     async def produce(member_id: str, n: int) -> str:
         body = order(member_id, n)
         sent[body["event_id"]] = time.perf_counter()
-        await producer.send(ORDERS_TOPIC, key=member_id.encode(), value=orjson.dumps(body),
+        await producer.send(topic_names(settings).orders, key=member_id.encode(),
+                            value=orjson.dumps(body),
                             partition=partition_for(member_id, settings.partitions))
         return body["event_id"]
 
@@ -179,7 +179,8 @@ async def test_tag_change_to_guide_feed_latency(stack):
                 change = tag_change(f"Z{n:05d}", ["zhang"] if n % 2 == 0 else ["zhang", "li"])
                 await asyncio.sleep(max(0.0, started + n / RATE_PER_S - time.perf_counter()))
                 sent[change["change_id"]] = time.perf_counter()
-                await producer.send(TAG_CHANGES_TOPIC, key=change["member_id"].encode(),
+                await producer.send(topic_names(settings).tag_changes,
+                                    key=change["member_id"].encode(),
                                     value=orjson.dumps(change))
             deadline = time.monotonic() + 30
             while len(latency) < ORDERS:

@@ -16,7 +16,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from streams.sinks.redis_store import RedisProfileStore
-from streams.topics import TAG_CHANGES_TOPIC, TIER_CHANGES_TOPIC
+from streams.topics import topic_names
 from tests.support.api import ZHANG, api_settings, running_api
 from tests.support.kafka import create_topics
 from tests.support.profiles import make_profile
@@ -89,8 +89,9 @@ async def test_guide_signs_in_sees_a_live_change_and_opens_the_evidence(stack, b
                     "type": "tier.upgraded", "from": "silver", "to": "gold", "growth": 6120,
                     "cause": {"event_id": "ord-20240301-000123"},
                     "at": "2024-03-01T12:00:05+08:00"}
-            for topic, record in ((TAG_CHANGES_TOPIC, other), (TAG_CHANGES_TOPIC, change),
-                                  (TIER_CHANGES_TOPIC, tier)):
+            names = topic_names(settings)
+            for topic, record in ((names.tag_changes, other), (names.tag_changes, change),
+                                  (names.tier_changes, tier)):
                 await producer.send_and_wait(topic, key=record["member_id"].encode(),
                                              value=orjson.dumps(record))
 

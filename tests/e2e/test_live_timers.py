@@ -17,7 +17,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from streams.partitioning import partition_for
-from streams.topics import TAG_CHANGES_TOPIC
+from streams.topics import topic_names
 from tests.factories import raw_event
 from tests.support.kafka import create_topics, read_topic, running_worker, values
 
@@ -37,6 +37,7 @@ async def test_absence_rule_fires_at_its_deadline_with_no_event(stack, tmp_path)
     rules = tmp_path / "rules.yaml"
     rules.write_text(RULES)
     settings = replace(stack, rules_path=rules)
+    names = topic_names(settings)
     await create_topics(settings)
     delays = []
     with running_worker(settings, tmp_path) as worker:
@@ -48,12 +49,12 @@ async def test_absence_rule_fires_at_its_deadline_with_no_event(stack, tmp_path)
                 member = f"M-live-{n}"
                 at = datetime.now(timezone(timedelta(hours=8))).replace(microsecond=0)
                 await producer.send_and_wait(
-                    "events.orders", orjson.dumps(raw_event("order.paid", at.isoformat(),
-                                                            member=member, amount_fen=100)),
+                    names.orders, orjson.dumps(raw_event("order.paid", at.isoformat(),
+                                                         member=member, amount_fen=100)),
                     key=member.encode(), partition=partition_for(member, settings.partitions))
                 deadline = at.timestamp() + 3
                 records = await read_topic(
-                    settings.broker_bootstrap, TAG_CHANGES_TOPIC, worker=worker, timeout=90,
+                    settings.broker_bootstrap, names.tag_changes, worker=worker, timeout=90,
                     until=lambda new, m=member: any(
                         orjson.loads(r.value)["member_id"] == m for r in new))
                 arrived = time.time()
@@ -69,7 +70,7 @@ async def test_absence_rule_fires_at_its_deadline_with_no_event(stack, tmp_path)
             async with http.get(f"http://127.0.0.1:{settings.web_port}/metrics") as response:
                 assert response.status == 200
                 exposition = await response.text()
-    assert 'tagstream_events_processed_total{topic="events.orders"} 6.0' in exposition
+    assert f'tagstream_events_processed_total{{topic="{names.orders}"}} 6.0' in exposition
     assert 'tagstream_tag_changes_total{op="added",tag="quiet_3s"} 6.0' in exposition
     assert "tagstream_consumer_lag" in exposition
     delays.sort()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -13,7 +14,7 @@ from aiokafka import AIOKafkaProducer
 from streams.sinks.redis_sink import run_redis_sink
 from streams.sinks.redis_store import RedisProfileStore
 from streams.stack import read_record, stop_process
-from streams.topics import PROFILES_TOPIC
+from streams.topics import topic_names
 from tests.support.kafka import create_topics
 from tests.support.profiles import make_profile
 
@@ -33,16 +34,22 @@ def version(member: int, step: int) -> dict[str, Any]:
                         spend_fen=member * 100 + step)
 
 
-async def produce(producer: AIOKafkaProducer, profiles: list[dict[str, Any] | tuple[str, None]],
+@dataclass
+class ProfileProducer:
+    producer: AIOKafkaProducer
+    topic: str  # the profiles topic of the test's topic namespace
+
+
+async def produce(producer: ProfileProducer, profiles: list[dict[str, Any] | tuple[str, None]],
                   expected: dict[str, dict[str, Any] | None]) -> None:
     for item in profiles:
         if isinstance(item, tuple):
             member_id, value = item[0], None
         else:
             member_id, value = item["member_id"], orjson.dumps(item)
-        await producer.send(PROFILES_TOPIC, key=member_id.encode(), value=value)
+        await producer.producer.send(producer.topic, key=member_id.encode(), value=value)
         expected[member_id] = None if value is None else item  # type: ignore[assignment]
-    await producer.flush()
+    await producer.producer.flush()
 
 
 async def redis_state(store: RedisProfileStore, member_ids: list[str]) -> dict[str, Any]:
@@ -97,7 +104,7 @@ async def producer(stack):
     producer = AIOKafkaProducer(bootstrap_servers=stack.broker_bootstrap, acks="all",
                                 linger_ms=5)
     await producer.start()
-    yield producer
+    yield ProfileProducer(producer, topic_names(stack).profiles)
     await producer.stop()
 
 

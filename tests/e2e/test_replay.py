@@ -19,8 +19,9 @@ from schemas.events import TOPIC_BY_EVENT_TYPE
 from streams.admin import TopicError
 from streams.generate import generate_events, write_jsonl
 from streams.partitioning import partition_for
-from streams.replay import EVENT_TOPICS, produce_raw, replay
+from streams.replay import produce_raw, replay
 from streams.settings import Settings
+from streams.topics import topic_names
 
 pytestmark = pytest.mark.e2e
 
@@ -88,12 +89,12 @@ def write_file(path: Path, members: int = 40, days: int = 60, seed: int = 3) -> 
 
 async def test_replay_routes_every_line_in_file_order_and_ends_with_watermarks(
         stack: Settings, tmp_path: Path) -> None:
-    bootstrap = stack.broker_bootstrap
-    await create_topics(bootstrap, {topic: PARTITIONS for topic in EVENT_TOPICS})
+    bootstrap, names = stack.broker_bootstrap, topic_names(stack)
+    await create_topics(bootstrap, {topic: PARTITIONS for topic in names.events})
     path = tmp_path / "events.jsonl"
     lines = write_file(path)
 
-    result = await replay(bootstrap, path, partitions=PARTITIONS, progress=False)
+    result = await replay(bootstrap, path, names=names, partitions=PARTITIONS, progress=False)
 
     expected: dict[tuple[str, int], list[tuple[bytes, bytes]]] = defaultdict(list)
     times = []
@@ -105,7 +106,7 @@ async def test_replay_routes_every_line_in_file_order_and_ends_with_watermarks(
         if not isinstance(ev, dict) or not isinstance(ev.get("member_id"), str) \
                 or ev.get("event_type") not in TOPIC_BY_EVENT_TYPE:
             continue
-        topic = TOPIC_BY_EVENT_TYPE[ev["event_type"]]
+        topic = names.actual(TOPIC_BY_EVENT_TYPE[ev["event_type"]])
         expected[(topic, partition_for(ev["member_id"], PARTITIONS))].append(
             (ev["member_id"].encode(), line))
         if "occurred_at" in ev:
@@ -119,11 +120,11 @@ async def test_replay_routes_every_line_in_file_order_and_ends_with_watermarks(
         assert reason in skipped[line_numbers[line]], (line, skipped[line_numbers[line]])
     assert result.events == len(lines) - len(GARBAGE) == sum(map(len, expected.values()))
     assert result.produced == {topic: sum(len(v) for (t, _), v in expected.items() if t == topic)
-                               for topic in EVENT_TOPICS}
+                               for topic in names.events}
     assert result.last_event_time == last
-    assert result.watermarks == len(EVENT_TOPICS) * PARTITIONS
+    assert result.watermarks == len(names.events) * PARTITIONS
 
-    records = await consume_all(bootstrap, {topic: PARTITIONS for topic in EVENT_TOPICS})
+    records = await consume_all(bootstrap, {topic: PARTITIONS for topic in names.events})
     for (topic, partition), got in records.items():
         *events, marker = got
         assert [(r.key, r.value) for r in events] == expected[(topic, partition)], (topic, partition)
@@ -135,14 +136,14 @@ async def test_replay_routes_every_line_in_file_order_and_ends_with_watermarks(
 
 
 async def test_topic_override_sends_every_line_raw(stack: Settings, tmp_path: Path) -> None:
-    bootstrap = stack.broker_bootstrap
-    topic = "garbage.in"
-    await create_topics(bootstrap, {topic: PARTITIONS, **{t: PARTITIONS for t in EVENT_TOPICS}})
+    bootstrap, names = stack.broker_bootstrap, topic_names(stack)
+    topic = names.actual("garbage.in")
+    await create_topics(bootstrap, {topic: PARTITIONS, **{t: PARTITIONS for t in names.events}})
     lines = [line for _, line, _ in GARBAGE] + [INVALID_BUT_ROUTABLE]
     path = tmp_path / "garbage.jsonl"
     path.write_bytes(b"\n".join(lines) + b"\n")
 
-    result = await replay(bootstrap, path, partitions=PARTITIONS, progress=False,
+    result = await replay(bootstrap, path, names=names, partitions=PARTITIONS, progress=False,
                           topic_override=topic)
 
     assert result.skipped == ()
@@ -166,18 +167,18 @@ async def test_topic_override_sends_every_line_raw(stack: Settings, tmp_path: Pa
 
 async def test_replay_creates_missing_topics_and_refuses_another_partition_count(
         stack: Settings, tmp_path: Path) -> None:
-    bootstrap = stack.broker_bootstrap
+    bootstrap, names = stack.broker_bootstrap, topic_names(stack)
     path = tmp_path / "events.jsonl"
     with path.open("wb") as fp:
         write_jsonl(generate_events(5, 10, 1), fp)
 
-    result = await replay(bootstrap, path, partitions=3, progress=False)
-    assert result.watermarks == len(EVENT_TOPICS) * 3
-    records = await consume_all(bootstrap, {t: 3 for t in EVENT_TOPICS})
+    result = await replay(bootstrap, path, names=names, partitions=3, progress=False)
+    assert result.watermarks == len(names.events) * 3
+    records = await consume_all(bootstrap, {t: 3 for t in names.events})
     assert sum(map(len, records.values())) == result.events + result.watermarks
 
     with pytest.raises(TopicError, match="3 partitions"):
-        await replay(bootstrap, path, partitions=PARTITIONS, progress=False)
+        await replay(bootstrap, path, names=names, partitions=PARTITIONS, progress=False)
 
 
 async def test_speed_paces_sends_by_event_time_gaps(stack: Settings, tmp_path: Path) -> None:
@@ -189,20 +190,21 @@ async def test_speed_paces_sends_by_event_time_gaps(stack: Settings, tmp_path: P
         write_jsonl(events, fp)
     started = time.monotonic()
     # two 60 s gaps at 120x: at least a second, however fast the broker is
-    result = await replay(stack.broker_bootstrap, path, partitions=2, speed=120, progress=False)
+    result = await replay(stack.broker_bootstrap, path, names=topic_names(stack), partitions=2,
+                          speed=120, progress=False)
     assert time.monotonic() - started >= 0.95
     assert result.events == 3
 
 
 async def test_produce_raw_sends_bytes_as_they_are(stack: Settings) -> None:
-    bootstrap = stack.broker_bootstrap
-    await create_topics(bootstrap, {"raw.test": 2})
+    bootstrap, topic = stack.broker_bootstrap, topic_names(stack).actual("raw.test")
+    await create_topics(bootstrap, {topic: 2})
     items = [(None, b"\xff\xfe not utf-8"), (b"M0000001", b"{}"), (None, b"")]
-    placed = await produce_raw(bootstrap, "raw.test", items, partition=1)
+    placed = await produce_raw(bootstrap, topic, items, partition=1)
     assert [p for p, _ in placed] == [1, 1, 1]
-    records = await consume_all(bootstrap, {"raw.test": 2})
-    assert [(r.key, r.value) for r in records[("raw.test", 1)]] == items
-    assert records[("raw.test", 0)] == []
+    records = await consume_all(bootstrap, {topic: 2})
+    assert [(r.key, r.value) for r in records[(topic, 1)]] == items
+    assert records[(topic, 0)] == []
 
 
 async def test_periodic_watermarks_never_overtake_the_events_before_them(
@@ -211,9 +213,11 @@ async def test_periodic_watermarks_never_overtake_the_events_before_them(
     path = tmp_path / "events.jsonl"
     with path.open("wb") as fp:
         write_jsonl(generate_events(300, 200, 5), fp)
-    result = await replay(stack.broker_bootstrap, path, partitions=PARTITIONS, progress=False)
+    names = topic_names(stack)
+    result = await replay(stack.broker_bootstrap, path, names=names, partitions=PARTITIONS,
+                          progress=False)
     assert result.events > 3 * 2000
-    records = await consume_all(stack.broker_bootstrap, {t: PARTITIONS for t in EVENT_TOPICS})
+    records = await consume_all(stack.broker_bootstrap, {t: PARTITIONS for t in names.events})
     mid_stream_markers = 0
     for (topic, partition), batch in records.items():
         complete_through = None

@@ -30,7 +30,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from streams.replay import produce_raw
 from streams.security import redis_client_kwargs
 from streams.sinks.redis_store import RedisProfileStore
-from streams.topics import DEADLETTER_TOPIC, TAG_CHANGES_TOPIC
+from streams.topics import topic_names
 from tests.factories import raw_event
 from tests.support import free_port
 from tests.support.kafka import at_least, create_topics, read_topic, running_worker
@@ -83,13 +83,14 @@ async def test_running_worker_shows_no_secret_in_logs_or_topics(stack, tmp_path)
                      amount_fen=700_000)
     bad = [b"not json", b"\xff\xfe", orjson.dumps({**good, "amount_fen": "lots"}),
            orjson.dumps({**good, "occurred_at": "0001-01-01T00:00:00+14:00"})]
+    names = topic_names(settings)
     await create_topics(settings)
     with running_worker(settings, tmp_path, name="secret-worker") as worker:
-        await produce_raw(settings.broker_bootstrap, "events.orders",
+        await produce_raw(settings.broker_bootstrap, names.orders,
                           [(b"MS1", orjson.dumps(good))] + [(b"MS1", value) for value in bad])
-        await read_topic(settings.broker_bootstrap, TAG_CHANGES_TOPIC, worker=worker,
+        await read_topic(settings.broker_bootstrap, names.tag_changes, worker=worker,
                          until=at_least(1), timeout=60)
-        letters = await read_topic(settings.broker_bootstrap, DEADLETTER_TOPIC, worker=worker,
+        letters = await read_topic(settings.broker_bootstrap, names.deadletter, worker=worker,
                                    until=at_least(len(bad)), timeout=60)
         assert len(letters) == len(bad)
     log = worker.log_path.read_text(errors="replace")

@@ -19,7 +19,7 @@ from schemas.control import encode_watermark
 from schemas.events import MAX_EVENT_BYTES, TOPIC_BY_EVENT_TYPE
 from streams.generate import generate_events
 from streams.partitioning import partition_for
-from streams.topics import DEADLETTER_TOPIC, EVENT_TOPICS, PROFILES_TOPIC, TAG_CHANGES_TOPIC
+from streams.topics import TopicNames, topic_names
 from taggers.dryrun import dry_run
 from taggers.engine import Engine
 from taggers.rules import load_rules
@@ -90,6 +90,7 @@ async def produce_mixed(settings, valid: list[bytes], invalid: list[tuple[bytes,
                         rng: random.Random) -> dict[tuple[str, int, int], str]:
     """Valid events keyed by member in file order, invalid ones interleaved on random topics
     and partitions; then watermark markers. Returns where each invalid message landed."""
+    names = topic_names(settings)
     producer = AIOKafkaProducer(bootstrap_servers=settings.broker_bootstrap, acks="all",
                                 linger_ms=5, max_request_size=4 * MAX_EVENT_BYTES)
     await producer.start()
@@ -101,20 +102,20 @@ async def produce_mixed(settings, valid: list[bytes], invalid: list[tuple[bytes,
         for i, line in enumerate(valid):
             body = orjson.loads(line)
             futures.append((None, await producer.send(
-                TOPIC_BY_EVENT_TYPE[body["event_type"]], value=line,
+                names.actual(TOPIC_BY_EVENT_TYPE[body["event_type"]]), value=line,
                 key=body["member_id"].encode(),
                 partition=partition_for(body["member_id"], settings.partitions))))
             if i % stride == 0 and pending_invalid:
                 payload, expect = pending_invalid.pop()
-                topic = "events.orders" if payload.startswith(b"{") else rng.choice(EVENT_TOPICS)
+                topic = names.orders if payload.startswith(b"{") else rng.choice(names.events)
                 futures.append((expect, await producer.send(
                     topic, value=payload, key=b"junk",
                     partition=rng.randrange(settings.partitions))))
         for payload, expect in pending_invalid:
-            futures.append((expect, await producer.send(EVENT_TOPICS[0], value=payload)))
+            futures.append((expect, await producer.send(names.orders, value=payload)))
         last = max(datetime.fromisoformat(orjson.loads(line)["occurred_at"]) for line in valid)
         marker, headers = encode_watermark(last)
-        for topic in EVENT_TOPICS:
+        for topic in names.events:
             for partition in range(settings.partitions):
                 await producer.send(topic, value=marker, partition=partition, headers=headers)
         for expect, future in futures:
@@ -136,10 +137,10 @@ async def test_bad_input_is_dead_lettered_and_every_valid_event_is_processed(sta
     await create_topics(stack)
     with running_worker(stack, tmp_path, clock="event") as worker:
         landed = await produce_mixed(stack, valid, invalid, rng)
-        letters = await read_topic(stack.broker_bootstrap, DEADLETTER_TOPIC, worker=worker,
-                                   until=at_least(len(landed)), timeout=240)
+        letters = await read_topic(stack.broker_bootstrap, topic_names(stack).deadletter,
+                                   worker=worker, until=at_least(len(landed)), timeout=240)
         changes = await read_topic(
-            stack.broker_bootstrap, TAG_CHANGES_TOPIC, worker=worker, timeout=240,
+            stack.broker_bootstrap, topic_names(stack).tag_changes, worker=worker, timeout=240,
             until=change_ids_cover(expected))
         assert worker.alive(), worker.log_tail()
 
@@ -157,21 +158,22 @@ async def test_redelivered_event_yields_one_tag_change(stack, tmp_path):
     now = datetime.now(CST).replace(microsecond=0)
     order = orjson.dumps(raw_event("order.paid", (now - timedelta(minutes=5)).isoformat(),
                                    member="M-dup", amount_fen=700_000, event_id="order-dup-1"))
+    names = topic_names(stack)
     await create_topics(stack)
     producer = AIOKafkaProducer(bootstrap_servers=stack.broker_bootstrap, acks="all")
     await producer.start()
     try:
         home = partition_for("M-dup", stack.partitions)
-        await producer.send_and_wait("events.orders", order, key=b"M-dup", partition=home)
+        await producer.send_and_wait(names.orders, order, key=b"M-dup", partition=home)
         # the same event again, as a producer retry would, and once more on another partition
-        await producer.send_and_wait("events.orders", order, key=b"M-dup", partition=home)
-        await producer.send_and_wait("events.orders", order, key=None,
+        await producer.send_and_wait(names.orders, order, key=b"M-dup", partition=home)
+        await producer.send_and_wait(names.orders, order, key=None,
                                      partition=(home + 1) % stack.partitions)
     finally:
         await producer.stop()
     with running_worker(stack, tmp_path) as worker:
         # 2 changes (first_purchase, high_value) are due; wait a little past them for extras
-        records = await read_topic(stack.broker_bootstrap, TAG_CHANGES_TOPIC, worker=worker,
+        records = await read_topic(stack.broker_bootstrap, names.tag_changes, worker=worker,
                                    until=never(), timeout=25)
     assert len({c["change_id"] for c in values(records)}) == len(records)  # nothing twice
     changes = sorted((c["tag"], c["op"]) for c in spine(values(records)))
@@ -196,13 +198,15 @@ def final_tags_equal(expected: dict[str, set[str]]):
     return enough
 
 
-def _confluent_produce(bootstrap: str, events: list[dict], partitioner: str | None) -> None:
+def _confluent_produce(bootstrap: str, names: TopicNames, events: list[dict],
+                       partitioner: str | None) -> None:
     config = {"bootstrap.servers": bootstrap, "acks": "all"}
     if partitioner:
         config["partitioner"] = partitioner
     producer = Producer(config)
     for body in events:
-        producer.produce(TOPIC_BY_EVENT_TYPE[body["event_type"]], key=body["member_id"],
+        producer.produce(names.actual(TOPIC_BY_EVENT_TYPE[body["event_type"]]),
+                         key=body["member_id"],
                          value=orjson.dumps(body))
     assert producer.flush(30) == 0
 
@@ -239,15 +243,16 @@ async def test_independent_librdkafka_client_produces_and_reads(stack, tmp_path,
                                 member=member, amount_fen=400_000))
         events.append(raw_event("order.paid", (now - timedelta(hours=1)).isoformat(),
                                 member=member, amount_fen=200_000))
+    names = topic_names(stack)
     await create_topics(stack)
-    _confluent_produce(stack.broker_bootstrap, events, partitioner)
+    _confluent_produce(stack.broker_bootstrap, names, events, partitioner)
     # final tags per member: the spine's, plus the default pack's lifecycle, RFM and tier
     expected = {f"MC{n:03d}": {"member", "repeat_buyer", "high_value", "lc_active",
                                "rfm_important_develop", "tier_gold"} for n in range(20)}
     with running_worker(stack, tmp_path) as worker:
-        seen = await read_topic(stack.broker_bootstrap, TAG_CHANGES_TOPIC, worker=worker,
+        seen = await read_topic(stack.broker_bootstrap, names.tag_changes, worker=worker,
                                 until=final_tags_equal(expected), timeout=60)
-        changes = _confluent_read(stack.broker_bootstrap, TAG_CHANGES_TOPIC, stack.partitions,
+        changes = _confluent_read(stack.broker_bootstrap, names.tag_changes, stack.partitions,
                                   want=len(seen), timeout=30)
     assert len(changes) == len(seen)
     assert fold_tags(changes) == expected
@@ -265,22 +270,23 @@ async def test_restarted_worker_recovers_member_state_from_the_changelog(stack, 
                       amount_fen=100)
     second = raw_event("order.paid", (now - timedelta(hours=1)).isoformat(), member=member,
                        amount_fen=100)
+    names = topic_names(stack)
     await create_topics(stack)
     producer = AIOKafkaProducer(bootstrap_servers=stack.broker_bootstrap, acks="all")
     await producer.start()
     try:
-        await producer.send_and_wait("events.orders", orjson.dumps(first), key=member.encode(),
+        await producer.send_and_wait(names.orders, orjson.dumps(first), key=member.encode(),
                                      partition=home)
         with running_worker(stack, tmp_path, name="first-worker") as worker:
             # the profile is published when the member's state is in the changelog
-            await read_topic(stack.broker_bootstrap, PROFILES_TOPIC, worker=worker,
+            await read_topic(stack.broker_bootstrap, names.profiles, worker=worker,
                              until=at_least(1), timeout=60)
-        await producer.send_and_wait("events.orders", orjson.dumps(second), key=member.encode(),
+        await producer.send_and_wait(names.orders, orjson.dumps(second), key=member.encode(),
                                      partition=home)
     finally:
         await producer.stop()
     with running_worker(stack, tmp_path, name="second-worker") as worker:
-        records = await read_topic(stack.broker_bootstrap, TAG_CHANGES_TOPIC, worker=worker,
+        records = await read_topic(stack.broker_bootstrap, names.tag_changes, worker=worker,
                                    until=lambda new: any(b'"repeat_buyer"' in r.value
                                                          for r in new), timeout=60)
     # the second worker knew about the first order: first_purchase ends, repeat_buyer begins

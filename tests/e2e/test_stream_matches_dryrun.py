@@ -15,7 +15,7 @@ import pytest
 
 from streams.generate import generate_events, write_jsonl
 from streams.replay import replay
-from streams.topics import PROFILES_TOPIC, TAG_CHANGES_TOPIC, TIER_CHANGES_TOPIC
+from streams.topics import topic_names
 from taggers.dryrun import dry_run
 from taggers.engine import Engine
 from taggers.profile import render_profile
@@ -52,20 +52,21 @@ async def test_stream_and_dryrun_agree_on_tags_tiers_points_and_profiles(stack, 
     expected_profiles = {m: render_profile(s, pack) for m, s in expected.states.items()}
     assert len(expected.states) == MEMBERS and expected_tiers
 
+    names = topic_names(stack)
     await create_topics(stack)
     with running_worker(stack, tmp_path, clock="event") as worker:
         started = time.perf_counter()
-        result = await replay(stack.broker_bootstrap, path, partitions=stack.partitions,
-                              progress=False)
+        result = await replay(stack.broker_bootstrap, path, names=names,
+                              partitions=stack.partitions, progress=False)
         tag_records = await read_topic(
-            stack.broker_bootstrap, TAG_CHANGES_TOPIC, worker=worker, timeout=900,
+            stack.broker_bootstrap, names.tag_changes, worker=worker, timeout=900,
             until=change_ids_cover(expected_tags))
         stream_s = time.perf_counter() - started
         tier_records = await read_topic(
-            stack.broker_bootstrap, TIER_CHANGES_TOPIC, worker=worker, timeout=120,
+            stack.broker_bootstrap, names.tier_changes, worker=worker, timeout=120,
             until=change_ids_cover(expected_tiers))
         profile_records = await read_topic(
-            stack.broker_bootstrap, PROFILES_TOPIC, worker=worker, timeout=120,
+            stack.broker_bootstrap, names.profiles, worker=worker, timeout=120,
             until=latest_by_key_equals(expected_profiles))
     print(f"\n{result.events} events, {MEMBERS} members, {DAYS} days: dry run {dryrun_s:.1f} s, "
           f"stream {stream_s:.1f} s ({result.events / stream_s:.0f} events/s), "

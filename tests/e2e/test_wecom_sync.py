@@ -38,7 +38,7 @@ from schemas.changes import Guide, TagChange, change_id_for, encode_change
 from streams.agents.wecom import WeComSyncService
 from streams.partitioning import partition_for
 from streams.settings import Settings
-from streams.topics import TAG_CHANGES_TOPIC
+from streams.topics import topic_names
 from streams.wecom.client import TokenBucket
 from streams.wecom.sync import corp_tag_name
 from tests.support.kafka import create_topics
@@ -115,11 +115,12 @@ async def produce(settings: Settings, changes: list[TagChange], *, per_burst: in
     producer = AIOKafkaProducer(bootstrap_servers=settings.broker_bootstrap, acks="all",
                                 linger_ms=5)
     await producer.start()
+    topic = topic_names(settings).tag_changes
     try:
         for start in range(0, len(changes), per_burst):
             for change in changes[start:start + per_burst]:
                 await producer.send(
-                    TAG_CHANGES_TOPIC, encode_change(change), key=change.member_id.encode(),
+                    topic, encode_change(change), key=change.member_id.encode(),
                     partition=partition_for(change.member_id, settings.partitions))
             await producer.flush()
             await asyncio.sleep(pause_s)

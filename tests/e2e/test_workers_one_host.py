@@ -21,7 +21,7 @@ import pytest
 from schemas.events import TOPIC_BY_EVENT_TYPE
 from streams.partitioning import partition_for
 from streams.replay import produce_raw
-from streams.topics import TAG_CHANGES_TOPIC
+from streams.topics import topic_names
 from taggers.dryrun import dry_run
 from taggers.engine import Engine
 from taggers.rules import load_rules
@@ -31,8 +31,9 @@ from tests.support.kafka import WorkerProcess, change_ids_cover, create_topics, 
 
 pytestmark = pytest.mark.e2e
 CST = timezone(timedelta(hours=8))
-# aiokafka's line after each rebalance; a non-empty set means this worker got partitions.
-ASSIGNED = re.compile(r"Setting newly assigned partitions[^\[]*?\| events\.orders +\| \{\d")
+# aiokafka's line after each rebalance; a non-empty set means this worker got partitions (the
+# orders topic's name may have the topic namespace before it).
+ASSIGNED = re.compile(r"Setting newly assigned partitions[^\[]*?\| \S*events\.orders +\| \{\d")
 
 
 class PortWorker(WorkerProcess):
@@ -89,6 +90,7 @@ async def test_two_workers_on_one_host_differ_only_by_web_port(stack, tmp_path):
     homes = {partition_for(member, stack.partitions) for member in members}
     assert homes == set(range(stack.partitions))  # every partition, so both workers get work
 
+    names = topic_names(stack)
     await create_topics(stack)
     workers = [PortWorker(stack, tmp_path / f"worker-{port}.log", port).start()
                for port in (port_a, port_b)]
@@ -96,9 +98,10 @@ async def test_two_workers_on_one_host_differ_only_by_web_port(stack, tmp_path):
         await _until(lambda: all(ASSIGNED.search(w.log()) for w in workers), 90, workers,
                      "both workers to be assigned partitions")
         for event, line in zip(events, lines):
-            await produce_raw(stack.broker_bootstrap, TOPIC_BY_EVENT_TYPE[event["event_type"]],
+            await produce_raw(stack.broker_bootstrap,
+                              names.actual(TOPIC_BY_EVENT_TYPE[event["event_type"]]),
                               [(event["member_id"].encode(), line)])
-        changes = await read_topic(stack.broker_bootstrap, TAG_CHANGES_TOPIC, timeout=120,
+        changes = await read_topic(stack.broker_bootstrap, names.tag_changes, timeout=120,
                                    until=change_ids_cover(expected))
         found = {orjson.loads(record.value)["change_id"] for record in changes}
         assert expected <= found, f"{len(expected - found)} tag changes missing"

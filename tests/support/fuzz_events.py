@@ -1,10 +1,11 @@
 """Hostile inbound messages for the bad-input fuzz tests (hypothesis strategies).
 
-Each case is one Kafka message (topic, key, value). Case `n` of run `run` gets the member id
-`F{run}-{n}` and event id `fe-{run}-{n}` unless the case breaks those fields on purpose, and any
-member id it makes up ends in `~{run}-{n}`: no two cases share a member, so each is its member's first
-event and its outcome does not depend on how the worker interleaves topics. That makes the
-offline verdict (`expected_verdict`) exact for the stream.
+Each case is one Kafka message (topic, key, value), its topic a canonical name (the test puts
+its topic namespace before it). Case `n` of run `run` gets the member id `F{run}-{n}` and event
+id `fe-{run}-{n}` unless the case breaks those fields on purpose, and any member id it makes up
+ends in `~{run}-{n}`: no two cases share a member, so each is its member's first event and its
+outcome does not depend on how the worker interleaves topics. That makes the offline verdict
+(`expected_verdict`) exact for the stream.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ from hypothesis import strategies as st
 
 from schemas.decode import decode_event
 from schemas.errors import EventRejected
-from schemas.events import MAX_EVENT_BYTES, TOPIC_BY_EVENT_TYPE
+from schemas.events import MAX_EVENT_BYTES, ORDERS_TOPIC, TOPIC_BY_EVENT_TYPE
+from streams.topics import EVENT_TOPICS
 from taggers.engine import Engine
 from tests.factories import raw_event
 
-EVENT_TOPICS = ("events.orders", "events.interactions", "events.scans")
 EVENT_TYPES = sorted(TOPIC_BY_EVENT_TYPE)
 FIELDS = ["event_id", "event_type", "member_id", "occurred_at", "channel", "schema_version",
           "order_id", "amount_fen", "items", "code_id", "sku", "category", "store_id",
@@ -43,10 +44,11 @@ class Verdict:
     member_id: str | None
 
 
-def expected_verdict(case: FuzzCase, engine: Engine) -> Verdict:
-    """What the worker must do with `case`: the same pure functions it calls, offline."""
+def expected_verdict(case: FuzzCase, engine: Engine, namespace: str = "") -> Verdict:
+    """What the worker must do with `case`, sent under the topic `namespace`: the same pure
+    functions it calls, offline."""
     try:
-        event = decode_event(case.value, topic=case.topic)
+        event = decode_event(case.value, topic=case.topic, namespace=namespace)
         engine.apply(None, event)
     except EventRejected as rejected:
         return Verdict(False, rejected.reason, None)
@@ -100,7 +102,7 @@ def _dumps(body: Any) -> bytes:
 
 
 def _home_topic(body: dict[str, Any]) -> str:
-    return TOPIC_BY_EVENT_TYPE.get(body.get("event_type"), "events.orders")  # type: ignore[arg-type]
+    return TOPIC_BY_EVENT_TYPE.get(body.get("event_type"), ORDERS_TOPIC)  # type: ignore[arg-type]
 
 
 def _unique_member(value: str, n: int, run: str) -> str:

@@ -18,11 +18,13 @@ from schemas.changes import encode_change
 from streams.admin import ensure_topics
 from streams.settings import Settings
 from streams.stack import stop_child
-from streams.topics import topic_partitions
+from streams.topics import topic_names, topic_partitions
 
 
 async def create_topics(settings: Settings) -> None:
-    await ensure_topics(settings.broker_bootstrap, topic_partitions(settings.partitions),
+    """Every tagstream topic of the settings' topic namespace."""
+    await ensure_topics(settings.broker_bootstrap,
+                        topic_partitions(settings.partitions, topic_names(settings)),
                         settings.replication)
 
 
