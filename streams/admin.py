@@ -1,10 +1,13 @@
 """Create the topics tagstream needs, with the partition counts it needs, before anything uses them.
 
-Create topics before any producer or consumer touches them: brokers that auto-create topics (Tansu
-does, on a metadata request naming an unknown topic) would otherwise create them with their own
-default partition count, and the partition rule (streams/partitioning.py) depends on the count.
-Only create_topics and cluster metadata are used: aiokafka's `list_consumer_group_offsets`
-breaks the connection on Tansu (DESIGN.md).
+Create topics before any producer or consumer touches them: a broker that auto-creates topics
+(Kafka's default, `auto.create.topics.enable`) would otherwise create them with its own default
+partition count, and the partition rule (streams/partitioning.py) depends on the count.
+
+Replication 0 (TAGSTREAM_REPLICATION's default) means "as many copies as the cluster can hold,
+up to 3": 1 on a single broker, 3 on the three-node stack or a production cluster; topics then
+get `min.insync.replicas` 2 where there are at least 3 copies, so an acknowledged write
+survives the loss of any one broker.
 """
 
 from __future__ import annotations
@@ -19,26 +22,27 @@ from aiokafka.errors import TopicAlreadyExistsError, for_code
 from schemas.errors import TagstreamError
 
 
+MAX_REPLICATION = 3
+
+
 class TopicError(TagstreamError):
     """A topic cannot be created, or exists with another partition count than required."""
 
 
-async def ensure_topics(bootstrap: str, topics: dict[str, int], replication: int = 1, *,
-                        timeout: float = 30.0, security: Mapping[str, Any] | None = None) -> None:
-    """Create the missing `topics` ({name: partitions}); return once metadata shows them all.
+async def ensure_topics(bootstrap: str, topics: dict[str, int], replication: int = 0, *,
+                        timeout: float = 30.0, security: Mapping[str, Any] | None = None) -> int:
+    """Create the missing `topics` ({name: partitions}); return once metadata shows them all,
+    with the replication factor used (0 resolved as above).
     `security`: `streams.security.kafka_client_kwargs(settings)` (TLS/SASL), if any.
 
     A topic that already exists with the requested partition count is fine; one with another
     count raises TopicError rather than being silently used with the wrong partitioning.
     """
-    if not topics:
-        return
-    # Checked here because Tansu accepts a topic with 0 partitions, which nothing can write to.
     for name, partitions in topics.items():
         if partitions < 1:
             raise TopicError(f"topic {name!r}: partitions must be at least 1, not {partitions}")
-    if replication < 1:
-        raise TopicError(f"replication must be at least 1, not {replication}")
+    if replication < 0:
+        raise TopicError(f"replication must be at least 1 (or 0: the cluster's), not {replication}")
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap,
                                 request_timeout_ms=int(timeout * 1000), **(security or {}))
     try:
@@ -48,8 +52,14 @@ async def ensure_topics(bootstrap: str, topics: dict[str, int], replication: int
         raise TopicError(f"cannot connect to the Kafka broker at {bootstrap}"
                          f"{_as_whom(security)}: {type(exc).__name__}: {exc}") from None
     try:
+        if replication == 0:
+            replication = min(MAX_REPLICATION, len(admin._client.cluster.brokers()))  # noqa: SLF001
+        if not topics:
+            return replication
+        configs = {"min.insync.replicas": "2"} if replication >= 3 else {}
         response = await admin.create_topics(
-            [NewTopic(name, partitions, replication) for name, partitions in topics.items()])
+            [NewTopic(name, partitions, replication, topic_configs=configs)
+             for name, partitions in topics.items()])
         for result in response.to_object()["topic_errors"]:
             error = for_code(result["error_code"])
             if result["error_code"] != 0 and error is not TopicAlreadyExistsError:
@@ -59,6 +69,7 @@ async def ensure_topics(bootstrap: str, topics: dict[str, int], replication: int
         await _wait_for_partitions(admin, topics, time.monotonic() + timeout)
     finally:
         await admin.close()
+    return replication
 
 
 def _as_whom(security: Mapping[str, Any] | None) -> str:

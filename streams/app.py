@@ -6,7 +6,6 @@ from typing import Any
 
 import faust
 
-from streams import compat  # noqa: F401 - installs the Faust/aiokafka adjustments
 from streams.security import faust_broker_credentials
 from streams.settings import Settings
 
@@ -25,7 +24,9 @@ def create_app(settings: Settings) -> faust.App:
         settings.app_id,
         broker=settings.broker,
         broker_credentials=faust_broker_credentials(settings),
-        store="memory://",  # state is rebuilt from the changelog topic on start
+        # RocksDB (through rocksdict) under datadir: a restarted worker reads only the
+        # changelog after the offset its store last persisted (streams/state_store.py).
+        store="rocksdb://",
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication,
         datadir=str(settings.worker_data_dir),
@@ -36,8 +37,8 @@ def create_app(settings: Settings) -> faust.App:
         key_serializer="raw",
         value_serializer="raw",
         consumer_auto_offset_reset="earliest",
-        # A group join otherwise waits out Faust's 60 s rebalance timeout; these values make
-        # a (re)join take ~5 s on the embedded broker and Apache Kafka alike.
+        # A group join otherwise waits out Faust's 60 s rebalance timeout; with these a
+        # (re)join takes a few seconds.
         broker_rebalance_timeout=6,
         broker_session_timeout=10,
         broker_heartbeat_interval=1,
@@ -51,8 +52,8 @@ def create_app(settings: Settings) -> faust.App:
         # before a rebalance would wait for ever. Instead the agent flushes on revocation
         # and leaves what it held unacknowledged: the next owner gets those events again.
         stream_wait_empty=False,
-        # No standby replicas. With the memory store a takeover re-reads a partition's whole
-        # changelog anyway (there is no persisted offset to start from), so a standby would
-        # only make every worker read the other workers' changelogs all the time.
+        # No standby replicas: a takeover reads the changelog from what the new owner's store
+        # persisted (all of it on a new disk); a standby would make every worker read every
+        # other worker's changelog all the time, which two cores cannot spare.
         table_standby_replicas=0,
     )

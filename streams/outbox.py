@@ -21,10 +21,15 @@ class Record(NamedTuple):
     headers: list[tuple[str, bytes]] | None = None
 
 
+# (topic, partition) -> the offset of the last record of a shipment delivered there
+DeliveredOffsets = dict[tuple[str, int], int]
+
+
 class RecordSender(Protocol):
-    async def enqueue(self, records: Sequence[Record]) -> Awaitable[Any]:
+    async def enqueue(self, records: Sequence[Record]) -> Awaitable[DeliveredOffsets | None]:
         """Queue every record for delivery, in order within a partition, behind everything
-        queued before; the returned awaitable completes once all of them are delivered."""
+        queued before; the returned awaitable completes once all of them are delivered, with
+        the last offset written per topic-partition (None where the sender cannot tell)."""
 
 
 class KafkaRecordSender:
@@ -33,7 +38,7 @@ class KafkaRecordSender:
     def __init__(self, producer: Callable[[], Any]) -> None:
         self._producer = producer  # called per shipment: Faust starts its producer late
 
-    async def enqueue(self, records: Sequence[Record]) -> Awaitable[Any]:
+    async def enqueue(self, records: Sequence[Record]) -> Awaitable[DeliveredOffsets]:
         producer = self._producer()
         batches: dict[tuple[str, int], list[Any]] = {}
         for topic, partition, key, value, headers in records:
@@ -48,5 +53,20 @@ class KafkaRecordSender:
         deliveries = []
         for (topic, partition), builders in batches.items():
             for builder in builders:
-                deliveries.append(await producer.send_batch(builder, topic, partition=partition))
-        return asyncio.gather(*deliveries)
+                count = builder.record_count()
+                deliveries.append(_last_offset(
+                    await producer.send_batch(builder, topic, partition=partition), count))
+        return asyncio.ensure_future(_merged(deliveries))
+
+
+async def _last_offset(delivery: Awaitable[Any], count: int) -> tuple[tuple[str, int], int]:
+    """A delivered batch's metadata names its first offset; its records follow it."""
+    metadata = await delivery
+    return (metadata.topic, metadata.partition), metadata.offset + count - 1
+
+
+async def _merged(deliveries: list[Awaitable[tuple[tuple[str, int], int]]]) -> DeliveredOffsets:
+    offsets: DeliveredOffsets = {}
+    for tp, last in await asyncio.gather(*deliveries):
+        offsets[tp] = max(last, offsets.get(tp, -1))
+    return offsets

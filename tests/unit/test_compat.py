@@ -1,4 +1,4 @@
-"""The Faust/aiokafka adjustments in streams/compat.py are installed and do what they say."""
+"""The Faust adjustment in streams/compat.py, once installed, does what it says."""
 
 from __future__ import annotations
 
@@ -7,52 +7,20 @@ import logging
 from types import SimpleNamespace
 from typing import Any
 
-from aiokafka.consumer.group_coordinator import GroupCoordinator
-from aiokafka.protocol.group import LeaveGroupRequest
 from faust.tables.recovery import Recovery
 from faust.types import TP
 
-import streams.app  # noqa: F401 - importing the app installs the adjustments
-from streams.compat import FETCH_MAX_WAIT_MS
+import pytest
+
+from streams import compat
 
 
-class FakeCoordinator:
-    group_id = "tagstream"
-    member_id = "faust-member-1"
-    _group_instance_id = None
-
-    def __init__(self, generation: int) -> None:
-        self.generation = generation
-        self.sent: list[object] = []
-
-    async def _send_req(self, request: object) -> None:
-        self.sent.append(request)
-
-    def reset_generation(self) -> None:
-        self.generation = -1
-
-
-async def test_a_member_of_generation_zero_leaves_the_group_on_close() -> None:
-    """Regression: Tansu's first generation is 0 and aiokafka left only when generation > 0,
-    so a stopped worker stayed in the group and a restarted one waited out its session."""
-    coordinator = FakeCoordinator(generation=0)
-    await GroupCoordinator._maybe_leave_group(coordinator)  # type: ignore[arg-type]
-    [request] = coordinator.sent
-    assert isinstance(request, LeaveGroupRequest) and coordinator.generation == -1
-
-
-async def test_a_member_that_never_joined_sends_nothing() -> None:
-    coordinator = FakeCoordinator(generation=-1)
-    await GroupCoordinator._maybe_leave_group(coordinator)  # type: ignore[arg-type]
-    assert coordinator.sent == []
-
-
-def test_the_worker_consumer_fetch_wait_is_capped() -> None:
-    from faust.transport.drivers import aiokafka as faust_aiokafka
-
-    assert faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer.__name__ == \
-        "_consumer_with_short_fetch_wait"
-    assert FETCH_MAX_WAIT_MS <= 100
+@pytest.fixture(autouse=True)
+def adjusted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Installed for each test, and Faust's own method back afterwards (undo of the no-op
+    setattr), so no other test runs patched by accident."""
+    monkeypatch.setattr(Recovery, "on_recovery_completed", Recovery.on_recovery_completed)
+    compat.install()
 
 
 class RecordingConsumer:
@@ -121,3 +89,17 @@ async def test_a_recovery_overtaken_by_a_new_rebalance_neither_seeks_nor_resumes
     recovery = recovery_with(consumer)
     await Recovery.on_recovery_completed(recovery, generation_id=2)  # the app is at 3
     assert consumer.calls == [] and not recovery.completed.is_set()
+
+
+def test_installing_twice_keeps_one_adjustment() -> None:
+    compat.install()
+    compat.install()
+    assert compat.installed()
+
+
+async def test_faust_alone_resumes_before_it_seeks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the adjustment is for: without it the first call is the resume (the race)."""
+    monkeypatch.setattr(Recovery, "on_recovery_completed", compat._on_recovery_completed)
+    consumer = RecordingConsumer({TP("events.orders", 1)})
+    await Recovery.on_recovery_completed(recovery_with(consumer), generation_id=3)
+    assert [name for name, _ in consumer.calls][:2] == ["resume", "seek"]
