@@ -150,7 +150,7 @@ def _event_time(value: object) -> datetime | None:
 
 async def replay(bootstrap: str, path: Path, *, names: TopicNames, speed: float | None = None,
                  partitions: int, progress: bool = True, topic_override: str | None = None,
-                 replication: int = 1,
+                 replication: int = 0,
                  security: Mapping[str, Any] | None = None) -> ReplayResult:
     """Send every line of the JSONL file at `path` ("-" = stdin) to the event topics of
     `names`, and end with watermarks.

@@ -32,7 +32,8 @@ class Settings:
     # gives. Faust's own topics (the changelog) and the consumer groups follow app_id instead.
     topic_namespace: str = ""
     partitions: int = 4
-    replication: int = 1
+    # Copies of each tagstream topic; 0: min(3, brokers in the cluster) (streams/admin.py).
+    replication: int = 0
     # Kafka security (streams/security.py applies these to Faust and every Kafka client):
     # PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL; SASL PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.
     # Empty file settings mean "not set" (the system CAs, no client certificate).
@@ -99,7 +100,8 @@ class Settings:
     @property
     def broker_bootstrap(self) -> str:
         """`host:port[,host:port]` for plain Kafka clients (aiokafka, librdkafka)."""
-        return ",".join(url.split("://", 1)[-1] for url in self.broker.split(";") if url)
+        return ",".join(url.strip().split("://", 1)[-1]
+                        for url in self.broker.replace(";", ",").split(",") if url.strip())
 
     def to_env(self) -> dict[str, str]:
         """These settings as environment variables, for a child process (a worker)."""

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Awaitable, Callable
 
 import faust
 
 
+from streams import compat
 from streams.admin import ensure_topics
 from streams.agents.members import MemberProcessor, register_member_agent
 from streams.app import create_app, kafka_producer
@@ -24,6 +25,15 @@ from taggers.engine import Engine
 from taggers.rules import load_rules
 
 log = logging.getLogger(__name__)
+
+# The member table's RocksDB, one database per partition, through rocksdict. Faust's default
+# block cache is 2 GiB per partition; states are small and read once per event, so a small
+# cache and write buffer keep a worker's memory near its state's size.
+ROCKSDB_OPTIONS = {
+    "driver": "rocksdict",
+    "block_cache_size": 32 * 1024 * 1024,
+    "write_buffer_size": 16 * 1024 * 1024,
+}
 
 
 @dataclass
@@ -43,7 +53,8 @@ def build_worker(settings: Settings) -> WorkerParts:
     # key_type/value_type (bytes -> raw); anything else falls back to JSON, and recovery then
     # fails on our msgpack values.
     table = app.Table("members", partitions=settings.partitions, default=None,
-                      key_type=bytes, value_type=bytes)
+                      key_type=bytes, value_type=bytes,
+                      options=dict(ROCKSDB_OPTIONS))  # Faust pops keys off it
     processor = MemberProcessor(
         Engine(pack, settings.allowed_lateness_s), KafkaRecordSender(lambda: kafka_producer(app)),
         table, table.changelog_topic.get_topic_name(),
@@ -69,10 +80,13 @@ def _as_coroutine(check: Callable[[], object]) -> Callable[[], Awaitable[None]]:
 
 def run_worker(settings: Settings) -> None:
     install_log_redaction(settings)
-    parts = build_worker(settings)
-    asyncio.run(ensure_topics(settings.broker_bootstrap,
-                              topic_partitions(settings.partitions, topic_names(settings)),
-                              settings.replication, security=kafka_client_kwargs(settings)))
+    compat.install()
+    load_rules(settings.rules_path)  # a bad rule file stops the worker before it touches Kafka
+    # Faust creates the changelog topic itself, with the app's replication: resolve "0" first.
+    replication = asyncio.run(ensure_topics(
+        settings.broker_bootstrap, topic_partitions(settings.partitions, topic_names(settings)),
+        settings.replication, security=kafka_client_kwargs(settings)))
+    parts = build_worker(replace(settings, replication=replication))
     settings.worker_data_dir.mkdir(parents=True, exist_ok=True)
     worker = quiet_worker(parts.app, settings.log_level)
     worker.execute_from_commandline()

@@ -12,7 +12,7 @@ import functools
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Iterable
+from typing import Any, Awaitable, Callable, Iterable, NamedTuple
 
 import faust
 
@@ -31,6 +31,7 @@ from streams.deadlines import DeadlineIndex
 from streams.partitioning import partition_for
 from streams.reorder import ReorderBuffer
 from streams.outbox import Record, RecordSender
+from streams.state_store import MemberStore, StagedStates
 from streams.topics import TopicNames, Topics
 from taggers.clock import to_epoch
 from taggers.engine import Engine, Outcome
@@ -63,6 +64,12 @@ FLUSH_MEMBERS = 2000
 MAX_BATCHES_IN_FLIGHT = 4
 
 
+class SealedBatch(NamedTuple):
+    records: list[Record]
+    acks: list[AckSlot]
+    states: StagedStates  # written to the store once `records` are delivered
+
+
 class MemberProcessor:
     """Handles the inbound messages of the partitions this worker owns, a batch at a time.
 
@@ -82,6 +89,7 @@ class MemberProcessor:
         self.engine = engine
         self.sender = sender
         self.table = table
+        self.store = MemberStore(table, changelog_topic)
         self.changelog_topic = changelog_topic
         self.clocks = clocks
         self.partitions = partitions
@@ -271,7 +279,7 @@ class MemberProcessor:
         dirty = self._dirty.get(key)
         if dirty is not None:
             return dirty[1]
-        raw_state = self.table.get(key)
+        raw_state = self.store.get(key)
         return decode_state(raw_state) if raw_state else None
 
     def _store(self, partition: int, key: bytes, outcome: Outcome) -> None:
@@ -291,36 +299,36 @@ class MemberProcessor:
         self.counters.tag_changes += len(outcome.changes)
         self.deadlines.push(partition, state.next_deadline, state.member_id)
 
-    def seal(self) -> tuple[list[Record], list[AckSlot]] | None:
-        """Close the open batch (None if nothing waits); `ship` it next. Changed states go to
-        the table now (so later events read them) and their changelog and profile records
-        join the batch's records."""
+    def seal(self) -> SealedBatch | None:
+        """Close the open batch (None if nothing waits); `ship` it next. Changed states are
+        staged in the store now (so later events read them), written to it once delivered;
+        their changelog and profile records join the batch's records."""
         self.tally.flush()
         if self._opened_at is None:
             return None
         records, acks, dirty = self._records, self._acks, self._dirty
         self._records, self._acks, self._dirty, self._opened_at = [], [], {}, None
         pack = self.engine.pack
-        data = self.table.data
+        states: StagedStates = []
         for key, (partition, state) in dirty.items():
             raw = encode_state(state)
-            # Written to the store directly (not `table[key] = ...`, which takes the partition
-            # of the message being handled): the changelog record goes in this batch.
-            data[key] = raw
+            states.append((key, partition, raw))
             records.append(Record(self.changelog_topic, partition, key, raw))
             records.append(Record(self.names.profiles, partition, key,
                                   orjson.dumps(render_profile(state, pack))))
-        return records, acks
+        self.store.stage(states)
+        return SealedBatch(records, acks, states)
 
-    async def ship(self, sealed: tuple[list[Record], list[AckSlot]]) -> None:
-        """Deliver a sealed batch's records, then acknowledge its events. Batches are queued
-        to the producer one at a time in the order they were sealed (the lock is FIFO), so a
-        partition's records reach Kafka in the order they were made; several may be in
-        flight. A batch that cannot be delivered raises: its events stay unacknowledged."""
-        records, acks = sealed
+    async def ship(self, sealed: SealedBatch) -> None:
+        """Deliver a sealed batch's records, write its states to the store, then acknowledge
+        its events. Batches are queued to the producer one at a time in the order they were
+        sealed (the lock is FIFO), so a partition's records reach Kafka in the order they were
+        made; several may be in flight. A batch that cannot be delivered raises: its states
+        are never written and its events stay unacknowledged."""
+        records, acks, states = sealed
         async with self._queueing:
             delivered = await self.sender.enqueue(records)
-        await delivered
+        await self.store.write(states, await delivered)
         for slot in acks:
             await self.acks.done(slot)
 
@@ -346,7 +354,7 @@ class MemberProcessor:
 
     def _reevaluate_partition(self, partition: int) -> None:
         now = self.clocks.now(partition)
-        for key in list(self.table.keys()):
+        for key in self.store.keys():
             member_id = key.decode() if isinstance(key, bytes) else str(key)
             if partition_for(member_id, self.partitions) != partition:
                 continue
@@ -374,7 +382,7 @@ class MemberProcessor:
     def _load_deadlines(self, partition: int) -> None:
         """Rebuild a partition's deadline heap from recovered state (once per assignment)."""
         entries = []
-        for key, raw_state in self.table.items():
+        for key, raw_state in self.store.items():
             member_id = key.decode() if isinstance(key, bytes) else str(key)
             if partition_for(member_id, self.partitions) != partition or not raw_state:
                 continue
@@ -389,6 +397,7 @@ class MemberProcessor:
         the last batch was sealed (the agent may handle a few while the revocation waits
         for delivery): their state and changes are dropped with their acknowledgements, or
         this worker would write the changelog of a partition it no longer owns."""
+        self.store.drop_in_flight(partitions)
         for partition in partitions:
             self.deadlines.drop(partition)
             self.clocks.forget(partition)
@@ -483,7 +492,7 @@ class BatchShipper:
         if sealed is not None:
             self._in_flight.append(asyncio.ensure_future(self._ship(sealed)))
 
-    async def _ship(self, sealed: tuple[list[Record], list[AckSlot]]) -> None:
+    async def _ship(self, sealed: SealedBatch) -> None:
         try:
             await self.processor.ship(sealed)
         except Exception as exc:  # noqa: BLE001 - reported, then the worker stops
