@@ -41,45 +41,68 @@ def main() -> None:
 
 @main.group()
 def stack() -> None:
-    """The embedded broker and Redis on loopback, for the demo and development."""
+    """Apache Kafka (KRaft) and Redis on loopback, for the demo, development and tests."""
 
 
 @stack.command("up")
-@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for both.")
-def stack_up(timeout: float) -> None:
-    """Start the Kafka-compatible broker and Redis and wait until both answer."""
+@click.option("--brokers", type=click.IntRange(1, 9), default=None,
+              help="Kafka nodes (1 or 3); default: what the stack dir holds, else 1. Three "
+                   "give tagstream's topics replication 3 and min.insync.replicas 2.")
+@click.option("--fresh", is_flag=True, help="Delete the stack's Kafka data and start empty.")
+@click.option("--timeout", default=90.0, show_default=True, help="Seconds to wait for all.")
+def stack_up(brokers: int | None, fresh: bool, timeout: float) -> None:
+    """Start what is not running yet (Kafka nodes, Redis) and wait until all answer."""
     from streams.admin import ensure_topics
-    from streams.stack import EmbeddedStack
+    from streams.redaction import redact_url
+    from streams.stack import LocalStack
     from streams.topics import topic_names, topic_partitions
 
     settings = _settings()
     try:
-        EmbeddedStack(settings).up(timeout=timeout)
-        asyncio.run(ensure_topics(settings.broker_bootstrap,
+        local = LocalStack(settings)
+        local.up(brokers, fresh=fresh, timeout=timeout)
+        clients = local.client_settings()
+        asyncio.run(ensure_topics(clients.broker_bootstrap,
                                   topic_partitions(settings.partitions, topic_names(settings)),
                                   settings.replication))
     except TagstreamError as exc:
         raise click.ClickException(str(exc)) from None
-    from streams.redaction import redact_url
-
-    click.echo(f"broker {settings.broker} and Redis {redact_url(settings.redis_url)} are up")
+    click.echo(f"Kafka {clients.broker} and Redis {redact_url(settings.redis_url)} are up")
+    if clients.broker != settings.broker:
+        click.echo(f"point tagstream at every node: export TAGSTREAM_BROKER='{clients.broker}'")
 
 
 @stack.command("down")
 def stack_down() -> None:
-    """Stop exactly the processes `stack up` started (by their recorded pids)."""
-    from streams.stack import EmbeddedStack
+    """Stop exactly the processes `stack up` started (by their recorded pids); data stays."""
+    from streams.stack import LocalStack
 
-    stopped = EmbeddedStack(_settings()).down()
+    stopped = LocalStack(_settings()).down()
     click.echo("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
 
 
 @stack.command("status")
-def stack_status() -> None:
-    from streams.stack import EmbeddedStack
+@click.option("--json", "as_json", is_flag=True, help="One JSON object (brokers, redis, bootstrap).")
+def stack_status(as_json: bool) -> None:
+    """What runs: each Kafka node and Redis, with pid, port and whether it answers."""
+    import json
 
-    for name, info in EmbeddedStack(_settings()).status().items():
-        click.echo(f"{name}: {info}")
+    from streams.stack import LocalStack
+
+    try:
+        status = LocalStack(_settings()).status()
+    except TagstreamError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(status))
+        return
+    for broker in status["brokers"]:
+        click.echo(f"kafka node {broker['node_id']}: port {broker['port']}, pid {broker['pid']}, "
+                   f"{'answering' if broker['answering'] else 'not answering'}")
+    redis = status["redis"]
+    click.echo(f"redis: port {redis['port']}, pid {redis['pid']}, "
+               f"{'answering' if redis['answering'] else 'not answering'}")
+    click.echo(f"bootstrap: {status['bootstrap']}")
 
 
 # --- worker ------------------------------------------------------------------------------------

@@ -1,34 +1,70 @@
 """Fixtures for tests that need the real broker and Redis.
 
-Every test gets a stack of its own (fresh ports, its own in-memory broker): a fresh stack answers
-in about 0.1 s, so sharing one would buy nothing and let tests meet through leftover topics and
-keys. A missing broker or redis-server is an error, never a skip: the StackError says how to
-install it. The event loop is per test (asyncio_default_fixture_loop_scope in pyproject.toml),
-matching the per-test stack.
+Apache Kafka is a JVM that takes seconds to start, so one single-node Kafka serves the whole run
+(and one three-node cluster the tests that need it, started on first use). Tests stay apart by
+name: each gets its own topic namespace and app id (so its own consumer groups and changelog),
+and its own Redis (a Redis starts in milliseconds). Tests run one at a time, so a test that
+pauses or restarts the shared broker disturbs no other. A missing JDK, Kafka jars or
+redis-server is an error, never a skip: the error says how to install it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 from streams.settings import Settings
-from streams.stack import EmbeddedStack
+from streams.stack import LocalStack
 from tests.support import private_stack_settings
 
+_test_numbers = itertools.count(1)
+
+
+def _shared_kafka(tmp_path_factory: pytest.TempPathFactory, brokers: int) -> Iterator[LocalStack]:
+    stack_dir = tmp_path_factory.mktemp(f"kafka-{brokers}")
+    settings = private_stack_settings(stack_dir, brokers=brokers)
+    kafka = LocalStack(settings, redis=False)
+    try:
+        kafka.up(brokers)
+        yield kafka
+    finally:
+        kafka.down()
+
+
+@pytest.fixture(scope="session")
+def shared_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """The run's single-node Kafka (KRaft, combined broker and controller)."""
+    yield from _shared_kafka(tmp_path_factory, 1)
+
+
+@pytest.fixture(scope="session")
+def shared_kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """The run's three-node Kafka cluster (replication 3, min.insync.replicas 2)."""
+    yield from _shared_kafka(tmp_path_factory, 3)
+
+
+def _test_settings(kafka: LocalStack, tmp_path: Path) -> Settings:
+    number = next(_test_numbers)
+    return dataclasses.replace(
+        private_stack_settings(tmp_path), broker=kafka.client_settings().broker,
+        topic_namespace=f"t{number}.", app_id=f"tagstream-t{number}")
+
 
 @pytest.fixture
-def stack_settings(tmp_path: Path) -> Settings:
-    """Settings for a private stack that is not started."""
-    return private_stack_settings(tmp_path)
+def stack_settings(shared_kafka: LocalStack, tmp_path: Path) -> Settings:
+    """Settings for this test: the shared Kafka under a namespace of its own, and a Redis of
+    its own on a fresh port (not started)."""
+    return _test_settings(shared_kafka, tmp_path)
 
 
 @pytest.fixture
-def embedded_stack(stack_settings: Settings) -> Iterator[EmbeddedStack]:
-    """The private stack's controller, not started; whatever it recorded is stopped afterwards."""
-    controller = EmbeddedStack(stack_settings)
+def local_redis(stack_settings: Settings) -> Iterator[LocalStack]:
+    """This test's Redis controller, not started; whatever it started is stopped afterwards."""
+    controller = LocalStack(stack_settings, kafka=False)
     try:
         yield controller
     finally:
@@ -36,7 +72,19 @@ def embedded_stack(stack_settings: Settings) -> Iterator[EmbeddedStack]:
 
 
 @pytest.fixture
-def stack(embedded_stack: EmbeddedStack) -> Settings:
-    """A running private broker and Redis; the Settings that point at them."""
-    embedded_stack.up()
-    return embedded_stack.settings
+def stack(local_redis: LocalStack) -> Settings:
+    """The shared Kafka and a running Redis of this test's own; the Settings that point at them."""
+    local_redis.up()
+    return local_redis.settings
+
+
+@pytest.fixture
+def cluster_stack(shared_kafka_cluster: LocalStack, tmp_path: Path) -> Iterator[Settings]:
+    """Like `stack`, on the three-node cluster."""
+    settings = _test_settings(shared_kafka_cluster, tmp_path)
+    redis = LocalStack(settings, kafka=False)
+    try:
+        redis.up()
+        yield settings
+    finally:
+        redis.down()

@@ -14,12 +14,13 @@ def free_port() -> int:
     return free_ports(1)[0]
 
 
-def private_stack_settings(tmp_path: Path) -> Settings:
-    """Settings for a broker, Redis and worker of this test's own, on fresh ports under tmp_path."""
-    broker_port, redis_port, web_port = free_ports(3)
+def private_stack_settings(tmp_path: Path, brokers: int = 1) -> Settings:
+    """Settings for Kafka node(s), Redis and a worker of this test's own, on fresh ports under
+    tmp_path (nothing started)."""
+    *broker_ports, redis_port, web_port = free_ports(brokers + 2)
     return dataclasses.replace(
         Settings(),
-        broker=f"kafka://127.0.0.1:{broker_port}",
+        broker=",".join(f"kafka://127.0.0.1:{port}" for port in broker_ports),
         redis_url=f"redis://127.0.0.1:{redis_port}/0",
         web_port=web_port,
         data_dir=tmp_path / "data",
