@@ -16,6 +16,7 @@ written in the order they were sealed, whatever order their deliveries complete 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 from faust.stores.rocksdb import Store as RocksDBStore
@@ -35,7 +36,7 @@ class MemberStore:
         self.table = table
         self.changelog_topic = changelog_topic
         self._in_flight: dict[bytes, tuple[int, bytes]] = {}  # key -> (partition, state)
-        self._written: asyncio.Future[None] | None = None  # the previous batch's write
+        self._written: asyncio.Future[None] | None = None  # the last staged batch's write
 
     def get(self, key: bytes) -> bytes | None:
         staged = self._in_flight.get(key)
@@ -51,22 +52,28 @@ class MemberStore:
     def keys(self) -> list[bytes]:
         return [key for key, _ in self.items()]
 
-    def stage(self, states: StagedStates) -> None:
-        """A sealed batch's states: readable now, written by `write` once delivered."""
+    def stage(self, states: StagedStates) -> "StagedBatch":
+        """A sealed batch's states: readable now, written by `write` once delivered. Staging
+        order is writing order."""
         for key, partition, raw in states:
             self._in_flight[key] = (partition, raw)
+        batch = StagedBatch(states, self._written,
+                            asyncio.get_running_loop().create_future())
+        self._written = batch.written
+        return batch
 
-    async def write(self, states: StagedStates, delivered: DeliveredOffsets | None) -> None:
-        """Write a delivered batch's states, after every batch sealed before it."""
-        previous = self._written
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._written = done
+    async def write(self, batch: "StagedBatch", delivered: DeliveredOffsets | None) -> None:
+        """Write a delivered batch's states, after every batch staged before it."""
         try:
-            if previous is not None:
-                await asyncio.shield(previous)
-            self._write_now(states, delivered or {})
+            if batch.previous is not None:
+                await asyncio.shield(batch.previous)
+            self._write_now(batch.states, delivered or {})
         finally:
-            done.set_result(None)
+            batch.done()
+
+    def abandon(self, batch: "StagedBatch") -> None:
+        """A batch that will never be written (its delivery failed): later ones go on."""
+        batch.done()
 
     def drop_in_flight(self, partitions: set[int]) -> None:
         """Revoked partitions: their unwritten states are not this worker's to keep."""
@@ -91,3 +98,14 @@ class MemberStore:
             staged = self._in_flight.get(key)
             if staged is not None and staged[1] is raw:  # not restaged by a later batch
                 del self._in_flight[key]
+
+
+@dataclass
+class StagedBatch:
+    states: StagedStates
+    previous: asyncio.Future[None] | None  # the write of the batch staged before this one
+    written: asyncio.Future[None]
+
+    def done(self) -> None:
+        if not self.written.done():
+            self.written.set_result(None)

@@ -31,7 +31,7 @@ from streams.deadlines import DeadlineIndex
 from streams.partitioning import partition_for
 from streams.reorder import ReorderBuffer
 from streams.outbox import Record, RecordSender
-from streams.state_store import MemberStore, StagedStates
+from streams.state_store import MemberStore, StagedBatch, StagedStates
 from streams.topics import TopicNames, Topics
 from taggers.clock import to_epoch
 from taggers.engine import Engine, Outcome
@@ -67,7 +67,7 @@ MAX_BATCHES_IN_FLIGHT = 4
 class SealedBatch(NamedTuple):
     records: list[Record]
     acks: list[AckSlot]
-    states: StagedStates  # written to the store once `records` are delivered
+    staged: StagedBatch  # its states, written to the store once `records` are delivered
 
 
 class MemberProcessor:
@@ -316,21 +316,28 @@ class MemberProcessor:
             records.append(Record(self.changelog_topic, partition, key, raw))
             records.append(Record(self.names.profiles, partition, key,
                                   orjson.dumps(render_profile(state, pack))))
-        self.store.stage(states)
-        return SealedBatch(records, acks, states)
+        return SealedBatch(records, acks, self.store.stage(states))
 
     async def ship(self, sealed: SealedBatch) -> None:
-        """Deliver a sealed batch's records, write its states to the store, then acknowledge
-        its events. Batches are queued to the producer one at a time in the order they were
+        """Deliver a sealed batch's records, acknowledge its events, then write its states to
+        the store. Batches are queued to the producer one at a time in the order they were
         sealed (the lock is FIFO), so a partition's records reach Kafka in the order they were
         made; several may be in flight. A batch that cannot be delivered raises: its states
         are never written and its events stay unacknowledged."""
-        records, acks, states = sealed
-        async with self._queueing:
-            delivered = await self.sender.enqueue(records)
-        await self.store.write(states, await delivered)
+        records, acks, staged = sealed
+        try:
+            async with self._queueing:
+                delivered = await self.sender.enqueue(records)
+            offsets = await delivered
+        except BaseException:
+            self.store.abandon(staged)
+            raise
+        # Acknowledged at delivery, not at the write: the write waits for earlier batches,
+        # and a crash before it is safe (the persisted offset has not moved, so recovery
+        # reads these states back from the changelog).
         for slot in acks:
             await self.acks.done(slot)
+        await self.store.write(staged, offsets)
 
     async def flush(self) -> None:
         """Seal the open batch and ship it."""
