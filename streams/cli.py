@@ -36,7 +36,7 @@ def main() -> None:
     """tagstream: real-time member tagging on Kafka."""
 
 
-# --- embedded stack ----------------------------------------------------------------------------
+# --- local stack (Kafka, Redis) ---------------------------------------------------------------
 
 
 @main.group()

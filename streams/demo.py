@@ -1,4 +1,4 @@
-"""`tagstream demo`: the whole flow on the embedded stack, start to finish, in one command."""
+"""`tagstream demo`: the whole flow on the local stack (Kafka and Redis), start to finish."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from streams.admin import ensure_topics
 from streams.redaction import redact_url
 from streams.security import kafka_client_kwargs
 from streams.settings import Settings
-from streams.stack import EmbeddedStack
+from streams.stack import LocalStack
 from streams.tail import format_record
 from streams.topics import topic_names, topic_partitions
 
@@ -27,11 +27,14 @@ def run_demo(settings: Settings, *, members: int, days: int, seed: int,
     # A generated history lies in the past: the event-time clock lets its absence rules fire
     # at their historical deadlines, as they would have live.
     settings = replace(settings, clock="event")
-    stack = EmbeddedStack(settings)
-    was_running = all(info.get("answering") for info in stack.status().values())
-    say(f"1/5 starting the embedded broker ({settings.broker}) and Redis "
-        f"({redact_url(settings.redis_url)})")
+    stack = LocalStack(settings)
+    status = stack.status()
+    was_running = (bool(status["brokers"]) and status["redis"]["answering"]
+                   and all(broker["answering"] for broker in status["brokers"]))
+    say(f"1/5 starting Apache Kafka {status['kafka_version']} ({status['bootstrap']}) and "
+        f"Redis ({redact_url(settings.redis_url)}); the first start formats Kafka's storage")
     stack.up()
+    settings = stack.client_settings()
     worker: subprocess.Popen[bytes] | None = None
     sink: subprocess.Popen[bytes] | None = None
     try:
