@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Mapping
+from typing import Any, Collection, Mapping
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 
 from schemas.errors import TagstreamError
+from streams.security import kafka_client_kwargs
+from streams.settings import Settings
+from streams.topics import topic_names, topic_partitions
 
 
 MAX_REPLICATION = 3
@@ -29,11 +32,23 @@ class TopicError(TagstreamError):
     """A topic cannot be created, or exists with another partition count than required."""
 
 
+async def ensure_tagstream_topics(settings: Settings) -> int:
+    """Every topic of the settings' namespace, `members.profiles` compacted; returns the
+    replication factor used. What each process calls before it touches a topic."""
+    names = topic_names(settings)
+    return await ensure_topics(
+        settings.broker_bootstrap, topic_partitions(settings.partitions, names),
+        settings.replication, security=kafka_client_kwargs(settings),
+        compacted=(names.profiles,))
+
+
 async def ensure_topics(bootstrap: str, topics: dict[str, int], replication: int = 0, *,
-                        timeout: float = 30.0, security: Mapping[str, Any] | None = None) -> int:
+                        timeout: float = 30.0, security: Mapping[str, Any] | None = None,
+                        compacted: Collection[str] = ()) -> int:
     """Create the missing `topics` ({name: partitions}); return once metadata shows them all,
     with the replication factor used (0 resolved as above).
     `security`: `streams.security.kafka_client_kwargs(settings)` (TLS/SASL), if any.
+    `compacted`: topics that keep the newest record per key (`cleanup.policy=compact`).
 
     A topic that already exists with the requested partition count is fine; one with another
     count raises TopicError rather than being silently used with the wrong partitioning.
@@ -56,9 +71,10 @@ async def ensure_topics(bootstrap: str, topics: dict[str, int], replication: int
             replication = min(MAX_REPLICATION, len(admin._client.cluster.brokers()))  # noqa: SLF001
         if not topics:
             return replication
-        configs = {"min.insync.replicas": "2"} if replication >= 3 else {}
+        durable = {"min.insync.replicas": "2"} if replication >= 3 else {}
         response = await admin.create_topics(
-            [NewTopic(name, partitions, replication, topic_configs=configs)
+            [NewTopic(name, partitions, replication, topic_configs={
+                **durable, **({"cleanup.policy": "compact"} if name in compacted else {})})
              for name, partitions in topics.items()])
         for result in response.to_object()["topic_errors"]:
             error = for_code(result["error_code"])

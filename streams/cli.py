@@ -52,19 +52,16 @@ def stack() -> None:
 @click.option("--timeout", default=90.0, show_default=True, help="Seconds to wait for all.")
 def stack_up(brokers: int | None, fresh: bool, timeout: float) -> None:
     """Start what is not running yet (Kafka nodes, Redis) and wait until all answer."""
-    from streams.admin import ensure_topics
+    from streams.admin import ensure_tagstream_topics
     from streams.redaction import redact_url
     from streams.stack import LocalStack
-    from streams.topics import topic_names, topic_partitions
 
     settings = _settings()
     try:
         local = LocalStack(settings)
         local.up(brokers, fresh=fresh, timeout=timeout)
         clients = local.client_settings()
-        asyncio.run(ensure_topics(clients.broker_bootstrap,
-                                  topic_partitions(settings.partitions, topic_names(settings)),
-                                  settings.replication))
+        asyncio.run(ensure_tagstream_topics(clients))
     except TagstreamError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"Kafka {clients.broker} and Redis {redact_url(settings.redis_url)} are up")
@@ -344,6 +341,9 @@ def demo(members: int, days: int, seed: int, keep_stack: bool) -> None:
               help="Partitions per topic (default: TAGSTREAM_PARTITIONS).")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1),
               help="Worker processes for the pipeline, the restart and the latency phase.")
+@click.option("--brokers", default=1, show_default=True, type=click.IntRange(1),
+              help="Kafka nodes (KRaft) of the private stack; with --use-stack, the running "
+                   "cluster's are counted instead.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @click.option("--use-stack", is_flag=True,
               help="Use the running broker and Redis of TAGSTREAM_BROKER / TAGSTREAM_REDIS_URL "
@@ -357,9 +357,9 @@ def demo(members: int, days: int, seed: int, keep_stack: bool) -> None:
 @click.option("--seed", default=1, show_default=True, type=int)
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Logs and profiles (default: <TAGSTREAM_DATA_DIR>/bench/<time>).")
-def bench(members: int, events: int, partitions: int | None, workers: int, as_json: bool,
-          use_stack: bool, keep_stack: bool, profile: str | None, latency_seconds: float,
-          seed: int, workdir: Path | None) -> None:
+def bench(members: int, events: int, partitions: int | None, workers: int, brokers: int,
+          as_json: bool, use_stack: bool, keep_stack: bool, profile: str | None,
+          latency_seconds: float, seed: int, workdir: Path | None) -> None:
     """Raw Kafka passthrough vs the full pipeline, latency, memory and recovery, in one run."""
     import json
     import shlex
@@ -371,8 +371,8 @@ def bench(members: int, events: int, partitions: int | None, workers: int, as_js
     settings = _settings()
     options = BenchOptions(
         members=members, events=events, partitions=partitions or settings.partitions,
-        workers=workers, use_stack=use_stack, keep_stack=keep_stack, profile=profile,
-        latency_s=latency_seconds, seed=seed, workdir=workdir,
+        workers=workers, brokers=brokers, use_stack=use_stack, keep_stack=keep_stack,
+        profile=profile, latency_s=latency_seconds, seed=seed, workdir=workdir,
         command=shlex.join(["tagstream", *sys.argv[1:]]))
     try:
         result = run_bench(settings, options, lambda text: click.echo(text, err=True))

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import orjson
 
-from streams.admin import ensure_topics
+from streams.admin import ensure_tagstream_topics
 from streams.redaction import redact_url
 from streams.security import kafka_client_kwargs
 from streams.settings import Settings
 from streams.stack import LocalStack
 from streams.tail import format_record
-from streams.topics import topic_names, topic_partitions
+from streams.topics import topic_names
 
 
 def run_demo(settings: Settings, *, members: int, days: int, seed: int,
@@ -38,10 +38,7 @@ def run_demo(settings: Settings, *, members: int, days: int, seed: int,
     worker: subprocess.Popen[bytes] | None = None
     sink: subprocess.Popen[bytes] | None = None
     try:
-        asyncio.run(ensure_topics(settings.broker_bootstrap,
-                                  topic_partitions(settings.partitions, topic_names(settings)),
-                                  settings.replication,
-                                  security=kafka_client_kwargs(settings)))
+        asyncio.run(ensure_tagstream_topics(settings))
         workdir = settings.data_dir / "demo"
         workdir.mkdir(parents=True, exist_ok=True)
         events_path = workdir / "events.jsonl"

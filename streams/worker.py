@@ -11,16 +11,15 @@ import faust
 
 
 from streams import compat
-from streams.admin import ensure_topics
+from streams.admin import ensure_tagstream_topics
 from streams.agents.members import MemberProcessor, register_member_agent
 from streams.app import create_app, kafka_producer
 from streams.clock import PartitionClocks
 from streams.outbox import KafkaRecordSender
 from streams.redaction import install_log_redaction
 from streams.rules_watch import RulesWatcher
-from streams.security import kafka_client_kwargs
 from streams.settings import Settings
-from streams.topics import declare_topics, topic_names, topic_partitions
+from streams.topics import declare_topics, topic_names
 from taggers.engine import Engine
 from taggers.rules import load_rules
 
@@ -83,9 +82,7 @@ def run_worker(settings: Settings) -> None:
     compat.install()
     load_rules(settings.rules_path)  # a bad rule file stops the worker before it touches Kafka
     # Faust creates the changelog topic itself, with the app's replication: resolve "0" first.
-    replication = asyncio.run(ensure_topics(
-        settings.broker_bootstrap, topic_partitions(settings.partitions, topic_names(settings)),
-        settings.replication, security=kafka_client_kwargs(settings)))
+    replication = asyncio.run(ensure_tagstream_topics(settings))
     parts = build_worker(replace(settings, replication=replication))
     settings.worker_data_dir.mkdir(parents=True, exist_ok=True)
     worker = quiet_worker(parts.app, settings.log_level)

@@ -251,13 +251,10 @@ class WeComSyncService(faust.Service):
 
 async def run_wecom_sync(settings: Settings, stop: asyncio.Event) -> None:
     """Run the sync until `stop` is set (the `tagstream wecom-sync` command)."""
-    from streams.admin import ensure_topics
-    from streams.topics import topic_partitions
+    from streams.admin import ensure_tagstream_topics
 
     service = WeComSyncService(settings)  # fails fast on a missing corp id or secret
-    await ensure_topics(settings.broker_bootstrap,
-                        topic_partitions(settings.partitions, topic_names(settings)),
-                        settings.replication, security=kafka_client_kwargs(settings))
+    await ensure_tagstream_topics(settings)
     await service.start()
     try:
         while not stop.is_set() and not service.crashed:

@@ -15,17 +15,14 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from schemas.changes import encode_change
-from streams.admin import ensure_topics
+from streams.admin import ensure_tagstream_topics
 from streams.settings import Settings
 from streams.stack import stop_child
-from streams.topics import topic_names, topic_partitions
 
 
 async def create_topics(settings: Settings) -> None:
     """Every tagstream topic of the settings' topic namespace."""
-    await ensure_topics(settings.broker_bootstrap,
-                        topic_partitions(settings.partitions, topic_names(settings)),
-                        settings.replication)
+    await ensure_tagstream_topics(settings)
 
 
 class WorkerProcess:
@@ -215,3 +212,68 @@ def assert_same_profiles(found: dict[str, Any], expected: dict[str, Any]) -> Non
         f"profiles: {len(expected)} expected, {len(found)} found; {len(missing)} missing "
         f"(e.g. {missing[:5]}), {len(unexpected)} unexpected (e.g. {unexpected[:5]}), "
         f"{len(differing)} differ (e.g. {differing[:5]}){first}")
+
+
+# --- several workers, broker nodes -------------------------------------------------------------
+
+
+class AllWorkers:
+    """Several workers seen as one by `read_topic(worker=...)`: alive only while every one
+    is, and the log tail of those that died (or of all, if none has)."""
+
+    def __init__(self, *workers: WorkerProcess) -> None:
+        self.workers = workers
+
+    def alive(self) -> bool:
+        return all(worker.alive() for worker in self.workers)
+
+    def log_tail(self, lines: int = 40) -> str:
+        dead = [w for w in self.workers if not w.alive()] or list(self.workers)
+        return "\n".join(f"--- {w.log_path.name} (exit code "
+                         f"{w.process.poll() if w.process else None}):\n{w.log_tail(lines)}"
+                         for w in dead)
+
+
+async def partition_leader(bootstrap: str, topic: str, partition: int = 0) -> int:
+    """The node id that leads `topic`'s `partition`, from fresh cluster metadata."""
+    from aiokafka import AIOKafkaClient
+
+    client = AIOKafkaClient(bootstrap_servers=bootstrap)
+    await client.bootstrap()
+    try:
+        metadata = await client.fetch_all_metadata()
+        leader = metadata.leader_for_partition(TopicPartition(topic, partition))
+        if leader is None or leader < 0:
+            raise AssertionError(f"{topic}[{partition}] has no leader now")
+        return leader
+    finally:
+        await client.close()
+
+
+def signal_node(record: Any, sig: int, wait_s: float = 60) -> float:
+    """Send `sig` to the recorded process (a Kafka node) through a pidfd, after checking the pid
+    still runs the recorded argv, and wait up to `wait_s` for it to exit (reaped if it is our
+    child); returns the seconds it took to exit. Raises if it is not running or outlives
+    `wait_s`."""
+    import select
+    import signal as signals
+
+    from streams.stack import is_running
+
+    pidfd = os.pidfd_open(record.pid)
+    try:
+        if not is_running(record):
+            raise AssertionError(f"pid {record.pid} no longer runs {record.argv[:1]}")
+        started = time.monotonic()
+        signals.pidfd_send_signal(pidfd, sig)
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        if not poller.poll(int(wait_s * 1000)):
+            raise AssertionError(f"pid {record.pid} still runs {wait_s:g} s after signal {sig}")
+        return time.monotonic() - started
+    finally:
+        os.close(pidfd)
+        try:
+            os.waitpid(record.pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
