@@ -1,7 +1,8 @@
 """`tagstream bench`: what the pipeline costs next to plain Kafka, measured in one run.
 
-One run on one broker (a private embedded stack on free loopback ports, or with `--use-stack`
-the broker and Redis the settings point at) measures, in this order:
+One run on Apache Kafka (a private stack of `--brokers` KRaft nodes and a Redis on free loopback
+ports under the bench's directory, or with `--use-stack` the cluster and Redis the settings
+point at) measures, in this order:
 
 1. a generated history of N members (streams/generate.py, `days` chosen so that N members make
    about the requested number of events, ending now) is pre-produced by the replay tool;
@@ -16,15 +17,20 @@ the broker and Redis the settings point at) measures, in this order:
    and the Redis sink, started once the events are on the topics: the first worker's
    "Worker ready" (group joined, partitions assigned, changelog recovered; excluded) -> the
    Kafka timestamp of the last expected tag change on `tags.changes`;
-5. restart recovery: the workers are stopped and new ones (wall clock) started with every
-   member's state in the changelog: process start -> "Worker ready";
-6. latency: on those workers, a first order of a new member (one tag change each, at least)
+5. restart recovery, twice, process start -> "Worker ready": (a) the pipeline workers, stopped
+   cleanly, are started again (wall clock) on their own data dirs, so each opens its RocksDB
+   store and reads only the changelog after the offset the store persisted; those are stopped,
+   and (b) new workers with empty data dirs rebuild every member's state from the changelog.
+   The records each recovery read come from Faust's own log (its highwater and start-offset
+   tables); the changelog's size before (b) is its end minus its start offsets, since Kafka
+   compacts it only once a segment rolls;
+6. latency: on the workers of (b), a first order of a new member (one tag change each, at least)
    produced at half the measured pipeline rate for a while: produce -> the change read back
    from `tags.changes` on this host, p50 and p99.
 
 Speeds are reported, never asserted. Every process the bench starts is stopped by its pid,
-also on failure and Ctrl-C. The workers, the sink, the broker and Redis share the machine's
-cores with the bench itself, as they would on a single host.
+also on failure and Ctrl-C. The workers, the sink, the Kafka node(s) and Redis share the
+machine's cores with the bench itself, as they would on a single host.
 """
 
 from __future__ import annotations
@@ -52,20 +58,21 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from schemas.errors import TagstreamError
-from streams.admin import ensure_topics
+from streams.admin import ensure_tagstream_topics, ensure_topics
 from streams.generate import CST, generate_events, write_jsonl
+from streams.kafka_server import kafka_version
 from streams.partitioning import partition_for
 from streams.security import kafka_client_kwargs
 from streams.settings import Settings
-from streams.stack import EmbeddedStack, free_ports, stop_child
-from streams.topics import TopicNames, topic_names, topic_partitions
+from streams.stack import LocalStack, free_ports, stop_child
+from streams.topics import TopicNames, topic_names
 
 PASSTHROUGH_TOPIC = "bench.passthrough"  # canonical: the topic namespace goes before it
 PROFILERS = ("py-spy", "pyinstrument")
 LIVE_MEMBER_PREFIX = "LIVE-"  # members the latency phase creates; none exist in the history
 READY_TIMEOUT_S = 180.0  # a fresh worker's start -> "Worker ready" (group join, empty changelog)
-# A restarted worker reads every member's state back first: at 1,000,000 events that took
-# minutes here, and the figure is what the bench is for, so it waits long for it.
+# A worker on an empty disk reads every member's state back first, which takes minutes at a
+# million events; that figure is what the bench is for, so it waits long for it.
 RECOVERY_TIMEOUT_S = 1800.0
 LATENCY_GRACE_S = 15.0
 FLOOR_RATE = 20.0  # live orders per second for the latency floor (no queueing at this rate)
@@ -79,6 +86,12 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 WORKER_READY = "]: Worker ready"
 ASSIGNED = "Setting newly assigned partitions"
 RECOVERY_COMPLETE = "]: Recovery complete"
+# Faust's recovery logs a table of each active changelog partition's highwater (its last
+# offset), then one of the offset reading starts after (the store's persisted offset, or the
+# partition's start - 1); rows are "| topic | partition | offset |", a repeated topic as "〃".
+HIGHWATER_TABLE = "highwater for active changelog partitions"
+START_TABLE = "active offsets at start of reading"
+_TABLE_ROW = re.compile(r"^\|\s*(\S+)\s*\|\s*(\d+)\s*\|\s*(-?\d+)\s*\|\s*$")
 
 
 class BenchError(TagstreamError):
@@ -91,6 +104,7 @@ class BenchOptions:
     events: int = 100_000
     partitions: int = 4
     workers: int = 1
+    brokers: int = 1  # Kafka nodes of the private stack
     use_stack: bool = False  # the running broker and Redis of the settings, not private ones
     keep_stack: bool = False  # leave the private broker and Redis running afterwards
     profile: str | None = None  # "py-spy" or "pyinstrument": the pipeline workers run under it
@@ -122,9 +136,10 @@ class Child:
     """One process the bench started: its log file, its peak memory, stopping it by pid."""
 
     def __init__(self, name: str, argv: list[str], env: Mapping[str, str], log_path: Path,
-                 registry: list["Child"]) -> None:
+                 registry: list["Child"], web_port: int | None = None) -> None:
         self.name = name
         self.log_path = log_path
+        self.web_port = web_port  # a worker's: its data dir is <data dir>/worker-<web port>
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as log:
             self.offset = log.tell()
@@ -224,8 +239,11 @@ class _Run:
     options: BenchOptions
     workdir: Path
     say: Say
+    stack: LocalStack | None = None  # the private stack, if the bench started one
     children: list[Child] = field(default_factory=list)
     result: dict[str, Any] = field(default_factory=dict)
+    messages: int = 0  # records on the event topics after the replay: events and markers
+    worker_ports: list[int] = field(default_factory=list)  # the pipeline workers' web ports
 
     @property
     def bootstrap(self) -> str:
@@ -250,6 +268,11 @@ def run_bench(settings: Settings, options: BenchOptions, say: Say) -> dict[str, 
         raise BenchError(f"--profile must be one of {', '.join(PROFILERS)}")
     if options.profile is not None:
         _require_profiler(options.profile)
+    if options.brokers < 1:
+        raise BenchError(f"--brokers must be at least 1, not {options.brokers}")
+    if options.use_stack and options.brokers != 1:
+        raise BenchError("--brokers is for the private stack; with --use-stack the bench "
+                         "measures the running cluster (and reports its node count)")
     workdir = (options.workdir or settings.data_dir / "bench"
                / datetime.now().strftime("%Y%m%d-%H%M%S")).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -257,21 +280,23 @@ def run_bench(settings: Settings, options: BenchOptions, say: Say) -> dict[str, 
         # A fresh app id: its own consumer group and an empty changelog on a shared broker.
         settings = dataclasses.replace(settings, app_id=f"{settings.app_id}-bench-{int(time.time())}")
     else:
-        broker_port, redis_port = free_ports(2)
+        *broker_ports, redis_port = free_ports(options.brokers + 1)
         settings = dataclasses.replace(
-            settings, broker=f"kafka://127.0.0.1:{broker_port}",
+            settings, broker=",".join(f"kafka://127.0.0.1:{port}" for port in broker_ports),
             redis_url=f"redis://127.0.0.1:{redis_port}/0", stack_dir=workdir / "stack")
     settings = dataclasses.replace(settings, partitions=options.partitions,
                                    data_dir=workdir / "data", log_level="info")
-    run = _Run(settings, options, workdir, say)
-    run.result.update(_header(options, settings, workdir))
-    stack = None if options.use_stack else EmbeddedStack(settings)
+    stack = None if options.use_stack else LocalStack(settings)
+    run = _Run(settings, options, workdir, say, stack)
+    run.result.update(_header(options, workdir))
     started = time.perf_counter()
     previous_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         if stack is not None:
-            say(f"starting a private broker ({settings.broker}) and Redis ({settings.redis_url})")
-            stack.up()
+            say(f"starting a private Kafka {kafka_version()} ({options.brokers} node(s), "
+                f"{settings.broker}) and Redis ({settings.redis_url})")
+            stack.up(options.brokers, fresh=True)
+            run.settings = stack.client_settings()
         asyncio.run(_interruptible(_phases(run)))
     except (TagstreamError, KeyboardInterrupt, asyncio.CancelledError,
             Exception) as exc:  # noqa: BLE001 - reported in the result
@@ -283,7 +308,7 @@ def run_bench(settings: Settings, options: BenchOptions, say: Say) -> dict[str, 
             child.stop()
         if stack is not None:
             if options.keep_stack and "error" not in run.result:
-                say(f"the broker ({settings.broker}) and Redis ({settings.redis_url}) keep "
+                say(f"Kafka ({settings.broker}) and Redis ({settings.redis_url}) keep "
                     f"running; stop them with: TAGSTREAM_STACK_DIR={settings.stack_dir} "
                     "tagstream stack down")
             else:
@@ -321,10 +346,19 @@ async def _interruptible(phases: Any) -> None:
 
 
 async def _phases(run: _Run) -> None:
-    settings, options = run.settings, run.options
-    await ensure_topics(run.bootstrap, {**topic_partitions(options.partitions, run.names),
-                                        run.names.actual(PASSTHROUGH_TOPIC): options.partitions},
-                        settings.replication, security=run.security)
+    options = run.options
+    nodes = await _cluster_nodes(run)
+    # The pinned version: the private stack runs it, and docker-compose.yml runs the same.
+    run.result["broker"] = broker_name(kafka_version(), nodes)
+    # The topics as a worker creates them (members.profiles compacted), before any worker.
+    replication = await ensure_tagstream_topics(run.settings)
+    # Resolved once, so the replay, the workers and Faust's changelog all use the same factor.
+    run.settings = dataclasses.replace(run.settings, replication=replication)
+    await ensure_topics(run.bootstrap, {run.names.actual(PASSTHROUGH_TOPIC): options.partitions},
+                        replication, security=run.security)
+    run.result["details"]["broker"] = {"bootstrap": run.bootstrap, "nodes": nodes,
+                                       "replication": replication,
+                                       "private": not options.use_stack}
     if options.use_stack:
         await _require_empty_event_topics(run)
     path = run.workdir / "events.jsonl"
@@ -332,11 +366,37 @@ async def _phases(run: _Run) -> None:
     # a Ctrl-C then stops them at once (a worker thread would be waited for on the way out).
     _generate(run, path)
     await _preproduce(run, path)
+    run.messages = await _event_messages(run)
+    replayed = run.result["events"] + run.result["details"]["replay"]["watermark_markers"]
+    if run.messages != replayed:
+        _warn(run, f"the event topics hold {run.messages:,} records after the replay, which "
+                   f"sent {replayed:,} (events and watermark markers)")
     run.result["raw_passthrough_eps"] = await raw_passthrough(run)
     await faust_floor(run)
     expected = _dry_run(run, path)
     await _pipeline(run, expected)
     await _restart_and_latency(run)
+
+
+def broker_name(version: str, nodes: int) -> str:
+    return f"Apache Kafka {version}, {nodes} node{'' if nodes == 1 else 's'}"
+
+
+async def _cluster_nodes(run: _Run) -> int:
+    """How many brokers the cluster's metadata lists."""
+    from aiokafka import AIOKafkaClient
+
+    client = AIOKafkaClient(bootstrap_servers=run.bootstrap, **run.security)
+    try:
+        await client.bootstrap()
+        return len(client.cluster.brokers())
+    finally:
+        await client.close()
+
+
+def _warn(run: _Run, text: str) -> None:
+    run.result.setdefault("warnings", []).append(text)
+    run.say(f"WARNING: {text}")
 
 
 # --- 1. history ------------------------------------------------------------------------------------
@@ -397,6 +457,20 @@ async def _preproduce(run: _Run, path: Path) -> None:
         "per_topic": dict(sorted(replayed.produced.items()))}
 
 
+async def _event_messages(run: _Run) -> int:
+    """The records on the event topics (end minus start offsets): what each reader must see."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=run.bootstrap, **run.security)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(t, p) for t in run.names.events
+               for p in range(run.options.partitions)]
+        begins = await consumer.beginning_offsets(tps)
+        ends = await consumer.end_offsets(tps)
+        return sum(ends[tp] - begins[tp] for tp in tps)
+    finally:
+        await consumer.stop()
+
+
 async def _require_empty_event_topics(run: _Run) -> None:
     consumer = AIOKafkaConsumer(bootstrap_servers=run.bootstrap, **run.security)
     await consumer.start()
@@ -415,12 +489,6 @@ async def _require_empty_event_topics(run: _Run) -> None:
 # --- 2. raw passthrough ----------------------------------------------------------------------------
 
 
-def _messages_replayed(run: _Run) -> int:
-    """Events and watermark markers on the event topics, as the replay counted them: Tansu
-    0.6 answers ListOffsets (latest) with the last batch's base offset + 1, short of the end."""
-    return run.result["events"] + run.result["details"]["replay"]["watermark_markers"]
-
-
 async def raw_passthrough(run: _Run) -> float:
     """Plain aiokafka: consume the event topics, orjson-decode, produce to another topic."""
     run.say("raw passthrough: aiokafka consume -> orjson -> produce")
@@ -436,7 +504,7 @@ async def raw_passthrough(run: _Run) -> float:
                for p in range(run.options.partitions)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
-        total = _messages_replayed(run)
+        total = run.messages
         loop = asyncio.get_running_loop()
         all_acked = loop.create_future()
         state = {"in_flight": 0, "errors": 0, "reading": True, "last_ack": 0.0}
@@ -491,7 +559,7 @@ async def raw_passthrough(run: _Run) -> float:
 async def faust_floor(run: _Run) -> None:
     """A Faust agent that only acknowledges (streams/bench_floor.py) over the same messages:
     the most any Faust agent does here, so `ratio_ceiling` bounds `ratio`."""
-    total = _messages_replayed(run)
+    total = run.messages
     report = run.workdir / "faust-floor.json"
     report.unlink(missing_ok=True)
     run.say(f"faust floor: a Faust agent that only acknowledges, over the same {total:,} messages")
@@ -577,15 +645,18 @@ def _worker_argv(run: _Run, web_port: int, report: Path | None) -> list[str]:
     return [sys.executable, *worker]
 
 
-def _start_workers(run: _Run, phase: str, clock: str, profile: bool) -> list[Child]:
+def _start_workers(run: _Run, phase: str, clock: str, profile: bool,
+                   ports: list[int]) -> list[Child]:
+    """A worker per web port; each keeps its RocksDB store in <data dir>/worker-<port>."""
     workers = []
-    for index, port in enumerate(free_ports(run.options.workers), start=1):
+    for index, port in enumerate(ports, start=1):
         report = None
         if profile and run.options.profile == "pyinstrument":
             report = run.workdir / f"profile-{phase}-worker{index}.pyisession"
         workers.append(Child(f"{phase} worker {index}", _worker_argv(run, port, report),
-                             run.env(clock=clock), run.workdir / f"{phase}-worker{index}.log",
-                             run.children))
+                             run.env(clock=clock, web_port=port),
+                             run.workdir / f"{phase}-worker{index}.log",
+                             run.children, web_port=port))
     return workers
 
 
@@ -607,7 +678,9 @@ async def _pipeline(run: _Run, expected: Expected) -> None:
         sink = _start_sink(run)
         run.say(f"pipeline: {options.workers} worker(s), event clock, default pack, "
                 f"Redis sink on; {len(expected.change_ids):,} tag changes expected")
-        workers = _start_workers(run, "pipeline", "event", profile=options.profile is not None)
+        run.worker_ports = free_ports(options.workers)
+        workers = _start_workers(run, "pipeline", "event", profile=options.profile is not None,
+                                 ports=run.worker_ports)
         ready = [await wait_for_log(w, WORKER_READY, READY_TIMEOUT_S) for w in workers]
         # Attached once the interpreter is up (py-spy cannot attach to one still starting).
         spies = _start_py_spy(run, workers, "pipeline") if options.profile == "py-spy" else []
@@ -630,12 +703,13 @@ async def _pipeline(run: _Run, expected: Expected) -> None:
         dead = await _read_all(run, run.names.deadletter, dead_baseline)
         peaks = [w.peak_rss_mb() for w in workers]
         run.result["rss_mb"] = max((p for p in peaks if p is not None), default=None)
+        run.result["matches_dry_run"] = not seen.missing and not seen.unexpected
         run.result["details"]["pipeline"] = {
             "seconds": round(seconds, 3), "tag_changes": seen.total,
             "duplicate_tag_changes": seen.duplicates, "unexpected_tag_changes": seen.unexpected,
             "tier_changes": len(tiers),  # as far as written when the last tag change was
             "tier_changes_expected": expected.tier_changes,
-            "matches_dry_run": not seen.missing and not seen.unexpected,
+            "matches_dry_run": run.result["matches_dry_run"],
             "dead_lettered": len(dead),
             "dead_letter_examples": [_dead_letter_text(value) for value in dead[:5]],
             "missing_tag_changes": len(seen.missing),
@@ -649,17 +723,15 @@ async def _pipeline(run: _Run, expected: Expected) -> None:
             "cpu_pct_of_one_core": {name: round(100 * used / cpu_window, 1)
                                     for name, used in cpu_used.items()}}
         if seen.missing or seen.unexpected:
-            run.result.setdefault("warnings", []).append(
-                f"the stream's tag changes differ from the dry run's: {len(seen.missing)} "
-                f"missing, {seen.unexpected} unexpected (see details.pipeline)")
-            run.say(f"WARNING: the stream's tag changes differ from the dry run's: "
-                    f"{len(seen.missing)} missing, {seen.unexpected} unexpected (details.pipeline)")
+            _warn(run, f"the stream's tag changes differ from the dry run's: "
+                       f"{len(seen.missing)} missing, {seen.unexpected} unexpected "
+                       "(see details.pipeline)")
         run.say(f"pipeline: {run.result['events']:,} events in {seconds:.2f} s = {eps:,.0f}/s "
                 f"(ratio {run.result['ratio']}); worker peak RSS {run.result['rss_mb']} MB")
         if spies:
             run.result["profile"] = await _stop_py_spy(
                 spies, "pipeline phase (event clock), all threads, CPU only (idle excluded)")
-        run.say("stopping the pipeline worker(s) (SIGTERM) for the restart")
+        run.say("stopping the pipeline worker(s) cleanly (SIGTERM) for the restart")
         stop_started = time.perf_counter()
         await asyncio.gather(*(asyncio.to_thread(w.stop) for w in workers))
         run.result["details"]["pipeline"]["worker_stop_s"] = round(
@@ -676,30 +748,29 @@ async def _positions(run: _Run, topic: str) -> dict[int, int]:
     await consumer.start()
     try:
         tps = [TopicPartition(topic, p) for p in range(run.options.partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_end(*tps)
-        ends = {tp.partition: await consumer.position(tp) for tp in tps}
-        # Tansu's end can stop short inside the last batch: read on to the real end.
-        while batch := await consumer.getmany(timeout_ms=300, max_records=10_000):
-            for tp, messages in batch.items():
-                ends[tp.partition] = messages[-1].offset + 1
-        return ends
+        return {tp.partition: end for tp, end in (await consumer.end_offsets(tps)).items()}
     finally:
         await consumer.stop()
 
 
 async def _read_all(run: _Run, topic: str, start: dict[int, int]) -> list[bytes]:
-    """The values of `topic` from `start` on, until a fetch brings nothing more."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=run.bootstrap, **run.security)
+    """The values of `topic` from `start` to its end offsets now."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=run.bootstrap, enable_auto_commit=False,
+                                **run.security)
     await consumer.start()
     values: list[bytes] = []
     try:
         tps = [TopicPartition(topic, p) for p in start]
+        ends = await consumer.end_offsets(tps)
         consumer.assign(tps)
         for tp in tps:
             consumer.seek(tp, start[tp.partition])
-        while batch := await consumer.getmany(timeout_ms=500, max_records=10_000):
-            values.extend(m.value for messages in batch.values() for m in messages)
+        pending = [tp for tp in tps if start[tp.partition] < ends[tp]]
+        while pending:
+            batch = await consumer.getmany(*pending, timeout_ms=500, max_records=10_000)
+            for tp, messages in batch.items():
+                values.extend(m.value for m in messages if m.offset < ends[tp])
+            pending = [tp for tp in pending if await consumer.position(tp) < ends[tp]]
         return values
     finally:
         await consumer.stop()
@@ -725,13 +796,13 @@ def cpu_seconds(pid: int) -> float:
 
 
 def _stack_pids(run: _Run) -> dict[str, int]:
-    """The private stack's broker and Redis, from the records `EmbeddedStack.up` wrote."""
-    from streams.stack import read_record
-
+    """The private stack's Kafka nodes and Redis, from the records `LocalStack.up` wrote."""
     pids = {}
-    if not run.options.use_stack:
-        for name in ("broker", "redis"):
-            record = read_record(Path(run.settings.stack_dir) / f"{name}.json")
+    if run.stack is not None:
+        layout = run.stack.layout()
+        nodes = layout.nodes if layout is not None else ()
+        for name in [f"broker-{node.node_id}" for node in nodes] + ["redis"]:
+            record = run.stack.record(name)
             if record is not None:
                 pids[name] = record.pid
     return pids
@@ -755,10 +826,9 @@ async def _wait_for_changes(run: _Run, reader: AIOKafkaConsumer, tps: list[Topic
     """Wait until every expected change is on tags.changes; when the last one was written.
 
     While the workers run, only the end offsets are polled (cheap), so the bench takes no CPU
-    from them; the records are read once there are at least as many as expected, or once the
-    end offsets stand still for a second: Tansu 0.6 reports a partition's end as its last
-    batch's base offset + 1, so the count can fall short by part of a batch per partition.
-    The end time comes from the records' own timestamps, not from when they were read."""
+    from them; the records are read once there are at least as many as expected (again as
+    more come, should some be unexpected), or once nothing has come for `stall_s`. The end
+    time comes from the records' own timestamps, not from when they were read."""
     missing = set(expected.change_ids)
     seen = _Seen()
     positions = dict(baseline)
@@ -775,8 +845,7 @@ async def _wait_for_changes(run: _Run, reader: AIOKafkaConsumer, tps: list[Topic
         total = sum(ends[tp] - baseline[tp] for tp in tps)
         if total != last_total:
             last_total, last_progress = total, time.monotonic()
-        still = time.monotonic() - last_progress >= 1.0
-        if total >= len(expected.change_ids) or (still and total != read_at):
+        if total >= len(expected.change_ids) and total != read_at:
             read_at = total
             await _read_changes(reader, ends, positions, missing, expected, seen)
             if not missing:
@@ -833,27 +902,38 @@ async def _read_changes(reader: AIOKafkaConsumer, ends: dict[TopicPartition, int
 
 async def _restart_and_latency(run: _Run) -> None:
     options = run.options
+    restart = run.result["restart"]
+    details: dict[str, Any] = {}
+    run.result["details"]["restart"] = details
     changelog = f"{run.settings.app_id}-members-changelog"
-    records = await _topic_records(run, changelog)
-    run.say(f"restart: {options.workers} new worker(s), wall clock, {records:,} changelog "
-            "records to recover")
-    workers = _start_workers(run, "latency", "wall", profile=False)
-    ready = [await wait_for_log(w, WORKER_READY, RECOVERY_TIMEOUT_S) for w in workers]
-    assigned = [w.first_line_time(ASSIGNED) for w in workers]
-    recovered = [w.first_line_time(RECOVERY_COMPLETE) for w in workers]
-    run.result["recovery_s"] = round(max(r - w.started for r, w in zip(ready, workers)), 2)
-    run.result["details"]["recovery"] = {
-        "changelog_records": records,
-        # start -> partitions assigned (group join) and assigned -> changelog read, slowest worker
-        "join_s": None,
-        "changelog_s": None,
-        "rss_mb_per_worker": [w.peak_rss_mb() for w in workers]}
-    if None not in assigned and None not in recovered:
-        details = run.result["details"]["recovery"]
-        details["join_s"] = _slowest(a - w.started for a, w in zip(assigned, workers))
-        details["changelog_s"] = _slowest(r - a for r, a in zip(recovered, assigned))
-    run.say(f"restart: ready after {run.result['recovery_s']} s")
-    # First a trickle, for the floor with no queueing; then half the measured maximum rate.
+
+    run.say(f"restart with the store: the {options.workers} pipeline worker(s) again, on their "
+            "own data dirs, wall clock")
+    with_store = _start_workers(run, "restart", "wall", profile=False, ports=run.worker_ports)
+    details["with_store"] = await _recovery(run, with_store)
+    restart["with_store_s"] = details["with_store"]["ready_s"]
+    restart["with_store_records"] = details["with_store"]["changelog_records_read"]
+    run.say(f"restart with the store: ready after {restart['with_store_s']} s, "
+            f"{_count(restart['with_store_records'])} changelog records read")
+    stop_started = time.perf_counter()
+    await asyncio.gather(*(asyncio.to_thread(w.stop) for w in with_store))
+    details["with_store"]["stop_s"] = round(time.perf_counter() - stop_started, 2)
+
+    # Kafka compacts the changelog only once a segment rolls, so it may still hold every
+    # state each member ever had: this is what a worker on an empty disk has to read.
+    restart["changelog_records"] = await _topic_records(run, changelog)
+    run.say(f"restart on an empty disk: {options.workers} new worker(s), wall clock, "
+            f"{restart['changelog_records']:,} changelog records (end - start offsets)")
+    workers = _start_workers(run, "fresh-disk", "wall", profile=False,
+                             ports=_unused_ports(run, options.workers))
+    details["fresh_disk"] = await _recovery(run, workers)
+    restart["fresh_disk_s"] = details["fresh_disk"]["ready_s"]
+    restart["fresh_disk_records"] = details["fresh_disk"]["changelog_records_read"]
+    run.say(f"restart on an empty disk: ready after {restart['fresh_disk_s']} s, "
+            f"{_count(restart['fresh_disk_records'])} changelog records read")
+
+    # Latency on the workers that rebuilt from the changelog: first a trickle, for the floor
+    # with no queueing; then half the measured maximum rate.
     floor = await measure_latency(run, FLOOR_RATE, min(FLOOR_SECONDS, options.latency_s),
                                   workers, first=0)
     rate = max(1.0, run.result["pipeline_eps"] * 0.5)
@@ -873,8 +953,75 @@ async def _restart_and_latency(run: _Run) -> None:
         run.result["profile"]["latency_phase"] = await _stop_py_spy(
             spies, "latency phase at half the pipeline rate (wall clock), all threads, CPU only")
     run.result["latency_ms"]["floor"] = {k: floor[k] for k in ("p50", "p99", "rate_eps", "sent")}
-    run.result["details"]["recovery"]["rss_mb_after_latency"] = [w.peak_rss_mb()
-                                                                 for w in workers]
+    details["fresh_disk"]["rss_mb_after_latency"] = [w.peak_rss_mb() for w in workers]
+
+
+async def _recovery(run: _Run, workers: list[Child]) -> dict[str, Any]:
+    """Wait for every worker's "Worker ready"; how long it took and what it read."""
+    ready = [await wait_for_log(w, WORKER_READY, RECOVERY_TIMEOUT_S) for w in workers]
+    assigned = [w.first_line_time(ASSIGNED) for w in workers]
+    recovered = [w.first_line_time(RECOVERY_COMPLETE) for w in workers]
+    reads = [changelog_reads(w.log_lines()) for w in workers]
+    logged = [r for r in reads if r is not None]
+    result: dict[str, Any] = {
+        # process start -> "Worker ready", the slowest worker
+        "ready_s": _slowest(r - w.started for r, w in zip(ready, workers)),
+        # start -> partitions assigned (group join) and assigned -> changelog read, slowest
+        "join_s": None, "changelog_s": None,
+        "changelog_records_read": sum(logged) if logged else None,
+        "changelog_records_read_per_worker": reads,
+        "web_ports": [w.web_port for w in workers],
+        "rss_mb_per_worker": [w.peak_rss_mb() for w in workers]}
+    if None not in assigned and None not in recovered:
+        result["join_s"] = _slowest(a - w.started for a, w in zip(assigned, workers))
+        result["changelog_s"] = _slowest(r - a for r, a in zip(recovered, assigned))
+    return result
+
+
+def changelog_reads(lines: Iterable[str]) -> int | None:
+    """The changelog records a worker's recoveries read, from Faust's log: for each recovery,
+    every active partition's highwater (its last offset) minus the offset reading started
+    after. None if the log has no such tables."""
+    tables: list[tuple[str, dict[tuple[str, int], int]]] = []
+    rows: dict[tuple[str, int], int] | None = None
+    topic = ""
+    for line in lines:
+        if line.startswith("["):  # a new log record; a table continues on the lines below
+            lowered = line.lower()
+            rows = None
+            for kind in (HIGHWATER_TABLE, START_TABLE):
+                if kind in lowered:
+                    rows = {}
+                    tables.append((kind, rows))
+            continue
+        match = _TABLE_ROW.match(line.strip()) if rows is not None else None
+        if match is None:
+            continue
+        topic = topic if match.group(1) == "〃" else match.group(1)
+        rows[(topic, int(match.group(2)))] = int(match.group(3))
+    total: int | None = None
+    highwaters: dict[tuple[str, int], int] = {}
+    for kind, table in tables:
+        if kind == HIGHWATER_TABLE:
+            highwaters = table
+            continue
+        total = (total or 0) + sum(max(0, highwaters.get(tp, start) - start)
+                                   for tp, start in table.items())
+    return total
+
+
+def _unused_ports(run: _Run, count: int) -> list[int]:
+    """Free web ports whose worker data dirs do not exist: workers with an empty disk."""
+    while True:
+        ports = free_ports(count)
+        if not set(ports) & set(run.worker_ports) and not any(
+                dataclasses.replace(run.settings, web_port=port).worker_data_dir.exists()
+                for port in ports):
+            return ports
+
+
+def _count(value: int | None) -> str:
+    return "?" if value is None else f"{value:,}"
 
 
 def _slowest(spans: Iterable[float]) -> float:
@@ -1140,19 +1287,21 @@ def format_top(profile: Mapping[str, Any]) -> str:
 # --- reporting -------------------------------------------------------------------------------------
 
 
-def _header(options: BenchOptions, settings: Settings, workdir: Path) -> dict[str, Any]:
+def _header(options: BenchOptions, workdir: Path) -> dict[str, Any]:
     from importlib.metadata import version
 
     return {
         "events": None, "events_requested": options.events, "members": options.members,
         "partitions": options.partitions, "workers": options.workers,
         "raw_passthrough_eps": None, "faust_floor_eps": None, "ratio_ceiling": None,
-        "pipeline_eps": None, "ratio": None, "latency_ms": None,
-        "rss_mb": None, "state_bytes_per_member": None, "recovery_s": None,
-        "clock": {"pipeline": "event", "latency": "wall"},
+        "pipeline_eps": None, "ratio": None, "matches_dry_run": None, "latency_ms": None,
+        "rss_mb": None, "state_bytes_per_member": None,
+        # seconds from process start to "Worker ready", and changelog records read
+        "restart": {"with_store_s": None, "with_store_records": None, "fresh_disk_s": None,
+                    "fresh_disk_records": None, "changelog_records": None},
+        "clock": {"pipeline": "event", "restart": "wall", "latency": "wall"},
         "redis_sink": "on: tagstream redis-sink, its own process",
-        "broker": "embedded Tansu (private, loopback)" if not options.use_stack
-                  else f"running: {settings.broker}",
+        "broker": None,  # "Apache Kafka <version>, N node(s)", once the cluster answered
         "profile": None, "seed": options.seed,
         "machine": {"nproc": os.cpu_count(), "python": platform.python_version(),
                     "platform": platform.platform(), "cpu": _cpu_model(),
@@ -1188,33 +1337,45 @@ def format_summary(result: Mapping[str, Any]) -> str:
     """The result for a person: the headline figures, then where the details are."""
     latency = result.get("latency_ms") or {}
     floor = latency.get("floor") or {}
-    recovery = (result.get("details") or {}).get("recovery") or {}
+    restart = result.get("restart") or {}
+    restart_details = (result.get("details") or {}).get("restart") or {}
+    with_store = restart_details.get("with_store") or {}
+    fresh_disk = restart_details.get("fresh_disk") or {}
     machine = result.get("machine") or {}
 
     def number(value: Any, unit: str = "") -> str:
         if value is None:
             return "-"
-        return f"{value:,}{unit}" if isinstance(value, int) else f"{value}{unit}"
+        if isinstance(value, int) and not isinstance(value, bool):
+            return f"{value:,}{unit}"
+        return f"{value}{unit}"
 
     lines = [
         f"tagstream bench: {number(result.get('events'))} events, "
         f"{number(result.get('members'))} members, {result.get('partitions')} partitions, "
-        f"{result.get('workers')} worker(s); {machine.get('nproc')} cores, "
-        f"Python {machine.get('python')}",
+        f"{result.get('workers')} worker(s); {result.get('broker')}; "
+        f"{machine.get('nproc')} cores, Python {machine.get('python')}",
         f"  raw passthrough      {number(result.get('raw_passthrough_eps'), ' events/s')}",
         f"  Faust, agent idle    {number(result.get('faust_floor_eps'), ' events/s')}"
         f"  (ratio ceiling {number(result.get('ratio_ceiling'))})",
         f"  pipeline             {number(result.get('pipeline_eps'), ' events/s')}"
-        f"  (ratio {number(result.get('ratio'))})",
+        f"  (ratio {number(result.get('ratio'))}, matches the dry run: "
+        f"{number(result.get('matches_dry_run'))})",
         f"  latency at {number(latency.get('rate_eps'), '/s')}  p50 {number(latency.get('p50'))} ms, "
         f"p99 {number(latency.get('p99'))} ms ({number(latency.get('received'))} of "
         f"{number(latency.get('sent'))} live orders)",
         f"  latency floor (20/s) p50 {number(floor.get('p50'))} ms, p99 {number(floor.get('p99'))} ms",
         f"  worker peak RSS      {number(result.get('rss_mb'), ' MB')}",
         f"  state per member     {number(result.get('state_bytes_per_member'), ' bytes')}",
-        f"  restart recovery     {number(result.get('recovery_s'), ' s')} (group join "
-        f"{number(recovery.get('join_s'), ' s')}, changelog {number(recovery.get('changelog_s'), ' s')}"
-        f" for {number(recovery.get('changelog_records'))} records)",
+        f"  restart, with store  {number(restart.get('with_store_s'), ' s')} (group join "
+        f"{number(with_store.get('join_s'), ' s')}, changelog "
+        f"{number(with_store.get('changelog_s'), ' s')} for "
+        f"{number(restart.get('with_store_records'))} records)",
+        f"  restart, empty disk  {number(restart.get('fresh_disk_s'), ' s')} (group join "
+        f"{number(fresh_disk.get('join_s'), ' s')}, changelog "
+        f"{number(fresh_disk.get('changelog_s'), ' s')} for "
+        f"{number(restart.get('fresh_disk_records'))} of "
+        f"{number(restart.get('changelog_records'))} records)",
     ]
     lines += [f"  WARNING: {warning}" for warning in result.get("warnings", [])]
     profile = result.get("profile")

@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from streams import compat
 from streams.app import create_app
 from streams.settings import Settings
 from streams.topics import topic_names
@@ -52,6 +53,7 @@ def build_floor_app(settings: Settings, messages: int, report: Path) -> Any:
 def main(argv: list[str]) -> None:
     messages, report = int(argv[0]), Path(argv[1])
     settings = Settings.from_env()
+    compat.install()  # the worker's Faust, adjusted as streams/worker.py run_worker does
     settings.worker_data_dir.mkdir(parents=True, exist_ok=True)
     app = build_floor_app(settings, messages, report)
     quiet_worker(app, settings.log_level).execute_from_commandline()

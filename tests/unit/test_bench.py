@@ -1,10 +1,12 @@
-"""The bench's pure helpers: profile summaries and choosing the history's length."""
+"""The bench's pure helpers: profile summaries, the history's length, the broker's name and the
+changelog records a recovery read (from Faust's log)."""
 
 from __future__ import annotations
 
 import pytest
 
-from streams.bench import days_for, format_top, live_order, parse_collapsed, summarize_stacks
+from streams.bench import (broker_name, changelog_reads, days_for, format_top, live_order,
+                           parse_collapsed, summarize_stacks)
 from streams.generate import generate_events
 
 PY_SPY_RAW = [
@@ -46,3 +48,45 @@ def test_live_orders_are_first_orders_of_distinct_new_members():
     first, second = live_order(0), live_order(1)
     assert first[0] != second[0] and first[0].startswith("LIVE-")
     assert b'"event_type":"order.paid"' in first[1]
+
+
+def test_the_broker_is_named_with_its_version_and_node_count():
+    assert broker_name("4.1.1", 1) == "Apache Kafka 4.1.1, 1 node"
+    assert broker_name("4.1.1", 3) == "Apache Kafka 4.1.1, 3 nodes"
+
+
+def _faust_table(title: str, header: str, rows: list[tuple[str, int, int]]) -> list[str]:
+    """A Faust recovery table as it appears in a worker's log (terminal.logtable)."""
+    return [f"+{title}---+-----------+-----------+", f"| topic | partition | {header} |",
+            "+-------+-----------+-----------+",
+            *[f"| {topic} | {partition} | {offset} |" for topic, partition, offset in rows],
+            "+-------+-----------+-----------+"]
+
+
+def _recovery_log(highwaters: list[int], starts: list[int]) -> list[str]:
+    changelog = "app-members-changelog"
+    return [
+        "[2026-12-02 19:40:01,000] [11] [INFO] [^---Recovery]: Highwater for active "
+        "changelog partitions:",
+        *_faust_table("Highwater - Active", "highwater",
+                      [(changelog if p == 0 else "〃", p, hw) for p, hw in enumerate(highwaters)]),
+        "[2026-12-02 19:40:01,010] [11] [INFO] [^---Recovery]: active offsets at start of "
+        "reading:",
+        *_faust_table("Reading Starts At - Active", "offset",
+                      [(changelog if p == 0 else "〃", p, s) for p, s in enumerate(starts)]),
+        "[2026-12-02 19:40:02,000] [11] [INFO] [^---Recovery]: Recovery complete",
+    ]
+
+
+def test_changelog_reads_are_highwater_minus_start_per_partition_and_recovery():
+    # From a store: partition 0 persisted up to its highwater, partition 1 ten records short;
+    # an empty partition (-1, -1) reads nothing.
+    assert changelog_reads(_recovery_log([99, 49, -1], [99, 39, -1])) == 10
+    # An empty disk reads from the start (offset -1): every record, in both recoveries.
+    lines = _recovery_log([99, 49], [-1, -1]) + _recovery_log([99, 59], [99, 49])
+    assert changelog_reads(lines) == 100 + 50 + 10
+
+
+def test_changelog_reads_are_unknown_without_faust_tables():
+    assert changelog_reads(["[2026-12-02 19:40:02,000] [11] [INFO] [^Worker]: Ready"]) is None
+    assert changelog_reads(_recovery_log([5], [5])) == 0
