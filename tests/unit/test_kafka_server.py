@@ -1,0 +1,83 @@
+"""The local Kafka's configuration, pure: no JVM, no jars, no network."""
+
+from __future__ import annotations
+
+import base64
+import re
+from pathlib import Path
+
+import yaml
+
+from streams.kafka_server import NodeConfig, kafka_version, new_cluster_id, server_properties
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def nodes(count: int, tmp_path: Path) -> list[NodeConfig]:
+    return [NodeConfig(i, 19090 + i, 19190 + i, tmp_path / f"node-{i}")
+            for i in range(1, count + 1)]
+
+
+def parse(properties: str) -> dict[str, str]:
+    """server.properties text -> {key: value}; a key written twice is a mistake."""
+    lines = [line for line in properties.splitlines() if line and not line.startswith("#")]
+    pairs = [line.split("=", 1) for line in lines]
+    assert all(len(pair) == 2 for pair in pairs), properties
+    keys = [key for key, _ in pairs]
+    assert len(keys) == len(set(keys)), "a key is written twice"
+    return dict(pairs)
+
+
+def test_a_single_node_is_its_own_quorum_and_replicates_nothing(tmp_path: Path) -> None:
+    [node] = nodes(1, tmp_path)
+    props = parse(server_properties(node, [node]))
+
+    assert props["process.roles"] == "broker,controller"
+    assert props["node.id"] == "1"
+    assert props["controller.quorum.voters"] == "1@127.0.0.1:19191"
+    assert props["listeners"] == "PLAINTEXT://127.0.0.1:19091,CONTROLLER://127.0.0.1:19191"
+    assert props["advertised.listeners"] == "PLAINTEXT://127.0.0.1:19091"
+    assert props["controller.listener.names"] == "CONTROLLER"
+    assert props["log.dirs"] == str(node.log_dir)
+    for key in ("default.replication.factor", "offsets.topic.replication.factor",
+                "transaction.state.log.replication.factor", "min.insync.replicas",
+                "transaction.state.log.min.isr"):
+        assert props[key] == "1", key
+
+
+def test_three_nodes_share_one_voter_list_and_replicate_three_times(tmp_path: Path) -> None:
+    cluster = nodes(3, tmp_path)
+    voters = "1@127.0.0.1:19191,2@127.0.0.1:19192,3@127.0.0.1:19193"
+
+    for node in cluster:
+        props = parse(server_properties(node, cluster))
+        assert props["node.id"] == str(node.node_id)
+        assert props["controller.quorum.voters"] == voters
+        # Each node listens on its own ports only, all on loopback.
+        assert props["listeners"] == (f"PLAINTEXT://127.0.0.1:{node.port},"
+                                      f"CONTROLLER://127.0.0.1:{node.controller_port}")
+        assert props["advertised.listeners"] == f"PLAINTEXT://127.0.0.1:{node.port}"
+        assert props["log.dirs"] == str(tmp_path / f"node-{node.node_id}" / "logs")
+        for key in ("default.replication.factor", "offsets.topic.replication.factor",
+                    "transaction.state.log.replication.factor"):
+            assert props[key] == "3", key
+        assert props["min.insync.replicas"] == "2"
+        assert props["transaction.state.log.min.isr"] == "2"
+
+
+def test_the_version_is_the_one_docker_compose_runs() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text("utf-8"))
+    images = {service["image"] for service in compose["services"].values()
+              if str(service.get("image", "")).startswith("apache/kafka:")}
+
+    assert images == {f"apache/kafka:{kafka_version()}"}
+    assert re.fullmatch(r"\d+\.\d+\.\d+", kafka_version())
+
+
+def test_a_cluster_id_is_a_uuid_in_url_safe_base64() -> None:
+    ids = {new_cluster_id() for _ in range(20)}
+
+    assert len(ids) == 20  # random
+    for cluster_id in ids:
+        assert re.fullmatch(r"[A-Za-z0-9_-]{22}", cluster_id), cluster_id
+        assert len(base64.urlsafe_b64decode(cluster_id + "==")) == 16
