@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from streams.bench import (broker_name, changelog_reads, days_for, format_top, live_order,
-                           parse_collapsed, summarize_stacks)
+from streams.bench import (broker_name, days_for, format_top, live_order,
+                           parse_collapsed, recovery_reads, summarize_stacks)
 from streams.generate import generate_events
 
 PY_SPY_RAW = [
@@ -78,15 +78,15 @@ def _recovery_log(highwaters: list[int], starts: list[int]) -> list[str]:
     ]
 
 
-def test_changelog_reads_are_highwater_minus_start_per_partition_and_recovery():
+def test_recovery_reads_are_highwater_minus_start_per_partition_and_round():
     # From a store: partition 0 persisted up to its highwater, partition 1 ten records short;
     # an empty partition (-1, -1) reads nothing.
-    assert changelog_reads(_recovery_log([99, 49, -1], [99, 39, -1])) == 10
-    # An empty disk reads from the start (offset -1): every record, in both recoveries.
+    assert recovery_reads(_recovery_log([99, 49, -1], [99, 39, -1])) == [10]
+    # An empty disk reads from the start (offset -1): every record; then a second round.
     lines = _recovery_log([99, 49], [-1, -1]) + _recovery_log([99, 59], [99, 49])
-    assert changelog_reads(lines) == 100 + 50 + 10
+    assert recovery_reads(lines) == [150, 10]
 
 
-def test_changelog_reads_are_unknown_without_faust_tables():
-    assert changelog_reads(["[2026-12-02 19:40:02,000] [11] [INFO] [^Worker]: Ready"]) is None
-    assert changelog_reads(_recovery_log([5], [5])) == 0
+def test_recovery_reads_are_empty_without_faust_tables():
+    assert recovery_reads(["[2026-12-02 19:40:02,000] [11] [INFO] [^Worker]: Ready"]) == []
+    assert recovery_reads(_recovery_log([5], [5])) == [0]
