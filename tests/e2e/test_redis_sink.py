@@ -133,12 +133,12 @@ async def test_sink_keeps_the_newest_profile_of_every_member(stack, producer, si
 
 
 async def test_sink_converges_after_redis_restarts_empty_mid_run(
-        stack, embedded_stack, producer, sink, store):
+        stack, local_redis, producer, sink, store):
     expected: dict[str, Any] = {}
     await produce(producer, [version(m, s) for s in range(3) for m in range(60)], expected)
     await wait_converged(store, expected)
 
-    redis_record = read_record(embedded_stack.stack_dir / "redis.json")
+    redis_record = read_record(local_redis.stack_dir / "redis.json")
     assert redis_record is not None and stop_process(redis_record)
     # While Redis is down: updates, new members and a deletion keep arriving on the topic.
     await produce(producer, [version(m, s) for s in range(3, 6) for m in range(0, 90, 2)],
@@ -147,8 +147,8 @@ async def test_sink_converges_after_redis_restarts_empty_mid_run(
     await asyncio.sleep(2)  # the sink is retrying now; nothing is committed to Redis
     assert not sink.done()
 
-    # Back on the same port with no data at all (the embedded Redis does not persist).
-    await asyncio.to_thread(embedded_stack.up)
+    # Back on the same port with no data at all (the local Redis does not persist).
+    await asyncio.to_thread(local_redis.up)
     await produce(producer, [version(m, 6) for m in range(0, 90, 5)], expected)
     await wait_converged(store, expected)
     assert await store.get_profile("M0011") is None
@@ -156,13 +156,13 @@ async def test_sink_converges_after_redis_restarts_empty_mid_run(
 
 
 async def test_sink_rebuilds_when_redis_restarts_between_batches(
-        stack, embedded_stack, producer, sink, store):
+        stack, local_redis, producer, sink, store):
     """A restart with no write in flight still leaves Redis empty: the sink must notice."""
     expected: dict[str, Any] = {}
     await produce(producer, [version(m, 0) for m in range(30)], expected)
     await wait_converged(store, expected)
-    redis_record = read_record(embedded_stack.stack_dir / "redis.json")
+    redis_record = read_record(local_redis.stack_dir / "redis.json")
     assert redis_record is not None and stop_process(redis_record)
-    await asyncio.to_thread(embedded_stack.up)
+    await asyncio.to_thread(local_redis.up)
     await produce(producer, [version(3, 1)], expected)
     await wait_converged(store, expected)
