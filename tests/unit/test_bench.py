@@ -1,12 +1,12 @@
-"""The bench's pure helpers: profile summaries, the history's length, the broker's name and the
-changelog records a recovery read (from Faust's log)."""
+"""The bench's pure helpers: profile summaries, the history's length, the broker's name, the
+changelog ranges a recovery read (from Faust's log) and the records in them."""
 
 from __future__ import annotations
 
 import pytest
 
 from streams.bench import (broker_name, days_for, format_top, live_order,
-                           parse_collapsed, recovery_reads, summarize_stacks)
+                           parse_collapsed, records_in, recovery_rounds, summarize_stacks)
 from streams.generate import generate_events
 
 PY_SPY_RAW = [
@@ -55,6 +55,9 @@ def test_the_broker_is_named_with_its_version_and_node_count():
     assert broker_name("4.1.1", 3) == "Apache Kafka 4.1.1, 3 nodes"
 
 
+CHANGELOG = "app-members-changelog"
+
+
 def _faust_table(title: str, header: str, rows: list[tuple[str, int, int]]) -> list[str]:
     """A Faust recovery table as it appears in a worker's log (terminal.logtable)."""
     return [f"+{title}---+-----------+-----------+", f"| topic | partition | {header} |",
@@ -64,29 +67,38 @@ def _faust_table(title: str, header: str, rows: list[tuple[str, int, int]]) -> l
 
 
 def _recovery_log(highwaters: list[int], starts: list[int]) -> list[str]:
-    changelog = "app-members-changelog"
     return [
         "[2026-12-02 19:40:01,000] [11] [INFO] [^---Recovery]: Highwater for active "
         "changelog partitions:",
         *_faust_table("Highwater - Active", "highwater",
-                      [(changelog if p == 0 else "〃", p, hw) for p, hw in enumerate(highwaters)]),
+                      [(CHANGELOG if p == 0 else "〃", p, hw) for p, hw in enumerate(highwaters)]),
         "[2026-12-02 19:40:01,010] [11] [INFO] [^---Recovery]: active offsets at start of "
         "reading:",
         *_faust_table("Reading Starts At - Active", "offset",
-                      [(changelog if p == 0 else "〃", p, s) for p, s in enumerate(starts)]),
+                      [(CHANGELOG if p == 0 else "〃", p, s) for p, s in enumerate(starts)]),
         "[2026-12-02 19:40:02,000] [11] [INFO] [^---Recovery]: Recovery complete",
     ]
 
 
-def test_recovery_reads_are_highwater_minus_start_per_partition_and_round():
+def test_recovery_rounds_give_each_partitions_start_and_highwater():
     # From a store: partition 0 persisted up to its highwater, partition 1 ten records short;
-    # an empty partition (-1, -1) reads nothing.
-    assert recovery_reads(_recovery_log([99, 49, -1], [99, 39, -1])) == [10]
-    # An empty disk reads from the start (offset -1): every record; then a second round.
+    # an empty partition reads nothing (-1, -1).
+    assert recovery_rounds(_recovery_log([99, 49, -1], [99, 39, -1])) == [
+        {(CHANGELOG, 0): (99, 99), (CHANGELOG, 1): (39, 49), (CHANGELOG, 2): (-1, -1)}]
+    # An empty disk reads from the start (-1); then a second round.
     lines = _recovery_log([99, 49], [-1, -1]) + _recovery_log([99, 59], [99, 49])
-    assert recovery_reads(lines) == [150, 10]
+    assert recovery_rounds(lines) == [{(CHANGELOG, 0): (-1, 99), (CHANGELOG, 1): (-1, 49)},
+                                      {(CHANGELOG, 0): (99, 99), (CHANGELOG, 1): (49, 59)}]
 
 
-def test_recovery_reads_are_empty_without_faust_tables():
-    assert recovery_reads(["[2026-12-02 19:40:02,000] [11] [INFO] [^Worker]: Ready"]) == []
-    assert recovery_reads(_recovery_log([5], [5])) == [0]
+def test_recovery_rounds_are_empty_without_faust_tables():
+    assert recovery_rounds(["[2026-12-02 19:40:02,000] [11] [INFO] [^Worker]: Ready"]) == []
+
+
+def test_records_read_are_the_records_a_compacted_changelog_holds_in_each_range():
+    # Offsets 0-99 written, compaction kept every tenth of 0-89 and all of 90-99.
+    present = {(CHANGELOG, 0): [*range(0, 90, 10), *range(90, 100)]}
+    assert records_in({(CHANGELOG, 0): (-1, 99)}, present) == 9 + 10  # an empty disk
+    assert records_in({(CHANGELOG, 0): (94, 99)}, present) == 5  # the store's tail
+    assert records_in({(CHANGELOG, 0): (99, 99)}, present) == 0
+    assert records_in({(CHANGELOG, 1): (-1, 5)}, present) == 0  # a partition with nothing
