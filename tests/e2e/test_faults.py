@@ -1,7 +1,9 @@
 """Nothing lost (issue 7): a killed worker, a second replay, out-of-order input, a paused
-broker and a restarted Redis. Each compares the stream with `taggers.dryrun` on the same
-events: the final profile of every member, and every expected change id on `tags.changes`
-(a change may appear twice after a crash, always with the same change id)."""
+broker and a restarted Redis, a killed partition leader in a three-node cluster, and a single
+broker stopped and restarted mid-replay. Each compares the stream with `taggers.dryrun` on the
+same events: the final profile of every member, and every expected change id on `tags.changes`
+and `tiers.changes`, none unexpected (a change may appear twice after a crash, always with the
+same change id)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ import asyncio
 import os
 import random
 import signal
+import time
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import orjson
@@ -17,7 +21,7 @@ import pytest
 from streams.generate import generate_events
 from streams.replay import replay
 from streams.sinks.redis_store import RedisProfileStore
-from streams.stack import EmbeddedStack
+from streams.stack import is_running, stop_process
 from streams.topics import topic_names
 from taggers.dryrun import dry_run
 from taggers.engine import Engine
@@ -25,6 +29,7 @@ from taggers.profile import render_profile
 from taggers.rules import load_rules
 from tests.support import free_port
 from tests.support.kafka import (
+    AllWorkers,
     assert_same_ids,
     assert_same_profiles,
     at_least,
@@ -33,8 +38,10 @@ from tests.support.kafka import (
     describe_member_differences,
     latest_by_key_equals,
     never,
+    partition_leader,
     read_topic,
     running_worker,
+    signal_node,
     values,
 )
 
@@ -72,6 +79,23 @@ def expected_of(result, pack):
     return {c.change_id for c in result.changes}, profiles
 
 
+def tier_ids_of(result) -> set[str]:
+    """The tier and points change ids (`tiers.changes`) the stream must produce."""
+    return {c.change_id for c in result.tier_changes}
+
+
+def _found_figures(found: list[dict], expected: set[str]) -> str:
+    """"<expected> expected, <distinct> found (<duplicates> duplicates, <missing> missing,
+    <unexpected> unexpected)" for a printout."""
+    ids = [c["change_id"] for c in found]
+    distinct = set(ids)
+    newest = max((c["at"] for c in found), default=None)
+    return (f"{len(expected)} expected, {len(distinct)} found ({len(ids) - len(distinct)} "
+            f"duplicates, {len(expected - distinct)} missing, {len(distinct - expected)} "
+            f"unexpected; newest found at {newest})")
+
+
+@pytest.mark.timeout(2400)  # 200,000 events through 2 workers take 20 min on a busy 2-core host
 async def test_killed_worker_is_taken_over_and_nothing_is_lost(stack, tmp_path):
     """Regression: before the timer waited for recovery, 164 of 76,794 changes were lost."""
     path = tmp_path / "history.jsonl"
@@ -79,6 +103,7 @@ async def test_killed_worker_is_taken_over_and_nothing_is_lost(stack, tmp_path):
     assert len(lines) == 200_000
     dry, pack = dry_run_of(stack, lines)
     expected_ids, expected_profiles = expected_of(dry, pack)
+    expected_tiers = tier_ids_of(dry)
     names = topic_names(stack)
     await create_topics(stack)
     with running_worker(stack, tmp_path, name="survivor", clock="event",
@@ -93,8 +118,11 @@ async def test_killed_worker_is_taken_over_and_nothing_is_lost(stack, tmp_path):
         victim.kill()
         await replaying
         changes = await read_topic(stack.broker_bootstrap, names.tag_changes, worker=survivor,
-                                   until=change_ids_cover(expected_ids), timeout=900,
+                                   until=change_ids_cover(expected_ids), timeout=1500,
                                    idle_s=180)
+        tiers = await read_topic(stack.broker_bootstrap, names.tier_changes, worker=survivor,
+                                 until=change_ids_cover(expected_tiers), timeout=300,
+                                 idle_s=60)
         profiles = await read_topic(stack.broker_bootstrap, names.profiles, worker=survivor,
                                     until=latest_by_key_equals(expected_profiles), timeout=300,
                                     idle_s=60)
@@ -102,17 +130,21 @@ async def test_killed_worker_is_taken_over_and_nothing_is_lost(stack, tmp_path):
         letters = await read_topic(stack.broker_bootstrap, names.deadletter, until=never(),
                                    timeout=5)
     found = [c["change_id"] for c in values(changes)]
-    print(f"\n200,000 events, 1 of 2 workers killed: {len(expected_ids)} changes expected, "
-          f"{len(set(found))} distinct found ({len(found) - len(set(found))} duplicates, "
-          f"same ids), {len(expected_profiles)} profiles compared, {len(letters)} dead letters")
-    if set(found) != expected_ids:
-        report = describe_member_differences(values(changes), dry.changes)
+    print(f"\n200,000 events, 1 of 2 workers killed: tag changes "
+          f"{_found_figures(values(changes), expected_ids)}; tier/points changes "
+          f"{_found_figures(values(tiers), expected_tiers)}; {len(expected_profiles)} profiles "
+          f"compared, {len(letters)} dead letters")
+    found_tiers = [c["change_id"] for c in values(tiers)]
+    if set(found) != expected_ids or set(found_tiers) != expected_tiers:
+        report = describe_member_differences([*values(changes), *values(tiers)],
+                                             [*dry.changes, *dry.tier_changes])
         report = f"{describe_dead_letters(values(letters))}\n{report}"
         (tmp_path / "differences.txt").write_text(report)
         print(report[:20_000])
     # the history is valid and in order: a dead letter here is an event the takeover lost
     assert not letters, describe_dead_letters(values(letters))
-    assert_same_ids(found, expected_ids)
+    assert_same_ids(found, expected_ids, "tag change ids")
+    assert_same_ids(found_tiers, expected_tiers, "tier change ids")
     latest = {r.key.decode(): orjson.loads(r.value) for r in profiles}
     assert_same_profiles(latest, expected_profiles)
 
@@ -183,11 +215,15 @@ async def test_out_of_order_within_the_window_equals_in_order_and_later_is_dead_
     assert all("TAGSTREAM_REORDER_WINDOW_S" in d["error"] for d in values(letters))
 
 
-async def test_paused_broker_and_restarted_redis_lose_nothing(stack, tmp_path):
+async def test_paused_broker_and_restarted_redis_lose_nothing(stack, shared_kafka, local_redis,
+                                                             tmp_path):
     path = tmp_path / "history.jsonl"
     lines = history(path, members=800, days=400, seed=13)
-    expected_ids, expected_profiles = expected_of(*dry_run_of(stack, lines))
-    broker_pid = EmbeddedStack(stack).status()["broker"]["pid"]
+    dry, pack = dry_run_of(stack, lines)
+    expected_ids, expected_profiles = expected_of(dry, pack)
+    expected_tiers = tier_ids_of(dry)
+    broker = shared_kafka.status()["brokers"][0]
+    assert broker["alive"], broker
     names = topic_names(stack)
     await create_topics(stack)
     with running_worker(stack, tmp_path, clock="event") as worker, \
@@ -196,19 +232,20 @@ async def test_paused_broker_and_restarted_redis_lose_nothing(stack, tmp_path):
                                                partitions=stack.partitions, progress=False))
         await read_topic(stack.broker_bootstrap, names.tag_changes, worker=worker,
                          until=at_least(len(expected_ids) // 4), timeout=300)
-        os.kill(broker_pid, signal.SIGSTOP)  # the broker freezes: no answer, no error
+        os.kill(broker["pid"], signal.SIGSTOP)  # the broker freezes: no answer, no error
         try:
             await asyncio.sleep(30)
         finally:
-            os.kill(broker_pid, signal.SIGCONT)
+            os.kill(broker["pid"], signal.SIGCONT)
         # Redis goes away and comes back empty while the replay goes on
-        embedded = EmbeddedStack(stack)
-        _stop_redis(embedded)
+        assert stop_process(local_redis.record("redis"))
         await asyncio.sleep(5)
-        embedded.up()
+        local_redis.up()
         await replaying
         changes = await read_topic(stack.broker_bootstrap, names.tag_changes, worker=worker,
                                    until=change_ids_cover(expected_ids), timeout=600)
+        tiers = await read_topic(stack.broker_bootstrap, names.tier_changes, worker=worker,
+                                 until=change_ids_cover(expected_tiers), timeout=120)
         assert worker.alive() and sink.alive()
         async with RedisProfileStore(stack.redis_url) as store:
             for _ in range(120):
@@ -217,15 +254,165 @@ async def test_paused_broker_and_restarted_redis_lose_nothing(stack, tmp_path):
                 if stored == expected_profiles:
                     break
                 await asyncio.sleep(1)
+    print(f"\n{len(lines)} events, broker paused 30 s, Redis restarted: "
+          f"{_found_figures(values(changes), expected_ids)} tag changes, "
+          f"{_found_figures(values(tiers), expected_tiers)} tier/points changes, "
+          f"{sum(stored[m] == p for m, p in expected_profiles.items())} of "
+          f"{len(expected_profiles)} profiles in Redis equal")
     assert_same_ids((c["change_id"] for c in values(changes)), expected_ids)
+    assert_same_ids((c["change_id"] for c in values(tiers)), expected_tiers, "tier change ids")
     assert_same_profiles(stored, expected_profiles)
 
 
-def _stop_redis(embedded: EmbeddedStack) -> None:
-    from streams.stack import read_record, stop_process
+# --- broker faults mid-replay: a killed partition leader, a stopped single node ---------------
 
-    record = read_record(embedded._record_path("redis"))  # noqa: SLF001 - test reaches in
-    assert record is not None and stop_process(record)
+FAULT_MEMBERS = 800
+FAULT_DAYS = 540  # about 45,000 events
+REPLAY_S = 90  # the replay is paced to last about this long, so a fault lands in the middle
+
+
+async def test_killed_partition_leader_loses_nothing(cluster_stack, shared_kafka_cluster,
+                                                     tmp_path):
+    """SIGKILL the node that leads partition 0 of the orders topic while two workers process
+    a paced replay on the three-node cluster; 20 s later it starts again. The other two nodes
+    keep every partition writable (replication 3, min.insync.replicas 2), so nothing may be
+    lost and no worker may stop."""
+    settings = cluster_stack
+    path = tmp_path / "history.jsonl"
+    lines = history(path, members=FAULT_MEMBERS, days=FAULT_DAYS, seed=31)
+    dry, pack = dry_run_of(settings, lines)
+    names = topic_names(settings)
+    await create_topics(settings)
+    bootstrap = settings.broker_bootstrap
+    with running_worker(settings, tmp_path, name="first", clock="event",
+                        web_port=free_port()) as first, \
+            running_worker(settings, tmp_path, name="second", clock="event",
+                           web_port=free_port()) as second:
+        workers = AllWorkers(first, second)
+        async with _replaying(settings, path, lines) as replaying:
+            await _working(settings, workers, dry, replaying)
+            leader = await partition_leader(bootstrap, names.orders, 0)
+            record = shared_kafka_cluster.record(f"broker-{leader}")
+            assert record is not None and is_running(record), f"node {leader} is not running"
+            try:
+                signal_node(record, signal.SIGKILL)
+                await _stay_alive(workers, 20)
+                statuses = (await asyncio.to_thread(shared_kafka_cluster.status))["brokers"]
+            finally:
+                started = time.monotonic()
+                await asyncio.to_thread(shared_kafka_cluster.up)
+                start_s = time.monotonic() - started
+            print(f"\nnode {leader} killed, down 20 s, took {start_s:.1f} s to answer again; the "
+                  f"replay was running throughout: {not replaying.done()}")
+            assert [b["node_id"] for b in statuses if not b["alive"]] == [leader]
+            result = await replaying
+        outcome = await _read_outcome(settings, workers, dry, pack)
+        assert workers.alive(), workers.log_tail()
+    assert all(b["alive"] for b in shared_kafka_cluster.status()["brokers"])
+    _check_outcome(f"{result.events} events, 2 workers, node {leader} (leader of "
+                   f"{names.orders}[0]) killed for 20 s", tmp_path, dry, pack, *outcome)
+
+
+async def test_single_broker_stopped_mid_replay_loses_nothing(stack, shared_kafka, tmp_path):
+    """SIGTERM the only Kafka node while the replay and a worker run, keep it down 10 s, start
+    it again: the replay waits for it (it must not fail), the worker too, nothing is lost."""
+    path = tmp_path / "history.jsonl"
+    lines = history(path, members=FAULT_MEMBERS, days=FAULT_DAYS, seed=41)
+    dry, pack = dry_run_of(stack, lines)
+    await create_topics(stack)
+    record = shared_kafka.record("broker-1")
+    assert record is not None and is_running(record)
+    with running_worker(stack, tmp_path, clock="event") as worker:
+        async with _replaying(stack, path, lines) as replaying:
+            await _working(stack, worker, dry, replaying)
+            try:
+                stop_s = await asyncio.to_thread(signal_node, record, signal.SIGTERM, 60)
+                await _stay_alive(worker, 10)
+            finally:
+                started = time.monotonic()
+                await asyncio.to_thread(shared_kafka.up)
+                start_s = time.monotonic() - started
+            print(f"\nthe broker took {stop_s:.1f} s to stop, was down 10 s, took {start_s:.1f} "
+                  f"s to answer again; the replay was running throughout: "
+                  f"{not replaying.done()}")
+            result = await replaying  # raises if the replay gave up during the outage
+        outcome = await _read_outcome(stack, worker, dry, pack)
+        assert worker.alive(), worker.log_tail()
+    _check_outcome(f"{result.events} events, the single broker stopped for 10 s", tmp_path,
+                   dry, pack, *outcome)
+
+
+@asynccontextmanager
+async def _replaying(settings, path: Path, lines: list[bytes]):
+    """`replay` of `path` in the background, paced to last about REPLAY_S; cancelled if the
+    test leaves early."""
+    times = [_epoch(lines[0]), _epoch(lines[-1])]
+    task = asyncio.create_task(replay(
+        settings.broker_bootstrap, path, names=topic_names(settings),
+        partitions=settings.partitions, speed=(times[1] - times[0]) / REPLAY_S,
+        progress=False))
+    try:
+        yield task
+    finally:
+        if not task.done():
+            task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def _working(settings, workers, dry, replaying: asyncio.Task) -> None:
+    """Wait until the worker(s) have written a tenth of the tag changes (so they are busy), and
+    check the replay still runs: the fault must hit both."""
+    await read_topic(settings.broker_bootstrap, topic_names(settings).tag_changes,
+                     worker=workers, until=at_least(len(dry.changes) // 10), timeout=600)
+    if replaying.done():
+        replaying.result()  # its error, if it failed
+        pytest.fail(f"the replay (paced to {REPLAY_S} s) ended before the workers wrote a "
+                    "tenth of the changes: raise REPLAY_S so the fault lands mid-replay")
+
+
+async def _stay_alive(workers, seconds: float) -> None:
+    """Sleep `seconds`, checking every second that the worker(s) run."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert workers.alive(), f"a worker stopped during the outage:\n{workers.log_tail()}"
+        await asyncio.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+
+
+async def _read_outcome(settings, workers, dry, pack):
+    """Everything the stream wrote: tag changes, tier changes, profiles, dead letters."""
+    bootstrap, names = settings.broker_bootstrap, topic_names(settings)
+    expected_ids, expected_profiles = expected_of(dry, pack)
+    changes = await read_topic(bootstrap, names.tag_changes, worker=workers,
+                               until=change_ids_cover(expected_ids), timeout=900, idle_s=180)
+    tiers = await read_topic(bootstrap, names.tier_changes, worker=workers,
+                             until=change_ids_cover(tier_ids_of(dry)), timeout=300, idle_s=60)
+    profiles = await read_topic(bootstrap, names.profiles, worker=workers,
+                                until=latest_by_key_equals(expected_profiles), timeout=300,
+                                idle_s=60)
+    letters = await read_topic(bootstrap, names.deadletter, worker=workers, until=never(),
+                               timeout=5)
+    return values(changes), values(tiers), profiles, values(letters)
+
+
+def _check_outcome(what: str, tmp_path: Path, dry, pack, changes: list[dict],
+                   tiers: list[dict], profiles, letters: list[dict]) -> None:
+    expected_ids, expected_profiles = expected_of(dry, pack)
+    expected_tiers = tier_ids_of(dry)
+    latest = {r.key.decode(): orjson.loads(r.value) for r in profiles}
+    print(f"\n{what}: tag changes {_found_figures(changes, expected_ids)}; tier/points "
+          f"changes {_found_figures(tiers, expected_tiers)}; "
+          f"{sum(latest.get(m) == p for m, p in expected_profiles.items())} of "
+          f"{len(expected_profiles)} profiles equal; {describe_dead_letters(letters)}")
+    found, found_tiers = [c["change_id"] for c in changes], [c["change_id"] for c in tiers]
+    if set(found) != expected_ids or set(found_tiers) != expected_tiers:
+        report = describe_member_differences([*changes, *tiers],
+                                             [*dry.changes, *dry.tier_changes])
+        (tmp_path / "differences.txt").write_text(report)
+        print(report[:20_000])
+    assert not letters, describe_dead_letters(letters)
+    assert_same_ids(found, expected_ids, "tag change ids")
+    assert_same_ids(found_tiers, expected_tiers, "tier change ids")
+    assert_same_profiles(latest, expected_profiles)
 
 
 def _epoch(line: bytes) -> float:
