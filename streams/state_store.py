@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from faust.stores.rocksdb import Store as RocksDBStore
 from faust.types import TP
@@ -42,15 +42,23 @@ class MemberStore:
         staged = self._in_flight.get(key)
         return staged[1] if staged is not None else self.table.get(key)
 
-    def items(self) -> Iterator[tuple[bytes, bytes]]:
-        """Every stored member with its newest state (in-flight ones included)."""
-        for key, raw in self.table.items():
+    def partition_items(self, partition: int,
+                        partition_of: Callable[[bytes], int]) -> Iterator[tuple[bytes, bytes]]:
+        """The stored members of one partition with their newest states. With RocksDB this
+        reads only that partition's database (a deadline heap rebuilt per partition would
+        otherwise decode every member once per partition: 400,000 states for 100,000
+        members on 4 partitions, 4-19 s with nothing else processed)."""
+        store = self.table.data
+        if isinstance(store, RocksDBStore):
+            db = store._db_for_partition(partition)  # noqa: SLF001
+            stored = ((key, raw) for key, raw in db.items() if key != store.offset_key)
+        else:
+            stored = ((key, raw) for key, raw in store.items() if partition_of(key) == partition)
+        for key, raw in stored:
             if key not in self._in_flight:
                 yield key, raw
-        yield from [(key, raw) for key, (_, raw) in list(self._in_flight.items())]
-
-    def keys(self) -> list[bytes]:
-        return [key for key, _ in self.items()]
+        yield from [(key, raw) for key, (owner, raw) in list(self._in_flight.items())
+                    if owner == partition]
 
     def stage(self, states: StagedStates) -> "StagedBatch":
         """A sealed batch's states: readable now, written by `write` once delivered. Staging

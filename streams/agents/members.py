@@ -359,12 +359,13 @@ class MemberProcessor:
         next event or deadline (or at once, for all, by `tagstream backfill`)."""
         self.engine = engine
 
+    def _partition_of(self, key: bytes) -> int:
+        return partition_for(key.decode() if isinstance(key, bytes) else str(key),
+                             self.partitions)
+
     def _reevaluate_partition(self, partition: int) -> None:
         now = self.clocks.now(partition)
-        for key in self.store.keys():
-            member_id = key.decode() if isinstance(key, bytes) else str(key)
-            if partition_for(member_id, self.partitions) != partition:
-                continue
+        for key, _ in list(self.store.partition_items(partition, self._partition_of)):
             state = self._load(key)
             if state is None:
                 continue
@@ -389,10 +390,10 @@ class MemberProcessor:
     def _load_deadlines(self, partition: int) -> None:
         """Rebuild a partition's deadline heap from recovered state (once per assignment)."""
         entries = []
-        for key, raw_state in self.store.items():
-            member_id = key.decode() if isinstance(key, bytes) else str(key)
-            if partition_for(member_id, self.partitions) != partition or not raw_state:
+        for key, raw_state in self.store.partition_items(partition, self._partition_of):
+            if not raw_state:
                 continue
+            member_id = key.decode() if isinstance(key, bytes) else str(key)
             deadline = decode_state(raw_state).next_deadline
             if deadline is not None:
                 entries.append((deadline, member_id))

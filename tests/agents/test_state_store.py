@@ -36,7 +36,7 @@ async def test_a_staged_state_is_readable_but_not_stored_until_delivered() -> No
     store = MemberStore(table, CHANGELOG)
     batch = store.stage([(b"M1", 0, b"state-1")])
     assert store.get(b"M1") == b"state-1" and b"M1" not in table
-    assert dict(store.items()) == {b"M1": b"state-1"}
+    assert dict(store.partition_items(0, lambda key: 0)) == {b"M1": b"state-1"}
     await store.write(batch, {(CHANGELOG, 0): 7})
     assert table[b"M1"] == b"state-1"
     assert store.get(b"M1") == b"state-1"
@@ -128,3 +128,21 @@ async def test_a_sender_that_cannot_tell_offsets_still_gets_states_written(deliv
     store = MemberStore(table, CHANGELOG)
     await store.write(store.stage([(b"M9", 0, b"s")]), delivered)
     assert table[b"M9"] == b"s"
+
+
+async def test_partition_items_read_one_partition_with_in_flight_states_newest(
+        tmp_path: Path) -> None:
+    table = rocksdb_table(tmp_path)
+    changelog = table.changelog_topic.get_topic_name()
+    store = MemberStore(table, changelog)
+    await store.write(store.stage([(b"A", 1, b"a-old"), (b"B", 1, b"b"), (b"C", 2, b"c")]),
+                      {(changelog, 1): 3, (changelog, 2): 1})
+    store.stage([(b"A", 1, b"a-new"), (b"D", 1, b"d")])
+    found = dict(store.partition_items(1, lambda key: 0))  # RocksDB: the partition's own db
+    assert found == {b"A": b"a-new", b"B": b"b", b"D": b"d"}  # no offset key, no C
+
+
+async def test_partition_items_of_a_dict_store_use_the_partition_rule() -> None:
+    table = DictTable({b"A": b"a", b"B": b"b"})
+    store = MemberStore(table, CHANGELOG)
+    assert dict(store.partition_items(1, {b"A": 1, b"B": 0}.__getitem__)) == {b"A": b"a"}
