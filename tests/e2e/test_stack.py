@@ -206,28 +206,13 @@ def test_stack_up_status_partial_restart_down_up_and_fresh(
 
 
 @pytest.mark.slow
-def test_a_port_taken_after_the_check_fails_kafka_with_a_clear_error(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The node starts, cannot bind, exits; up names the setting and stops the Redis it
-    started."""
-    monkeypatch.setattr("streams.stack.port_taken", lambda host, port: False)
-    with socket.socket() as squatter:
-        squatter.bind(("127.0.0.1", 0))
-        squatter.listen()
-        port = squatter.getsockname()[1]
-        settings = dataclasses.replace(private_stack_settings(tmp_path),
-                                       broker=f"kafka://127.0.0.1:{port}")
-        stack = LocalStack(settings)
-        try:
-            with pytest.raises(StackError, match=rf"port {port}\b.*TAGSTREAM_BROKER"):
-                stack.up()
-            assert records(stack) == {}
-        finally:
-            stack.down()
-
-
-@pytest.mark.slow
-def test_a_taken_kafka_port_is_a_clear_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize("checked_first", [True, False], ids=["taken", "taken-after-the-check"])
+def test_a_taken_kafka_port_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             checked_first: bool) -> None:
+    """Refused before starting, or (a port taken after the check) the node starts, cannot
+    bind and exits: either way up names the setting and stops whatever it started."""
+    if not checked_first:
+        monkeypatch.setattr("streams.stack.port_taken", lambda host, port: False)
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
