@@ -463,29 +463,30 @@ async def _preproduce(run: _Run, path: Path) -> None:
         "per_topic": dict(sorted(replayed.produced.items()))}
 
 
-async def _event_messages(run: _Run) -> int:
-    """The records on the event topics (end minus start offsets): what each reader must see."""
+async def _offset_ranges(run: _Run, tps: list[TopicPartition]
+                         ) -> tuple[dict[TopicPartition, int], dict[TopicPartition, int]]:
+    """(start offsets, end offsets) of `tps` now."""
     consumer = AIOKafkaConsumer(bootstrap_servers=run.bootstrap, **run.security)
     await consumer.start()
     try:
-        tps = [TopicPartition(t, p) for t in run.names.events
-               for p in range(run.options.partitions)]
-        begins = await consumer.beginning_offsets(tps)
-        ends = await consumer.end_offsets(tps)
-        return sum(ends[tp] - begins[tp] for tp in tps)
+        return await consumer.beginning_offsets(tps), await consumer.end_offsets(tps)
     finally:
         await consumer.stop()
+
+
+def _event_partitions(run: _Run) -> list[TopicPartition]:
+    return [TopicPartition(t, p) for t in run.names.events for p in range(run.options.partitions)]
+
+
+async def _event_messages(run: _Run) -> int:
+    """The records on the event topics (end minus start offsets): what each reader must see."""
+    begins, ends = await _offset_ranges(run, _event_partitions(run))
+    return sum(ends[tp] - begins[tp] for tp in ends)
 
 
 async def _require_empty_event_topics(run: _Run) -> None:
-    consumer = AIOKafkaConsumer(bootstrap_servers=run.bootstrap, **run.security)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(t, p) for t in run.names.events
-               for p in range(run.options.partitions)]
-        held = sum((await consumer.end_offsets(tps)).values())
-    finally:
-        await consumer.stop()
+    _, ends = await _offset_ranges(run, _event_partitions(run))
+    held = sum(ends.values())
     if held:
         raise BenchError(f"the event topics on {run.settings.broker} already hold {held} "
                          "records; the bench needs them empty (its workers would process them "
@@ -506,8 +507,7 @@ async def raw_passthrough(run: _Run) -> float:
     await producer.start()
     passthrough = run.names.actual(PASSTHROUGH_TOPIC)
     try:
-        tps = [TopicPartition(t, p) for t in run.names.events
-               for p in range(run.options.partitions)]
+        tps = _event_partitions(run)
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         total = run.messages
@@ -750,13 +750,9 @@ async def _pipeline(run: _Run, expected: Expected) -> None:
 
 async def _positions(run: _Run, topic: str) -> dict[int, int]:
     """Where each partition of `topic` ends now (its records from here on are this run's)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=run.bootstrap, **run.security)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in range(run.options.partitions)]
-        return {tp.partition: end for tp, end in (await consumer.end_offsets(tps)).items()}
-    finally:
-        await consumer.stop()
+    _, ends = await _offset_ranges(
+        run, [TopicPartition(topic, p) for p in range(run.options.partitions)])
+    return {tp.partition: end for tp, end in ends.items()}
 
 
 async def _read_all(run: _Run, topic: str, start: dict[int, int]) -> list[bytes]:
