@@ -21,7 +21,7 @@ from streams.rules_watch import RulesWatcher
 from streams.settings import Settings
 from streams.topics import declare_topics, topic_names
 from taggers.engine import Engine
-from taggers.rules import load_rules
+from taggers.rules import RulePack, load_rules
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +49,12 @@ class WorkerParts:
     processor: MemberProcessor
 
 
-def build_worker(settings: Settings) -> WorkerParts:
-    """Everything wired, nothing started. Rules are compiled here, once: a bad rule file
-    stops the worker before it joins the group."""
-    pack = load_rules(settings.rules_path)
+def build_worker(settings: Settings, pack: RulePack | None = None) -> WorkerParts:
+    """Everything wired, nothing started. Rules are compiled once (here, unless `pack` is
+    the settings' rules already compiled): a bad rule file stops the worker before it joins
+    the group."""
+    if pack is None:
+        pack = load_rules(settings.rules_path)
     app = create_app(settings)
     names = topic_names(settings)
     topics = declare_topics(app, settings.partitions, names)
@@ -89,10 +91,10 @@ def _as_coroutine(check: Callable[[], object]) -> Callable[[], Awaitable[None]]:
 def run_worker(settings: Settings) -> None:
     install_log_redaction(settings)
     compat.install()
-    load_rules(settings.rules_path)  # a bad rule file stops the worker before it touches Kafka
+    pack = load_rules(settings.rules_path)  # a bad rule file stops the worker before Kafka
     # Faust creates the changelog topic itself, with the app's replication: resolve "0" first.
     replication = asyncio.run(ensure_tagstream_topics(settings))
-    parts = build_worker(replace(settings, replication=replication))
+    parts = build_worker(replace(settings, replication=replication), pack)
     settings.worker_data_dir.mkdir(parents=True, exist_ok=True)
     worker = quiet_worker(parts.app, settings.log_level)
     worker.execute_from_commandline()
