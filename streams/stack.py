@@ -374,7 +374,7 @@ class LocalStack:
             layout = self.layout()
             brokers = []
             for node in layout.nodes if layout else ():
-                record = read_record(self._record_path(f"broker-{node.node_id}"))
+                record = self.record(f"broker-{node.node_id}")
                 alive = record is not None and is_running(record)
                 brokers.append({
                     "node_id": node.node_id, "pid": record.pid if alive else None,
@@ -388,7 +388,7 @@ class LocalStack:
             result["kafka_version"] = layout.kafka_version if layout else kafka_version()
         if self.with_redis:
             host, port, db = _redis_address(self.settings)
-            record = read_record(self._record_path("redis"))
+            record = self.record("redis")
             alive = record is not None and is_running(record)
             result["redis"] = {"pid": record.pid if alive else None, "port": port,
                                "alive": alive,
