@@ -16,7 +16,8 @@ from taggers.engine import Engine
 from taggers.rules import load_rules
 from taggers.state import encode_state
 
-pytestmark = pytest.mark.benchmark(group="engine", min_rounds=3, warmup=False)
+pytestmark = [pytest.mark.benchmark(group="engine", min_rounds=3, warmup=False),
+              pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ from taggers.rules import load_rules
 from tests.support.fuzz_events import FuzzCase, Verdict, expected_verdict, fuzz_case
 from tests.support.kafka import at_least, create_topics, never, read_topic, running_worker
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 # 40 batches x 100 cases = 4,000 messages: about 20 s on the embedded broker.
 BATCHES = 40

@@ -16,7 +16,7 @@ import pytest
 
 from streams.kafka_server import kafka_version
 
-pytestmark = [pytest.mark.e2e]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 MEMBERS = 200
 EVENTS = 2_000

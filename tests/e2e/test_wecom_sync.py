@@ -249,6 +249,7 @@ async def start_service(settings: Settings) -> WeComSyncService:
 # --- scenarios ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_45009_storms_end_in_the_exact_final_state(stack: Settings,
                                                         wecom_fake: FakeWeCom) -> None:
     await create_topics(stack)
