@@ -21,7 +21,7 @@ import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 from schemas.errors import TagstreamError
 
@@ -99,9 +99,15 @@ def require_fetched(cache: Path = DEFAULT_CACHE) -> Path:
     return lib_dir(cache)
 
 
-def new_cluster_id() -> str:
-    """A KRaft cluster id: a random UUID in Kafka's URL-safe base64 form (22 characters)."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+def new_cluster_id(random_bytes: Callable[[], bytes] = lambda: uuid.uuid4().bytes) -> str:
+    """A KRaft cluster id: a random UUID in Kafka's URL-safe base64 form (22 characters).
+
+    Never one that starts with "-": the storage tool would read it as an option and refuse
+    to format (Kafka's own Uuid.randomUuid() draws again for the same reason)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(random_bytes()).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 @dataclass(frozen=True)

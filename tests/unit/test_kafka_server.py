@@ -74,6 +74,13 @@ def test_the_version_is_the_one_docker_compose_runs() -> None:
     assert re.fullmatch(r"\d+\.\d+\.\d+", kafka_version())
 
 
+def test_a_cluster_id_never_starts_with_a_dash() -> None:
+    """Regression: one id in 64 did ("-UNwj-..."), and kafka-storage took it for an option:
+    "argument --cluster-id/-t: expected one argument", so the test broker never started."""
+    draws = iter([b"\xf8" + bytes(15), b"\xf8" + bytes(15), bytes(16)])
+    assert new_cluster_id(lambda: next(draws)) == "A" * 22
+
+
 def test_a_cluster_id_is_a_uuid_in_url_safe_base64() -> None:
     ids = {new_cluster_id() for _ in range(20)}
 
