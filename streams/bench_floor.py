@@ -53,7 +53,9 @@ def build_floor_app(settings: Settings, messages: int, report: Path) -> Any:
 def main(argv: list[str]) -> None:
     messages, report = int(argv[0]), Path(argv[1])
     settings = Settings.from_env()
-    compat.install()  # the worker's Faust, adjusted as streams/worker.py run_worker does
+    # the worker's Faust, adjusted as streams/worker.py run_worker does; the floor's agent
+    # acknowledges outside compat.acknowledging, so none of its topics is guarded
+    compat.install(agent_topics=())
     settings.worker_data_dir.mkdir(parents=True, exist_ok=True)
     app = build_floor_app(settings, messages, report)
     quiet_worker(app, settings.log_level).execute_from_commandline()

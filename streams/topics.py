@@ -43,9 +43,10 @@ class TopicNames:
     tier_changes: str
     profiles: str
     reroute: str
-    # Derived: the three event topics (in EVENT_TOPICS order) and every topic (in
-    # ALL_TOPIC_NAMES order).
+    # Derived: the three event topics (in EVENT_TOPICS order), those and the re-route topic
+    # (what the member agent consumes), and every topic (in ALL_TOPIC_NAMES order).
     events: tuple[str, str, str] = field(init=False, repr=False, compare=False)
+    inbound: tuple[str, ...] = field(init=False, repr=False, compare=False)
     all: tuple[str, ...] = field(init=False, repr=False, compare=False)
     _canonical: dict[str, str] = field(init=False, repr=False, compare=False)
 
@@ -54,6 +55,7 @@ class TopicNames:
         every = events + (self.deadletter, self.tag_changes, self.tier_changes, self.profiles,
                           self.reroute)
         object.__setattr__(self, "events", events)
+        object.__setattr__(self, "inbound", events + (self.reroute,))
         object.__setattr__(self, "all", every)
         object.__setattr__(self, "_canonical", dict(zip(every, ALL_TOPIC_NAMES)))
 
@@ -96,7 +98,7 @@ def declare_topics(app: Any, partitions: int, names: TopicNames) -> Topics:
                          partitions=partitions)
 
     return Topics(
-        inbound=topic(*names.events, names.reroute),
+        inbound=topic(*names.inbound),
         reroute=topic(names.reroute),
         deadletter=topic(names.deadletter),
         tag_changes=topic(names.tag_changes),

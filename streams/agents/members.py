@@ -23,7 +23,7 @@ from schemas.control import WATERMARK, control_kind, decode_watermark
 from schemas.decode import decode_event
 from schemas.errors import EventRejected
 from schemas.events import TIE_RANK_BY_TOPIC
-from streams import metrics
+from streams import compat, metrics
 from streams.acks import Ack, AckSlot, OrderedAcks
 from streams.clock import PartitionClocks
 from streams.deadletter import dead_letter
@@ -436,14 +436,16 @@ def _safe_origin(message: Any, reroute_topic: str) -> tuple[str, int, int]:
 
 
 def _once(ack: Ack) -> Ack:
-    """An ack that may be called again harmlessly (Faust counts acks per message)."""
+    """The agent's acknowledgement of a message, to Faust (which counts only those given
+    inside `compat.acknowledging`); it may be called again harmlessly."""
     done = False
 
     async def once() -> None:
         nonlocal done
         if not done:
             done = True
-            await ack()
+            with compat.acknowledging():
+                await ack()
 
     return once
 

@@ -1,4 +1,4 @@
-"""The Faust adjustment in streams/compat.py, once installed, does what it says."""
+"""The Faust adjustments in streams/compat.py, once installed, do what they say."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ import logging
 from types import SimpleNamespace
 from typing import Any
 
+from collections import defaultdict
+
 from faust.tables.recovery import Recovery
+from faust.transport.consumer import Consumer
 from faust.types import TP
 
 import pytest
@@ -15,12 +18,18 @@ import pytest
 from streams import compat
 
 
+AGENT_TOPICS = ("events.orders", "tagstream-events.reroute")
+
+
 @pytest.fixture(autouse=True)
 def adjusted(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Installed for each test, and Faust's own method back afterwards (undo of the no-op
-    setattr), so no other test runs patched by accident."""
+    """Installed for each test, and Faust's own methods back afterwards (undo of the no-op
+    setattrs), so no other test runs patched by accident."""
     monkeypatch.setattr(Recovery, "on_recovery_completed", Recovery.on_recovery_completed)
-    compat.install()
+    monkeypatch.setattr(Consumer, "ack", Consumer.ack)
+    monkeypatch.setattr(Consumer, "perform_seek", Consumer.perform_seek)
+    monkeypatch.setattr(compat, "_agent_topics", compat._agent_topics)
+    compat.install(AGENT_TOPICS)
 
 
 class RecordingConsumer:
@@ -92,8 +101,8 @@ async def test_a_recovery_overtaken_by_a_new_rebalance_neither_seeks_nor_resumes
 
 
 def test_installing_twice_keeps_one_adjustment() -> None:
-    compat.install()
-    compat.install()
+    compat.install(AGENT_TOPICS)
+    compat.install(AGENT_TOPICS)
     assert compat.installed()
 
 
@@ -103,3 +112,103 @@ async def test_faust_alone_resumes_before_it_seeks(monkeypatch: pytest.MonkeyPat
     consumer = RecordingConsumer({TP("events.orders", 1)})
     await Recovery.on_recovery_completed(recovery_with(consumer), generation_id=3)
     assert [name for name, _ in consumer.calls][:2] == ["resume", "seek"]
+
+
+# --- 2. only the agent acknowledges its input ------------------------------------------------
+
+def bookkeeping_consumer() -> Any:
+    """The state Faust's Consumer.ack and _new_offset keep, and nothing else."""
+    return SimpleNamespace(
+        app=SimpleNamespace(topics=SimpleNamespace(acks_enabled_for=lambda topic: True)),
+        _committed_offset=defaultdict(lambda: None), _acked=defaultdict(list),
+        _acked_index=defaultdict(set), _gap=defaultdict(lambda: None),
+        _unacked_messages=set(), _n_acked=0, _waiting_for_ack=None)
+
+
+class FetchedMessage:
+    """The fields of a Faust message that Consumer.ack reads (hashable, as Faust's are)."""
+
+    def __init__(self, topic: str, offset: int) -> None:
+        self.topic, self.partition, self.offset = topic, 0, offset
+        self.tp = TP(topic, 0)
+        self.acked = False
+
+
+def test_an_ack_faust_gives_a_skipped_message_is_not_committed() -> None:
+    """Regression: Faust's stream acknowledged the messages it skipped at a generation change
+    and committed past them; the next owner started after events nobody applied (16,522 of
+    39,116 tag changes missing in one kill-a-worker run)."""
+    consumer, tp = bookkeeping_consumer(), TP("events.orders", 0)
+    for offset in range(3):  # skipped by the stream, never handed to the agent
+        assert Consumer.ack(consumer, FetchedMessage("events.orders", offset)) is False
+    assert Consumer._new_offset(consumer, tp) is None
+
+
+def test_the_agents_own_ack_is_committed() -> None:
+    consumer, tp = bookkeeping_consumer(), TP("events.orders", 0)
+    with compat.acknowledging():
+        for offset in range(3):
+            assert Consumer.ack(consumer, FetchedMessage("events.orders", offset)) is True
+    assert Consumer._new_offset(consumer, tp) == 3
+
+
+def test_other_topics_are_acknowledged_as_faust_does() -> None:
+    consumer = bookkeeping_consumer()
+    assert Consumer.ack(consumer, FetchedMessage("tagstream-members-changelog", 0)) is True
+
+
+def test_faust_alone_commits_past_what_its_stream_skipped(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the adjustment is for: Faust's own ack makes the skipped offsets committable."""
+    monkeypatch.setattr(Consumer, "ack", compat._consumer_ack)
+    consumer = bookkeeping_consumer()
+    for offset in range(3):
+        Consumer.ack(consumer, FetchedMessage("events.orders", offset))
+    assert Consumer._new_offset(consumer, TP("events.orders", 0)) == 3
+
+
+# --- 3. a partition with no committed offset is sought to its beginning ----------------------
+
+class SeekingConsumer:
+    """What Consumer.perform_seek reads and calls: the commits aiokafka reports, and the
+    seeks to the beginning it is asked for."""
+
+    def __init__(self, committed: dict[TP, int | None]) -> None:
+        self.committed = committed
+        self.to_beginning: list[tuple[str, int]] = []
+        self._read_offset: dict[TP, int | None] = {}
+        self._committed_offset: dict[TP, int | None] = defaultdict(lambda: None)
+        self._thread = SimpleNamespace(seek_to_beginning=self._seek_to_beginning)
+
+    async def _seek_to_beginning(self, *partitions: tuple[str, int]) -> None:
+        self.to_beginning.extend(partitions)
+
+    async def seek_to_committed(self) -> dict[TP, int | None]:
+        return dict(self.committed)
+
+    def assignment(self) -> set[TP]:
+        return set(self.committed)
+
+    def _new_topicpartition(self, topic: str, partition: int) -> tuple[str, int]:
+        return (topic, partition)
+
+
+async def test_an_uncommitted_agent_partition_is_sought_to_its_beginning() -> None:
+    """Regression: Faust's seek left it where the fetcher was, after messages skipped at
+    the generation change, so they were never read (one partition's first 5,713)."""
+    consumer = SeekingConsumer({
+        TP("events.orders", 0): None,  # no commit yet: from the beginning
+        TP("events.orders", 1): 120,  # sought to its commit by aiokafka, left alone here
+        TP("tagstream-members-changelog", 0): None,  # not the agent's: Faust's business
+    })
+    await Consumer.perform_seek(consumer)
+    assert consumer.to_beginning == [("events.orders", 0)]
+    assert consumer._committed_offset[TP("events.orders", 1)] == 120
+
+
+async def test_faust_alone_leaves_an_uncommitted_partition_where_it_is(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Consumer, "perform_seek", compat._perform_seek)
+    consumer = SeekingConsumer({TP("events.orders", 0): None})
+    await Consumer.perform_seek(consumer)
+    assert consumer.to_beginning == []
