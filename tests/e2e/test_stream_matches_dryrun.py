@@ -1,6 +1,6 @@
 """The stream and the dry run agree exactly on a generated history (issue 3 and 4).
 
-A generated history of 1,000 members over 2 years (~78,000 events) is replayed with `tagstream replay` into a
+A generated history of 600 members over 2 years (~47,000 events) is replayed with `tagstream replay` into a
 real worker running on the event-time clock; `tags.changes` and `tiers.changes` must hold
 exactly the change ids the pure engine computes (`taggers.dryrun`), and the final profile of
 every member on `members.profiles` must equal the dry run's.
@@ -33,9 +33,9 @@ from tests.support.kafka import (
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(1800)]
 
-# 1,000 members keep the suite within its 20 minutes on 2 cores (2,000 took 171 s of a
-# 27-minute run); every rule, tier and points path is already exercised at this size.
-MEMBERS = 1_000
+# 600 members keep the suite within its 20 minutes on 2 cores; every rule, tier and points
+# path is already exercised at this size.
+MEMBERS = 600
 DAYS = 731
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import subprocess
@@ -13,6 +14,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from schemas.changes import encode_change
 from streams.admin import ensure_tagstream_topics
@@ -111,6 +113,37 @@ async def read_topic(bootstrap: str, topic: str, *, until: Callable[[list[Any]],
                 raise AssertionError(f"worker died:\n{worker.log_tail()}")
         return records
     finally:
+        await consumer.stop()
+
+
+async def committed_to_the_end(bootstrap: str, group: str, topics: Iterable[str], *,
+                               timeout: float, worker: Any = None) -> None:
+    """Wait until `group` has committed every partition of `topics` to its end offset. The
+    worker commits an event only after everything it caused (changes, dead letters) is
+    delivered, so after this the outputs of every event written so far are in Kafka."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await consumer.start()
+    await admin.start()
+    try:
+        partitions = [TopicPartition(topic, p) for topic in topics
+                      for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        ends = await consumer.end_offsets(partitions)
+        deadline = time.monotonic() + timeout
+        while True:
+            committed = await admin.list_consumer_group_offsets(group)
+            behind = {tp: (committed[tp].offset if tp in committed else None, end)
+                      for tp, end in ends.items()
+                      if end and (tp not in committed or committed[tp].offset < end)}
+            if not behind:
+                return
+            if worker is not None and not worker.alive():
+                raise AssertionError(f"worker died:\n{worker.log_tail()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"group {group} not committed to the end: {behind}")
+            await asyncio.sleep(0.5)
+    finally:
+        await admin.close()
         await consumer.stop()
 
 
