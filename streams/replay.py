@@ -176,7 +176,10 @@ async def replay(bootstrap: str, path: Path, *, names: TopicNames, speed: float 
     last_event_time: datetime | None = None
     watermarks = 0
     line_no = 0
+    # Idempotent: a batch retried after its acknowledgement was lost (its partition leader
+    # killed mid-request) is otherwise written twice, and the copy is behind its topic's clock.
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5,
+                                enable_idempotence=True,
                                 max_batch_size=BATCH_BYTES, max_request_size=MAX_MESSAGE_BYTES,
                                 client_id="tagstream-replay", **(security or {}))
     await producer.start()
@@ -355,6 +358,7 @@ async def produce_raw(bootstrap: str, topic: str, items: Iterable[tuple[bytes | 
     where the Kafka default partitioner (murmur2, as `partition_for`) puts it.
     """
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5,
+                                enable_idempotence=True,
                                 client_id="tagstream-produce-raw", **(security or {}))
     await producer.start()
     try:

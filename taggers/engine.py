@@ -55,16 +55,23 @@ class Engine:
 
     # --- public API ---------------------------------------------------------------------------
 
+    @staticmethod
+    def has_applied(state: MemberState | None, event: Event) -> bool:
+        """The event's id is among the member's remembered ones: a redelivery."""
+        if state is None:
+            return False
+        digest = event_hash(event.event_id)
+        seen = state.seen
+        return any(seen[i] == digest for i in range(0, len(seen), 2))
+
     def apply(self, state: MemberState | None, event: Event) -> Outcome:
         if state is None:
             state = MemberState(member_id=event.member_id)
         occurred = to_epoch(event.occurred_at)
-        digest = event_hash(event.event_id)
-        seen = state.seen
-        for i in range(0, len(seen), 2):
-            if seen[i] == digest:
-                return Outcome(state, duplicate=True)
+        if self.has_applied(state, event):
+            return Outcome(state, duplicate=True)
         self._reject_if_late(state, occurred)
+        digest = event_hash(event.event_id)
 
         outcome = Outcome(state)
         self._fire_due(state, occurred, outcome)

@@ -183,6 +183,11 @@ class MemberProcessor:
         occurred = to_epoch(event.occurred_at)
         passed = self._passed(message.topic, partition)
         if passed is not None and occurred <= passed:
+            if self.engine.has_applied(self._load(event.member_id.encode()), event):
+                # a producer's retry wrote it twice: applied once, not an error
+                self.counters.duplicates += 1
+                self._owe(ack)
+                return
             self.reject(
                 f"late event: occurred_at {self.engine.calendar.render(occurred)} arrived after "
                 f"{message.topic} partition {partition} was complete through "

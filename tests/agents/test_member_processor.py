@@ -572,3 +572,23 @@ async def test_events_of_another_namespace_are_not_taken_as_event_topics():
     for topic in ("events.orders", "events.interactions", "events.scans"):
         await h.send(topic, value, p, headers)
     assert h.processor.clocks.now(p) is None
+
+
+async def test_a_copy_of_an_applied_event_behind_the_clock_is_a_duplicate_not_a_dead_letter():
+    """Regression (3-node leader-kill e2e): the replay's producer retried a batch whose
+    acknowledgement died with its partition leader, so 15 events were in the log twice, and
+    the copies, behind their topic's clock, were dead-lettered as late."""
+    h = Harness("event")
+    member = "M9"
+    p = partition_for(member, PARTITIONS)
+    paid = raw_event("order.paid", "2024-01-01T10:00:00+08:00", member=member,
+                     amount_fen=100, event_id="paid-once")
+    await h.event(h.names.orders, paid)
+    await h.event(h.names.orders, raw_event("order.paid", "2024-01-03T10:00:00+08:00",
+                                             member=member, amount_fen=100))
+    await h.markers("2024-01-03T10:00:00+08:00", p)
+    applied = decode_state(h.table[member.encode()]).orders.count
+    await h.event(h.names.orders, paid)  # the retried copy
+    assert h.topics.deadletter.sent == []
+    assert decode_state(h.table[member.encode()]).orders.count == applied == 2
+    assert h.processor.counters.duplicates == 1
