@@ -1,8 +1,8 @@
 """The member table's store, written only behind delivery to its changelog.
 
 Invariant: the local store never holds a state its changelog does not. The member agent
-seals a batch (each changed member's newest state), ships the batch's changelog records, and
-only once Kafka has them writes those states to the store and records, per partition, the
+seals a batch (each changed member's newest state), ships the batch's outputs and then its
+changelog records, and only once Kafka has those writes those states to the store and records, per partition, the
 changelog offset they reach (Faust's "persisted offset"). A restarted worker then recovers
 from its store plus the changelog after that offset, and a crash between sealing and delivery
 leaves the store at the last delivered batch, which is what the changelog replays over. (Had

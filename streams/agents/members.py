@@ -65,9 +65,18 @@ MAX_BATCHES_IN_FLIGHT = 4
 
 
 class SealedBatch(NamedTuple):
-    records: list[Record]
+    outputs: list[Record]  # tag, tier and profile records, dead letters, re-routes
+    changelog: list[Record]  # each changed member's state: sent once `outputs` are delivered
     acks: list[AckSlot]
-    staged: StagedBatch  # its states, written to the store once `records` are delivered
+    staged: StagedBatch  # its states, written to the store once `changelog` is delivered
+    # Changelogs go out in sealing order: this batch's waits for the previous batch's turn
+    # (True once that changelog was queued; False if it never will be) and then sets its own.
+    previous_turn: asyncio.Future[bool] | None
+    turn: asyncio.Future[bool]
+
+
+class BatchAbandoned(Exception):
+    """An earlier batch failed: this one's states build on it, so its changelog may not go."""
 
 
 class MemberProcessor:
@@ -110,6 +119,7 @@ class MemberProcessor:
         self._opened_at: float | None = None
         # Sealed batches are queued to the producer in the order they were sealed.
         self._queueing = asyncio.Lock()
+        self._last_turn: asyncio.Future[bool] | None = None  # see SealedBatch.turn
 
     # --- the open batch -----------------------------------------------------------------------
 
@@ -307,34 +317,61 @@ class MemberProcessor:
     def seal(self) -> SealedBatch | None:
         """Close the open batch (None if nothing waits); `ship` it next. Changed states are
         staged in the store now (so later events read them), written to it once delivered;
-        their changelog and profile records join the batch's records."""
+        their profile records join the batch's outputs, their changelog records follow."""
         self.tally.flush()
         if self._opened_at is None:
             return None
-        records, acks, dirty = self._records, self._acks, self._dirty
+        outputs, acks, dirty = self._records, self._acks, self._dirty
         self._records, self._acks, self._dirty, self._opened_at = [], [], {}, None
         pack = self.engine.pack
         states: StagedStates = []
+        changelog: list[Record] = []
         for key, (partition, state) in dirty.items():
             raw = encode_state(state)
             states.append((key, partition, raw))
-            records.append(Record(self.changelog_topic, partition, key, raw))
-            records.append(Record(self.names.profiles, partition, key,
+            changelog.append(Record(self.changelog_topic, partition, key, raw))
+            outputs.append(Record(self.names.profiles, partition, key,
                                   orjson.dumps(render_profile(state, pack))))
-        return SealedBatch(records, acks, self.store.stage(states))
+        previous_turn, self._last_turn = (
+            self._last_turn, asyncio.get_running_loop().create_future())
+        return SealedBatch(outputs, changelog, acks, self.store.stage(states), previous_turn,
+                           self._last_turn)
 
     async def ship(self, sealed: SealedBatch) -> None:
-        """Deliver a sealed batch's records, acknowledge its events, then write its states to
-        the store. Batches are queued to the producer one at a time in the order they were
-        sealed (the lock is FIFO), so a partition's records reach Kafka in the order they were
-        made; several may be in flight. A batch that cannot be delivered raises: its states
+        """Deliver a sealed batch in two steps, acknowledge its events, then write its states
+        to the store.
+
+        Invariant: a changelog record is sent only once every output of the states it holds
+        is delivered. A worker killed mid-shipment may have delivered any part of what it
+        queued; a state in the changelog whose tag changes or profile never arrived would
+        make the next owner take the redelivered events for duplicates, and those outputs
+        would be lost for good. Outputs first means a kill at worst sends them twice, with
+        the same ids. Changelog records are queued in sealing order (a later state of a
+        member must land after an earlier one), and not at all once an earlier batch failed,
+        since this batch's states contain that batch's events.
+
+        Outputs are queued to the producer one batch at a time in the order they were sealed
+        (the lock is FIFO), so a partition's records reach Kafka in the order they were made;
+        several batches may be in flight. A batch that cannot be delivered raises: its states
         are never written and its events stay unacknowledged."""
-        records, acks, staged = sealed
+        outputs, changelog, acks, staged, previous_turn, turn = sealed
         try:
             async with self._queueing:
-                delivered = await self.sender.enqueue(records)
-            offsets = await delivered
+                outputs_delivered = await self.sender.enqueue(outputs)
+            await outputs_delivered
+            if previous_turn is not None and not await asyncio.shield(previous_turn):
+                raise BatchAbandoned("an earlier batch could not be delivered")
+            offsets = None
+            if changelog:
+                async with self._queueing:
+                    delivered = await self.sender.enqueue(changelog)
+                turn.set_result(True)
+                offsets = await delivered
+            else:
+                turn.set_result(True)
         except BaseException:
+            if not turn.done():
+                turn.set_result(False)
             self.store.abandon(staged)
             raise
         # Acknowledged at delivery, not at the write: the write waits for earlier batches,
@@ -512,7 +549,8 @@ class BatchShipper:
             await self.processor.ship(sealed)
         except Exception as exc:  # noqa: BLE001 - reported, then the worker stops
             log.critical("a batch of %d records could not be delivered (%s: %s); stopping so "
-                         "that its events are processed again", len(sealed[0]),
+                         "that its events are processed again",
+                         len(sealed.outputs) + len(sealed.changelog),
                          type(exc).__name__, exc)
             await self.on_failure(exc)
 

@@ -29,6 +29,7 @@ from streams.topics import TopicNames, Topics
 from taggers.clock import to_epoch
 from taggers.dryrun import dry_run
 from taggers.engine import Engine
+from taggers.profile import render_profile
 from taggers.rules import compile_rules, load_rules
 from taggers.state import decode_state
 from tests.factories import raw_event
@@ -71,10 +72,15 @@ class FakeSender:
 
     def __init__(self, topics: dict[str, FakeTopic]) -> None:
         self.topics = topics
-        self.shipments = 0
+        self.calls: list[list[Record]] = []  # what each enqueue was given
+
+    @property
+    def shipments(self) -> int:
+        """Batches shipped: the enqueues of outputs (each batch's changelog follows apart)."""
+        return sum(1 for call in self.calls if any(r.topic != CHANGELOG_TOPIC for r in call))
 
     async def enqueue(self, records: list[Record]) -> Any:
-        self.shipments += 1
+        self.calls.append(list(records))
         for record in records:
             self.topics[record.topic].sent.append(
                 {"key": record.key, "value": record.value, "partition": record.partition,
@@ -89,7 +95,8 @@ def _delivered() -> asyncio.Future[None]:
 
 
 class Harness:
-    def __init__(self, clock: str, wall: float = 0.0, namespace: str = "") -> None:
+    def __init__(self, clock: str, wall: float = 0.0, namespace: str = "",
+                 engine: Engine | None = None) -> None:
         self.names = names = TopicNames.for_namespace(namespace)
         self.topics = Topics(inbound=None, reroute=FakeTopic(names.reroute),
                              deadletter=FakeTopic(names.deadletter),
@@ -104,7 +111,8 @@ class Harness:
         self.wall = wall
         self.monotonic = 0.0
         self.processor = MemberProcessor(
-            Engine(load_rules(DEFAULT_RULES)), self.sender, self.table, CHANGELOG_TOPIC,
+            engine or Engine(load_rules(DEFAULT_RULES)), self.sender, self.table,
+            CHANGELOG_TOPIC,
             PartitionClocks(clock, names.events, wall=lambda: self.wall), PARTITIONS, names,
             clock=lambda: self.monotonic)
         self.acked: list[int] = []
@@ -259,6 +267,9 @@ async def test_changes_state_and_acks_wait_for_the_batch_and_go_together() -> No
     assert h.processor.batch_due()
     await h.processor.flush()
     assert h.sender.shipments == shipments_before + 1  # one shipment for all of it
+    # its changelog record goes out alone, after the outputs it holds are delivered
+    assert [{r.topic for r in call} for call in h.sender.calls[-2:]] == [
+        {h.names.tag_changes, h.names.profiles}, {CHANGELOG_TOPIC}]
     assert ("repeat_buyer", "added") in h.changes() and second.offset in h.acked
     assert decode_state(h.table[b"M1"]).orders.count == 2
     assert len(h.topics.profiles.sent) == profiles_before + 1
@@ -296,6 +307,8 @@ async def test_batches_in_flight_are_bounded_and_each_acks_its_own_events() -> N
 
     async def slow_enqueue(records: list[Record]) -> Any:
         await delivered(records)
+        if all(r.topic == CHANGELOG_TOPIC for r in records):
+            return _delivered()  # only outputs are slow here
         gate = asyncio.get_running_loop().create_future()
         gates.append(gate)
         return gate
@@ -315,9 +328,11 @@ async def test_batches_in_flight_are_bounded_and_each_acks_its_own_events() -> N
     waiting = asyncio.ensure_future(shipper.ship_open_batch())  # one too many: waits
     await asyncio.sleep(0.01)
     assert not waiting.done()
-    gates[1].set_result(None)  # the second batch is delivered first: only its event is acked
+    # the second batch's outputs are delivered first; its changelog (and so its ack) waits
+    # for the first batch's, since changelogs go out in sealing order
+    gates[1].set_result(None)
     await asyncio.sleep(0.01)
-    assert h.acked == [offsets[1]] and not waiting.done()
+    assert h.acked == [] and not waiting.done()
     gates[0].set_result(None)
     await asyncio.sleep(0.01)
     assert waiting.done() and sorted(h.acked) == offsets[:2]
@@ -592,3 +607,105 @@ async def test_a_copy_of_an_applied_event_behind_the_clock_is_a_duplicate_not_a_
     assert h.topics.deadletter.sent == []
     assert decode_state(h.table[member.encode()]).orders.count == applied == 2
     assert h.processor.counters.duplicates == 1
+
+
+class DyingSender(FakeSender):
+    """A worker's producer when the worker is SIGKILLed: of what it was asked to send, the
+    first `survives` records reach Kafka (in the given order, or each call's records in
+    reverse, as separate produce requests may land in either order), then nothing does."""
+
+    def __init__(self, topics: dict[str, FakeTopic], survives: int, reverse: bool) -> None:
+        super().__init__(topics)
+        self.left = survives
+        self.reverse = reverse
+
+    async def enqueue(self, records: list[Record]) -> Any:
+        for record in reversed(records) if self.reverse else records:
+            if self.left == 0:
+                raise ConnectionError("killed")
+            self.left -= 1
+            await super().enqueue([record])
+        return _delivered()
+
+
+def _mid_shipment_history() -> list[bytes]:
+    members = [f"MK{n}" for n in range(6)]
+    days = ("2033-05-01", "2033-05-09", "2033-05-17")
+    return [orjson.dumps(raw_event("order.paid", f"{day}T10:00:00+08:00", member=member,
+                                   amount_fen=90_000))
+            for day in days for member in members]
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+async def test_a_worker_killed_mid_shipment_loses_no_output_whatever_part_arrived(reverse):
+    """Regression: a batch's changelog records were sent with its outputs. Killed with the
+    changelog delivered but a profile not, the next owner recovered the state, took the
+    redelivered events for duplicates, and the member's last profile never came (CI: the
+    kill test's change ids all matched, its profiles did not)."""
+    history = _mid_shipment_history()
+    at = datetime.fromisoformat("2033-06-01T00:00:00+08:00").timestamp()
+    pack = load_rules(DEFAULT_RULES)
+    engine = Engine(pack)
+    dry = dry_run(engine, history)
+    expected_ids = {c.change_id for c in dry.changes}
+    expected_profiles = {m: orjson.loads(orjson.dumps(render_profile(state, pack)))
+                         for m, state in dry.states.items()}
+    survives = -1
+    while True:  # every kill point, up to one past the victim's last record
+        survives += 1
+        victim = Harness("wall", wall=at, engine=engine)
+        victim.processor.sender = DyingSender(victim.sender.topics, survives, reverse)
+        delivered: list[Message] = []
+        try:
+            for line in history:
+                partition = partition_for(orjson.loads(line)["member_id"], PARTITIONS)
+                delivered.append(await victim.send(victim.names.orders, line, partition))
+        except ConnectionError:
+            pass
+        # the next owner: the table from the delivered changelog, the unacknowledged events
+        heir = Harness("wall", wall=at, engine=engine)
+        heir.sender.topics = victim.sender.topics
+        heir.topics, heir.changelog = victim.topics, victim.changelog
+        for record in victim.changelog.sent:
+            heir.table[record["key"]] = record["value"]
+        for line in history[len(victim.acked):]:
+            partition = partition_for(orjson.loads(line)["member_id"], PARTITIONS)
+            await heir.send(heir.names.orders, line, partition)
+        found_ids = {orjson.loads(s["value"])["change_id"] for s in heir.topics.tag_changes.sent}
+        latest = {s["key"].decode(): orjson.loads(s["value"]) for s in heir.topics.profiles.sent}
+        assert found_ids == expected_ids, f"killed after {survives} records"
+        assert latest == expected_profiles, f"killed after {survives} records"
+        if len(victim.acked) == len(history):
+            break
+
+
+async def test_after_a_failed_batch_no_later_changelog_is_sent() -> None:
+    """A later batch's states contain the failed batch's events, whose outputs never went:
+    its changelog would make the next owner skip those events as duplicates."""
+    h = Harness("wall", wall=2e9)
+    delivered = h.sender.enqueue
+    calls = 0
+
+    async def first_outputs_fail(records: list[Record]) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ConnectionError("broker gone")
+        return await delivered(records)
+
+    h.sender.enqueue = first_outputs_fail  # type: ignore[method-assign]
+    failures: list[BaseException] = []
+
+    async def stop_worker(exc: BaseException) -> None:
+        failures.append(exc)
+
+    shipper = BatchShipper(h.processor, on_failure=stop_worker)
+    for day in ("2033-05-18", "2033-05-19"):
+        await h.send(h.names.orders, orjson.dumps(raw_event(
+            "order.paid", f"{day}T10:00:00+08:00", amount_fen=100)),
+            partition_for("M1", PARTITIONS), flush=False)
+        await shipper.ship_open_batch()
+    await shipper.drain()
+    assert [type(exc).__name__ for exc in failures] == ["ConnectionError", "BatchAbandoned"]
+    assert h.changelog.sent == [] and h.acked == [] and b"M1" not in h.table
+    assert len(h.topics.profiles.sent) == 1  # the second batch's outputs did go
