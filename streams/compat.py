@@ -80,6 +80,15 @@ async def _perform_seek_uncommitted_from_the_beginning(self: Any) -> None:
             *(self._new_topicpartition(tp.topic, tp.partition) for tp in uncommitted))
 
 
+async def rewind(consumer: Any, topic: str, partition: int, offset: int) -> None:
+    """Fetch `topic` `partition` again from `offset` (streams/sequence.py): seeks it in the
+    consumer's own thread, as Faust's seek to committed offsets does, and moves Faust's read
+    position with it (else Faust drops the messages it fetches again as already read)."""
+    tp = consumer._new_topicpartition(topic, partition)  # noqa: SLF001
+    await consumer._thread.seek_wait({tp: offset})  # noqa: SLF001
+    consumer._read_offset[tp] = offset if offset else None  # noqa: SLF001
+
+
 def install(agent_topics: Iterable[str]) -> None:
     """Apply the adjustments (idempotent); `agent_topics` are the topics the member agent
     consumes and acknowledges itself."""

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Iterable, NamedTuple
 
 import faust
-
 import orjson
 
 from schemas.changes import encode_change
@@ -30,6 +29,7 @@ from streams.deadletter import dead_letter
 from streams.deadlines import DeadlineIndex
 from streams.partitioning import partition_for
 from streams.reorder import ReorderBuffer
+from streams.sequence import Admission, DeliverySequence
 from streams.outbox import Record, RecordSender
 from streams.state_store import MemberStore, StagedBatch, StagedStates
 from streams.topics import TopicNames, Topics
@@ -110,7 +110,9 @@ class MemberProcessor:
         self.tally = metrics.Tally()  # added to the Prometheus metrics once per batch
         self._monotonic = clock
         self.linger_s = linger_s
-        self.positions: dict[tuple[str, int], int] = {}  # next offset per topic-partition
+        # the next offset per topic-partition; `rewind` is set by the agent's registration
+        self.sequence = DeliverySequence(rewind=_cannot_rewind)
+        self.positions = self.sequence.next_offsets
         # The open batch.
         self._records: list[Record] = []
         self._dirty: dict[bytes, tuple[int, MemberState]] = {}  # key -> (partition, state)
@@ -150,7 +152,8 @@ class MemberProcessor:
     def handle(self, message: Any, ack: Ack) -> None:
         """Process one message; `ack` is called once its batch is delivered (maybe later)."""
         partition = message.partition
-        self.positions[(message.topic, partition)] = message.offset + 1
+        if self.sequence.admit(message.topic, partition, message.offset) is not Admission.HANDLE:
+            return  # not acknowledged: it comes again, or came before (streams/sequence.py)
         if not self.deadlines.is_loaded(partition):
             self._load_deadlines(partition)
         slot = self.acks.register(message.topic, partition, ack)
@@ -448,6 +451,7 @@ class MemberProcessor:
         for delivery): their state and changes are dropped with their acknowledgements, or
         this worker would write the changelog of a partition it no longer owns."""
         self.store.drop_in_flight(partitions)
+        self.sequence.forget(partitions)
         for partition in partitions:
             self.deadlines.drop(partition)
             self.clocks.forget(partition)
@@ -457,6 +461,10 @@ class MemberProcessor:
                        if entry[0] not in partitions}
         self._records = [r for r in self._records
                          if r.topic not in self._member_outputs or r.partition not in partitions]
+
+
+def _cannot_rewind(topic: str, partition: int, offset: int) -> None:
+    raise RuntimeError(f"no consumer to rewind {topic} partition {partition} to {offset}")
 
 
 def _origin(message: Any, reroute_topic: str) -> tuple[str, int, int]:
@@ -570,6 +578,11 @@ def register_member_agent(app: faust.App, processor: MemberProcessor, topics: To
 
     shipper = BatchShipper(processor, on_failure=app.crash, paused=recovering)
     event_topics = processor.names.events
+
+    def rewind(topic: str, partition: int, offset: int) -> None:
+        asyncio.ensure_future(compat.rewind(app.consumer, topic, partition, offset))
+
+    processor.sequence.rewind = rewind
 
     @app.agent(topics.inbound, name="members")
     async def members(stream: Any) -> None:

@@ -212,3 +212,22 @@ async def test_faust_alone_leaves_an_uncommitted_partition_where_it_is(
     consumer = SeekingConsumer({TP("events.orders", 0): None})
     await Consumer.perform_seek(consumer)
     assert consumer.to_beginning == []
+
+
+class SeekingThread:
+    def __init__(self) -> None:
+        self.sought: list[dict] = []
+
+    async def seek_wait(self, partitions: dict) -> None:
+        self.sought.append(dict(partitions))
+
+
+async def test_a_rewind_seeks_in_the_consumer_thread_and_moves_fausts_read_position() -> None:
+    """Faust drops a fetched message below its read position as already read, so a rewind
+    that left the read position would lose the very messages it fetches again."""
+    consumer = SimpleNamespace(_thread=SeekingThread(), _read_offset=defaultdict(lambda: None),
+                               _new_topicpartition=lambda topic, partition: TP(topic, partition))
+    tp = TP("events.orders", 2)
+    consumer._read_offset[tp] = 97
+    await compat.rewind(consumer, "events.orders", 2, 40)
+    assert consumer._thread.sought == [{tp: 40}] and consumer._read_offset[tp] == 40
