@@ -1,14 +1,11 @@
 """Fixtures for tests that need the real broker and Redis.
 
-Apache Kafka is a JVM that takes seconds to start, so one single-node Kafka serves every test of
-a test process (and one three-node cluster the tests that need it, started on first use). Tests stay apart by
+Apache Kafka is a JVM that takes seconds to start, so one single-node Kafka serves the whole run
+(and one three-node cluster the tests that need it, started on first use). Tests stay apart by
 name: each gets its own topic namespace and app id (so its own consumer groups and changelog),
-and its own Redis (a Redis starts in milliseconds). A missing JDK, Kafka jars or
+and its own Redis (a Redis starts in milliseconds). Tests run one at a time, so a test that
+pauses or restarts the shared broker disturbs no other. A missing JDK, Kafka jars or
 redis-server is an error, never a skip: the error says how to install it.
-
-`./dev test` runs the suite in two pytest-xdist processes (one per core): each has its own
-single-node Kafka, and tests run one at a time within a process, so a test that pauses or
-stops its broker still disturbs no other.
 """
 
 from __future__ import annotations
@@ -83,7 +80,7 @@ def stack(local_redis: LocalStack) -> Settings:
 
 @pytest.fixture
 def cluster_stack(shared_kafka_cluster: LocalStack, tmp_path: Path) -> Iterator[Settings]:
-    """Like `stack`, on the three-node cluster (mark the test `tests.support.ON_THE_CLUSTER`)."""
+    """Like `stack`, on the three-node cluster."""
     settings = _test_settings(shared_kafka_cluster, tmp_path)
     redis = LocalStack(settings, kafka=False)
     try:

@@ -27,7 +27,7 @@ from taggers.dryrun import dry_run
 from taggers.engine import Engine
 from taggers.profile import render_profile
 from taggers.rules import load_rules
-from tests.support import ON_THE_CLUSTER, free_port
+from tests.support import free_port
 from tests.support.kafka import (
     AllWorkers,
     assert_same_ids,
@@ -277,7 +277,6 @@ FAULT_DAYS = 540  # about 34,000 events
 REPLAY_S = 45
 
 
-@ON_THE_CLUSTER
 async def test_killed_partition_leader_loses_nothing(cluster_stack, shared_kafka_cluster,
                                                      tmp_path):
     """SIGKILL the node that leads partition 0 of the orders topic while two workers process

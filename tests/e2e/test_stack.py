@@ -31,7 +31,7 @@ from streams.kafka_server import kafka_version
 from streams.settings import Settings
 from streams.stack import (LocalStack, ProcessRecord, StackError, is_running, stop_process,
                            write_record)
-from tests.support import ON_THE_CLUSTER, free_port, private_stack_settings
+from tests.support import free_port, private_stack_settings
 
 pytestmark = pytest.mark.e2e
 
@@ -444,7 +444,6 @@ async def describe(bootstrap: str, topic: str) -> tuple[list[int], str]:
     return replicas, configs["min.insync.replicas"]
 
 
-@ON_THE_CLUSTER
 async def test_topics_on_three_nodes_are_replicated_three_times_with_min_isr_2(
         cluster_stack: Settings) -> None:
     topic = f"{cluster_stack.topic_namespace}replicated"

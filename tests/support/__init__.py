@@ -5,15 +5,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import pytest
-
 from streams.settings import Settings
 from streams.stack import free_ports
-
-# Tests that use the three-node cluster carry this mark, so that under pytest-xdist
-# (`--dist loadgroup`) they all run in one test process: the run starts one cluster, not one
-# per process.
-ON_THE_CLUSTER = pytest.mark.xdist_group("kafka_cluster")
 
 
 def free_port() -> int:
