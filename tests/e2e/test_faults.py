@@ -296,6 +296,7 @@ async def test_killed_partition_leader_loses_nothing(cluster_stack, shared_kafka
             running_worker(settings, tmp_path, name="second", clock="event",
                            web_port=free_port()) as second:
         workers = AllWorkers(first, second)
+        await workers.ready()
         async with _replaying(settings, path, lines) as replaying:
             await _working(settings, workers, dry, replaying)
             leader = await partition_leader(bootstrap, names.orders, 0)
@@ -331,6 +332,7 @@ async def test_single_broker_stopped_mid_replay_loses_nothing(stack, shared_kafk
     record = shared_kafka.record("broker-1")
     assert record is not None and is_running(record)
     with running_worker(stack, tmp_path, clock="event") as worker:
+        await worker.ready()
         async with _replaying(stack, path, lines) as replaying:
             await _working(stack, worker, dry, replaying)
             try:

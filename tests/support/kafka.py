@@ -59,6 +59,16 @@ class WorkerProcess:
         if self.process is not None:
             stop_child(self.process, timeout)
 
+    async def ready(self, timeout: float = 180) -> None:
+        """Until Faust logs the worker ready (its first assignment recovered), so that a
+        replay started next meets a working consumer group, not one still joining."""
+        deadline = time.monotonic() + timeout
+        while "Worker ready" not in self.log_path.read_text(errors="replace"):
+            assert self.alive(), f"the worker stopped before it was ready:\n{self.log_tail()}"
+            assert time.monotonic() < deadline, (
+                f"the worker was not ready within {timeout} s:\n{self.log_tail()}")
+            await asyncio.sleep(0.2)
+
     def kill(self) -> None:
         """SIGKILL: no shutdown hook runs (a crash)."""
         if self.process is not None and self.process.poll() is None:
@@ -259,6 +269,9 @@ class AllWorkers:
 
     def alive(self) -> bool:
         return all(worker.alive() for worker in self.workers)
+
+    async def ready(self, timeout: float = 180) -> None:
+        await asyncio.gather(*(worker.ready(timeout) for worker in self.workers))
 
     def log_tail(self, lines: int = 40) -> str:
         dead = [w for w in self.workers if not w.alive()] or list(self.workers)
