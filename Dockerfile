@@ -1,5 +1,5 @@
 # The tagstream image: `tagstream worker` (default) and `tagstream api`, both configured only
-# through TAGSTREAM_* environment variables (streams/settings.py). Used by docker-compose.yml.
+# through TAGSTREAM_* environment variables (streams/platform/settings.py). Used by docker-compose.yml.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

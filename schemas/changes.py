@@ -34,8 +34,9 @@ TierChangeType = Literal["tier.upgraded", "tier.downgraded", "tier.downgrade_war
 
 
 class TierChange(msgspec.Struct, frozen=True, kw_only=True, gc=False, omit_defaults=True):
-    """A `tiers.changes` record. `from`/`to` are always written (null on points records);
-    the detail fields after `at` only when they apply."""
+    """A `tiers.changes` record. `from`/`to` are always written (null on points records), and
+    so are the member's `guides` (empty when none), so that a guide's feed needs no lookup; the
+    detail fields after `guides` only when they apply."""
 
     change_id: str
     member_id: str
@@ -45,6 +46,8 @@ class TierChange(msgspec.Struct, frozen=True, kw_only=True, gc=False, omit_defau
     growth: int  # growth value of the last evaluation window at `at`
     cause: dict[str, str]
     at: str
+    # The member's guides when the change happened: required, so it is always written.
+    guides: tuple[Guide, ...]
     points: int | None = None  # points expired / about to expire
     balance: int | None = None  # points balance after the change
     expires_at: str | None = None

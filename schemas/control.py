@@ -1,4 +1,6 @@
-"""Control messages that share the event topics: the event-time watermark marker.
+"""Control messages that share the event topics: the event-time watermark marker, and the
+backfill marker (`tagstream backfill`: re-evaluate every member of the partition with the
+current rules; empty body, on the re-route topic).
 
 `tagstream replay` ends by writing one marker to every partition of every event topic, so each
 partition's event-time clock reaches the last event's time and due timers fire, exactly as in
@@ -16,6 +18,12 @@ from schemas.errors import EventRejected
 
 CONTROL_HEADER = "tagstream-control"
 WATERMARK = b"watermark"
+BACKFILL = b"backfill"
+
+
+def encode_backfill() -> tuple[bytes, list[tuple[str, bytes]]]:
+    """The value and headers of a backfill marker."""
+    return b"", [(CONTROL_HEADER, BACKFILL)]
 
 
 class WatermarkMarker(msgspec.Struct, frozen=True, kw_only=True):

@@ -31,8 +31,8 @@ _JSON_BRACKET = re.compile(rb"[\[\]{}]")
 
 
 def decode_event(raw: bytes | None, topic: str | None = None, *, namespace: str = "") -> Event:
-    """Decode one event. With `topic` (a canonical name: streams/topics.py), only that topic's
-    event family is accepted. `namespace` (TAGSTREAM_TOPIC_NAMESPACE) goes before the topic
+    """Decode one event. With `topic` (a canonical name: streams/platform/topics.py), only that
+    topic's event family is accepted. `namespace` (TAGSTREAM_TOPIC_NAMESPACE) goes before the topic
     names a reason gives, so that they are the names on the broker."""
     if raw is None or len(raw) == 0:
         raise EventRejected("empty message value: expected a JSON event object")

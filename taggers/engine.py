@@ -18,14 +18,17 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from schemas.changes import Guide, TagChange, TierChange, change_id_for
 from schemas.errors import EventRejected
 from schemas.events import Event, MemberJoined, OrderPaid, OrderRefunded, ProfileUpdated
 from schemas.events import WecomFriendAdded, WecomFriendRemoved
 from taggers.clock import DAY, to_epoch
-from taggers.counters import TrackerDef, prune_buckets, prune_keys
+from taggers.counters import TrackerDef
 from taggers.expr import TIME
 from taggers.rules import EvalContext, RulePack, TagRule
+from taggers.series import prune_buckets, prune_keys
 from taggers.state import SEEN_CAPACITY, GuideLink, HeldTag, MemberState
 
 REMOVED_FROM_PACK = "__rule_removed__"
@@ -82,7 +85,7 @@ class Engine:
         if self.loyalty is not None:
             state.loyalty, tier_changes = self.loyalty.apply(
                 state.loyalty, event, occurred, state.member_id, cause)
-            outcome.tier_changes.extend(tier_changes)
+            outcome.tier_changes.extend(_guided(state, tier_changes))
         self._evaluate(state, event, now, cause, outcome.changes)
         return outcome
 
@@ -126,8 +129,8 @@ class Engine:
             due = {series[i] for i in range(0, len(series), 2) if series[i + 1] <= deadline}
             if self.loyalty is not None and state.loyalty is not None \
                     and (self.loyalty.next_deadline(state.loyalty) or until + 1) <= deadline:
-                outcome.tier_changes.extend(
-                    self.loyalty.advance(state.loyalty, deadline, state.member_id))
+                outcome.tier_changes.extend(_guided(state, self.loyalty.advance(
+                    state.loyalty, deadline, state.member_id)))
                 if pack.tier_unit is not None:
                     due.add(pack.tier_unit)
             self._evaluate(state, None, deadline, None, outcome.changes,
@@ -339,8 +342,19 @@ class Engine:
             cause=cause,
             evidence=evidence,
             at=at,
-            guides=tuple(Guide(userid=g.userid, external_userid=g.external_userid)
-                         for g in state.guides),
+            guides=_guides_of(state),
             name_zh=rule.name_zh if rule else "",
             family=rule.family if rule else "",
         )
+
+
+def _guides_of(state: MemberState) -> tuple[Guide, ...]:
+    return tuple(Guide(userid=g.userid, external_userid=g.external_userid) for g in state.guides)
+
+
+def _guided(state: MemberState, changes: list[TierChange]) -> list[TierChange]:
+    """Tier and points changes naming the member's guides (the loyalty program knows none)."""
+    if not changes or not state.guides:
+        return changes
+    guides = _guides_of(state)
+    return [msgspec.structs.replace(change, guides=guides) for change in changes]

@@ -36,7 +36,7 @@ from taggers.expr import (
     Scope,
     compile_expression,
 )
-from taggers.loyalty import compile_loyalty
+from taggers.loyalty_compiler import compile_loyalty
 from taggers.scope import (
     EVENT_FIELDS,
     EvalContext,

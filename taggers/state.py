@@ -9,12 +9,32 @@ from __future__ import annotations
 
 import msgspec
 
-from taggers.loyalty import LoyaltyState
 
 # How many recent event ids a member remembers for redelivery checks. An event older than
 # the oldest remembered id is treated as too late to apply (dead-lettered, never applied twice).
 SEEN_CAPACITY = 64
 
+
+
+class LoyaltyState(msgspec.Struct, array_like=True, gc=False):
+    level: str  # level id
+    tier_since: int  # when the member reached the level (first event for the lowest level)
+    review_at: int | None = None  # next anniversary review; None on the lowest level
+    warned_review: int | None = None  # the review whose downgrade warning has fired
+    # growth per local day: flat [gap, growth, gap, growth, ...]; the first gap counts from
+    # day 0, so a day is the running sum of gaps (1-byte gaps keep a daily member small)
+    growth: list[int] = []
+    # capped sources: event type -> {local day: growth awarded that day}
+    caps: dict[str, dict[int, int]] = {}
+    lots: list[int] = []  # flat [earned local year, points, ...], oldest first
+    warned_year: int = 0  # lots up to this year have had their expiry warning
+    # refund ledger: flat rows of _ORDER_STRIDE ints, oldest first
+    orders: list[int] = []
+    shortfall: int = 0  # points clawed back that the balance could not cover
+
+    @property
+    def points(self) -> int:
+        return sum(self.lots[1::2])
 
 class OrderStats(msgspec.Struct, array_like=True, gc=False):
     count: int = 0

@@ -17,8 +17,8 @@ from typing import Iterator
 
 import pytest
 
-from streams.settings import Settings
-from streams.stack import LocalStack
+from streams.platform.settings import Settings
+from streams.tools.stack import LocalStack
 from tests.support import private_stack_settings
 
 _test_numbers = itertools.count(1)

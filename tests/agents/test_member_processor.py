@@ -11,21 +11,20 @@ from typing import Any
 import orjson
 import pytest
 
-from schemas.control import encode_watermark
-from streams.agents.members import (
-    BACKFILL,
+from schemas.control import BACKFILL, encode_watermark
+from streams.worker.members import (
     FLUSH_LINGER_S,
     MAX_BATCHES_IN_FLIGHT,
     ORIGIN_HEADER,
     BatchShipper,
     MemberProcessor,
 )
-from streams.acks import OrderedAcks
-from streams.outbox import Record
-from streams.clock import PartitionClocks
-from streams.partitioning import partition_for
-from streams.settings import DEFAULT_RULES
-from streams.topics import TopicNames, Topics
+from streams.platform.partitioning import partition_for
+from streams.platform.settings import DEFAULT_RULES
+from streams.platform.topics import TopicNames, Topics
+from streams.worker.acks import OrderedAcks
+from streams.worker.clock import PartitionClocks
+from streams.worker.outbox import Record
 from taggers.clock import to_epoch
 from taggers.dryrun import dry_run
 from taggers.engine import Engine

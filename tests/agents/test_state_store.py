@@ -11,7 +11,7 @@ import faust
 import pytest
 from faust.types import TP
 
-from streams.state_store import MemberStore
+from streams.worker.state_store import MemberStore
 
 CHANGELOG = "tagstream-members-changelog"
 

@@ -9,8 +9,8 @@ import statistics
 import orjson
 import pytest
 
-from streams.generate import generate_events
-from streams.settings import DEFAULT_RULES
+from streams.platform.settings import DEFAULT_RULES
+from streams.tools.generate import generate_events
 from taggers.dryrun import dry_run
 from taggers.engine import Engine
 from taggers.rules import load_rules

@@ -10,11 +10,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from streams.api.app import add_routes, create_app
-from streams.api.auth import TokenConfigError, parse_tokens
-from streams.api.openapi import build_openapi, openapi_bytes
-from streams.settings import Settings
-from streams.sinks.redis_store import RedisProfileStore
+from streams.platform.settings import Settings
+from streams.serving.api.app import add_routes, create_app
+from streams.serving.api.auth import TokenConfigError, parse_tokens
+from streams.serving.api.openapi import build_openapi, openapi_bytes
+from streams.serving.redis_store import RedisProfileStore
 from tests.support.api import LI, OPERATOR, TOKENS, ZHANG, api_settings, bearer, running_api
 from tests.support.kafka import create_topics
 from tests.support.profiles import make_profile

@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from schemas.events import MAX_EVENT_BYTES
-from streams.topics import TopicNames, topic_names
+from streams.platform.topics import TopicNames, topic_names
 from taggers.engine import Engine
 from taggers.rules import load_rules
 from tests.support.fuzz_events import FuzzCase, Verdict, expected_verdict, fuzz_case

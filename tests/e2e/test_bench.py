@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from streams.kafka_server import kafka_version
+from streams.tools.kafka_server import kafka_version
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -31,7 +31,7 @@ RESTART = ("with_store_s", "with_store_records", "fresh_disk_s", "fresh_disk_rec
 def test_bench_runs_and_its_json_has_every_field(tmp_path):
     workdir = tmp_path / "bench"
     run = subprocess.run(
-        [sys.executable, "-m", "streams.cli", "bench", "--members", str(MEMBERS), "--events",
+        [sys.executable, "-m", "streams.ops.cli", "bench", "--members", str(MEMBERS), "--events",
          str(EVENTS), "--partitions", "2", "--latency-seconds", "2", "--json",
          "--workdir", str(workdir)],
         env={**os.environ, "TAGSTREAM_DATA_DIR": str(tmp_path / "data")},

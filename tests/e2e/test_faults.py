@@ -18,11 +18,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from streams.generate import generate_events
-from streams.replay import replay
-from streams.sinks.redis_store import RedisProfileStore
-from streams.stack import is_running, stop_process
-from streams.topics import topic_names
+from streams.ops.replay import replay
+from streams.platform.topics import topic_names
+from streams.serving.redis_store import RedisProfileStore
+from streams.tools.generate import generate_events
+from streams.tools.stack import is_running, stop_process
 from taggers.dryrun import dry_run
 from taggers.engine import Engine
 from taggers.profile import render_profile

@@ -15,8 +15,8 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from streams.sinks.redis_store import RedisProfileStore
-from streams.topics import topic_names
+from streams.platform.topics import topic_names
+from streams.serving.redis_store import RedisProfileStore
 from tests.support.api import ZHANG, api_settings, running_api
 from tests.support.kafka import create_topics
 from tests.support.profiles import make_profile

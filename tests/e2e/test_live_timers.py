@@ -16,8 +16,8 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from streams.partitioning import partition_for
-from streams.topics import topic_names
+from streams.platform.partitioning import partition_for
+from streams.platform.topics import topic_names
 from tests.factories import raw_event
 from tests.support.kafka import create_topics, read_topic, running_worker, values
 

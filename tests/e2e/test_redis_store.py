@@ -6,8 +6,8 @@ from typing import AsyncIterator
 
 import pytest
 
-from streams.settings import Settings
-from streams.sinks.redis_store import RedisProfileStore
+from streams.platform.settings import Settings
+from streams.serving.redis_store import RedisProfileStore
 from tests.support.profiles import make_profile
 
 pytestmark = pytest.mark.e2e

@@ -16,12 +16,12 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from schemas.control import control_kind, decode_watermark, WATERMARK
 from schemas.events import TOPIC_BY_EVENT_TYPE
-from streams.admin import TopicError
-from streams.generate import generate_events, write_jsonl
-from streams.partitioning import partition_for
-from streams.replay import produce_raw, replay
-from streams.settings import Settings
-from streams.topics import topic_names
+from streams.ops.replay import produce_raw, replay
+from streams.platform.admin import TopicError
+from streams.platform.partitioning import partition_for
+from streams.platform.settings import Settings
+from streams.platform.topics import topic_names
+from streams.tools.generate import generate_events, write_jsonl
 
 pytestmark = pytest.mark.e2e
 

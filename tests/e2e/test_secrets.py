@@ -29,11 +29,11 @@ import redis.exceptions
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from streams.replay import produce_raw
-from streams.security import kafka_client_kwargs, redis_client_kwargs
-from streams.settings import Settings
-from streams.sinks.redis_store import RedisProfileStore
-from streams.topics import topic_names
+from streams.ops.replay import produce_raw
+from streams.platform.security import kafka_client_kwargs, redis_client_kwargs
+from streams.platform.settings import Settings
+from streams.platform.topics import topic_names
+from streams.serving.redis_store import RedisProfileStore
 from tests.factories import raw_event
 from tests.support import free_port
 from tests.support.kafka import (WorkerProcess, at_least, create_topics, read_topic,
@@ -197,7 +197,7 @@ def test_worker_with_a_wrong_sasl_password_fails_clearly_and_never_prints_it(
         sasl_broker, tmp_path, mechanism):
     settings = sasl_settings(sasl_broker, tmp_path, mechanism, password=WRONG_SASL_PASSWORD)
     env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
-    done = subprocess.run([sys.executable, "-m", "streams.cli", "worker"], env=env,
+    done = subprocess.run([sys.executable, "-m", "streams.ops.cli", "worker"], env=env,
                           capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
     output = (done.stdout + done.stderr).decode(errors="replace")
     assert done.returncode != 0, output
@@ -256,7 +256,7 @@ async def test_redis_sink_with_a_wrong_password_logs_a_redacted_error(stack, pas
     log_path = tmp_path / "redis-sink.log"
     env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
     with log_path.open("wb") as log:
-        sink = subprocess.Popen([sys.executable, "-m", "streams.cli", "redis-sink"], env=env,
+        sink = subprocess.Popen([sys.executable, "-m", "streams.ops.cli", "redis-sink"], env=env,
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60

@@ -17,9 +17,9 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from schemas.control import encode_watermark
 from schemas.events import MAX_EVENT_BYTES, TOPIC_BY_EVENT_TYPE
-from streams.generate import generate_events
-from streams.partitioning import partition_for
-from streams.topics import TopicNames, topic_names
+from streams.platform.partitioning import partition_for
+from streams.platform.topics import TopicNames, topic_names
+from streams.tools.generate import generate_events
 from taggers.dryrun import dry_run
 from taggers.engine import Engine
 from taggers.rules import load_rules

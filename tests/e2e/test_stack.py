@@ -26,10 +26,10 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from schemas.errors import TagstreamError
-from streams.admin import TopicError, ensure_topics
-from streams.kafka_server import kafka_version
-from streams.settings import Settings
-from streams.stack import (LocalStack, ProcessRecord, StackError, is_running, stop_process,
+from streams.platform.admin import TopicError, ensure_topics
+from streams.platform.settings import Settings
+from streams.tools.kafka_server import kafka_version
+from streams.tools.stack import (LocalStack, ProcessRecord, StackError, is_running, stop_process,
                            write_record)
 from tests.support import free_port, private_stack_settings
 
@@ -75,7 +75,7 @@ def gone(pid: int) -> bool:
 
 def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     """`tagstream <args>` in a child process configured by `settings`' environment."""
-    result = subprocess.run([sys.executable, "-m", "streams.cli", *args], cwd=ROOT,
+    result = subprocess.run([sys.executable, "-m", "streams.ops.cli", *args], cwd=ROOT,
                             env={**os.environ, **settings.to_env()}, stdin=subprocess.DEVNULL,
                             capture_output=True, text=True)
     assert result.returncode == 0, f"tagstream {' '.join(args)}:\n{result.stdout}{result.stderr}"
@@ -212,7 +212,7 @@ def test_a_taken_kafka_port_is_a_clear_error(tmp_path: Path, monkeypatch: pytest
     """Refused before starting, or (a port taken after the check) the node starts, cannot
     bind and exits: either way up names the setting and stops whatever it started."""
     if not checked_first:
-        monkeypatch.setattr("streams.stack.port_taken", lambda host, port: False)
+        monkeypatch.setattr("streams.tools.stack.port_taken", lambda host, port: False)
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
@@ -398,7 +398,7 @@ def test_a_taken_redis_port_is_a_clear_error(stack_settings: Settings) -> None:
 
 def test_a_redis_port_taken_after_the_check_is_a_clear_error(
         stack_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("streams.stack.port_taken", lambda host, port: False)
+    monkeypatch.setattr("streams.tools.stack.port_taken", lambda host, port: False)
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()

@@ -13,9 +13,9 @@ import time
 import orjson
 import pytest
 
-from streams.generate import generate_events, write_jsonl
-from streams.replay import replay
-from streams.topics import topic_names
+from streams.ops.replay import replay
+from streams.platform.topics import topic_names
+from streams.tools.generate import generate_events, write_jsonl
 from taggers.dryrun import dry_run
 from taggers.engine import Engine
 from taggers.profile import render_profile

@@ -35,12 +35,12 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from schemas.changes import Guide, TagChange, change_id_for, encode_change
-from streams.agents.wecom import WeComSyncService
-from streams.partitioning import partition_for
-from streams.settings import Settings
-from streams.topics import topic_names
-from streams.wecom.client import TokenBucket
-from streams.wecom.sync import corp_tag_name
+from streams.platform.partitioning import partition_for
+from streams.platform.settings import Settings
+from streams.platform.topics import topic_names
+from streams.serving.wecom.client import TokenBucket
+from streams.serving.wecom.consumer import WeComSyncService
+from streams.serving.wecom.sync import corp_tag_name
 from tests.support.kafka import create_topics
 from tests.support.wecom_fake import FAKE_CORP_ID, FAKE_SECRET, FakeWeCom
 from tests.support.wecom_fake import wecom_fake  # noqa: F401 - the fixture
@@ -353,7 +353,7 @@ async def test_a_killed_cli_process_loses_nothing(stack: Settings, wecom_fake: F
     env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
     log_path = tmp_path / "wecom-sync.log"
     with log_path.open("wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "streams.cli", "wecom-sync"],
+        process = subprocess.Popen([sys.executable, "-m", "streams.ops.cli", "wecom-sync"],
                                    env=env, stdout=log, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL)
     try:
@@ -390,7 +390,7 @@ async def test_a_killed_cli_process_loses_nothing(stack: Settings, wecom_fake: F
 async def test_cli_refuses_to_start_without_a_secret(stack: Settings) -> None:
     settings = dataclasses.replace(stack, wecom_corp_id="ww1", wecom_secret="")
     env = {**os.environ, **settings.to_env()}
-    result = subprocess.run([sys.executable, "-m", "streams.cli", "wecom-sync"], env=env,
+    result = subprocess.run([sys.executable, "-m", "streams.ops.cli", "wecom-sync"], env=env,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert "TAGSTREAM_WECOM_SECRET" in result.stderr

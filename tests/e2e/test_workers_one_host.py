@@ -19,9 +19,9 @@ import orjson
 import pytest
 
 from schemas.events import TOPIC_BY_EVENT_TYPE
-from streams.partitioning import partition_for
-from streams.replay import produce_raw
-from streams.topics import topic_names
+from streams.ops.replay import produce_raw
+from streams.platform.partitioning import partition_for
+from streams.platform.topics import topic_names
 from taggers.dryrun import dry_run
 from taggers.engine import Engine
 from taggers.rules import load_rules
@@ -48,7 +48,8 @@ class PortWorker(WorkerProcess):
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "streams.cli", "worker", "--web-port", str(self.web_port)],
+                [sys.executable, "-m", "streams.ops.cli", "worker", "--web-port",
+                str(self.web_port)],
                 env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         return self
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from streams.settings import Settings
-from streams.stack import free_ports
+from streams.platform.settings import Settings
+from streams.tools.stack import free_ports
 
 
 def free_port() -> int:

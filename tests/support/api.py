@@ -12,8 +12,8 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from streams.api.app import create_app
-from streams.settings import Settings
+from streams.platform.settings import Settings
+from streams.serving.api.app import create_app
 from tests.support import free_port
 
 ZHANG = "zhang-token-0123456789abcdef"
@@ -39,7 +39,7 @@ async def running_api(settings: Settings, **options: Any) -> AsyncIterator[str]:
     site = web.TCPSite(runner, "127.0.0.1", settings.api_port)
     await site.start()
     try:
-        from streams.api.app import HUB
+        from streams.serving.api.app import HUB
 
         await asyncio.wait_for(app[HUB].ready.wait(), 30)
         yield f"http://127.0.0.1:{settings.api_port}"

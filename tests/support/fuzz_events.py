@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from schemas.decode import decode_event
 from schemas.errors import EventRejected
 from schemas.events import MAX_EVENT_BYTES, ORDERS_TOPIC, TOPIC_BY_EVENT_TYPE
-from streams.topics import EVENT_TOPICS
+from streams.platform.topics import EVENT_TOPICS
 from taggers.engine import Engine
 from tests.factories import raw_event
 

@@ -17,9 +17,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from schemas.changes import encode_change
-from streams.admin import ensure_tagstream_topics
-from streams.settings import Settings
-from streams.stack import stop_child
+from streams.platform.admin import ensure_tagstream_topics
+from streams.platform.settings import Settings
+from streams.tools.stack import stop_child
 
 
 async def create_topics(settings: Settings) -> None:
@@ -42,7 +42,7 @@ class WorkerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "streams.cli", *self.command], env=env, stdout=log,
+                [sys.executable, "-m", "streams.ops.cli", *self.command], env=env, stdout=log,
                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         return self
 
@@ -304,7 +304,7 @@ def signal_node(record: Any, sig: int, wait_s: float = 60) -> float:
     import select
     import signal as signals
 
-    from streams.stack import is_running
+    from streams.tools.stack import is_running
 
     pidfd = os.pidfd_open(record.pid)
     try:

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from streams.kafka_server import (NodeConfig, format_nodes, new_cluster_id, node_argv,
+from streams.tools.kafka_server import (NodeConfig, format_nodes, new_cluster_id, node_argv,
                                   require_fetched)
-from streams.settings import Settings
-from streams.stack import ProcessRecord, free_ports, is_running, log_tail, start_process, \
+from streams.platform.settings import Settings
+from streams.tools.stack import ProcessRecord, free_ports, is_running, log_tail, start_process, \
     stop_process
 
 MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")

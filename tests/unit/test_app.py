@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from streams.app import create_app
-from streams.settings import Settings
+from streams.platform.settings import Settings
+from streams.worker.app import create_app
 
 
 def test_no_standby_replicas():

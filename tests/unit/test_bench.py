@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-from streams.bench import (broker_name, days_for, format_top, live_order,
+from streams.tools.bench import (broker_name, days_for, format_top, live_order,
                            parse_collapsed, records_in, recovery_rounds, summarize_stacks)
-from streams.generate import generate_events
+from streams.tools.generate import generate_events
 
 PY_SPY_RAW = [
-    "<module> (streams/cli.py:1);run (faust/worker.py:10);apply (taggers/engine.py:60) 30",
-    "<module> (streams/cli.py:1);run (faust/worker.py:10);apply (taggers/engine.py:61) 10",
-    "<module> (streams/cli.py:1);run (faust/worker.py:10);send (aiokafka/producer.py:5) 40",
-    "<module> (streams/cli.py:1);poll (selectors.py:9) 20",
+    "<module> (streams/ops/cli.py:1);run (faust/worker.py:10);apply (taggers/engine.py:60) 30",
+    "<module> (streams/ops/cli.py:1);run (faust/worker.py:10);apply (taggers/engine.py:61) 10",
+    "<module> (streams/ops/cli.py:1);run (faust/worker.py:10);send (aiokafka/producer.py:5) 40",
+    "<module> (streams/ops/cli.py:1);poll (selectors.py:9) 20",
     "not a stack line",
 ]
 
@@ -26,7 +26,7 @@ def test_collapsed_stacks_give_self_and_total_shares_per_function():
     # Lines of one function are merged: 30 + 10 samples of apply.
     assert own == {"send (aiokafka/producer.py)": 40.0, "apply (taggers/engine.py)": 40.0,
                    "poll (selectors.py)": 20.0}
-    assert total["run (faust/worker.py)"] == 80.0 and total["<module> (streams/cli.py)"] == 100.0
+    assert total["run (faust/worker.py)"] == 80.0 and total["<module> (streams/ops/cli.py)"] == 100.0
     text = format_top({"tool": "py-spy", **summary})
     assert "40.0  send (aiokafka/producer.py)" in text
 

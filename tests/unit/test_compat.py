@@ -1,4 +1,4 @@
-"""The Faust adjustments in streams/compat.py, once installed, do what they say."""
+"""The Faust adjustments in streams/worker/compat.py, once installed, do what they say."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from faust.types import TP
 
 import pytest
 
-from streams import compat
+from streams.worker import compat
 
 
 AGENT_TOPICS = ("events.orders", "tagstream-events.reroute")

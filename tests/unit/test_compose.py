@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from streams.settings import ENV_NAMES
-from streams.topics import ALL_TOPIC_NAMES
+from streams.platform.settings import ENV_NAMES
+from streams.platform.topics import ALL_TOPIC_NAMES
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_TEXT = (ROOT / "docker-compose.yml").read_text("utf-8")
@@ -172,7 +172,7 @@ def test_worker_is_scalable():
 
 
 def test_services_run_existing_commands_of_the_project_image():
-    from streams.cli import main
+    from streams.ops.cli import main
 
     for name, service in SERVICES.items():
         command = service.get("command") or []
@@ -203,7 +203,7 @@ def test_file_header_says_it_is_checked_not_run():
 
 
 def test_profiles_topic_is_compacted():
-    from streams.topics import PROFILES_TOPIC
+    from streams.platform.topics import PROFILES_TOPIC
 
     topics = SERVICES["topics"]
     assert PROFILES_TOPIC in topics["environment"]["COMPACTED"].split()

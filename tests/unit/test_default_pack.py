@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import msgspec
+import orjson
 import pytest
 
 from schemas.changes import change_id_for
-from streams.settings import DEFAULT_RULES
+from streams.platform.settings import DEFAULT_RULES
 from taggers.clock import to_epoch
 from taggers.engine import Engine
 from taggers.rules import load_rules
@@ -705,3 +707,19 @@ def test_guides_of_a_wecom_friend_are_on_every_change(engine: Engine) -> None:
     (added,) = changes_of(changes, "high_value")
     assert [(g.userid, g.external_userid) for g in added.guides] == [("g1", "wm-1"),
                                                                      ("g2", "wm-2")]
+
+
+def test_tier_changes_name_the_members_guides_too(engine: Engine) -> None:
+    """The guide feed takes a tier change's guides from the change (no Redis lookup)."""
+    state, tier_changes = None, []
+    for ev in [befriend(d(0), "g1", "wm-1"), paid(d(1), 5_000_000)]:
+        outcome = engine.apply(state, ev)
+        state, tier_changes = outcome.state, tier_changes + outcome.tier_changes
+    upgrades = [c for c in tier_changes if c.type == "tier.upgraded"]
+    assert upgrades and all([(g.userid, g.external_userid) for g in c.guides] == [("g1", "wm-1")]
+                            for c in upgrades)
+    encoded = orjson.loads(msgspec.json.encode(upgrades[0]))
+    assert encoded["guides"] == [{"userid": "g1", "external_userid": "wm-1"}]
+    # a member with no guide: the field is still there, empty
+    lone = engine.apply(None, paid(d(1), 5_000_000, member="M2")).tier_changes
+    assert lone and orjson.loads(msgspec.json.encode(lone[0]))["guides"] == []

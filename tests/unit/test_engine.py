@@ -8,11 +8,11 @@ import pytest
 
 from schemas.changes import change_id_for
 from schemas.errors import EventRejected
+from streams.platform.settings import DEFAULT_RULES
 from taggers.clock import to_epoch
 from taggers.engine import Engine
 from taggers.rules import load_rules
 from taggers.state import SEEN_CAPACITY, decode_state, encode_state
-from streams.settings import DEFAULT_RULES
 from tests.factories import event, joined, paid
 
 

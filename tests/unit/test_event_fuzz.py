@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 from schemas.decode import MAX_JSON_DEPTH, OCCURRED_AT_YEARS, decode_event
 from schemas.errors import EventRejected
 from schemas.events import MAX_EVENT_BYTES
-from streams.deadletter import MAX_RAW_BYTES, MAX_RECORD_BYTES, dead_letter
-from streams.settings import DEFAULT_RULES
+from streams.platform.settings import DEFAULT_RULES
+from streams.worker.deadletter import MAX_RAW_BYTES, MAX_RECORD_BYTES, dead_letter
 from taggers.engine import Engine
 from taggers.rules import load_rules
 from tests.factories import raw_event

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from schemas.decode import decode_event
 from schemas.events import TOPIC_BY_EVENT_TYPE
-from streams.generate import DEFAULT_START, generate_events, write_jsonl
+from streams.tools.generate import DEFAULT_START, generate_events, write_jsonl
 
 MEMBERS, DAYS, SEED = 300, 400, 7
 RFC3339_CST = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+08:00$")

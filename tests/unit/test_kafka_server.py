@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from streams.kafka_server import NodeConfig, kafka_version, new_cluster_id, server_properties
+from streams.tools.kafka_server import NodeConfig, kafka_version, new_cluster_id, server_properties
 
 ROOT = Path(__file__).resolve().parents[2]
 

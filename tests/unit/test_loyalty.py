@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from schemas.changes import change_id_for, encode_change
 from schemas.errors import EventRejected, RuleDefinitionError
 from taggers.clock import LocalCalendar, to_epoch
-from taggers.loyalty import LoyaltyState, compile_loyalty
+from taggers.loyalty_compiler import compile_loyalty
+from taggers.state import LoyaltyState
 from taggers.yamlsrc import load_yaml
 from tests.factories import event, paid
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter
 
-from streams.metrics import Tally
+from streams.platform.metrics import Tally
 
 
 def test_a_tally_adds_its_counts_to_the_metrics_on_flush_and_starts_again() -> None:

@@ -21,7 +21,7 @@ from typing import NamedTuple
 import pytest
 
 from schemas.errors import RuleDefinitionError
-from streams.settings import DEFAULT_RULES
+from streams.platform.settings import DEFAULT_RULES
 from taggers.clock import to_epoch
 from taggers.engine import Engine
 from taggers.rules import compile_rules, load_rules

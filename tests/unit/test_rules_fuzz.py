@@ -20,9 +20,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from schemas.errors import RuleDefinitionError
-from streams.rules_watch import RulesWatcher
+from streams.platform.settings import DEFAULT_RULES
+from streams.worker.rules_watch import RulesWatcher
 from taggers.rules import RulePack, compile_rules, load_rules
-from streams.settings import DEFAULT_RULES
 
 DEFAULT_TEXT = DEFAULT_RULES.read_text(encoding="utf-8")
 DEFAULT_LINES = DEFAULT_TEXT.splitlines()

@@ -7,8 +7,8 @@ import textwrap
 import pytest
 
 from schemas.errors import RuleDefinitionError
+from streams.platform.settings import DEFAULT_RULES
 from taggers.rules import compile_rules, load_rules
-from streams.settings import DEFAULT_RULES
 
 HEADER = """\
 version: "t.1"

@@ -13,20 +13,17 @@ from pathlib import Path
 import pytest
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
-from streams.app import create_app
-from streams.redaction import (
+from streams.worker.app import create_app
+from streams.platform.redaction import (
     MASK,
     install_log_redaction,
     redact,
     redact_url,
     secret_values,
 )
-from streams.security import (
-    faust_broker_credentials,
-    kafka_client_kwargs,
-    redis_client_kwargs,
-)
-from streams.settings import ENV_NAMES, Settings, SettingsError
+from streams.platform.security import kafka_client_kwargs, redis_client_kwargs
+from streams.platform.settings import ENV_NAMES, Settings, SettingsError
+from streams.worker.credentials import faust_broker_credentials
 from tests.support.tls import make_tls_files
 
 # Recognisable values: any of them showing up anywhere is a leak.

@@ -13,9 +13,9 @@ from aiokafka import TopicPartition
 from schemas.decode import decode_event
 from schemas.errors import EventRejected
 from schemas.events import INTERACTIONS_TOPIC, ORDERS_TOPIC, SCANS_TOPIC
-from streams.api.feed import decode_cursor, encode_cursor
-from streams.settings import Settings, SettingsError
-from streams.topics import (
+from streams.platform.settings import Settings, SettingsError
+from streams.serving.api.feed import decode_cursor, encode_cursor
+from streams.platform.topics import (
     ALL_TOPIC_NAMES,
     DEADLETTER_TOPIC,
     EVENT_TOPICS,

@@ -16,8 +16,8 @@ from typing import Any, Iterable
 import pytest
 
 from schemas.changes import Guide, TagChange
-from streams.wecom.client import WeComError, WeComUnavailable
-from streams.wecom.sync import (GROUP_NAME, OffsetTracker, Pair, PairPending, TagMapper,
+from streams.serving.wecom.client import WeComError, WeComUnavailable
+from streams.serving.wecom.sync import (GROUP_NAME, OffsetTracker, Pair, PairPending, TagMapper,
                                 WeComSync, coalesce, corp_tag_name, group_tag_ids, pairs_of)
 
 # --- helpers -----------------------------------------------------------------------------------

@@ -12,8 +12,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from streams.settings import Settings
-from streams.wecom.client import (Secret, TokenBucket, WeComClient, WeComError,
+from streams.platform.settings import Settings
+from streams.serving.wecom.client import (Secret, TokenBucket, WeComClient, WeComError,
                                   WeComUnavailable, redact)
 from tests.support.wecom_fake import FAKE_CORP_ID, FAKE_SECRET, FakeWeCom
 from tests.support.wecom_fake import wecom_fake  # noqa: F401 - the fixture
@@ -230,7 +230,7 @@ async def test_the_secret_and_tokens_never_reach_logs_errors_or_reprs(
         wecom_fake: FakeWeCom, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     for name in ("aiohttp", "aiohttp.client", "aiohttp.server", "aiohttp.access",
-                 "streams.wecom"):
+                 "streams.serving.wecom"):
         logging.getLogger(name).setLevel(logging.DEBUG)
     texts: list[str] = []
     wrong = "WRONG-secret-that-must-not-leak-42"

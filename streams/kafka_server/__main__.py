@@ -1,7 +1,0 @@
-"""`python -m streams.kafka_server fetch`: copy the pinned Kafka broker's jars into the cache."""
-
-import sys
-
-from streams.kafka_server import main
-
-sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,1 @@
+"""What an operator runs: the CLI, replay, backfill and tail."""

@@ -1,0 +1,100 @@
+"""Every Prometheus metric tagstream exports, declared once in one registry.
+
+The worker, the Redis sink, the WeCom sync and the guide API each increment the metrics of their
+part; whichever process serves `/metrics` renders this registry with `render_metrics()`. A
+process exports only what it does: a metric that process never touched is exported at zero (or
+without samples, for labelled ones), which is what Prometheus expects of a known metric.
+
+Labels are bounded on purpose: topics, tag ids, tier change types, route templates and status
+codes, never a member id, a guide id or a raw path.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import generate_latest
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+# --- worker (incremented by the member agent and the timers) -----------------------------------
+
+EVENTS_PROCESSED = Counter(
+    "tagstream_events_processed_total", "Events applied to member state, by source topic.",
+    ["topic"], registry=REGISTRY)
+EVENTS_DEADLETTERED = Counter(
+    "tagstream_events_deadlettered_total",
+    "Records sent to events.deadletter instead of being applied, by source topic.",
+    ["topic"], registry=REGISTRY)
+RULE_FIRES = Counter(
+    "tagstream_rule_fires_total",
+    "Tag rule evaluations that changed a member's tag (added or removed), by tag id.",
+    ["tag"], registry=REGISTRY)
+TAG_CHANGES = Counter(
+    "tagstream_tag_changes_total", "Tag changes published to tags.changes, by tag and op.",
+    ["tag", "op"], registry=REGISTRY)
+TIER_CHANGES = Counter(
+    "tagstream_tier_changes_total", "Tier and points changes published to tiers.changes, by type.",
+    ["type"], registry=REGISTRY)
+CONSUMER_LAG = Gauge(
+    "tagstream_consumer_lag", "Records behind the end of the partition, per consumed partition.",
+    ["group", "topic", "partition"], registry=REGISTRY)
+
+# --- Redis serving store (streams/serving/redis_sink.py) ---------------------------------------
+
+REDIS_PROFILES_WRITTEN = Counter(
+    "tagstream_redis_profiles_written_total",
+    "Profiles written to Redis (stale ones, older than what Redis holds, are counted apart).",
+    ["result"], registry=REGISTRY)  # result: applied | stale | deleted
+REDIS_WRITE_FAILURES = Counter(
+    "tagstream_redis_write_failures_total",
+    "Failed batch writes to Redis; the batch is retried and its offsets are not committed.",
+    registry=REGISTRY)
+REDIS_BATCH_SECONDS = Histogram(
+    "tagstream_redis_batch_seconds", "Time to write one batch of profiles to Redis.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5), registry=REGISTRY)
+
+# --- WeCom sync -------------------------------------------------------------------------------
+
+WECOM_CALLS = Counter(
+    "tagstream_wecom_calls_total", "Calls to the WeCom API, by endpoint and result "
+    "(ok, or the errcode / HTTP status / timeout).", ["api", "result"], registry=REGISTRY)
+
+# --- guide HTTP API (streams/serving/api) -----------------------------------------------------
+
+API_REQUESTS = Counter(
+    "tagstream_api_requests_total", "Guide API requests, by route template, method and status.",
+    ["route", "method", "status"], registry=REGISTRY)
+API_REQUEST_SECONDS = Histogram(
+    "tagstream_api_request_seconds", "Guide API response time (to the response head for feeds).",
+    ["route"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+    registry=REGISTRY)
+SSE_CLIENTS = Gauge(
+    "tagstream_api_sse_clients", "Feed (server-sent events) connections open now.",
+    registry=REGISTRY)
+SSE_EVENTS_SENT = Counter(
+    "tagstream_api_sse_events_sent_total", "Changes delivered on feeds, by kind (tag or tier).",
+    ["kind"], registry=REGISTRY)
+
+
+def render_metrics() -> tuple[bytes, str]:
+    """The registry in Prometheus text format, and its Content-Type."""
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+class Tally:
+    """Counter increments collected on the hot path and added to their metrics in one go.
+
+    `labels(...)` costs a lock and a tuple per call, several times per event in the member
+    agent; counting in a dict and flushing once per batch costs a dict update."""
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[Counter, tuple[str, ...]], int] = {}
+
+    def add(self, metric: Counter, *labels: str) -> None:
+        key = (metric, labels)
+        self._counts[key] = self._counts.get(key, 0) + 1
+
+    def flush(self) -> None:
+        counts, self._counts = self._counts, {}
+        for (metric, labels), count in counts.items():
+            metric.labels(*labels).inc(count)

@@ -1,0 +1,370 @@
+"""The guide HTTP API: routes, auth and metrics middleware, and the feed (server-sent events).
+
+Every data route needs `Authorization: Bearer <token>` (streams/serving/api/auth.py); a guide sees
+only members bound to them, an operator sees all. The page (`/`, `/static/...`) and `/openapi.json`
+hold no member data and are public; `/metrics` is for operators. Profiles and audiences are read
+from Redis (RedisProfileStore); feeds come from the shared Kafka tail (streams/serving/api/feed.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+import orjson
+from aiohttp import web
+
+from streams.platform import metrics
+from streams.serving.api.auth import Principal, TokenMap, bearer_token, parse_tokens
+from streams.serving.api.feed import (BUFFER_PER_PARTITION, CursorError, FeedEvent, FeedHub, decode_cursor,
+                              encode_cursor)
+from streams.platform.security import kafka_client_kwargs, redis_client_kwargs
+from streams.platform.settings import Settings
+from streams.platform.topics import TopicNames, topic_names
+from streams.serving.api.openapi import openapi_bytes
+from streams.serving.redis_store import MAX_PAGE, RedisProfileStore
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+PUBLIC_ROUTES = {"page", "static", "openapi"}
+FEED_ROUTES = {"feed", "guide_feed"}
+HEARTBEAT_S = 15.0
+SSE_RETRY_MS = 2000
+DEFAULT_PAGE = 50
+
+STORE: web.AppKey[RedisProfileStore] = web.AppKey("store", RedisProfileStore)
+HUB: web.AppKey[FeedHub] = web.AppKey("hub", FeedHub)
+TOKENS: web.AppKey[TokenMap] = web.AppKey("tokens", TokenMap)
+CATALOGUE: web.AppKey[bytes] = web.AppKey("catalogue", bytes)
+HEARTBEAT: web.AppKey[float] = web.AppKey("heartbeat", float)
+PRINCIPAL: Any = (web.RequestKey("principal", Principal) if hasattr(web, "RequestKey")
+                  else "principal")  # RequestKey is aiohttp >= 3.12
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+PAGE_HEADERS = {
+    **SECURITY_HEADERS,
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; "
+                               "img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; "
+                               "base-uri 'none'; form-action 'none'",
+}
+
+
+def _error(cls: type[web.HTTPException], code: str, message: str,
+           headers: dict[str, str] | None = None) -> web.HTTPException:
+    return cls(body=orjson.dumps({"error": code, "message": message}),
+               content_type="application/json", headers={**SECURITY_HEADERS, **(headers or {})})
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json",
+                        headers=SECURITY_HEADERS)
+
+
+# --- middleware ----------------------------------------------------------------------------------
+
+
+@web.middleware
+async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count every request by route template and status (never by raw path: bounded labels)."""
+    route = request.match_info.route
+    template = route.resource.canonical if route.resource is not None else "unmatched"
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        metrics.API_REQUESTS.labels(template, request.method, str(status)).inc()
+        if route.name not in FEED_ROUTES:
+            metrics.API_REQUEST_SECONDS.labels(template).observe(time.perf_counter() - started)
+
+
+@web.middleware
+async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    route = request.match_info.route
+    if route.name in PUBLIC_ROUTES or route.resource is None:
+        return await handler(request)
+    token = bearer_token(request.headers.get("Authorization"))
+    if token is None:
+        raise _error(web.HTTPUnauthorized, "unauthorized",
+                     "send Authorization: Bearer <token>", {"WWW-Authenticate": "Bearer"})
+    principal = request.app[TOKENS].principal(token)
+    if principal is None:
+        raise _error(web.HTTPUnauthorized, "invalid_token", "this token is not valid",
+                     {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+    request[PRINCIPAL] = principal
+    return await handler(request)
+
+
+def _principal(request: web.Request) -> Principal:
+    return request[PRINCIPAL]
+
+
+def _require_guide(request: web.Request, guide: str) -> None:
+    if not _principal(request).may_see_guide(guide):
+        raise _error(web.HTTPForbidden, "forbidden", "a guide sees only their own members")
+
+
+# --- routes ------------------------------------------------------------------------------------
+
+
+async def page(request: web.Request) -> web.StreamResponse:
+    return web.FileResponse(STATIC_DIR / "index.html", headers=PAGE_HEADERS)
+
+
+async def static(request: web.Request) -> web.StreamResponse:
+    name = request.match_info["name"]
+    # Only the files shipped in static/ (no subfolders, no path tricks).
+    if name not in _static_files():
+        raise _error(web.HTTPNotFound, "not_found", "no such file")
+    return web.FileResponse(STATIC_DIR / name, headers=PAGE_HEADERS)
+
+
+def _static_files() -> set[str]:
+    return {p.name for p in STATIC_DIR.iterdir() if p.is_file()}
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.Response(body=openapi_bytes(), content_type="application/json",
+                        headers=SECURITY_HEADERS)
+
+
+async def me(request: web.Request) -> web.Response:
+    principal = _principal(request)
+    return _json({"guide": principal.guide, "operator": principal.operator})
+
+
+async def tags(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[CATALOGUE], content_type="application/json",
+                        headers=SECURITY_HEADERS)
+
+
+async def member(request: web.Request) -> web.Response:
+    principal = _principal(request)
+    profile = await request.app[STORE].get_profile(request.match_info["member_id"])
+    if profile is None:
+        if principal.operator:
+            raise _error(web.HTTPNotFound, "not_found", "no such member")
+        # A guide learns nothing about members who are not theirs, not even that they exist.
+        raise _error(web.HTTPForbidden, "forbidden", "this member is not bound to you")
+    if not principal.may_see_member(profile):
+        raise _error(web.HTTPForbidden, "forbidden", "this member is not bound to you")
+    return _json(profile)
+
+
+def _page_args(request: web.Request) -> tuple[str | None, int]:
+    cursor = request.query.get("cursor") or None
+    raw = request.query.get("limit", str(DEFAULT_PAGE))
+    try:
+        limit = int(raw)
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= MAX_PAGE:
+        raise _error(web.HTTPBadRequest, "bad_request", f"limit must be 1..{MAX_PAGE}")
+    return cursor, limit
+
+
+async def _members_page(request: web.Request, guide: str | None, tag: str | None,
+                        extra: dict[str, Any]) -> web.Response:
+    cursor, limit = _page_args(request)
+    store = request.app[STORE]
+    page_ = await store.members_for(guide, tag, cursor, limit)
+    profiles = [p for p in await store.get_profiles(page_.member_ids) if p is not None]
+    return _json({**extra, "members": profiles, "next_cursor": page_.next_cursor})
+
+
+async def guide_members(request: web.Request) -> web.Response:
+    guide = request.match_info["guide"]
+    _require_guide(request, guide)
+    tag = request.query.get("tag") or None
+    return await _members_page(request, guide, tag, {"guide": guide, "tag": tag})
+
+
+async def tag_members(request: web.Request) -> web.Response:
+    if not _principal(request).operator:
+        raise _error(web.HTTPForbidden, "forbidden", "audiences across guides are for operators")
+    tag = request.match_info["tag"]
+    return await _members_page(request, None, tag, {"tag": tag})
+
+
+async def prometheus(request: web.Request) -> web.Response:
+    if not _principal(request).operator:
+        raise _error(web.HTTPForbidden, "forbidden", "metrics are for operator tokens")
+    body, content_type = metrics.render_metrics()
+    response = web.Response(body=body, headers=SECURITY_HEADERS)
+    response.headers["Content-Type"] = content_type
+    return response
+
+
+# --- the feed ----------------------------------------------------------------------------------
+
+
+def _sse(cursor_text: str, event: FeedEvent | None) -> bytes:
+    if event is None:  # an id-only block moves the client's Last-Event-ID; no event fires
+        return b"id: " + cursor_text.encode() + b"\n\n"
+    return (b"id: " + cursor_text.encode() + b"\nevent: " + event.kind.encode()
+            + b"\ndata: " + event.data + b"\n\n")
+
+
+async def guide_feed(request: web.Request) -> web.StreamResponse:
+    guide = request.match_info["guide"]
+    _require_guide(request, guide)
+    return await _feed(request, guide)
+
+
+async def feed(request: web.Request) -> web.StreamResponse:
+    """The caller's own feed: a guide's members, or everything for an operator."""
+    return await _feed(request, _principal(request).guide)
+
+
+async def _feed(request: web.Request, guide: str | None) -> web.StreamResponse:
+    hub = request.app[HUB]
+    resume = None
+    last_id = request.headers.get("Last-Event-ID", "").strip()
+    if last_id:
+        try:
+            resume = decode_cursor(last_id, hub.names)
+        except CursorError as exc:
+            raise _error(web.HTTPBadRequest, "bad_request", str(exc)) from None
+    try:
+        await asyncio.wait_for(hub.ready.wait(), 10)
+    except asyncio.TimeoutError:
+        raise _error(web.HTTPServiceUnavailable, "unavailable", "the broker is not reachable yet",
+                     {"Retry-After": "5"}) from None
+
+    start = hub.subscribe(guide, resume)
+    sub = start.subscription
+    metrics.SSE_CLIENTS.inc()
+    response = web.StreamResponse(headers={
+        **SECURITY_HEADERS, "Content-Type": "text/event-stream; charset=utf-8",
+        "X-Accel-Buffering": "no"})
+    try:
+        await response.prepare(request)
+        await response.write(f"retry: {SSE_RETRY_MS}\n\n".encode())
+        cursor = dict(start.cursor)
+        if start.catch_up:
+            async for tp, next_offset, event in hub.read_range(guide, start.catch_up):
+                cursor[tp] = next_offset
+                if event is not None:
+                    await _send(response, [event], cursor, hub.names)
+        for event in start.backlog:
+            cursor[event.tp] = event.offset + 1
+            await _send(response, [event], cursor, hub.names)
+        _advance(cursor, start.snapshot)
+        await response.write(_sse(encode_cursor(cursor, hub.names), None))
+        heartbeat = request.app[HEARTBEAT]
+        while not sub.closed:
+            try:
+                first = await asyncio.wait_for(sub.queue.get(), heartbeat)
+            except asyncio.TimeoutError:
+                _advance(cursor, hub.positions)  # the queue is empty: all before is handled
+                keepalive = _sse(encode_cursor(cursor, hub.names), None)
+                await response.write(b": keepalive\n" + keepalive)
+                continue
+            events = [first] if first is not None else []
+            while not sub.queue.empty() and len(events) < 200:
+                item = sub.queue.get_nowait()
+                if item is not None:
+                    events.append(item)
+            if events:
+                await _send(response, events, cursor, hub.names,
+                            hub.positions if sub.queue.empty() else None)
+    except (ConnectionResetError, ConnectionError):
+        pass  # the client went away; it resumes with its Last-Event-ID
+    finally:
+        hub.unsubscribe(sub)
+        metrics.SSE_CLIENTS.dec()
+    return response
+
+
+def _advance(cursor: dict, positions: dict) -> None:
+    for tp, offset in positions.items():
+        if offset > cursor.get(tp, -1):
+            cursor[tp] = offset
+
+
+async def _send(response: web.StreamResponse, events: list[FeedEvent], cursor: dict,
+                names: TopicNames, then: dict | None = None) -> None:
+    chunks = []
+    for i, event in enumerate(events):
+        cursor[event.tp] = max(cursor.get(event.tp, 0), event.offset + 1)
+        if then is not None and i == len(events) - 1:
+            _advance(cursor, then)  # nothing else is queued: the cursor passes filtered changes
+        chunks.append(_sse(encode_cursor(cursor, names), event))
+        metrics.SSE_EVENTS_SENT.labels(event.kind).inc()
+    await response.write(b"".join(chunks))
+
+
+# --- assembly ----------------------------------------------------------------------------------
+
+
+def tag_catalogue(settings: Settings) -> bytes:
+    """Display names of the tags of the rule pack: what the page shows instead of ids."""
+    from taggers.rules import load_rules
+
+    pack = load_rules(settings.rules_path)
+    return orjson.dumps({"rules_version": pack.version, "tags": [
+        {"id": rule.id, "name_zh": rule.name_zh, "family": rule.family,
+         "group": getattr(rule, "group", None)} for rule in pack.tags]})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/", page, name="page")
+    app.router.add_get("/static/{name}", static, name="static")
+    app.router.add_get("/openapi.json", openapi, name="openapi")
+    app.router.add_get("/me", me, name="me")
+    app.router.add_get("/tags", tags, name="tags")
+    app.router.add_get("/members/{member_id}", member, name="member")
+    app.router.add_get("/guides/{guide}/members", guide_members, name="guide_members")
+    app.router.add_get("/guides/{guide}/feed", guide_feed, name="guide_feed")
+    app.router.add_get("/feed", feed, name="feed")
+    app.router.add_get("/tags/{tag}/members", tag_members, name="tag_members")
+    app.router.add_get("/metrics", prometheus, name="metrics")
+
+
+def create_app(settings: Settings, *, heartbeat_s: float = HEARTBEAT_S,
+               feed_buffer: int = BUFFER_PER_PARTITION) -> web.Application:
+    """The API for `settings`; Redis and the Kafka tail start with the app, not before."""
+    app = web.Application(middlewares=[observe, authenticate])
+    app[TOKENS] = parse_tokens(settings.api_tokens)
+    app[CATALOGUE] = tag_catalogue(settings)
+    app[HEARTBEAT] = heartbeat_s
+    app[STORE] = RedisProfileStore(settings.redis_url, connection=redis_client_kwargs(settings))
+    app[HUB] = FeedHub(settings.broker_bootstrap, names=topic_names(settings),
+                       buffer_per_partition=feed_buffer,
+                       kafka_options=kafka_client_kwargs(settings))
+    add_routes(app)
+
+    async def lifecycle(app: web.Application) -> Any:
+        await app[STORE].start()
+        await app[HUB].start()
+        yield
+        await app[HUB].stop()
+        await app[STORE].stop()
+
+    async def close_feeds(app: web.Application) -> None:
+        app[HUB].close_feeds()
+
+    app.cleanup_ctx.append(lifecycle)
+    app.on_shutdown.append(close_feeds)
+    return app
+
+
+def run_api(settings: Settings) -> None:
+    app = create_app(settings)
+    if not len(app[TOKENS]):
+        log.warning("TAGSTREAM_API_TOKENS is empty: every data request will be refused")
+    web.run_app(app, host=settings.api_host, port=settings.api_port, print=None,
+                access_log_format='%a "%r" %s %b %Tfs')

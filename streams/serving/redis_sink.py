@@ -1,0 +1,236 @@
+"""The Redis sink: keeps Redis equal to the newest profile of every member on `members.profiles`.
+
+It is its own consumer group (`<app_id>-redis`), decoupled from tagging: when Redis is down the
+worker keeps tagging and publishing profiles, the sink retries with backoff, and Redis converges
+once it is back. Batches are up to 500 profiles or 50 ms; within a batch only a member's newest
+profile is written.
+
+Where to resume is kept in Redis itself, not only in Kafka: each batch's pipeline ends by
+recording the next offset per partition (RedisProfileStore.write_batch). Before every batch the
+sink checks that Redis still holds the offsets it last wrote; after any Redis error, and after a
+partition assignment, it re-reads them and seeks there. So a Redis that restarts empty (no
+persistence) or restores an older snapshot is rebuilt from the compacted topic, and nothing is
+lost or left stale whatever happens between the writes. Kafka offsets are committed after Redis
+confirmed each batch, for lag monitoring and tools; the sink itself trusts Redis's record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import redis.exceptions
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+
+from streams.platform import metrics
+from streams.platform.security import kafka_client_kwargs, redis_client_kwargs
+from streams.platform.settings import Settings
+from streams.platform.topics import topic_names
+from streams.serving.redis_store import RedisProfileStore
+
+log = logging.getLogger(__name__)
+
+BATCH_MAX = 500
+BATCH_WAIT_S = 0.05
+BACKOFF_START_S = 0.1
+BACKOFF_MAX_S = 5.0
+REDIS_ERRORS = (redis.exceptions.RedisError, OSError, asyncio.TimeoutError)
+
+
+def group_id(settings: Settings) -> str:
+    return f"{settings.app_id}-redis"
+
+
+def offset_field(tp: TopicPartition) -> str:
+    return f"{tp.topic}:{tp.partition}"
+
+
+@dataclass
+class Batch:
+    """The newest record per member among a batch of records, and where each partition ends."""
+
+    profiles: dict[str, tuple[dict[str, Any], int]]  # member_id -> (profile, offset)
+    deletes: dict[str, int]  # member_id -> offset of its tombstone
+    ends: dict[TopicPartition, int]  # next offset after the batch, per partition
+    skipped: int = 0
+
+
+def collect(records: dict[TopicPartition, list[Any]]) -> Batch:
+    batch = Batch({}, {}, {})
+    for tp, messages in records.items():
+        for message in messages:
+            batch.ends[tp] = message.offset + 1
+            member_id = message.key.decode() if message.key else None
+            if message.value is None:  # a tombstone: the member is gone
+                if member_id:
+                    batch.profiles.pop(member_id, None)
+                    batch.deletes[member_id] = message.offset
+                continue
+            try:
+                profile = orjson.loads(message.value)
+                member_id = profile["member_id"]
+                if not isinstance(member_id, str) or not isinstance(profile.get("tags", []), list):
+                    raise ValueError("member_id must be a string and tags a list")
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                # Only the worker writes this topic; a bad record is a bug to see, not to stall on.
+                log.error("skipping unreadable profile at %s:%s@%s: %s",
+                          tp.topic, tp.partition, message.offset, exc)
+                batch.skipped += 1
+                continue
+            batch.deletes.pop(member_id, None)
+            batch.profiles[member_id] = (profile, message.offset)
+    return batch
+
+
+class _Assignments(ConsumerRebalanceListener):
+    def __init__(self, sink: "RedisSink") -> None:
+        self.sink = sink
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        pass
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        # No Redis I/O here (it may be down): the main loop re-syncs before its next batch.
+        self.sink.need_sync = True
+
+
+class RedisSink:
+    def __init__(self, settings: Settings, store: RedisProfileStore, *,
+                 batch_max: int = BATCH_MAX, batch_wait_s: float = BATCH_WAIT_S) -> None:
+        self.settings = settings
+        self.store = store
+        self.batch_max = batch_max
+        self.batch_wait_s = batch_wait_s
+        self.need_sync = True
+        self.written: dict[TopicPartition, int] = {}  # what Redis holds, as far as we know
+        self.consumer: AIOKafkaConsumer | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self.consumer = await self._start_consumer(stop)
+        if self.consumer is None:
+            return
+        backoff = BACKOFF_START_S
+        try:
+            while not stop.is_set():
+                try:
+                    if self.need_sync:
+                        await self._sync_positions()
+                    records = await self.consumer.getmany(timeout_ms=int(self.batch_wait_s * 1000),
+                                                          max_records=self.batch_max)
+                    if records and not self.need_sync:
+                        await self._write(collect(records))
+                    backoff = BACKOFF_START_S
+                except REDIS_ERRORS as exc:
+                    metrics.REDIS_WRITE_FAILURES.inc()
+                    self.need_sync = True
+                    log.warning("Redis unavailable (%s: %s); retrying in %.1f s, tagging goes on",
+                                type(exc).__name__, exc, backoff)
+                    await _sleep_unless(stop, backoff)
+                    backoff = min(backoff * 2, BACKOFF_MAX_S)
+        finally:
+            await self.consumer.stop()
+
+    async def _start_consumer(self, stop: asyncio.Event) -> AIOKafkaConsumer | None:
+        backoff = BACKOFF_START_S
+        while not stop.is_set():
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=self.settings.broker_bootstrap,
+                group_id=group_id(self.settings),
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                # A group (re)join takes ~5 s with these, as for the worker (streams/worker/app.py).
+                session_timeout_ms=10_000, heartbeat_interval_ms=1_000, rebalance_timeout_ms=6_000,
+                max_poll_records=self.batch_max,
+                **kafka_client_kwargs(self.settings),
+            )
+            try:
+                await consumer.start()
+            except KafkaError as exc:
+                await consumer.stop()
+                log.warning("broker unavailable for the Redis sink (%s); retrying", exc)
+                await _sleep_unless(stop, backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX_S)
+                continue
+            consumer.subscribe([topic_names(self.settings).profiles], listener=_Assignments(self))
+            return consumer
+        return None
+
+    async def _sync_positions(self) -> None:
+        """Seek every assigned partition to the offset Redis says it reached."""
+        assert self.consumer is not None
+        assigned = sorted(self.consumer.assignment())
+        stored = await self.store.read_offsets([offset_field(tp) for tp in assigned])
+        self.written = {}
+        for tp in assigned:
+            offset = stored[offset_field(tp)]
+            if offset is None:
+                await self.consumer.seek_to_beginning(tp)
+                self.written[tp] = -1
+            else:
+                self.consumer.seek(tp, offset)
+                self.written[tp] = offset
+        if assigned:
+            log.info("Redis sink resumes %s", ", ".join(
+                f"{tp.partition}@{'start' if self.written[tp] < 0 else self.written[tp]}"
+                for tp in assigned))
+        # An empty assignment (the group is still joining) is synced again on the next loop.
+        self.need_sync = not assigned
+
+    async def _write(self, batch: Batch) -> None:
+        assert self.consumer is not None
+        tps = sorted(batch.ends)
+        if any(tp not in self.written for tp in tps):
+            self.need_sync = True  # assigned since the last sync
+            return
+        stored = await self.store.read_offsets([offset_field(tp) for tp in tps])
+        for tp in tps:
+            offset = stored[offset_field(tp)]
+            if (-1 if offset is None else offset) != self.written[tp]:
+                # Redis lost writes (restarted empty, or an older snapshot), or another sink
+                # instance moved on: resume from what Redis really holds.
+                log.warning("Redis holds %s at %s, not %s: resyncing", offset_field(tp),
+                            offset, self.written[tp])
+                self.need_sync = True
+                return
+        started = time.perf_counter()
+        members = list(batch.profiles)
+        result = await self.store.write_batch(
+            [batch.profiles[m][0] for m in members], [batch.profiles[m][1] for m in members],
+            forget=list(batch.deletes), offsets={offset_field(tp): batch.ends[tp] for tp in tps})
+        metrics.REDIS_BATCH_SECONDS.observe(time.perf_counter() - started)
+        metrics.REDIS_PROFILES_WRITTEN.labels("applied").inc(result.applied)
+        metrics.REDIS_PROFILES_WRITTEN.labels("stale").inc(result.stale)
+        metrics.REDIS_PROFILES_WRITTEN.labels("deleted").inc(result.deleted)
+        for tp in tps:
+            self.written[tp] = batch.ends[tp]
+            highwater = self.consumer.highwater(tp)
+            if highwater is not None:
+                metrics.CONSUMER_LAG.labels(group_id(self.settings), tp.topic,
+                                            str(tp.partition)).set(highwater - batch.ends[tp])
+        try:
+            await self.consumer.commit({tp: batch.ends[tp] for tp in tps})
+        except (CommitFailedError, IllegalStateError, KafkaError) as exc:
+            # Redis has the batch and its offsets; only the monitoring copy lags behind.
+            log.info("Kafka offset commit skipped (%s); Redis holds the batch", exc)
+
+
+async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except asyncio.TimeoutError:
+        pass
+
+
+async def run_redis_sink(settings: Settings, stop_event: asyncio.Event) -> None:
+    """Run the sink until `stop_event` is set (the worker runs this as a task, or the CLI)."""
+    store = RedisProfileStore(settings.redis_url, connection=redis_client_kwargs(settings))
+    await store.start()
+    try:
+        await RedisSink(settings, store).run(stop_event)
+    finally:
+        await store.stop()

@@ -1,0 +1,298 @@
+"""Redis as the serving store: each member's current profile and the audience indexes over it.
+
+Key design (prefix `ts:` by default):
+
+    ts:member:{member_id}        hash  profile (JSON), at + seq (the version), tags, guides
+    ts:tag:{tag}                 zset  members holding the tag                (score 0)
+    ts:guide:{guide}             zset  members bound to the guide             (score 0)
+    ts:aud:{tag}:{guide}         zset  members holding the tag AND bound to the guide
+    ts:sink:offsets              hash  "{profiles topic}:{partition}" -> next offset written
+
+The audience question guides ask ("my members tagged dormant_90d") is one sorted set, read a page
+at a time with ZRANGE BYLEX from the last member id returned: O(log N + page) however large the
+sets are, and a cursor that stays valid while members come and go (members present throughout are
+returned exactly once, in member id order). The alternatives were rejected: SINTER of the tag set
+and the guide set costs O(smallest set x sets) on every page and has no cursor; SSCAN cursors may
+return a member twice. The price is one extra index entry per (tag, guide) pair of a member,
+typically a handful. Tag ids cannot contain ':' (taggers.rules.TAG_ID), so `ts:aud:{tag}:{guide}`
+is unambiguous whatever the guide's userid holds.
+
+Writes: one Lua script per profile, so a profile and its index entries change together (Redis runs
+a script atomically), and the script reads the member's previous tags and guides from the hash to
+remove exactly the index entries that no longer hold. Every profile carries a version
+(`as_of` in ms, then a sequence: the Kafka offset of the profile record, since `as_of` has whole
+seconds and two updates may share one); the script keeps the newest and ignores an older or a
+replayed one, so re-applying anything is harmless and order of retries does not matter.
+
+Not for Redis Cluster: the script touches index keys it derives itself (one Redis, or Sentinel).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Iterable, Mapping, Sequence
+
+import orjson
+import redis.asyncio
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+log = logging.getLogger(__name__)
+
+SEP = "\x1f"  # joins tag ids and guide userids in the member hash; neither may contain it
+DEFAULT_PREFIX = "ts:"
+MAX_PAGE = 500
+
+# KEYS[1] member hash. ARGV: prefix, member_id, at, seq, profile JSON, tags, guides (SEP-joined).
+# Returns 1 if written, 0 if Redis already holds this version or a newer one.
+_APPLY_LUA = """
+local key = KEYS[1]
+local prefix, id = ARGV[1], ARGV[2]
+local at, seq = tonumber(ARGV[3]), tonumber(ARGV[4])
+local cur = redis.call('HMGET', key, 'at', 'seq', 'tags', 'guides')
+if cur[1] then
+  local cur_at, cur_seq = tonumber(cur[1]), tonumber(cur[2])
+  if at < cur_at or (at == cur_at and seq < cur_seq) then return 0 end
+end
+local function split(s)
+  local out = {}
+  if s then for x in string.gmatch(s, '[^\\31]+') do out[x] = true end end
+  return out
+end
+local old_tags, old_guides = split(cur[3]), split(cur[4])
+local new_tags, new_guides = split(ARGV[6]), split(ARGV[7])
+local function pairs_of(tags, guides)
+  local out = {}
+  for t in pairs(tags) do for g in pairs(guides) do out[t .. ':' .. g] = true end end
+  return out
+end
+local function sync(old, new, kind)
+  for x in pairs(old) do
+    if not new[x] then redis.call('ZREM', prefix .. kind .. ':' .. x, id) end
+  end
+  for x in pairs(new) do
+    if not old[x] then redis.call('ZADD', prefix .. kind .. ':' .. x, 0, id) end
+  end
+end
+sync(old_tags, new_tags, 'tag')
+sync(old_guides, new_guides, 'guide')
+sync(pairs_of(old_tags, old_guides), pairs_of(new_tags, new_guides), 'aud')
+redis.call('HSET', key, 'profile', ARGV[5], 'at', ARGV[3], 'seq', ARGV[4],
+           'tags', ARGV[6], 'guides', ARGV[7])
+return 1
+"""
+
+# KEYS[1] member hash. ARGV: prefix, member_id. Removes the member and every index entry.
+_FORGET_LUA = """
+local key = KEYS[1]
+local prefix, id = ARGV[1], ARGV[2]
+local cur = redis.call('HMGET', key, 'tags', 'guides')
+local tags, guides = {}, {}
+if cur[1] then for x in string.gmatch(cur[1], '[^\\31]+') do tags[#tags + 1] = x end end
+if cur[2] then for x in string.gmatch(cur[2], '[^\\31]+') do guides[#guides + 1] = x end end
+for _, t in ipairs(tags) do
+  redis.call('ZREM', prefix .. 'tag:' .. t, id)
+  for _, g in ipairs(guides) do redis.call('ZREM', prefix .. 'aud:' .. t .. ':' .. g, id) end
+end
+for _, g in ipairs(guides) do redis.call('ZREM', prefix .. 'guide:' .. g, id) end
+return redis.call('DEL', key)
+"""
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    applied: int = 0
+    stale: int = 0  # Redis already held this version or a newer one
+    deleted: int = 0
+
+
+@dataclass(frozen=True)
+class Page:
+    member_ids: list[str]
+    next_cursor: str | None  # pass back to get the next page; None: this was the last page
+
+
+def profile_version(profile: dict[str, Any]) -> int:
+    """`as_of` in epoch milliseconds, the first part of a profile's version (-1 if absent)."""
+    as_of = profile.get("as_of")
+    if not as_of:
+        return -1
+    return int(datetime.fromisoformat(as_of).timestamp() * 1000)
+
+
+def _index_values(profile: dict[str, Any]) -> tuple[str, str]:
+    tags = sorted({tag["id"] for tag in profile.get("tags") or ()})
+    guides = sorted({g["userid"] for g in profile.get("guides") or () if g.get("userid")})
+    bad = [x for x in tags + guides if SEP in x]
+    if bad:
+        raise ValueError(f"member {profile.get('member_id')!r}: tag or guide id contains U+001F")
+    return SEP.join(tags), SEP.join(guides)
+
+
+class RedisProfileStore:
+    """Profiles and audience indexes in Redis. Connects on `start()`, never at import."""
+
+    def __init__(self, redis_url: str, *, prefix: str = DEFAULT_PREFIX,
+                 socket_timeout: float = 5.0, connection: Mapping[str, Any] | None = None) -> None:
+        """`connection`: extra `Redis.from_url` arguments, e.g. the password and TLS CA from
+        `streams.platform.security.redis_client_kwargs(settings)`."""
+        self.redis_url = redis_url
+        self.connection = dict(connection or {})
+        self.prefix = prefix
+        self.socket_timeout = socket_timeout
+        self._redis: redis.asyncio.Redis | None = None
+
+    async def start(self) -> None:
+        # No retries inside redis-py: callers (the sink) own the retry policy and its backoff,
+        # and must learn promptly that a write did not happen.
+        self._redis = redis.asyncio.Redis.from_url(
+            self.redis_url, socket_timeout=self.socket_timeout,
+            socket_connect_timeout=self.socket_timeout, retry=Retry(NoBackoff(), 0),
+            health_check_interval=30, **self.connection)
+        self._apply = self._redis.register_script(_APPLY_LUA)
+        self._forget = self._redis.register_script(_FORGET_LUA)
+
+    async def stop(self) -> None:
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
+
+    async def __aenter__(self) -> "RedisProfileStore":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    @property
+    def redis(self) -> redis.asyncio.Redis:
+        if self._redis is None:
+            raise RuntimeError("RedisProfileStore is not started")
+        return self._redis
+
+    @property
+    def offsets_key(self) -> str:
+        return f"{self.prefix}sink:offsets"
+
+    def member_key(self, member_id: str) -> str:
+        return f"{self.prefix}member:{member_id}"
+
+    def tag_key(self, tag: str) -> str:
+        return f"{self.prefix}tag:{tag}"
+
+    def guide_key(self, guide: str) -> str:
+        return f"{self.prefix}guide:{guide}"
+
+    def audience_key(self, guide: str, tag: str) -> str:
+        return f"{self.prefix}aud:{tag}:{guide}"
+
+    # --- writes -------------------------------------------------------------------------------
+
+    async def apply(self, profiles: Sequence[dict[str, Any]],
+                    seqs: Sequence[int] | None = None) -> ApplyResult:
+        """Write each profile unless Redis holds a newer version of that member.
+
+        `seqs` orders profiles with the same `as_of` (the sink passes Kafka offsets); without
+        it, the later of two equal versions wins. One pipeline round trip for the whole batch;
+        each profile is atomic on its own. Raises redis errors; what was written before the
+        error is correct on its own, and writing the batch again is harmless.
+        """
+        return await self.write_batch(profiles, seqs)
+
+    async def forget(self, member_ids: Iterable[str]) -> int:
+        """Delete members (a tombstone on the profiles topic) and their index entries."""
+        return (await self.write_batch((), forget=list(member_ids))).deleted
+
+    async def write_batch(self, profiles: Sequence[dict[str, Any]],
+                          seqs: Sequence[int] | None = None, *, forget: Sequence[str] = (),
+                          offsets: dict[str, int] | None = None) -> ApplyResult:
+        """Profiles, deletions and then the source offsets they reach, in one round trip.
+
+        `offsets` ({"topic:partition": next offset}) are written last, after every profile
+        of the batch: Redis runs a connection's commands in order and persists them in order
+        (AOF) or as a point-in-time snapshot (RDB), so whenever Redis holds an offset it also
+        holds every profile before it. That is what lets the sink resume from Redis itself,
+        and rebuild everything when Redis comes back empty.
+        """
+        if seqs is not None and len(seqs) != len(profiles):
+            raise ValueError("seqs must have one sequence number per profile")
+        if not profiles and not forget and not offsets:
+            return ApplyResult()
+        pipe = self.redis.pipeline(transaction=False)
+        for i, profile in enumerate(profiles):
+            tags, guides = _index_values(profile)
+            member_id = profile["member_id"]
+            await self._apply(
+                keys=[self.member_key(member_id)],
+                args=[self.prefix, member_id, profile_version(profile),
+                      0 if seqs is None else seqs[i], orjson.dumps(profile), tags, guides],
+                client=pipe)
+        for member_id in forget:
+            await self._forget(keys=[self.member_key(member_id)], args=[self.prefix, member_id],
+                               client=pipe)
+        if offsets:
+            pipe.hset(self.offsets_key, mapping=offsets)
+        results = await pipe.execute()
+        applied = sum(1 for r in results[:len(profiles)] if r == 1)
+        deleted = sum(int(r) for r in results[len(profiles):len(profiles) + len(forget)])
+        return ApplyResult(applied=applied, stale=len(profiles) - applied, deleted=deleted)
+
+    async def read_offsets(self, fields: Sequence[str]) -> dict[str, int | None]:
+        """The source offsets Redis reached, per "topic:partition" (None: nothing from it)."""
+        if not fields:
+            return {}
+        raw = await self.redis.hmget(self.offsets_key, list(fields))
+        return {f: None if v is None else int(v) for f, v in zip(fields, raw)}
+
+    # --- reads --------------------------------------------------------------------------------
+
+    async def get_profile(self, member_id: str) -> dict[str, Any] | None:
+        raw = await self.redis.hget(self.member_key(member_id), "profile")
+        return None if raw is None else orjson.loads(raw)
+
+    async def get_profiles(self, member_ids: Sequence[str]) -> list[dict[str, Any] | None]:
+        if not member_ids:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for member_id in member_ids:
+            pipe.hget(self.member_key(member_id), "profile")
+        return [None if raw is None else orjson.loads(raw) for raw in await pipe.execute()]
+
+    async def guides_of(self, member_ids: Sequence[str]) -> dict[str, list[str]]:
+        """Guide userids each member is bound to, as Redis knows now (missing: no entry)."""
+        if not member_ids:
+            return {}
+        pipe = self.redis.pipeline(transaction=False)
+        for member_id in member_ids:
+            pipe.hget(self.member_key(member_id), "guides")
+        out = {}
+        for member_id, raw in zip(member_ids, await pipe.execute()):
+            if raw is not None:
+                text = raw.decode() if isinstance(raw, bytes) else raw
+                out[member_id] = [g for g in text.split(SEP) if g]
+        return out
+
+    async def members_for(self, guide: str | None, tag: str | None, cursor: str | None = None,
+                          limit: int = 50) -> Page:
+        """One page of the members bound to `guide` (any guide if None) holding `tag` (any tag
+        if None; at least one of the two is needed), in member id order after `cursor`."""
+        if guide is None and tag is None:
+            raise ValueError("members_for needs a guide, a tag or both")
+        limit = max(1, min(limit, MAX_PAGE))
+        if guide is not None and tag is not None:
+            key = self.audience_key(guide, tag)
+        elif guide is not None:
+            key = self.guide_key(guide)
+        else:
+            key = self.tag_key(tag)  # type: ignore[arg-type]
+        start = "-" if not cursor else f"({cursor}"
+        raw = await self.redis.zrange(key, start, "+", bylex=True, offset=0, num=limit + 1)
+        ids = [m.decode() if isinstance(m, bytes) else m for m in raw]
+        more = len(ids) > limit
+        ids = ids[:limit]
+        return Page(ids, ids[-1] if more else None)
+
+    async def is_bound(self, member_id: str, guide: str) -> bool:
+        return await self.redis.zscore(self.guide_key(guide), member_id) is not None

@@ -1,1 +1,0 @@
-"""Where tag state leaves the stream: the Redis serving store (and, beside it, WeCom)."""

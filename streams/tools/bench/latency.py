@@ -1,0 +1,118 @@
+"""Live latency: orders produced at a rate, each to its tag change on tags.changes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import datetime
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from streams.platform.partitioning import partition_for
+from streams.tools.bench.children import Child
+from streams.tools.generate import CST
+from streams.tools.bench.common import (
+    BenchError, LATENCY_GRACE_S, LIVE_MEMBER_PREFIX, _Run, _quantile, _round,
+)
+
+
+def live_order(number: int) -> tuple[str, bytes]:
+    """A first order of a new member: `first_purchase` (and more) is added at once."""
+    member_id = f"{LIVE_MEMBER_PREFIX}{number:08d}"
+    event = {"event_id": f"bench-live-{number:08d}", "event_type": "order.paid",
+             "member_id": member_id,
+             "occurred_at": datetime.now(CST).isoformat(timespec="milliseconds"),
+             "channel": "miniprogram", "schema_version": 1, "order_id": f"bench-o-{number:08d}",
+             "amount_fen": 5900,
+             "items": [{"sku": "RICE-NE-5KG", "category": "rice", "unit_price_fen": 5900,
+                        "quantity": 1, "spec": "regular"}]}
+    return member_id, orjson.dumps(event)
+
+
+async def measure_latency(run: _Run, rate: float, seconds: float, watched: list[Child], *,
+                          first: int = 0) -> dict[str, Any]:
+    """Paced live orders -> their first tag change read back; latencies in ms."""
+    partitions = run.options.partitions
+    run.say(f"latency: live first orders at {rate:,.0f}/s for {seconds:.0f} s")
+    producer = AIOKafkaProducer(bootstrap_servers=run.bootstrap, acks="all", linger_ms=0,
+                                **run.security)
+    consumer = AIOKafkaConsumer(bootstrap_servers=run.bootstrap, enable_auto_commit=False,
+                                fetch_max_wait_ms=10, **run.security)
+    await producer.start()
+    await consumer.start()
+    sent_at: dict[bytes, float] = {}  # event_id -> perf_counter when sent
+    latencies: list[float] = []
+    done = asyncio.Event()
+    sending = True
+    try:
+        tps = [TopicPartition(run.names.tag_changes, p) for p in range(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_end(*tps)
+        for tp in tps:
+            await consumer.position(tp)  # the seek is lazy: fix it before producing
+
+        async def read() -> None:
+            prefix = LIVE_MEMBER_PREFIX.encode()
+            while not done.is_set():
+                batch = await consumer.getmany(timeout_ms=50, max_records=5000)
+                received = time.perf_counter()
+                for messages in batch.values():
+                    for message in messages:
+                        if not (message.key or b"").startswith(prefix):
+                            continue  # a history member's timer firing meanwhile
+                        cause = orjson.loads(message.value).get("cause") or {}
+                        event_id = str(cause.get("event_id", "")).encode()
+                        sent = sent_at.pop(event_id, None)
+                        if sent is not None:
+                            latencies.append((received - sent) * 1000)
+                if not sending and not sent_at:
+                    done.set()
+
+        reader = asyncio.create_task(read())
+        deliveries: list[asyncio.Future] = []
+        started = time.perf_counter()
+        number = 0
+        while (now := time.perf_counter()) - started < seconds:
+            due = int((now - started) * rate)
+            while number < due:
+                member_id, value = live_order(first + number)
+                sent_at[f"bench-live-{first + number:08d}".encode()] = time.perf_counter()
+                deliveries.append(await producer.send(
+                    run.names.orders, value, key=member_id.encode(),
+                    partition=partition_for(member_id, partitions)))
+                number += 1
+            if reader.done():
+                reader.result()  # raises what stopped it
+            _require_alive(watched)
+            await asyncio.sleep(0.002)
+        sent_seconds = time.perf_counter() - started
+        sending = False
+        await asyncio.gather(*deliveries)
+        try:
+            await asyncio.wait_for(done.wait(), LATENCY_GRACE_S)
+        except asyncio.TimeoutError:
+            pass
+        done.set()
+        await reader
+    finally:
+        await producer.stop()
+        await consumer.stop()
+    ordered = sorted(latencies)
+    summary = {
+        "p50": _round(_quantile(ordered, 0.5)), "p90": _round(_quantile(ordered, 0.9)),
+        "p99": _round(_quantile(ordered, 0.99)), "max": _round(ordered[-1] if ordered else None),
+        "rate_eps": round(number / sent_seconds, 1) if sent_seconds else 0.0,
+        "target_rate_eps": round(rate, 1), "sent": number, "received": len(ordered),
+        "missing": number - len(ordered), "seconds": round(sent_seconds, 1)}
+    run.say(f"latency: p50 {summary['p50']} ms, p99 {summary['p99']} ms over "
+            f"{len(ordered):,} of {number:,} live orders")
+    return summary
+
+
+def _require_alive(watched: list[Child]) -> None:
+    for child in watched:
+        if not child.alive():
+            raise BenchError(f"{child.name} exited during the latency phase; its log "
+                             f"({child.log_path}):\n{child.log_tail()}")

@@ -1,0 +1,112 @@
+"""Phase 2: raw aiokafka passthrough, and the Faust floor over the same messages."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from streams.tools.bench.children import Child
+from streams.tools.stack import free_ports
+from streams.tools.bench.common import (
+    BenchError, PASSTHROUGH_TOPIC, READY_TIMEOUT_S, _Run, _event_partitions,
+)
+
+
+async def raw_passthrough(run: _Run) -> float:
+    """Plain aiokafka: consume the event topics, orjson-decode, produce to another topic."""
+    run.say("raw passthrough: aiokafka consume -> orjson -> produce")
+    consumer = AIOKafkaConsumer(bootstrap_servers=run.bootstrap, enable_auto_commit=False,
+                                **run.security)
+    producer = AIOKafkaProducer(bootstrap_servers=run.bootstrap, acks="all", linger_ms=5,
+                                max_batch_size=256 * 1024, **run.security)
+    await consumer.start()
+    await producer.start()
+    passthrough = run.names.actual(PASSTHROUGH_TOPIC)
+    try:
+        tps = _event_partitions(run)
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        total = run.messages
+        loop = asyncio.get_running_loop()
+        all_acked = loop.create_future()
+        state = {"in_flight": 0, "errors": 0, "reading": True, "last_ack": 0.0}
+
+        def acked(future: asyncio.Future) -> None:
+            state["in_flight"] -= 1
+            if future.cancelled() or future.exception() is not None:
+                state["errors"] += 1
+            if not state["reading"] and state["in_flight"] == 0 and not all_acked.done():
+                state["last_ack"] = time.perf_counter()
+                all_acked.set_result(None)
+
+        consumed = undecodable = 0
+        first: float | None = None
+        loads = orjson.loads
+        while consumed < total:
+            batch = await consumer.getmany(timeout_ms=200, max_records=10_000)
+            for tp, messages in batch.items():
+                if first is None and messages:
+                    first = time.perf_counter()
+                for message in messages:
+                    try:
+                        loads(message.value)
+                    except orjson.JSONDecodeError:
+                        undecodable += 1
+                    future = await producer.send(passthrough, message.value,
+                                                 key=message.key, partition=tp.partition)
+                    state["in_flight"] += 1
+                    future.add_done_callback(acked)
+                consumed += len(messages)
+        state["reading"] = False
+        if state["in_flight"] == 0:
+            state["last_ack"] = time.perf_counter()
+        else:
+            await all_acked
+        if state["errors"]:
+            raise BenchError(f"raw passthrough: {state['errors']} sends failed")
+    finally:
+        await producer.stop()
+        await consumer.stop()
+    seconds = state["last_ack"] - (first or state["last_ack"])
+    eps = consumed / seconds if seconds > 0 else 0.0
+    run.result["details"]["raw_passthrough"] = {
+        "messages": consumed, "seconds": round(seconds, 3), "not_json": undecodable}
+    run.say(f"raw passthrough: {consumed:,} messages in {seconds:.2f} s = {eps:,.0f}/s")
+    return round(eps)
+
+
+async def faust_floor(run: _Run) -> None:
+    """A Faust agent that only acknowledges (streams/tools/bench_floor.py) over the same messages:
+    the most any Faust agent does here, so `ratio_ceiling` bounds `ratio`."""
+    total = run.messages
+    report = run.workdir / "faust-floor.json"
+    report.unlink(missing_ok=True)
+    run.say(f"faust floor: a Faust agent that only acknowledges, over the same {total:,} messages")
+    [port] = free_ports(1)
+    child = Child("faust floor", [sys.executable, "-m", "streams.tools.bench_floor", str(total),
+                                  str(report)],
+                  run.env(app_id=f"{run.settings.app_id}-floor", web_port=port),
+                  run.workdir / "faust-floor.log", run.children)
+    deadline = time.monotonic() + READY_TIMEOUT_S + total / 1000  # >= 1,000 messages/s
+    while not report.exists():
+        if not child.alive():
+            raise BenchError(f"the Faust floor worker exited; its log ({child.log_path}):\n"
+                             f"{child.log_tail()}")
+        if time.monotonic() > deadline:
+            raise BenchError(f"the Faust floor worker did not see {total:,} messages in time; "
+                             f"its log ({child.log_path}):\n{child.log_tail()}")
+        await asyncio.sleep(0.2)
+    child.stop()
+    floor = orjson.loads(report.read_bytes())
+    eps = floor["messages"] / floor["seconds"] if floor["seconds"] > 0 else 0.0
+    raw = run.result["raw_passthrough_eps"]
+    run.result["faust_floor_eps"] = round(eps)
+    run.result["ratio_ceiling"] = round(eps / raw, 3) if raw else None
+    run.result["details"]["faust_floor"] = {"messages": floor["messages"],
+                                            "seconds": round(floor["seconds"], 3)}
+    run.say(f"faust floor: {floor['messages']:,} messages in {floor['seconds']:.2f} s = "
+            f"{eps:,.0f}/s (ratio ceiling {run.result['ratio_ceiling']})")

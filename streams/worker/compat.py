@@ -1,0 +1,106 @@
+"""The one place tagstream changes Faust's behaviour, and why. Nothing happens on import:
+`install(agent_topics)` applies it, and each process that runs a Faust worker calls it at its
+start. Each change has a behavioural test in tests/unit/test_compat.py.
+
+1. Seek before resume. When a worker's table recovery completes, Faust 0.15 resumes the
+stream partitions and only then seeks them to their committed offsets
+(`Recovery.on_recovery_completed`); flow is already on from the changelog reads. Until the
+seek lands (9 s once, in a takeover) the consumer fetches from wherever aiokafka put the
+partitions, and those messages reach the agent. After a takeover they are ahead of the
+commit: the event-time clock moves past events the seek then delivers again, and those are
+dead-lettered as late. The partitions are sought to their commits before Faust resumes them,
+and Faust's own seek follows: only that one, after the resume, wakes the consumer.
+
+2. Only the agent acknowledges its input. The member agent acknowledges an event once its
+results are delivered (streams/worker/acks.py). Faust's stream also acknowledges, by itself, every
+message it skips: one fetched under an earlier consumer generation, or dequeued while flow is
+suspended (faust/streams.py: `do_ack or value is skipped_value`). A skipped message never
+reaches the agent, yet the ack lets Faust commit past it, and the next owner of the partition
+starts after events nobody applied (16,522 of 39,116 tag changes missing in one
+kill-a-worker run). On the agent's topics an ack counts only when the agent gives it
+(`acknowledging()`).
+
+3. A partition with no committed offset is sought to its beginning. Faust's "seek to the
+committed offsets" leaves such a partition wherever the fetcher is, so messages fetched and
+skipped at a generation change are never read again; and since the agent's acknowledgements
+then start after them, the first commit passes them. With auto_offset_reset "earliest" the
+beginning is where a commit would point, so this only makes the reset explicit.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator
+
+from faust.tables import recovery as faust_recovery
+from faust.transport import consumer as faust_consumer
+
+_on_recovery_completed = faust_recovery.Recovery.on_recovery_completed
+_consumer_ack = faust_consumer.Consumer.ack
+_perform_seek = faust_consumer.Consumer.perform_seek
+
+_agent_topics: frozenset[str] = frozenset()
+_agent_acknowledging: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "tagstream_agent_acknowledging", default=False)
+
+
+async def _on_recovery_completed_seeking_first(self: Any, generation_id: int = 0) -> None:
+    """Seek the stream partitions to their commits before Faust resumes them, then let Faust
+    go on as before (resume, and its own seek)."""
+    consumer = self.app.consumer
+    if self.app.consumer_generation_id == generation_id and consumer.assignment():
+        await self._wait(consumer.perform_seek(), timeout=self.app.conf.broker_request_timeout)
+    await _on_recovery_completed(self, generation_id)
+
+
+@contextmanager
+def acknowledging() -> Iterator[None]:
+    """The agent's own acknowledgements are given inside this (a context variable, so an ack
+    Faust gives from another task at the same time is still refused)."""
+    token = _agent_acknowledging.set(True)
+    try:
+        yield
+    finally:
+        _agent_acknowledging.reset(token)
+
+
+def _ack_given_by_the_agent(self: Any, message: Any) -> bool:
+    if message.topic in _agent_topics and not _agent_acknowledging.get():
+        return False  # Faust's ack of a message it skipped: the agent never saw it
+    return _consumer_ack(self, message)
+
+
+async def _perform_seek_uncommitted_from_the_beginning(self: Any) -> None:
+    await _perform_seek(self)
+    uncommitted = [tp for tp in self.assignment()
+                   if tp.topic in _agent_topics and not self._committed_offset.get(tp)]
+    if uncommitted:
+        await self._thread.seek_to_beginning(
+            *(self._new_topicpartition(tp.topic, tp.partition) for tp in uncommitted))
+
+
+async def rewind(consumer: Any, topic: str, partition: int, offset: int) -> None:
+    """Fetch `topic` `partition` again from `offset` (streams/worker/sequence.py): seeks it in the
+    consumer's own thread, as Faust's seek to committed offsets does, and moves Faust's read
+    position with it (else Faust drops the messages it fetches again as already read)."""
+    tp = consumer._new_topicpartition(topic, partition)  # noqa: SLF001
+    await consumer._thread.seek_wait({tp: offset})  # noqa: SLF001
+    consumer._read_offset[tp] = offset if offset else None  # noqa: SLF001
+
+
+def install(agent_topics: Iterable[str]) -> None:
+    """Apply the adjustments (idempotent); `agent_topics` are the topics the member agent
+    consumes and acknowledges itself."""
+    global _agent_topics
+    _agent_topics = frozenset(agent_topics)
+    faust_recovery.Recovery.on_recovery_completed = _on_recovery_completed_seeking_first
+    faust_consumer.Consumer.ack = _ack_given_by_the_agent
+    faust_consumer.Consumer.perform_seek = _perform_seek_uncommitted_from_the_beginning
+
+
+def installed() -> bool:
+    return (faust_recovery.Recovery.on_recovery_completed is _on_recovery_completed_seeking_first
+            and faust_consumer.Consumer.ack is _ack_given_by_the_agent
+            and faust_consumer.Consumer.perform_seek
+            is _perform_seek_uncommitted_from_the_beginning)
