@@ -127,6 +127,7 @@ async def produce_mixed(settings, valid: list[bytes], invalid: list[tuple[bytes,
     return landed
 
 
+@pytest.mark.slow  # 10,000 valid events through a worker: ~27 s
 async def test_bad_input_is_dead_lettered_and_every_valid_event_is_processed(stack, tmp_path):
     """1,000 malformed or invalid events mixed into 10,000 valid ones."""
     rng = random.Random(11)
@@ -154,6 +155,7 @@ async def test_bad_input_is_dead_lettered_and_every_valid_event_is_processed(sta
     assert len(values(changes)) == len(found)  # and no change published twice
 
 
+@pytest.mark.slow  # a worker stopped and started again around a redelivery: ~27 s
 async def test_redelivered_event_yields_one_tag_change(stack, tmp_path):
     now = datetime.now(CST).replace(microsecond=0)
     order = orjson.dumps(raw_event("order.paid", (now - timedelta(minutes=5)).isoformat(),
