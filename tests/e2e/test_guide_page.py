@@ -88,7 +88,8 @@ async def test_guide_signs_in_sees_a_live_change_and_opens_the_evidence(stack, b
             tier = {"change_id": "tier-browser-1", "member_id": "M000123",
                     "type": "tier.upgraded", "from": "silver", "to": "gold", "growth": 6120,
                     "cause": {"event_id": "ord-20240301-000123"},
-                    "at": "2024-03-01T12:00:05+08:00"}
+                    "at": "2024-03-01T12:00:05+08:00",
+                    "guides": [{"userid": "zhang", "external_userid": "wmzhang"}]}
             names = topic_names(settings)
             for topic, record in ((names.tag_changes, other), (names.tag_changes, change),
                                   (names.tier_changes, tier)):
