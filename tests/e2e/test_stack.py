@@ -233,7 +233,7 @@ def test_missing_kafka_jars_say_how_to_fetch_them(tmp_path: Path) -> None:
     stack = LocalStack(settings, cache=tmp_path / "empty-cache")
     try:
         with pytest.raises(TagstreamError,
-                           match=r"python3?(\.\d+)? -m streams\.kafka_server fetch"):
+                           match=r"python3?(\.\d+)? -m streams\.tools\.kafka_server fetch"):
             stack.up()
         assert records(stack) == {}
         assert stack.layout() is None
