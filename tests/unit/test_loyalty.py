@@ -188,7 +188,10 @@ def test_upgrade_record_has_the_design_shape() -> None:
     assert msgspec.json.decode(encode_change(change)) == {
         "change_id": change_id_for(M, "tier:normal>gold", "tier.upgraded", {"event_id": "ord-1"}),
         "member_id": M, "type": "tier.upgraded", "from": "normal", "to": "gold",
-        "growth": 5200, "cause": {"event_id": "ord-1"}, "at": "2024-03-01T12:00:00+08:00"}
+        "growth": 5200, "cause": {"event_id": "ord-1"}, "at": "2024-03-01T12:00:00+08:00",
+        # the design's record plus the member's guides, always written (issue 12; the engine
+        # fills them in: test_default_pack's test_tier_changes_name_the_members_guides_too)
+        "guides": []}
 
 
 def test_next_deadline_is_the_earliest_and_advance_is_idempotent() -> None:
