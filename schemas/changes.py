@@ -4,9 +4,13 @@ in the DESIGN.md shapes, and their deterministic id."""
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
+from msgspec import Meta
+
+
+Timestamp = Annotated[str, Meta(extra_json_schema={"format": "date-time"})]
 
 
 class Guide(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -23,7 +27,7 @@ class TagChange(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     rules_version: str
     cause: dict[str, str]
     evidence: dict[str, Any]
-    at: str
+    at: Timestamp
     guides: tuple[Guide, ...] = ()
     name_zh: str = ""
     family: str = ""
@@ -45,7 +49,7 @@ class TierChange(msgspec.Struct, frozen=True, kw_only=True, gc=False, omit_defau
     to: str | None
     growth: int  # growth value of the last evaluation window at `at`
     cause: dict[str, str]
-    at: str
+    at: Timestamp
     # The member's guides when the change happened: required, so it is always written.
     guides: tuple[Guide, ...]
     points: int | None = None  # points expired / about to expire

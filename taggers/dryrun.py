@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-import orjson
 
 from schemas.changes import TagChange, TierChange, encode_change
 from schemas.decode import decode_event
@@ -19,6 +18,7 @@ from schemas.errors import EventRejected
 from schemas.events import TIE_RANK_BY_TOPIC, TOPIC_BY_EVENT_TYPE, Event
 from taggers.clock import to_epoch
 from taggers.engine import Engine
+from schemas.profile import encode_profile
 from taggers.profile import render_profile
 from taggers.state import MemberState
 
@@ -81,7 +81,7 @@ def write_dry_run(result: DryRunResult, pack: Any, profiles_out: Any | None,
     """One profile per member (by member id) and every change, as JSON lines."""
     if profiles_out is not None:
         for member_id in sorted(result.states):
-            profiles_out.write(orjson.dumps(render_profile(result.states[member_id], pack)))
+            profiles_out.write(encode_profile(render_profile(result.states[member_id], pack)))
             profiles_out.write(b"\n")
     if changes_out is not None:
         for change in [*result.changes, *result.tier_changes]:

@@ -50,6 +50,7 @@ from typing import Any, Callable
 from schemas.changes import TierChange, change_id_for
 from schemas.errors import EventRejected
 from schemas.events import Event, OrderPaid, OrderRefunded
+from schemas.profile import NextTier, PointsLot
 from taggers.clock import DAY, LocalCalendar
 from taggers.series import add_to_bucket
 from taggers.state import LoyaltyState
@@ -387,7 +388,7 @@ class LoyaltyProgram:
         return tuple(("tier_" + level.id, level.name_zh) for level in self.levels)
 
     def profile(self, state: LoyaltyState | None, now: int) -> dict[str, Any]:
-        """The loyalty fields of the member profile (DESIGN.md), as of `now`."""
+        """The loyalty fields of the member profile (`schemas.profile.Profile`), as of `now`."""
         render = self.calendar.render
         if state is None:
             state = LoyaltyState(level=self.levels[0].id, tier_since=now)
@@ -400,12 +401,12 @@ class LoyaltyProgram:
             "tier_since": render(state.tier_since),
             "tier_review_at": None if state.review_at is None else render(state.review_at),
             "growth": growth,
-            "next_tier": None if upper is None else {
-                "tier": upper.id, "growth_needed": max(0, upper.threshold - growth)},
+            "next_tier": None if upper is None else NextTier(
+                tier=upper.id, growth_needed=max(0, upper.threshold - growth)),
             "points": state.points,
             "points_lots": [
-                {"earned_year": year, "points": points,
-                 "expires_at": None if expires is None else render(expires)}
+                PointsLot(earned_year=year, points=points,
+                          expires_at=None if expires is None else render(expires))
                 for year, points in zip(state.lots[::2], state.lots[1::2])
                 for expires in [self.expires_at(year)]],
             "points_shortfall": state.shortfall,

@@ -1,9 +1,12 @@
-"""A member's profile in the DESIGN.md shape: what the API, Redis and the dry run show."""
+"""Render a member's state as the profile (`schemas.profile.Profile`): what the API, Redis
+and the dry run show."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
+from schemas.changes import Guide
+from schemas.profile import HeldTag, OrderTotals, Profile, Rfm
 from taggers.rules import RulePack
 from taggers.state import MemberState
 
@@ -15,46 +18,48 @@ RFM_LETTERS = {
 }
 
 
-def render_profile(state: MemberState, pack: RulePack) -> dict[str, Any]:
+def render_profile(state: MemberState, pack: RulePack) -> Profile:
     calendar = pack.calendar
 
     def at(instant: int | None) -> str | None:
         return None if instant is None else calendar.render(instant)
 
     orders = state.orders
-    segment = pack.group_value("rfm", state.tags)
-    rfm = None
-    if segment is not None:
-        letters = RFM_LETTERS.get(segment, "???")
-        rfm = {"r": _level(letters[0]), "f": _level(letters[1]), "m": _level(letters[2]),
-               "segment": segment}
-    profile: dict[str, Any] = {
-        "member_id": state.member_id,
-        "joined_at": at(state.joined_at),
-        "lifecycle": pack.group_value("lifecycle", state.tags),
-        "orders": {"count": orders.count, "distinct_days": orders.distinct_days,
-                   "spend_fen": orders.spend_fen, "refund_fen": orders.refund_fen,
-                   "first_at": at(orders.first_at), "last_at": at(orders.last_at)},
-        "rfm": rfm,
-        "tags": [_tag(tag_id, held, pack, at) for tag_id, held in sorted(state.tags.items())],
-        "guides": [{"userid": g.userid, "external_userid": g.external_userid}
-                   for g in state.guides],
-        "birthday": state.birthday,
-        "rules_version": state.rules_version,
-        "next_deadline": at(state.next_deadline),
-        "as_of": at(state.watermark),
-    }
+    loyalty: dict[str, Any] = {}
     if pack.loyalty is not None and state.watermark is not None:
-        profile.update(pack.loyalty.profile(state.loyalty, state.watermark))
-    return profile
+        loyalty = pack.loyalty.profile(state.loyalty, state.watermark)
+    return Profile(
+        member_id=state.member_id,
+        joined_at=at(state.joined_at),
+        lifecycle=pack.group_value("lifecycle", state.tags),
+        orders=OrderTotals(count=orders.count, distinct_days=orders.distinct_days,
+                           spend_fen=orders.spend_fen, refund_fen=orders.refund_fen,
+                           first_at=at(orders.first_at), last_at=at(orders.last_at)),
+        rfm=_rfm(pack.group_value("rfm", state.tags)),
+        tags=[_tag(tag_id, held, pack, at) for tag_id, held in sorted(state.tags.items())],
+        guides=[Guide(userid=g.userid, external_userid=g.external_userid) for g in state.guides],
+        birthday=state.birthday,
+        rules_version=state.rules_version,
+        next_deadline=at(state.next_deadline),
+        as_of=at(state.watermark),
+        **loyalty,
+    )
 
 
-def _tag(tag_id: str, held: Any, pack: RulePack, at: Any) -> dict[str, Any]:
+def _rfm(segment: str | None) -> Rfm | None:
+    if segment is None:
+        return None
+    letters = RFM_LETTERS.get(segment, "???")
+    return Rfm(r=_level(letters[0]), f=_level(letters[1]), m=_level(letters[2]), segment=segment)
+
+
+def _tag(tag_id: str, held: Any, pack: RulePack,
+         at: Callable[[int | None], str | None]) -> HeldTag:
     rule = pack.tag(tag_id)
-    return {"id": tag_id, "name_zh": rule.name_zh if rule else tag_id,
-            "family": rule.family if rule else None, "since": at(held.since),
-            "rule_version": held.rules_version, "evidence": held.evidence}
+    return HeldTag(id=tag_id, name_zh=rule.name_zh if rule else tag_id,
+                   family=rule.family if rule else None, since=at(held.since),
+                   rule_version=held.rules_version, evidence=held.evidence)
 
 
-def _level(letter: str) -> str | None:
+def _level(letter: str) -> Any:
     return {"H": "high", "L": "low"}.get(letter)

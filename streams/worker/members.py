@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Iterable, NamedTuple
 
 import faust
-import orjson
 
 from schemas.changes import encode_change
 from schemas.control import BACKFILL, WATERMARK, control_kind, decode_watermark
@@ -36,6 +35,7 @@ from streams.worker.sequence import Admission, DeliverySequence
 from streams.worker.state_store import MemberStore, StagedBatch, StagedStates
 from taggers.clock import to_epoch
 from taggers.engine import Engine, Outcome
+from schemas.profile import encode_profile
 from taggers.profile import render_profile
 from taggers.state import MemberState, decode_state, encode_state
 
@@ -334,7 +334,7 @@ class MemberProcessor:
             states.append((key, partition, raw))
             changelog.append(Record(self.changelog_topic, partition, key, raw))
             outputs.append(Record(self.names.profiles, partition, key,
-                                  orjson.dumps(render_profile(state, pack))))
+                                  encode_profile(render_profile(state, pack))))
         previous_turn, self._last_turn = (
             self._last_turn, asyncio.get_running_loop().create_future())
         return SealedBatch(outputs, changelog, acks, self.store.stage(states), previous_turn,

@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
+import msgspec
 import pytest
 
 from schemas.control import BACKFILL, encode_watermark
@@ -653,7 +654,7 @@ async def test_a_worker_killed_mid_shipment_loses_no_output_whatever_part_arrive
     engine = Engine(pack)
     dry = dry_run(engine, history)
     expected_ids = {c.change_id for c in dry.changes}
-    expected_profiles = {m: orjson.loads(orjson.dumps(render_profile(state, pack)))
+    expected_profiles = {m: msgspec.to_builtins(render_profile(state, pack))
                          for m, state in dry.states.items()}
     survives = -1
     while True:  # every kill point, up to one past the victim's last record

@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import orjson
+import msgspec
 import pytest
 
 from streams.ops.replay import replay
@@ -76,7 +77,7 @@ def dry_run_of(settings, lines: list[bytes]):
 
 def expected_of(result, pack):
     """The change ids and final profiles the stream must produce."""
-    profiles = {m: render_profile(s, pack) for m, s in result.states.items()}
+    profiles = {m: msgspec.to_builtins(render_profile(s, pack)) for m, s in result.states.items()}
     return {c.change_id for c in result.changes}, profiles
 
 

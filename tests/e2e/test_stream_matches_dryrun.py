@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 
 import orjson
+import msgspec
 import pytest
 
 from streams.ops.replay import replay
@@ -51,7 +52,7 @@ async def test_stream_and_dryrun_agree_on_tags_tiers_points_and_profiles(stack, 
     pack = load_rules(stack.rules_path)
     expected_tags = {c.change_id for c in expected.changes}
     expected_tiers = {c.change_id for c in expected.tier_changes}
-    expected_profiles = {m: render_profile(s, pack) for m, s in expected.states.items()}
+    expected_profiles = {m: msgspec.to_builtins(render_profile(s, pack)) for m, s in expected.states.items()}
     assert len(expected.states) == MEMBERS and expected_tiers
 
     names = topic_names(stack)

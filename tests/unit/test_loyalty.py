@@ -330,7 +330,7 @@ def test_redeem_more_than_the_balance_is_rejected() -> None:
 
 def test_profile() -> None:
     state, _ = run(EXPIRY_EVENTS + [paid("2024-03-15T15:00:00+08:00", 500_000)])
-    assert PROGRAM.profile(state, epoch("2024-03-20T00:00:00+08:00")) == {
+    assert msgspec.to_builtins(PROGRAM.profile(state, epoch("2024-03-20T00:00:00+08:00"))) == {
         "tier": "gold", "tier_name_zh": "金卡", "tier_since": "2024-03-15T15:00:00+08:00",
         "tier_review_at": "2025-03-15T00:00:00+08:00", "growth": 500 + 300 + 5000,
         "next_tier": {"tier": "platinum", "growth_needed": 20_000 - 5800},

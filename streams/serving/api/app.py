@@ -13,9 +13,11 @@ import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
+import msgspec
 import orjson
 from aiohttp import web
 
+from schemas.api import ApiError, CatalogueTag, Me, TagCatalogue, encode_body
 from streams.platform import metrics
 from streams.serving.api.auth import Principal, TokenMap, bearer_token, parse_tokens
 from streams.serving.api.feed import (BUFFER_PER_PARTITION, CursorError, FeedEvent, FeedHub, decode_cursor,
@@ -59,12 +61,14 @@ PAGE_HEADERS = {
 
 def _error(cls: type[web.HTTPException], code: str, message: str,
            headers: dict[str, str] | None = None) -> web.HTTPException:
-    return cls(body=orjson.dumps({"error": code, "message": message}),
+    return cls(body=encode_body(ApiError(error=code, message=message)),
                content_type="application/json", headers={**SECURITY_HEADERS, **(headers or {})})
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json",
+    """`data` is a model of schemas/ or, for profiles read back from Redis, their dicts."""
+    body = encode_body(data) if isinstance(data, msgspec.Struct) else orjson.dumps(data)
+    return web.Response(body=body, status=status, content_type="application/json",
                         headers=SECURITY_HEADERS)
 
 
@@ -143,7 +147,7 @@ async def openapi(request: web.Request) -> web.Response:
 
 async def me(request: web.Request) -> web.Response:
     principal = _principal(request)
-    return _json({"guide": principal.guide, "operator": principal.operator})
+    return _json(Me(guide=principal.guide, operator=principal.operator))
 
 
 async def tags(request: web.Request) -> web.Response:
@@ -315,9 +319,9 @@ def tag_catalogue(settings: Settings) -> bytes:
     from taggers.rules import load_rules
 
     pack = load_rules(settings.rules_path)
-    return orjson.dumps({"rules_version": pack.version, "tags": [
-        {"id": rule.id, "name_zh": rule.name_zh, "family": rule.family,
-         "group": getattr(rule, "group", None)} for rule in pack.tags]})
+    return encode_body(TagCatalogue(rules_version=pack.version, tags=[
+        CatalogueTag(id=rule.id, name_zh=rule.name_zh, family=rule.family,
+                     group=getattr(rule, "group", None)) for rule in pack.tags]))
 
 
 def add_routes(app: web.Application) -> None:

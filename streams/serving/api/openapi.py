@@ -1,5 +1,8 @@
 """The guide API's OpenAPI 3.1 document: served at /openapi.json and checked in as docs/openapi.json.
 
+The paths are listed here; every body's schema is generated from the models in `schemas/`
+(the same models the worker and the API write), and a test checks real responses against it.
+
 Regenerate the checked-in copy with `tagstream api --openapi > docs/openapi.json`; a test fails
 when the two differ or when a route of the app is missing here.
 """
@@ -10,11 +13,20 @@ import json
 from functools import lru_cache
 from typing import Any
 
+import msgspec
+
+from schemas.api import ApiError, Me, MembersPage, TagCatalogue
+from schemas.changes import TagChange, TierChange
+from schemas.profile import Profile
+
 JSON = "application/json"
 
 
+REF_TEMPLATE = "#/components/schemas/{name}"
+
+
 def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
+    return {"$ref": REF_TEMPLATE.format(name=name)}
 
 
 def _error_responses(*codes: int) -> dict[str, Any]:
@@ -24,7 +36,7 @@ def _error_responses(*codes: int) -> dict[str, Any]:
             404: "Not found (operators only; a guide gets 403 for members not theirs)",
             503: "The broker is not reachable yet; retry after Retry-After seconds"}
     return {str(code): {"description": text[code],
-                        "content": {JSON: {"schema": _ref("Error")}}} for code in codes}
+                        "content": {JSON: {"schema": _ref("ApiError")}}} for code in codes}
 
 
 def _ok(description: str, schema: dict[str, Any], media: str = JSON) -> dict[str, Any]:
@@ -54,136 +66,108 @@ FEED_DESCRIPTION = (
     "the Authorization header, so read the stream with fetch() (the guide page does).")
 
 
-def build_openapi() -> dict[str, Any]:
-    secured = [{"bearer": []}]
+def _operation(summary: str, operation_id: str, responses: dict[str, Any], *,
+               parameters: list[dict[str, Any]] = (), public: bool = False,  # type: ignore[assignment]
+               description: str | None = None) -> dict[str, Any]:
+    operation: dict[str, Any] = {"summary": summary}
+    if description:
+        operation["description"] = description
+    operation["operationId"] = operation_id
+    if public:
+        operation["security"] = []
+    if parameters:
+        operation["parameters"] = list(parameters)
+    operation["responses"] = responses
+    return {"get": operation}
+
+
+def _path_param(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _public_paths() -> dict[str, Any]:
+    return {
+        "/": _operation("The guide page (HTML)", "page",
+                        _ok("The page", {"type": "string"}, "text/html"), public=True),
+        "/static/{name}": _operation(
+            "The page's script and style sheet", "static",
+            {**_ok("The file", {"type": "string"}, "*/*"), "404": {"description": "No such file"}},
+            parameters=[_path_param("name")], public=True),
+        "/openapi.json": _operation("This document", "openapi",
+                                    _ok("OpenAPI 3.1", {"type": "object"}), public=True),
+    }
+
+
+def _data_paths() -> dict[str, Any]:
+    tag_query = {"name": "tag", "in": "query", "required": False,
+                 "description": "Only members holding this tag id", "schema": {"type": "string"}}
+    page = {**_ok("One page, in member id order", _ref("MembersPage")),
+            **_error_responses(400, 401, 403)}
+    return {
+        "/me": _operation("Who the token belongs to", "me",
+                          {**_ok("The caller", _ref("Me")), **_error_responses(401)}),
+        "/tags": _operation("Tag catalogue: display names (name_zh) and families", "tags",
+                            {**_ok("The tags of the rule pack", _ref("TagCatalogue")),
+                             **_error_responses(401)}),
+        "/members/{member_id}": _operation(
+            "A member's current profile", "member",
+            {**_ok("The profile", _ref("Profile")), **_error_responses(401, 403, 404)},
+            parameters=[_path_param("member_id")]),
+        "/guides/{guide}/members": _operation(
+            "The guide's members, optionally only those holding a tag (paged)", "guideMembers",
+            page, parameters=[_guide_param(), tag_query, *PAGING]),
+        "/tags/{tag}/members": _operation(
+            "Members holding a tag, across guides (operators only, paged)", "tagMembers", page,
+            parameters=[_path_param("tag"), *PAGING]),
+        "/metrics": _operation(
+            "Prometheus metrics (operator token)", "metrics",
+            {**_ok("Prometheus text format 0.0.4", {"type": "string"}, "text/plain"),
+             **_error_responses(401, 403)}),
+    }
+
+
+def _feed_paths() -> dict[str, Any]:
     feed_ok = {"200": {"description": "The event stream",
                        "content": {"text/event-stream": {"schema": {"type": "string"}}}}}
     last_event_id = {"name": "Last-Event-ID", "in": "header", "required": False,
                      "description": "The id of the last event received, to resume",
                      "schema": {"type": "string"}}
-    paths: dict[str, Any] = {
-        "/": {"get": {"summary": "The guide page (HTML)", "operationId": "page", "security": [],
-                      "responses": _ok("The page", {"type": "string"}, "text/html")}},
-        "/static/{name}": {"get": {
-            "summary": "The page's script and style sheet", "operationId": "static",
-            "security": [],
-            "parameters": [{"name": "name", "in": "path", "required": True,
-                            "schema": {"type": "string"}}],
-            "responses": {**_ok("The file", {"type": "string"}, "*/*"),
-                          "404": {"description": "No such file"}}}},
-        "/openapi.json": {"get": {"summary": "This document", "operationId": "openapi",
-                                  "security": [],
-                                  "responses": _ok("OpenAPI 3.1", {"type": "object"})}},
-        "/me": {"get": {"summary": "Who the token belongs to", "operationId": "me",
-                        "responses": {**_ok("The caller", _ref("Me")),
-                                      **_error_responses(401)}}},
-        "/tags": {"get": {"summary": "Tag catalogue: display names (name_zh) and families",
-                          "operationId": "tags",
-                          "responses": {**_ok("The tags of the rule pack", _ref("TagCatalogue")),
-                                        **_error_responses(401)}}},
-        "/members/{member_id}": {"get": {
-            "summary": "A member's current profile", "operationId": "member",
-            "parameters": [{"name": "member_id", "in": "path", "required": True,
-                            "schema": {"type": "string"}}],
-            "responses": {**_ok("The profile", _ref("Profile")),
-                          **_error_responses(401, 403, 404)}}},
-        "/guides/{guide}/members": {"get": {
-            "summary": "The guide's members, optionally only those holding a tag (paged)",
-            "operationId": "guideMembers",
-            "parameters": [_guide_param(),
-                           {"name": "tag", "in": "query", "required": False,
-                            "description": "Only members holding this tag id",
-                            "schema": {"type": "string"}}, *PAGING],
-            "responses": {**_ok("One page, in member id order", _ref("MembersPage")),
-                          **_error_responses(400, 401, 403)}}},
-        "/guides/{guide}/feed": {"get": {
-            "summary": "Live tag and tier changes of the guide's members",
-            "description": FEED_DESCRIPTION, "operationId": "guideFeed",
-            "parameters": [_guide_param(), last_event_id],
-            "responses": {**feed_ok, **_error_responses(400, 401, 403, 503)}}},
-        "/feed": {"get": {
-            "summary": "The caller's feed: their members' changes (every change for operators)",
-            "description": FEED_DESCRIPTION, "operationId": "feed",
-            "parameters": [last_event_id],
-            "responses": {**feed_ok, **_error_responses(400, 401, 503)}}},
-        "/tags/{tag}/members": {"get": {
-            "summary": "Members holding a tag, across guides (operators only, paged)",
-            "operationId": "tagMembers",
-            "parameters": [{"name": "tag", "in": "path", "required": True,
-                            "schema": {"type": "string"}}, *PAGING],
-            "responses": {**_ok("One page, in member id order", _ref("MembersPage")),
-                          **_error_responses(400, 401, 403)}}},
-        "/metrics": {"get": {
-            "summary": "Prometheus metrics (operator token)", "operationId": "metrics",
-            "responses": {**_ok("Prometheus text format 0.0.4", {"type": "string"},
-                                "text/plain"), **_error_responses(401, 403)}}},
+    return {
+        "/guides/{guide}/feed": _operation(
+            "Live tag and tier changes of the guide's members", "guideFeed",
+            {**feed_ok, **_error_responses(400, 401, 403, 503)},
+            parameters=[_guide_param(), last_event_id], description=FEED_DESCRIPTION),
+        "/feed": _operation(
+            "The caller's feed: their members' changes (every change for operators)", "feed",
+            {**feed_ok, **_error_responses(400, 401, 503)}, parameters=[last_event_id],
+            description=FEED_DESCRIPTION),
     }
-    guide = {"type": "object", "required": ["userid"], "properties": {
-        "userid": {"type": "string"}, "external_userid": {"type": ["string", "null"]}}}
-    timestamp = {"type": ["string", "null"], "format": "date-time"}
-    schemas = {
-        "Error": {"type": "object", "required": ["error", "message"], "properties": {
-            "error": {"type": "string"}, "message": {"type": "string"}}},
-        "Me": {"type": "object", "required": ["guide", "operator"], "properties": {
-            "guide": {"type": ["string", "null"], "description": "null for an operator"},
-            "operator": {"type": "boolean"}}},
-        "TagCatalogue": {"type": "object", "required": ["rules_version", "tags"], "properties": {
-            "rules_version": {"type": "string"},
-            "tags": {"type": "array", "items": {"type": "object", "properties": {
-                "id": {"type": "string"}, "name_zh": {"type": "string"},
-                "family": {"type": "string"}, "group": {"type": ["string", "null"]}}}}}},
-        "Guide": guide,
-        "HeldTag": {"type": "object", "required": ["id"], "properties": {
-            "id": {"type": "string"}, "since": timestamp, "rule_version": {"type": "string"},
-            "evidence": {"type": "object", "description": "The values that made the rule hold"}}},
-        "Profile": {
-            "type": "object", "required": ["member_id", "tags", "guides"],
-            "description": "A member's profile in the DESIGN.md shape (further fields may appear)",
-            "properties": {
-                "member_id": {"type": "string"}, "joined_at": timestamp,
-                "tier": {"type": ["string", "null"]}, "lifecycle": {"type": ["string", "null"]},
-                "orders": {"type": "object"}, "rfm": {"type": "object"},
-                "tags": {"type": "array", "items": _ref("HeldTag")},
-                "guides": {"type": "array", "items": _ref("Guide")},
-                "rules_version": {"type": "string"}, "as_of": timestamp},
-            "additionalProperties": True},
-        "MembersPage": {"type": "object", "required": ["members", "next_cursor"], "properties": {
-            "guide": {"type": "string"}, "tag": {"type": ["string", "null"]},
-            "members": {"type": "array", "items": _ref("Profile")},
-            "next_cursor": {"type": ["string", "null"],
-                            "description": "null on the last page"}}},
-        "TagChange": {"type": "object", "description": "`event: tag` data (tags.changes)",
-                      "required": ["change_id", "member_id", "tag", "op", "at"], "properties": {
-                          "change_id": {"type": "string"}, "member_id": {"type": "string"},
-                          "tag": {"type": "string"}, "op": {"enum": ["added", "removed"]},
-                          "rule_id": {"type": "string"}, "rules_version": {"type": "string"},
-                          "cause": {"type": "object"}, "evidence": {"type": "object"},
-                          "at": {"type": "string", "format": "date-time"},
-                          "guides": {"type": "array", "items": _ref("Guide")},
-                          "name_zh": {"type": "string"}, "family": {"type": "string"}}},
-        "TierChange": {"type": "object", "description": "`event: tier` data (tiers.changes)",
-                       "required": ["change_id", "member_id", "type", "at", "guides"],
-                       "properties": {
-                           "change_id": {"type": "string"}, "member_id": {"type": "string"},
-                           "type": {"enum": ["tier.upgraded", "tier.downgraded",
-                                             "tier.downgrade_warning", "points.expired",
-                                             "points.expiry_warning"]},
-                           "from": {"type": ["string", "null"]}, "to": {"type": ["string", "null"]},
-                           "growth": {"type": "integer"}, "cause": {"type": "object"},
-                           "at": {"type": "string", "format": "date-time"},
-                           "guides": {"type": "array", "items": _ref("Guide")}}},
-    }
+
+
+# The models whose JSON Schemas the document carries, under these names.
+SCHEMA_MODELS: tuple[type, ...] = (ApiError, Me, TagCatalogue, Profile, MembersPage, TagChange,
+                                   TierChange)
+
+
+def component_schemas() -> dict[str, Any]:
+    """JSON Schema (2020-12, as OpenAPI 3.1 uses) of every response body, from the models."""
+    _, components = msgspec.json.schema_components(SCHEMA_MODELS, ref_template=REF_TEMPLATE)
+    return components
+
+
+def build_openapi() -> dict[str, Any]:
+    paths = {**_public_paths(), **_data_paths(), **_feed_paths()}
     return {
         "openapi": "3.1.0",
         "info": {"title": "tagstream guide API", "version": "1",
                  "description": "Member profiles, audiences and live tag changes for shopping "
                                 "guides (导购). A guide token sees only members bound to that "
                                 "guide; an operator token sees all."},
-        "security": secured,
-        "paths": paths,
+        "security": [{"bearer": []}],
+        "paths": dict(sorted(paths.items())),
         "components": {"securitySchemes": {"bearer": {
             "type": "http", "scheme": "bearer",
-            "description": "A token from TAGSTREAM_API_TOKENS"}}, "schemas": schemas},
+            "description": "A token from TAGSTREAM_API_TOKENS"}}, "schemas": component_schemas()},
     }
 
 
