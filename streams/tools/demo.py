@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -19,6 +17,7 @@ from streams.platform.redaction import redact_url
 from streams.platform.security import kafka_client_kwargs
 from streams.platform.settings import Settings
 from streams.platform.topics import topic_names
+from streams.tools.processes import ChildProcess, tagstream_command
 from streams.tools.stack import LocalStack
 
 
@@ -35,8 +34,8 @@ def run_demo(settings: Settings, *, members: int, days: int, seed: int,
         f"Redis ({redact_url(settings.redis_url)}); the first start formats Kafka's storage")
     stack.up()
     settings = stack.client_settings()
-    worker: subprocess.Popen[bytes] | None = None
-    sink: subprocess.Popen[bytes] | None = None
+    worker: ChildProcess | None = None
+    sink: ChildProcess | None = None
     try:
         asyncio.run(ensure_tagstream_topics(settings))
         workdir = settings.data_dir / "demo"
@@ -57,18 +56,15 @@ def run_demo(settings: Settings, *, members: int, days: int, seed: int,
     finally:
         for process in (worker, sink):
             if process is not None:
-                stop_worker(process)
+                process.stop(20)
         if not keep_stack and not was_running:
             say("5/5 stopping the broker and Redis we started")
             stack.down()
 
 
-def start_worker(settings: Settings, log_path: Path,
-                 command: str = "worker") -> subprocess.Popen[bytes]:
-    env = {**os.environ, **settings.to_env()}
-    with log_path.open("ab") as log:
-        return subprocess.Popen([sys.executable, "-m", "streams.ops.cli", command], env=env,
-                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+def start_worker(settings: Settings, log_path: Path, command: str = "worker") -> ChildProcess:
+    argv, env = tagstream_command(settings, command)
+    return ChildProcess(command, argv, env, log_path)
 
 
 async def _show_served_profile(settings: Settings) -> None:
@@ -93,18 +89,8 @@ async def _show_served_profile(settings: Settings) -> None:
         say(f"  {tag['name_zh']} ({tag['id']}) since {tag['since']}: {evidence}")
 
 
-def stop_worker(worker: subprocess.Popen[bytes], timeout: float = 20) -> None:
-    if worker.poll() is None:
-        worker.terminate()
-        try:
-            worker.wait(timeout)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
-
-
 async def _replay_and_follow(settings: Settings, events_path: Path,
-                             worker: subprocess.Popen[bytes]) -> None:
+                             worker: ChildProcess) -> None:
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     from streams.ops.replay import replay
@@ -133,7 +119,7 @@ async def _replay_and_follow(settings: Settings, events_path: Path,
                     if sum(counts.values()) <= 200 or sum(counts.values()) % 500 == 0:
                         print(format_record(message.value), flush=True)
                     last = loop.time()
-            if worker.poll() is not None:
+            if not worker.alive():
                 raise RuntimeError(f"the worker exited with code {worker.returncode}")
             quiet_for = loop.time() - last
             if replaying.done() and quiet_for > 10 and (counts or loop.time() - started > 120):

@@ -5,10 +5,8 @@ the jars streams/tools/kafka_server fetches, and Debian's `redis-server` (DESIGN
 default and real components"): the demo, development, the tests and the bench run on it; production
 runs the same Kafka version from docker-compose.yml.
 
-Each process started is recorded in `settings.stack_dir` (pid, exact argv, start time). Stopping
-goes by that record only, and only once `/proc` shows the pid still runs the recorded argv with the
-recorded start time, so a recycled pid is never signalled. Nothing is ever killed by name.
-Linux only: process identity is read from `/proc` and signals go through pidfds.
+Each process started is recorded in `settings.stack_dir` and stopped by that record only
+(streams/tools/processes.py), so a recycled pid is never signalled.
 """
 
 from __future__ import annotations
@@ -17,17 +15,11 @@ import asyncio
 import dataclasses
 import ipaddress
 import json
-import os
 import re
-import select
 import shutil
-import signal
-import socket
-import subprocess
 import threading
 import time
-from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Coroutine, Iterable, TypeVar
 from urllib.parse import urlsplit
@@ -36,6 +28,9 @@ from schemas.errors import TagstreamError
 from streams.tools.kafka_server import (DEFAULT_CACHE, NodeConfig, format_nodes, kafka_version,
                                   new_cluster_id, node_argv)
 from streams.platform.settings import ENV_NAMES, Settings
+from streams.tools.processes import (ProcessRecord, free_ports, is_running, log_tail, port_taken,
+                                     read_record, reap, start_process, stop_process,
+                                     write_record)
 
 T = TypeVar("T")
 
@@ -45,203 +40,6 @@ POLL_INTERVAL_S = 0.05
 
 class StackError(TagstreamError):
     """The embedded stack cannot start, answer or stop; the message says what to do."""
-
-
-# --- Processes: start one, recognise it later by its record, stop it by pid --------------------
-
-
-@dataclass(frozen=True)
-class ProcessRecord:
-    """What identifies a process we started: enough to never mistake a recycled pid for it."""
-
-    pid: int
-    argv: tuple[str, ...]
-    started_at: str
-    proc_start: int  # field 22 of /proc/<pid>/stat: clock ticks since boot, fixed per process
-    log: str
-    log_offset: int  # where this run's output starts in `log` (logs are appended, never truncated)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
-
-    @classmethod
-    def from_json(cls, text: str) -> "ProcessRecord":
-        data = json.loads(text)
-        data["argv"] = tuple(data["argv"])
-        return cls(**data)
-
-
-def start_process(argv: list[str] | tuple[str, ...], log_path: Path) -> ProcessRecord:
-    """Start `argv` in its own session, stdout and stderr appended to `log_path`."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        offset = os.fstat(log_fd).st_size
-        # posix_spawn rather than Popen: the process outlives this one (`tagstream stack up`
-        # returns), so there is no Popen object to keep; it inherits our environment unchanged.
-        pid = os.posix_spawn(
-            argv[0], list(argv), os.environ,
-            file_actions=[
-                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                (os.POSIX_SPAWN_DUP2, log_fd, 1),
-                (os.POSIX_SPAWN_DUP2, log_fd, 2),
-            ],
-            setsid=True,
-        )
-    finally:
-        os.close(log_fd)
-    _wait_exec(pid, tuple(argv))
-    return ProcessRecord(
-        pid=pid, argv=tuple(argv), started_at=datetime.now(timezone.utc).isoformat(),
-        proc_start=_proc_stat(pid)[1], log=str(log_path), log_offset=offset,
-    )
-
-
-def is_running(record: ProcessRecord) -> bool:
-    """True while `record.pid` is still the process we started (not exited, not a reused pid)."""
-    return (_proc_cmdline(record.pid) == record.argv
-            and _proc_stat(record.pid)[1] == record.proc_start)
-
-
-def stop_process(record: ProcessRecord, timeout: float = 10.0) -> bool:
-    """SIGTERM the recorded process, SIGKILL it after `timeout`; False if not ours to stop."""
-    try:
-        pidfd = os.pidfd_open(record.pid)
-    except ProcessLookupError:
-        return False
-    try:
-        # The pidfd pins the process the pid names now; if that is ours, signals through the
-        # pidfd can only reach it, even if it exits and the pid is reused meanwhile.
-        if not is_running(record):
-            return False
-        try:
-            signal.pidfd_send_signal(pidfd, signal.SIGTERM)
-            if not _wait_exit(pidfd, timeout):
-                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-                _wait_exit(pidfd, 5.0)
-        except ProcessLookupError:
-            pass
-        return True
-    finally:
-        os.close(pidfd)
-        _reap(record.pid)
-
-
-def stop_child(process: subprocess.Popen[bytes], timeout: float) -> None:
-    """SIGTERM a child this process started and still holds unreaped (so its pid cannot be
-    reused), SIGKILL it after `timeout`; returns once it has exited."""
-    if process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
-def read_record(path: Path) -> ProcessRecord | None:
-    try:
-        return ProcessRecord.from_json(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (ValueError, TypeError, KeyError) as exc:
-        raise StackError(f"{path} is not a process record ({exc}); "
-                         "stop that process yourself, then delete the file") from None
-
-
-def write_record(path: Path, record: ProcessRecord) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(record.to_json())
-    tmp.replace(path)
-
-
-def log_tail(record: ProcessRecord, lines: int = 20) -> str:
-    """The last `lines` lines this run wrote to its log, without terminal colour codes."""
-    try:
-        with open(record.log, "rb") as f:
-            f.seek(record.log_offset)
-            text = f.read().decode("utf-8", "replace")
-    except OSError as exc:
-        return f"(cannot read {record.log}: {exc})"
-    text = re.sub(r"\x1b\[[0-9;]*m", "", text)
-    return "\n".join(text.rstrip().splitlines()[-lines:]) or "(log is empty)"
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` distinct loopback ports nothing listened on a moment ago (the probe sockets
-    stay bound until all are chosen, so no port is handed out twice)."""
-    probes = []
-    try:
-        for _ in range(count):
-            probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            probe.bind(("127.0.0.1", 0))
-            probes.append(probe)
-        return [probe.getsockname()[1] for probe in probes]
-    finally:
-        for probe in probes:
-            probe.close()
-
-
-def port_taken(host: str, port: int) -> bool:
-    """True if something on this machine already listens on host:port."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        # SO_REUSEADDR ignores sockets lingering in TIME_WAIT; Linux still refuses a live listener.
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError:
-            return True
-    return False
-
-
-def _proc_cmdline(pid: int) -> tuple[str, ...] | None:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return None
-    if not raw:  # a zombie: exited, not yet reaped
-        return None
-    return tuple(os.fsdecode(arg) for arg in raw.removesuffix(b"\0").split(b"\0"))
-
-
-def _proc_stat(pid: int) -> tuple[str, int]:
-    """(state, start time) from /proc/<pid>/stat; state "" if there is no such process."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return "", 0
-    # The command name (field 2) may contain spaces and parentheses; fields after it are plain.
-    after_name = stat[stat.rindex(")") + 2:].split()
-    return after_name[0], int(after_name[19])
-
-
-def _wait_exec(pid: int, argv: tuple[str, ...], timeout: float = 5.0) -> None:
-    """Wait until /proc shows `pid` running `argv`, or the process has already exited.
-
-    posix_spawn returns while the kernel is still setting up the new program, and /proc shows
-    an empty command line until it is done; the record must not be checked against that.
-    """
-    deadline = time.monotonic() + timeout
-    while (_proc_cmdline(pid) != argv and _proc_stat(pid)[0] not in ("", "Z", "X")
-           and time.monotonic() < deadline):
-        time.sleep(0.001)
-
-
-def _wait_exit(pidfd: int, timeout: float) -> bool:
-    poller = select.poll()
-    poller.register(pidfd, select.POLLIN)
-    return bool(poller.poll(max(0, int(timeout * 1000))))
-
-
-def _reap(pid: int) -> None:
-    """Collect the exit status if `pid` is our own child, so it does not linger as a zombie."""
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 # --- The stack ----------------------------------------------------------------------------------
@@ -639,7 +437,7 @@ async def _wait_answering(component: _Component, record: ProcessRecord, deadline
 
 
 def _exited_error(component: _Component, record: ProcessRecord) -> StackError:
-    _reap(record.pid)
+    reap(record.pid)
     if re.search(r"in use|BindException", log_tail(record, 200)):
         return _port_error(component)  # lost a race for the port after port_taken said free
     return StackError(f"the {component.name} (pid {record.pid}) exited before answering at "

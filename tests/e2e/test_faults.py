@@ -23,7 +23,7 @@ from streams.ops.replay import replay
 from streams.platform.topics import topic_names
 from streams.serving.redis_store import RedisProfileStore
 from streams.tools.generate import generate_events
-from streams.tools.stack import is_running, stop_process
+from streams.tools.processes import is_running, stop_process
 from taggers.dryrun import dry_run
 from taggers.engine import Engine
 from taggers.profile import render_profile

@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaProducer
 from streams.platform.topics import topic_names
 from streams.serving.redis_sink import run_redis_sink
 from streams.serving.redis_store import RedisProfileStore
-from streams.tools.stack import read_record, stop_process
+from streams.tools.processes import read_record, stop_process
 from tests.support.kafka import create_topics
 from tests.support.profiles import make_profile
 

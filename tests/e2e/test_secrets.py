@@ -34,6 +34,7 @@ from streams.platform.security import kafka_client_kwargs, redis_client_kwargs
 from streams.platform.settings import Settings
 from streams.platform.topics import topic_names
 from streams.serving.redis_store import RedisProfileStore
+from streams.tools.processes import ChildProcess
 from tests.factories import raw_event
 from tests.support import free_port
 from tests.support.kafka import (WorkerProcess, at_least, create_topics, read_topic,
@@ -215,20 +216,19 @@ def password_redis(tmp_path):
     binary = shutil.which("redis-server")
     assert binary, "redis-server is needed: apt-get install -y redis-server"
     port = free_port()
-    process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                "--appendonly", "no", "--requirepass", REDIS_PASSWORD],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               stdin=subprocess.DEVNULL)
+    process = ChildProcess("redis", [binary, "--port", str(port), "--bind", "127.0.0.1",
+                                     "--save", "", "--appendonly", "no",
+                                     "--requirepass", REDIS_PASSWORD],
+                           os.environ, tmp_path / "redis.log")
     try:
         deadline = time.monotonic() + 10
         while subprocess.run(["bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{port}"],
                              capture_output=True).returncode != 0:
-            assert process.poll() is None and time.monotonic() < deadline, "redis did not start"
+            assert process.alive() and time.monotonic() < deadline, "redis did not start"
             time.sleep(0.05)
         yield f"redis://127.0.0.1:{port}/0"
     finally:
-        process.terminate()
-        process.wait(10)
+        process.stop(10)
 
 
 async def test_redis_password_comes_from_settings_or_the_url(stack, password_redis):
@@ -254,19 +254,15 @@ async def test_redis_sink_with_a_wrong_password_logs_a_redacted_error(stack, pas
         wecom_secret=WECOM_SECRET, log_level="debug")
     await create_topics(settings)
     log_path = tmp_path / "redis-sink.log"
-    env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
-    with log_path.open("wb") as log:
-        sink = subprocess.Popen([sys.executable, "-m", "streams.ops.cli", "redis-sink"], env=env,
-                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    sink = WorkerProcess(settings, log_path, ("redis-sink",)).start()
     try:
         deadline = time.monotonic() + 60
         while "Redis unavailable" not in log_path.read_text(errors="replace"):
-            assert sink.poll() is None, log_path.read_text(errors="replace")
+            assert sink.alive(), log_path.read_text(errors="replace")
             assert time.monotonic() < deadline, log_path.read_text(errors="replace")
             await asyncio.sleep(0.2)
     finally:
-        sink.terminate()
-        sink.wait(20)
+        sink.stop(20)
     output = log_path.read_text(errors="replace")
     assert "AuthenticationError" in output or "WRONGPASS" in output, output
     assert_no_secret(output, "the Redis sink log")

@@ -29,8 +29,8 @@ from schemas.errors import TagstreamError
 from streams.platform.admin import TopicError, ensure_topics
 from streams.platform.settings import Settings
 from streams.tools.kafka_server import kafka_version
-from streams.tools.stack import (LocalStack, ProcessRecord, StackError, is_running, stop_process,
-                           write_record)
+from streams.tools.processes import ProcessRecord, is_running, stop_process, write_record
+from streams.tools.stack import LocalStack, StackError
 from tests.support import free_port, private_stack_settings
 
 pytestmark = pytest.mark.e2e

@@ -23,7 +23,6 @@ import dataclasses
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -41,7 +40,7 @@ from streams.platform.topics import topic_names
 from streams.serving.wecom.client import TokenBucket
 from streams.serving.wecom.consumer import WeComSyncService
 from streams.serving.wecom.sync import corp_tag_name
-from tests.support.kafka import create_topics
+from tests.support.kafka import WorkerProcess, create_topics
 from tests.support.wecom_fake import FAKE_CORP_ID, FAKE_SECRET, FakeWeCom
 from tests.support.wecom_fake import wecom_fake  # noqa: F401 - the fixture
 
@@ -350,25 +349,17 @@ async def test_a_killed_cli_process_loses_nothing(stack: Settings, wecom_fake: F
     expected, ends = expected_state(changes), end_offsets(stack, changes)
     started = time.monotonic()
     settings = sync_settings(stack, wecom_fake, log_level="debug")
-    env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
     log_path = tmp_path / "wecom-sync.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "streams.ops.cli", "wecom-sync"],
-                                   env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL)
+    process = WorkerProcess(settings, log_path, ("wecom-sync",)).start()
     try:
         await produce(stack, changes)
         deadline = time.monotonic() + 120
         while wecom_fake.counts()[("mark_tag", "ok")] < 150:
-            assert process.poll() is None, log_path.read_text(errors="replace")[-3000:]
-            assert time.monotonic() < deadline, log_path.read_text(errors="replace")[-3000:]
+            assert process.alive(), process.log_tail(60)
+            assert time.monotonic() < deadline, process.log_tail(60)
             await asyncio.sleep(0.1)
-        process.send_signal(signal.SIGKILL)
-        process.wait(10)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        process.kill()  # SIGKILL: no goodbye commit
     marks_before = wecom_fake.counts()[("mark_tag", "ok")]
     service = await start_service(settings)
     try:

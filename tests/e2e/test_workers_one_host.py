@@ -6,10 +6,7 @@ every other per-instance resource (Faust web server, data directory) follows fro
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import subprocess
-import sys
 import time
 import urllib.request
 from datetime import datetime, timedelta, timezone
@@ -40,21 +37,11 @@ class PortWorker(WorkerProcess):
     """`tagstream worker --web-port PORT` with the shared settings' environment unchanged."""
 
     def __init__(self, settings, log_path: Path, web_port: int) -> None:
-        super().__init__(settings, log_path)
+        super().__init__(settings, log_path, ("worker", "--web-port", str(web_port)))
         self.web_port = web_port
 
-    def start(self) -> "PortWorker":
-        env = {**os.environ, **self.settings.to_env(), "PYTHONUNBUFFERED": "1"}
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "streams.ops.cli", "worker", "--web-port",
-                str(self.web_port)],
-                env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        return self
-
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(self.child.log_lines()) if self.child is not None else ""
 
 
 def _web_answers(port: int) -> bool:
@@ -118,4 +105,4 @@ async def test_two_workers_on_one_host_differ_only_by_web_port(stack, tmp_path):
         for worker in workers:
             worker.stop()
     for worker in workers:
-        assert worker.process.returncode is not None
+        assert worker.returncode is not None

@@ -6,7 +6,7 @@ import dataclasses
 from pathlib import Path
 
 from streams.platform.settings import Settings
-from streams.tools.stack import free_ports
+from streams.tools.processes import free_ports
 
 
 def free_port() -> int:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
-import subprocess
-import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,7 +17,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from schemas.changes import encode_change
 from streams.platform.admin import ensure_tagstream_topics
 from streams.platform.settings import Settings
-from streams.tools.stack import stop_child
+from streams.tools.processes import ChildProcess, tagstream_command
 
 
 async def create_topics(settings: Settings) -> None:
@@ -35,45 +33,45 @@ class WorkerProcess:
         self.settings = settings
         self.log_path = log_path
         self.command = command
-        self.process: subprocess.Popen[bytes] | None = None
+        self.child: ChildProcess | None = None
 
     def start(self) -> "WorkerProcess":
-        env = {**os.environ, **self.settings.to_env(), "PYTHONUNBUFFERED": "1"}
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "streams.ops.cli", *self.command], env=env, stdout=log,
-                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        argv, env = tagstream_command(self.settings, *self.command)
+        self.child = ChildProcess(" ".join(self.command), argv, env, self.log_path)
         return self
 
+    @property
+    def pid(self) -> int | None:
+        return None if self.child is None else self.child.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self.child is None else self.child.returncode
+
     def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        return self.child is not None and self.child.alive()
 
     def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+        return "(not started)" if self.child is None else self.child.log_tail(lines)
 
     def stop(self, timeout: float = 20) -> None:
-        if self.process is not None:
-            stop_child(self.process, timeout)
+        if self.child is not None:
+            self.child.stop(timeout)
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown hook runs (a crash)."""
+        if self.child is not None:
+            self.child.kill()
 
     async def ready(self, timeout: float = 180) -> None:
         """Until Faust logs the worker ready (its first assignment recovered), so that a
         replay started next meets a working consumer group, not one still joining."""
         deadline = time.monotonic() + timeout
-        while "Worker ready" not in self.log_path.read_text(errors="replace"):
+        while not any("Worker ready" in line for line in self.child.log_lines()):
             assert self.alive(), f"the worker stopped before it was ready:\n{self.log_tail()}"
             assert time.monotonic() < deadline, (
                 f"the worker was not ready within {timeout} s:\n{self.log_tail()}")
             await asyncio.sleep(0.2)
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown hook runs (a crash)."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
 
 
 @contextmanager
@@ -276,7 +274,7 @@ class AllWorkers:
     def log_tail(self, lines: int = 40) -> str:
         dead = [w for w in self.workers if not w.alive()] or list(self.workers)
         return "\n".join(f"--- {w.log_path.name} (exit code "
-                         f"{w.process.poll() if w.process else None}):\n{w.log_tail(lines)}"
+                         f"{w.returncode}):\n{w.log_tail(lines)}"
                          for w in dead)
 
 
@@ -304,7 +302,7 @@ def signal_node(record: Any, sig: int, wait_s: float = 60) -> float:
     import select
     import signal as signals
 
-    from streams.tools.stack import is_running
+    from streams.tools.processes import is_running
 
     pidfd = os.pidfd_open(record.pid)
     try:

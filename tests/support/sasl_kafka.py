@@ -26,8 +26,8 @@ from typing import Any, Iterator
 from streams.tools.kafka_server import (NodeConfig, format_nodes, new_cluster_id, node_argv,
                                   require_fetched)
 from streams.platform.settings import Settings
-from streams.tools.stack import ProcessRecord, free_ports, is_running, log_tail, start_process, \
-    stop_process
+from streams.tools.processes import (ProcessRecord, free_ports, is_running, log_tail,
+                                     start_process, stop_process)
 
 MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 SCRAM_MECHANISMS = tuple(m for m in MECHANISMS if m.startswith("SCRAM-"))

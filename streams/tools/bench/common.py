@@ -16,7 +16,8 @@ from schemas.errors import TagstreamError
 from streams.platform.security import kafka_client_kwargs
 from streams.platform.settings import Settings
 from streams.platform.topics import TopicNames, topic_names
-from streams.tools.stack import LocalStack, free_ports
+from streams.tools.processes import free_ports
+from streams.tools.stack import LocalStack
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # a run's children are started in bench.children, which imports this
@@ -59,7 +60,6 @@ PY_SPY_RATE = 100  # samples per second
 _LOG_TIME = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]")
 
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 WORKER_READY = "]: Worker ready"

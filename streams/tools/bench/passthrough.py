@@ -10,7 +10,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from streams.tools.bench.children import Child
-from streams.tools.stack import free_ports
+from streams.tools.processes import free_ports
 from streams.tools.bench.common import (
     BenchError, PASSTHROUGH_TOPIC, READY_TIMEOUT_S, _Run, _event_partitions,
 )

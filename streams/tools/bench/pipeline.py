@@ -15,7 +15,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.tools.bench.children import Child, wait_for_log
-from streams.tools.stack import free_ports
+from streams.tools.processes import free_ports
 from streams.tools.bench.common import (
     BenchError, READY_TIMEOUT_S, WORKER_READY, _Run, _offset_ranges, _quantile, _stack_pids, _warn,
     cpu_seconds,
@@ -240,7 +240,7 @@ async def _wait_for_changes(run: _Run, reader: AIOKafkaConsumer, tps: list[Topic
     while True:
         for child in watched:
             if not child.alive():
-                raise BenchError(f"{child.name} exited with code {child.process.returncode}; "
+                raise BenchError(f"{child.name} exited with code {child.returncode}; "
                                  f"its log ({child.log_path}):\n{child.log_tail()}")
         ends = await reader.end_offsets(tps)
         total = sum(ends[tp] - baseline[tp] for tp in tps)

@@ -16,7 +16,8 @@ from schemas.errors import TagstreamError
 from streams.platform.admin import ensure_tagstream_topics, ensure_topics
 from streams.platform.settings import Settings
 from streams.tools.kafka_server import kafka_version
-from streams.tools.stack import LocalStack, free_ports
+from streams.tools.processes import free_ports
+from streams.tools.stack import LocalStack
 from streams.tools.bench.common import (
     BenchError, BenchOptions, PASSTHROUGH_TOPIC, PROFILERS, Say, _Run, _cluster_nodes, _warn,
     broker_name,
