@@ -33,6 +33,7 @@ from tqdm import tqdm
 from schemas.control import encode_watermark
 from schemas.events import TOPIC_BY_EVENT_TYPE
 from streams.platform.admin import ensure_topics
+from streams.platform.batches import PartitionBatches, ReadyBatch
 from streams.platform.partitioning import partition_for
 from streams.platform.topics import TopicNames
 
@@ -297,20 +298,15 @@ class _Batches:
 
     def __init__(self, producer: AIOKafkaProducer) -> None:
         self.producer = producer
-        self.open: dict[tuple[str, int], Any] = {}
+        self.batches = PartitionBatches(producer)
         self.in_flight: list[asyncio.Future] = []
         self.previous: list[asyncio.Future] = []
 
     async def append(self, topic: str, partition: int, key: bytes | None, value: bytes,
                      headers: list[tuple[str, bytes]] | None = None) -> None:
-        batch = self.open.get((topic, partition))
-        if batch is None:
-            batch = self.open[(topic, partition)] = self.producer.create_batch()
-        if batch.append(timestamp=None, key=key, value=value, headers=headers or []) is None:
-            await self._send(topic, partition, batch)  # full
-            batch = self.open[(topic, partition)] = self.producer.create_batch()
-            # the first record always fits
-            batch.append(timestamp=None, key=key, value=value, headers=headers or [])
+        full = self.batches.append(topic, partition, key, value, headers)
+        if full is not None:
+            await self._send(full)
 
     async def watermark(self, partitions_of: dict[str, list[int]], at: datetime) -> int:
         """A marker behind everything queued so far, on every partition of every event topic."""
@@ -323,18 +319,16 @@ class _Batches:
         return count
 
     async def send_open(self) -> None:
-        for (topic, partition), batch in self.open.items():
-            await self._send(topic, partition, batch)
-        self.open.clear()
+        for batch in self.batches.drain():
+            await self._send(batch)
 
     async def delivered(self) -> None:
         """Wait for every batch sent so far; raises the first delivery error."""
         await asyncio.gather(*self.previous, *self.in_flight)
         self.previous, self.in_flight = [], []
 
-    async def _send(self, topic: str, partition: int, batch: Any) -> None:
-        batch.close()
-        self.in_flight.append(await self.producer.send_batch(batch, topic, partition=partition))
+    async def _send(self, batch: ReadyBatch) -> None:
+        self.in_flight.append(await batch.send(self.producer))
         if len(self.in_flight) >= CHUNK_BATCHES:
             await asyncio.gather(*self.previous)
             self.previous, self.in_flight = self.in_flight, []

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Awaitable, Callable, NamedTuple, Protocol, Sequence
 
+from streams.platform.batches import PartitionBatches
+
 
 class Record(NamedTuple):
     topic: str
@@ -40,22 +42,12 @@ class KafkaRecordSender:
 
     async def enqueue(self, records: Sequence[Record]) -> Awaitable[DeliveredOffsets]:
         producer = self._producer()
-        batches: dict[tuple[str, int], list[Any]] = {}
-        for topic, partition, key, value, headers in records:
-            builders = batches.get((topic, partition))
-            if builders is None:
-                builders = batches[(topic, partition)] = [producer.create_batch()]
-            if builders[-1].append(timestamp=None, key=key, value=value,
-                                   headers=headers or []) is None:
-                builder = producer.create_batch()  # full: a new one (takes any first record)
-                builders.append(builder)
-                builder.append(timestamp=None, key=key, value=value, headers=headers or [])
+        batches = PartitionBatches(producer)
+        ready = [full for record in records if (full := batches.append(*record)) is not None]
         deliveries = []
-        for (topic, partition), builders in batches.items():
-            for builder in builders:
-                count = builder.record_count()
-                deliveries.append(_last_offset(
-                    await producer.send_batch(builder, topic, partition=partition), count))
+        for batch in [*ready, *batches.drain()]:
+            count = batch.builder.record_count()
+            deliveries.append(_last_offset(await batch.send(producer), count))
         return asyncio.ensure_future(_merged(deliveries))
 
 
