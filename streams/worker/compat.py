@@ -1,6 +1,6 @@
 """The one place tagstream changes Faust's behaviour, and why. Nothing happens on import:
 `install(agent_topics)` applies it, and each process that runs a Faust worker calls it at its
-start. Each change has a behavioural test in tests/unit/test_compat.py.
+start. Each change has a behavioural test in tests/worker/test_compat.py.
 
 1. Seek before resume. When a worker's table recovery completes, Faust 0.15 resumes the
 stream partitions and only then seeks them to their committed offsets

@@ -26,7 +26,7 @@ from streams.platform.partitioning import partition_for
 from streams.platform.topics import topic_names
 from streams.serving.redis_sink import run_redis_sink
 from streams.serving.redis_store import RedisProfileStore
-from tests.e2e.test_feed import tag_change
+from tests.serving.api.test_feed import tag_change
 from tests.support.api import ZHANG, api_settings, open_feed, running_api
 from tests.support.kafka import create_topics, running_worker
 

@@ -8,6 +8,8 @@ from pathlib import Path
 from streams.platform.settings import Settings
 from streams.tools.processes import free_ports
 
+REPO_ROOT = Path(__file__).resolve().parents[2]  # the checkout: tests/support/__init__.py
+
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listened on a moment ago."""

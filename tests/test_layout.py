@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-STREAMS = Path(__file__).resolve().parents[2] / "streams"
+from tests.support import REPO_ROOT
+
+STREAMS = REPO_ROOT / "streams"
 IMPORT = re.compile(r"^\s*(?:from|import)\s+([\w.]+)", re.MULTILINE)
 # bench's Faust floor (an agent that only acknowledges) is a measuring tool, not the worker
 FAUST_ALLOWED_OUTSIDE_WORKER = {STREAMS / "tools" / "bench_floor.py"}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from pathlib import Path
 
 import aiohttp
 import pytest
@@ -18,10 +17,11 @@ from streams.serving.redis_store import RedisProfileStore
 from tests.support.api import LI, OPERATOR, TOKENS, ZHANG, api_settings, bearer, running_api
 from tests.support.kafka import create_topics
 from tests.support.profiles import make_profile
+from tests.support import REPO_ROOT
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = REPO_ROOT
 DATA_ROUTES = ["/me", "/tags", "/members/M1", "/guides/zhang/members", "/guides/zhang/feed",
                "/feed", "/tags/member/members", "/metrics"]
 

@@ -6,7 +6,6 @@ There is no Docker engine here, so the file is checked, not run."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +14,9 @@ import yaml
 from streams.platform.settings import ENV_NAMES
 from streams.platform.topics import ALL_TOPIC_NAMES
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support import REPO_ROOT
+
+ROOT = REPO_ROOT
 COMPOSE_TEXT = (ROOT / "docker-compose.yml").read_text("utf-8")
 COMPOSE = yaml.safe_load(COMPOSE_TEXT)
 SERVICES: dict[str, Any] = COMPOSE["services"]

@@ -10,7 +10,9 @@ import yaml
 
 from streams.tools.kafka_server import NodeConfig, kafka_version, new_cluster_id, server_properties
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support import REPO_ROOT
+
+ROOT = REPO_ROOT
 
 
 def nodes(count: int, tmp_path: Path) -> list[NodeConfig]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import re
 from datetime import datetime
-from pathlib import Path
 from typing import NamedTuple
 
 import pytest
@@ -26,8 +25,9 @@ from taggers.clock import to_epoch
 from taggers.engine import Engine
 from taggers.rules import compile_rules, load_rules
 from tests.factories import event, joined, paid
+from tests.support import REPO_ROOT
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "rules.md"
+DOC = REPO_ROOT / "docs" / "rules.md"
 DEFAULT_TEXT = DEFAULT_RULES.read_text(encoding="utf-8")
 
 

@@ -4,7 +4,6 @@ at the boundaries RULES.md names, compile errors with file and line, and a size 
 from __future__ import annotations
 
 from datetime import date, datetime, timedelta
-from pathlib import Path
 
 import msgspec
 import pytest
@@ -18,8 +17,9 @@ from taggers.loyalty_compiler import compile_loyalty
 from taggers.state import LoyaltyState
 from taggers.yamlsrc import load_yaml
 from tests.factories import event, paid
+from tests.support import REPO_ROOT
 
-_PACK = (Path(__file__).parents[2] / "taggers" / "rules" / "default.yaml").read_text("utf-8")
+_PACK = (REPO_ROOT / "taggers" / "rules" / "default.yaml").read_text("utf-8")
 # The default pack's `loyalty:` section on its own, after three comment lines (the line
 # numbers in BAD count from this text).
 DEFAULT_YAML = "# loyalty section\n# of the\n# default pack\n" + _PACK[_PACK.index("\nloyalty:") + 1:]

@@ -31,11 +31,11 @@ from streams.platform.settings import Settings
 from streams.tools.kafka_server import kafka_version
 from streams.tools.processes import ProcessRecord, is_running, stop_process, write_record
 from streams.tools.stack import LocalStack, StackError
-from tests.support import free_port, private_stack_settings
+from tests.support import REPO_ROOT, free_port, private_stack_settings
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = REPO_ROOT
 # Generous bounds for a client waiting on a broker that is up: they end a hung test, they time
 # nothing.
 CLIENT_WAIT_S = 60
