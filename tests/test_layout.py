@@ -48,3 +48,31 @@ def test_every_role_folder_is_a_package_and_nothing_is_left_at_the_top() -> None
     assert {p.name for p in STREAMS.iterdir() if p.is_dir() and p.name != "__pycache__"} == roles
     assert [p.name for p in STREAMS.glob("*.py")] == ["__init__.py"]
     assert all((STREAMS / role / "__init__.py").is_file() for role in roles)
+
+
+KAFKA_CLIENT = re.compile(r"\bAIOKafka(?:Consumer|Producer|AdminClient)\(")
+
+
+def test_kafka_clients_are_made_in_one_place() -> None:
+    """Outside the worker (where Faust makes them), every Kafka client comes from
+    streams/platform/kafka_clients.py."""
+    factory = STREAMS / "platform" / "kafka_clients.py"
+    offenders = [str(path.relative_to(STREAMS)) for path in modules_under(STREAMS)
+                 if path != factory and KAFKA_CLIENT.search(path.read_text("utf-8"))]
+    assert offenders == []
+    assert KAFKA_CLIENT.search(factory.read_text("utf-8"))  # the pattern matches real code
+
+
+async def test_the_factory_names_our_clients_and_waits_for_every_replica() -> None:
+    from streams.platform.kafka_clients import kafka_consumer, kafka_producer
+
+    producer = kafka_producer("127.0.0.1:9")
+    consumer = kafka_consumer("127.0.0.1:9", "t", group_id="g")
+    try:
+        assert producer.client._client_id == "tagstream"  # noqa: SLF001
+        assert producer._sender._acks == -1  # noqa: SLF001  ("all")
+        assert consumer._client._client_id == "tagstream"  # noqa: SLF001
+        assert kafka_producer("127.0.0.1:9", acks=1)._sender._acks == 1  # noqa: SLF001
+    finally:
+        await producer.stop()
+        await consumer.stop()

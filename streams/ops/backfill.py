@@ -8,15 +8,15 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from aiokafka import AIOKafkaProducer
 
 from schemas.control import encode_backfill
+from streams.platform.kafka_clients import kafka_producer
 from streams.platform.topics import TopicNames
 
 
 async def request_backfill(bootstrap: str, partitions: int, *, names: TopicNames,
                            security: Mapping[str, Any] | None = None) -> int:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", **(security or {}))
+    producer = kafka_producer(bootstrap, acks="all", **(security or {}))
     await producer.start()
     try:
         value, headers = encode_backfill()

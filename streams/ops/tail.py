@@ -6,7 +6,9 @@ import asyncio
 from typing import Any, Mapping, TextIO
 
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
+
+from streams.platform.kafka_clients import kafka_consumer
 
 
 def format_record(value: bytes) -> str:
@@ -31,8 +33,8 @@ async def tail_topic(bootstrap: str, topic: str, *, from_beginning: bool = False
                      out: TextIO | None = None,
                      security: Mapping[str, Any] | None = None) -> int:
     """Print records until `limit` records or `idle_s` seconds without one; returns the count."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                **(security or {}))
+    consumer = kafka_consumer(bootstrap, enable_auto_commit=False,
+                              **(security or {}))
     await consumer.start()
     count = 0
     try:

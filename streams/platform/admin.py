@@ -20,6 +20,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 
 from schemas.errors import TagstreamError
+from streams.platform.kafka_clients import kafka_admin
 from streams.platform.security import kafka_client_kwargs
 from streams.platform.settings import Settings
 from streams.platform.topics import topic_names, topic_partitions
@@ -58,8 +59,8 @@ async def ensure_topics(bootstrap: str, topics: dict[str, int], replication: int
             raise TopicError(f"topic {name!r}: partitions must be at least 1, not {partitions}")
     if replication < 0:
         raise TopicError(f"replication must be at least 1 (or 0: the cluster's), not {replication}")
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap,
-                                request_timeout_ms=int(timeout * 1000), **(security or {}))
+    admin = kafka_admin(bootstrap,
+                        request_timeout_ms=int(timeout * 1000), **(security or {}))
     try:
         await admin.start()
     except Exception as exc:  # noqa: BLE001 - aiokafka raises KeyError on a refused SCRAM login

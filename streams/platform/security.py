@@ -38,7 +38,7 @@ def kafka_ssl_context(settings: Settings) -> ssl.SSLContext | None:
 
 def kafka_client_kwargs(settings: Settings) -> dict[str, Any]:
     """The security keyword arguments of any aiokafka client (bootstrap_servers excluded):
-    `AIOKafkaConsumer(bootstrap_servers=..., **kafka_client_kwargs(settings), ...)`."""
+    `kafka_consumer(bootstrap, **kafka_client_kwargs(settings), ...)`."""
     check_security(settings)
     protocol = settings.kafka_security_protocol
     kwargs: dict[str, Any] = {"security_protocol": protocol}

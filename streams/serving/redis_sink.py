@@ -28,6 +28,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from streams.platform import metrics
+from streams.platform.kafka_clients import kafka_consumer
 from streams.platform.security import kafka_client_kwargs, redis_client_kwargs
 from streams.platform.settings import Settings
 from streams.platform.topics import topic_names
@@ -138,9 +139,8 @@ class RedisSink:
     async def _start_consumer(self, stop: asyncio.Event) -> AIOKafkaConsumer | None:
         backoff = BACKOFF_START_S
         while not stop.is_set():
-            consumer = AIOKafkaConsumer(
-                bootstrap_servers=self.settings.broker_bootstrap,
-                group_id=group_id(self.settings),
+            consumer = kafka_consumer(
+                self.settings.broker_bootstrap, group_id=group_id(self.settings),
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
                 # A group (re)join takes ~5 s with these, as for the worker (streams/worker/app.py).

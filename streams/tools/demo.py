@@ -13,6 +13,7 @@ import orjson
 
 from streams.ops.tail import format_record
 from streams.platform.admin import ensure_tagstream_topics
+from streams.platform.kafka_clients import kafka_consumer
 from streams.platform.redaction import redact_url
 from streams.platform.security import kafka_client_kwargs
 from streams.platform.settings import Settings
@@ -91,12 +92,12 @@ async def _show_served_profile(settings: Settings) -> None:
 
 async def _replay_and_follow(settings: Settings, events_path: Path,
                              worker: ChildProcess) -> None:
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import TopicPartition
 
     from streams.ops.replay import replay
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.broker_bootstrap,
-                                enable_auto_commit=False, **kafka_client_kwargs(settings))
+    consumer = kafka_consumer(settings.broker_bootstrap,
+                              enable_auto_commit=False, **kafka_client_kwargs(settings))
     await consumer.start()
     counts: Counter[str] = Counter()
     names = topic_names(settings)

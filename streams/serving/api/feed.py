@@ -28,6 +28,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.platform.backoff import backoff_delay
+from streams.platform.kafka_clients import kafka_consumer
 from streams.platform.topics import TAG_CHANGES_TOPIC, TIER_CHANGES_TOPIC, TopicNames
 
 log = logging.getLogger(__name__)
@@ -188,9 +189,9 @@ class FeedHub:
     async def _tail(self) -> None:
         # Kafka answers a fetch as soon as data arrives, so the wait only sets how often an
         # idle tail polls; aiokafka's 500 ms default keeps an idle API near zero CPU.
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
-                                    auto_offset_reset="earliest",
-                                    **self.kafka_options)
+        consumer = kafka_consumer(self.bootstrap, enable_auto_commit=False,
+                                  auto_offset_reset="earliest",
+                                  **self.kafka_options)
         await consumer.start()
         self._consumer = consumer
         try:
@@ -271,8 +272,8 @@ class FeedHub:
                              tuple[TopicPartition, int, FeedEvent | None]]:
         """Changes in [from, to) per partition straight from Kafka, for a feed resuming from
         before the buffer. Yields (partition, next offset, event or None if filtered out)."""
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
-                                    auto_offset_reset="earliest", **self.kafka_options)
+        consumer = kafka_consumer(self.bootstrap, enable_auto_commit=False,
+                                  auto_offset_reset="earliest", **self.kafka_options)
         await consumer.start()
         try:
             consumer.assign(list(ranges))

@@ -37,6 +37,7 @@ from aiokafka.errors import KafkaError
 
 from schemas.changes import TagChange
 from schemas.errors import TagstreamError
+from streams.platform.kafka_clients import kafka_consumer
 from streams.platform.metrics import CONSUMER_LAG
 from streams.platform.security import kafka_client_kwargs
 from streams.platform.settings import Settings, SettingsError
@@ -106,8 +107,8 @@ class WeComSyncService(Service):
             await self.mapper.refresh()
         except WeComError as exc:  # not fatal: the first lookup refreshes again
             log.warning("WeCom tag list not loaded at start: %s", exc)
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.broker_bootstrap, group_id=self.group_id,
+        self.consumer = kafka_consumer(
+            self.settings.broker_bootstrap, group_id=self.group_id,
             client_id=self.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
             session_timeout_ms=10_000, heartbeat_interval_ms=1_000, rebalance_timeout_ms=6_000,
             max_poll_interval_ms=300_000, **kafka_client_kwargs(self.settings))

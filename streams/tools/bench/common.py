@@ -10,9 +10,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
 from schemas.errors import TagstreamError
+from streams.platform.kafka_clients import kafka_consumer
 from streams.platform.security import kafka_client_kwargs
 from streams.platform.settings import Settings
 from streams.platform.topics import TopicNames, topic_names
@@ -165,7 +166,7 @@ def _warn(run: _Run, text: str) -> None:
 async def _offset_ranges(run: _Run, tps: list[TopicPartition]
                          ) -> tuple[dict[TopicPartition, int], dict[TopicPartition, int]]:
     """(start offsets, end offsets) of `tps` now."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=run.bootstrap, **run.security)
+    consumer = kafka_consumer(run.bootstrap, **run.security)
     await consumer.start()
     try:
         return await consumer.beginning_offsets(tps), await consumer.end_offsets(tps)
@@ -219,7 +220,7 @@ def _slowest(spans: Iterable[float]) -> float:
 
 
 async def _topic_records(run: _Run, topic: str) -> int:
-    consumer = AIOKafkaConsumer(bootstrap_servers=run.bootstrap, **run.security)
+    consumer = kafka_consumer(run.bootstrap, **run.security)
     await consumer.start()
     try:
         partitions = consumer.partitions_for_topic(topic)

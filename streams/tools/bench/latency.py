@@ -8,8 +8,9 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import TopicPartition
 
+from streams.platform.kafka_clients import kafka_consumer, kafka_producer
 from streams.platform.partitioning import partition_for
 from streams.tools.bench.children import Child
 from streams.tools.generate import CST
@@ -36,10 +37,10 @@ async def measure_latency(run: _Run, rate: float, seconds: float, watched: list[
     """Paced live orders -> their first tag change read back; latencies in ms."""
     partitions = run.options.partitions
     run.say(f"latency: live first orders at {rate:,.0f}/s for {seconds:.0f} s")
-    producer = AIOKafkaProducer(bootstrap_servers=run.bootstrap, acks="all", linger_ms=0,
-                                **run.security)
-    consumer = AIOKafkaConsumer(bootstrap_servers=run.bootstrap, enable_auto_commit=False,
-                                fetch_max_wait_ms=10, **run.security)
+    producer = kafka_producer(run.bootstrap, acks="all", linger_ms=0,
+                              **run.security)
+    consumer = kafka_consumer(run.bootstrap, enable_auto_commit=False,
+                              fetch_max_wait_ms=10, **run.security)
     await producer.start()
     await consumer.start()
     sent_at: dict[bytes, float] = {}  # event_id -> perf_counter when sent

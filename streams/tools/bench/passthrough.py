@@ -7,8 +7,8 @@ import sys
 import time
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from streams.platform.kafka_clients import kafka_consumer, kafka_producer
 from streams.tools.bench.children import Child
 from streams.tools.processes import free_ports
 from streams.tools.bench.common import (
@@ -19,10 +19,10 @@ from streams.tools.bench.common import (
 async def raw_passthrough(run: _Run) -> float:
     """Plain aiokafka: consume the event topics, orjson-decode, produce to another topic."""
     run.say("raw passthrough: aiokafka consume -> orjson -> produce")
-    consumer = AIOKafkaConsumer(bootstrap_servers=run.bootstrap, enable_auto_commit=False,
-                                **run.security)
-    producer = AIOKafkaProducer(bootstrap_servers=run.bootstrap, acks="all", linger_ms=5,
-                                max_batch_size=256 * 1024, **run.security)
+    consumer = kafka_consumer(run.bootstrap, enable_auto_commit=False,
+                              **run.security)
+    producer = kafka_producer(run.bootstrap, acks="all", linger_ms=5,
+                              max_batch_size=256 * 1024, **run.security)
     await consumer.start()
     await producer.start()
     passthrough = run.names.actual(PASSTHROUGH_TOPIC)

@@ -14,6 +14,7 @@ from typing import Mapping
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from streams.platform.kafka_clients import kafka_consumer
 from streams.tools.bench.children import Child, wait_for_log
 from streams.tools.processes import free_ports
 from streams.tools.bench.common import (
@@ -96,8 +97,8 @@ def _start_sink(run: _Run) -> Child:
 async def _pipeline(run: _Run, expected: Expected) -> None:
     options = run.options
     tags = [TopicPartition(run.names.tag_changes, p) for p in range(options.partitions)]
-    reader = AIOKafkaConsumer(bootstrap_servers=run.bootstrap, enable_auto_commit=False,
-                              **run.security)
+    reader = kafka_consumer(run.bootstrap, enable_auto_commit=False,
+                            **run.security)
     await reader.start()
     try:
         baseline = await reader.end_offsets(tags)
@@ -179,8 +180,8 @@ async def _positions(run: _Run, topic: str) -> dict[int, int]:
 
 async def _read_all(run: _Run, topic: str, start: dict[int, int]) -> list[bytes]:
     """The values of `topic` from `start` to its end offsets now."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=run.bootstrap, enable_auto_commit=False,
-                                **run.security)
+    consumer = kafka_consumer(run.bootstrap, enable_auto_commit=False,
+                              **run.security)
     await consumer.start()
     values: list[bytes] = []
     try:

@@ -8,8 +8,9 @@ import os
 import time
 from typing import Any, Iterable, Mapping
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
+from streams.platform.kafka_clients import kafka_consumer
 from streams.tools.bench.children import Child, wait_for_log
 from streams.tools.bench.common import (
     ASSIGNED, FLOOR_RATE, FLOOR_SECONDS, HIGHWATER_TABLE, RECOVERY_COMPLETE, RECOVERY_TIMEOUT_S,
@@ -129,8 +130,8 @@ def records_in(round_: RecoveryRound, present: Mapping[tuple[str, int], list[int
 
 async def _record_offsets(run: _Run, topic: str) -> dict[tuple[str, int], list[int]]:
     """The offset of every record `topic` holds now, per partition, ascending."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=run.bootstrap, enable_auto_commit=False,
-                                max_partition_fetch_bytes=4 * 1024 * 1024, **run.security)
+    consumer = kafka_consumer(run.bootstrap, enable_auto_commit=False,
+                              max_partition_fetch_bytes=4 * 1024 * 1024, **run.security)
     await consumer.start()
     try:
         tps = [TopicPartition(topic, p) for p in range(run.options.partitions)]
