@@ -13,6 +13,9 @@ from msgspec import Meta
 Timestamp = Annotated[str, Meta(extra_json_schema={"format": "date-time"})]
 
 
+TagSource = Literal["rule", "guide", "wecom", "import"]
+
+
 class Guide(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     userid: str
     external_userid: str | None = None
@@ -31,6 +34,8 @@ class TagChange(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     guides: tuple[Guide, ...] = ()
     name_zh: str = ""
     family: str = ""
+    # Where the tag came from: the rule pack, a guide in the API, a guide in WeCom, an import.
+    source: TagSource = "rule"
 
 
 TierChangeType = Literal["tier.upgraded", "tier.downgraded", "tier.downgrade_warning",

@@ -132,6 +132,13 @@ class ProfileUpdated(Interaction, tag="interaction.profile_updated", kw_only=Tru
     birthday: MonthDay | None = None
 
 
+class ConsentChanged(Interaction, tag="interaction.consent_changed", kw_only=True):
+    """The member allows (true) or refuses (false) marketing based on automated decisions
+    (PIPL Art. 24): while refused, tagstream's tags are taken off their WeCom customers."""
+
+    marketing: bool
+
+
 class WecomFriendAdded(Interaction, tag="interaction.wecom_friend_added", kw_only=True):
     guide_id: ShortName
     external_userid: Code
@@ -167,6 +174,7 @@ OrderEvent = Union[OrderPaid, OrderRefunded]
 InteractionEvent = Union[
     MemberJoined, SignIn, Share, CouponClaimed, CouponRedeemed, Lottery, Browse, Review,
     FollowOfficialAccount, EventAttended, ProfileUpdated, WecomFriendAdded, WecomFriendRemoved,
+    ConsentChanged,
 ]
 ScanEvent = Union[ScanVerified, CapOpened]
 AnyEvent = Union[OrderEvent, InteractionEvent, ScanEvent]

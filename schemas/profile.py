@@ -13,7 +13,7 @@ from typing import Any, Literal
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from schemas.changes import Guide, Timestamp
+from schemas.changes import Guide, TagSource, Timestamp
 
 Level = Literal["high", "low"]
 
@@ -47,11 +47,16 @@ class HeldTag(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     since: Timestamp | None
     rule_version: str
     evidence: dict[str, Any]  # the values that made the rule hold
+    source: TagSource = "rule"
 
 
 class NextTier(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     tier: str
     growth_needed: int
+
+
+class Consent(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    marketing: bool  # False: no tagstream tag on the member's WeCom customers
 
 
 class PointsLot(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -74,6 +79,7 @@ class Profile(msgspec.Struct, frozen=True, kw_only=True, gc=False, omit_defaults
     rules_version: str
     next_deadline: Timestamp | None  # the next time a time-based rule will look at this member
     as_of: Timestamp | None  # the member's event-time clock when this was rendered
+    consent: Consent
     tier: str | UnsetType = UNSET
     tier_name_zh: str | UnsetType = UNSET
     tier_since: Timestamp | UnsetType = UNSET

@@ -16,9 +16,10 @@ from schemas.changes import TagChange, TierChange, encode_change
 from schemas.decode import decode_event
 from schemas.errors import EventRejected
 from schemas.events import TIE_RANK_BY_TOPIC, TOPIC_BY_EVENT_TYPE, Event
+from schemas.profile import encode_profile
+from schemas.wecom import WecomMarks
 from taggers.clock import to_epoch
 from taggers.engine import Engine
-from schemas.profile import encode_profile
 from taggers.profile import render_profile
 from taggers.state import MemberState
 
@@ -28,6 +29,7 @@ class DryRunResult:
     states: dict[str, MemberState] = field(default_factory=dict)
     changes: list[TagChange] = field(default_factory=list)
     tier_changes: list[TierChange] = field(default_factory=list)
+    marks: list[WecomMarks] = field(default_factory=list)  # what wecom.marks would carry
     rejected: list[tuple[int, str]] = field(default_factory=list)  # (line number, reason)
     duplicates: int = 0
     as_of: int | None = None
@@ -64,6 +66,7 @@ def dry_run(engine: Engine, lines: Iterable[bytes], as_of: int | None = None) ->
         states[event.member_id] = outcome.state
         result.changes.extend(outcome.changes)
         result.tier_changes.extend(outcome.tier_changes)
+        result.marks.extend(outcome.marks)
         result.duplicates += outcome.duplicate
     if as_of is None and rows:
         as_of = rows[-1][0]
@@ -73,6 +76,7 @@ def dry_run(engine: Engine, lines: Iterable[bytes], as_of: int | None = None) ->
             outcome = engine.advance(state, as_of)
             result.changes.extend(outcome.changes)
             result.tier_changes.extend(outcome.tier_changes)
+            result.marks.extend(outcome.marks)
     return result
 
 

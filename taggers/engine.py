@@ -23,15 +23,19 @@ import msgspec
 from schemas.changes import Guide, TagChange, TierChange, change_id_for
 from schemas.errors import EventRejected
 from schemas.events import Event, MemberJoined, OrderPaid, OrderRefunded, ProfileUpdated
-from schemas.events import WecomFriendAdded, WecomFriendRemoved
+from schemas.events import ConsentChanged, WecomFriendAdded, WecomFriendRemoved
+from schemas.wecom import WecomMarks
 from taggers.clock import DAY, to_epoch
 from taggers.counters import TrackerDef
 from taggers.expr import TIME
 from taggers.rules import EvalContext, RulePack, TagRule
 from taggers.series import prune_buckets, prune_keys
 from taggers.state import SEEN_CAPACITY, GuideLink, HeldTag, MemberState
+from taggers.wecom import WecomView, plan_marks, view_of
 
 REMOVED_FROM_PACK = "__rule_removed__"
+# Events that change what a member's WeCom customers must show without changing a tag.
+_MARKED_EVENTS = (WecomFriendAdded, WecomFriendRemoved, ConsentChanged)
 
 
 @dataclass
@@ -39,6 +43,7 @@ class Outcome:
     state: MemberState
     changes: list[TagChange] = field(default_factory=list)
     tier_changes: list[TierChange] = field(default_factory=list)  # for tiers.changes
+    marks: list[WecomMarks] = field(default_factory=list)  # for wecom.marks
     duplicate: bool = False
 
 
@@ -77,6 +82,7 @@ class Engine:
         digest = event_hash(event.event_id)
 
         outcome = Outcome(state)
+        before = view_of(state)
         self._fire_due(state, occurred, outcome)
         now = occurred if state.watermark is None else max(occurred, state.watermark)
         cause = {"event_id": event.event_id}
@@ -87,20 +93,44 @@ class Engine:
                 state.loyalty, event, occurred, state.member_id, cause)
             outcome.tier_changes.extend(_guided(state, tier_changes))
         self._evaluate(state, event, now, cause, outcome.changes)
+        if outcome.changes or isinstance(event, _MARKED_EVENTS):
+            self._mark(before, outcome, cause)
         return outcome
 
     def reevaluate(self, state: MemberState, now: int) -> Outcome:
         """Fire due deadlines, then evaluate every rule at `now` (a backfill after new rules)."""
-        outcome = self.advance(state, now)
+        before = view_of(state)
+        outcome = self._advance(state, now)
         at = now if state.watermark is None else max(now, state.watermark)
         self._evaluate(state, None, at, None, outcome.changes)
+        if outcome.changes:
+            self._mark(before, outcome, outcome.changes[-1].cause)
         return outcome
 
     def advance(self, state: MemberState, now: int) -> Outcome:
         """Fire every deadline of this member due at or before `now`."""
+        before = view_of(state) if state.next_deadline is not None else None
+        outcome = self._advance(state, now)
+        if before is not None and outcome.changes:
+            self._mark(before, outcome, outcome.changes[-1].cause)
+        return outcome
+
+    def _advance(self, state: MemberState, now: int) -> Outcome:
         outcome = Outcome(state)
         self._fire_due(state, now, outcome)
         return outcome
+
+    def _mark(self, before: WecomView, outcome: Outcome, cause: dict[str, str]) -> None:
+        """The WeCom marks that take the member's pairs from `before` to now."""
+        state = outcome.state
+        marks = plan_marks(state.member_id, before, view_of(state), self._name_of, cause,
+                           self.calendar.render(state.watermark or 0))
+        if marks is not None:
+            outcome.marks.append(marks)
+
+    def _name_of(self, tag_id: str) -> str:
+        rule = self.pack.tag(tag_id)
+        return rule.name_zh if rule is not None and rule.name_zh else tag_id
 
     # --- steps --------------------------------------------------------------------------------
 
@@ -172,6 +202,8 @@ class Engine:
                 state.birthday = event.birthday
         elif isinstance(event, WecomFriendAdded):
             self._bind_guide(state, event.guide_id, event.external_userid)
+        elif isinstance(event, ConsentChanged):
+            state.marketing = event.marketing
         elif isinstance(event, WecomFriendRemoved):
             state.guides = [g for g in state.guides if not (
                 g.userid == event.guide_id and g.external_userid in (event.external_userid, None))]

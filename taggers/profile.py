@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from schemas.changes import Guide
-from schemas.profile import HeldTag, OrderTotals, Profile, Rfm
+from schemas.profile import Consent, HeldTag, OrderTotals, Profile, Rfm
 from taggers.rules import RulePack
 from taggers.state import MemberState
 
@@ -42,6 +42,7 @@ def render_profile(state: MemberState, pack: RulePack) -> Profile:
         rules_version=state.rules_version,
         next_deadline=at(state.next_deadline),
         as_of=at(state.watermark),
+        consent=Consent(marketing=state.marketing),
         **loyalty,
     )
 
@@ -58,7 +59,8 @@ def _tag(tag_id: str, held: Any, pack: RulePack,
     rule = pack.tag(tag_id)
     return HeldTag(id=tag_id, name_zh=rule.name_zh if rule else tag_id,
                    family=rule.family if rule else None, since=at(held.since),
-                   rule_version=held.rules_version, evidence=held.evidence)
+                   rule_version=held.rules_version, evidence=held.evidence,
+                   source=held.source)  # type: ignore[arg-type]
 
 
 def _level(letter: str) -> Any:

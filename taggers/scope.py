@@ -41,6 +41,7 @@ _PAID = frozenset({"order.paid"})
 _REFUNDED = frozenset({"order.refunded"})
 _GUIDES = frozenset({"interaction.wecom_friend_added", "interaction.wecom_friend_removed",
                      "order.paid"})
+_CONSENT = frozenset({"interaction.consent_changed"})
 _ANY = frozenset({ANY_EVENT})
 
 
@@ -66,6 +67,7 @@ def state_fields() -> dict[str, Field]:
         "guides.wecom_count": Field(
             NUM, lambda ctx: sum(1 for g in ctx.state.guides if g.external_userid),
             inputs=_GUIDES),
+        "consent.marketing": Field(BOOL, lambda ctx: ctx.state.marketing, inputs=_CONSENT),
         "event.type": Field(
             STR, lambda ctx: ctx.event.event_type if ctx.event is not None else None,
             nullable=True, inputs=_ANY),

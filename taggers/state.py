@@ -56,6 +56,7 @@ class HeldTag(msgspec.Struct, array_like=True, gc=False):
     rules_version: str
     evidence: dict[str, object] = {}
     until: int | None = None  # a tag with a ttl is held at least until then
+    source: str = "rule"  # where the tag came from: rule, guide, wecom or import
 
 
 class MemberState(msgspec.Struct, array_like=True, gc=False):
@@ -81,6 +82,7 @@ class MemberState(msgspec.Struct, array_like=True, gc=False):
     # flat [unit index, deadline, ...]: when each rule unit can next change by time alone, so
     # a deadline re-evaluates only the rules due then (indexes of the pack `rules_version`)
     unit_deadlines: list[int] = []
+    marketing: bool = True  # consent to marketing (interaction.consent_changed)
 
 
 _encoder = msgspec.msgpack.Encoder()

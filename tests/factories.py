@@ -1,4 +1,4 @@
-"""Builders of valid events for tests: each call returns a decoded, typed event."""
+"""Builders of valid events (each call returns a decoded, typed event) and records for tests."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ from typing import Any
 
 import orjson
 
+from schemas.changes import TagChange
 from schemas.decode import decode_event
 from schemas.events import Event
+from schemas.wecom import PairMark, WecomMarks
 
 _ids = itertools.count(1)
 
@@ -38,3 +40,14 @@ def paid(at: str, amount_fen: int, member: str = "M1", **fields: Any) -> Event:
 
 def joined(at: str, member: str = "M1", **fields: Any) -> Event:
     return event("interaction.member_joined", at, member, **fields)
+
+
+def marks_for_change(change: TagChange) -> WecomMarks:
+    """The wecom.marks record that carries one tag change to each pair the change names (a
+    guide without an external_userid is no pair)."""
+    edit = {"add": (change.tag,)} if change.op == "added" else {"remove": (change.tag,)}
+    return WecomMarks(
+        mark_id=change.change_id, member_id=change.member_id, reasons=("tags",),
+        marks=tuple(PairMark(userid=g.userid, external_userid=g.external_userid or "", **edit)
+                    for g in change.guides),
+        names={change.tag: change.name_zh}, cause=change.cause, at=change.at)

@@ -22,12 +22,15 @@ TIER_CHANGES_TOPIC = "tiers.changes"
 # Each member's current profile (DESIGN.md shape), keyed by member_id, compacted: what the
 # Redis sink serves from, so a Redis outage never stalls tagging and Redis catches up after.
 PROFILES_TOPIC = "members.profiles"
+# What each member's WeCom customers must add and remove (schemas/wecom.py), keyed by
+# member_id: the WeCom sync's only input.
+WECOM_MARKS_TOPIC = "wecom.marks"
 # Internal: events that arrived on the wrong partition (wrong or missing key, or a producer
 # with another partitioner) are forwarded here to their member's partition; timer ticks too.
 REROUTE_TOPIC = "tagstream-events.reroute"
 
 ALL_TOPIC_NAMES = EVENT_TOPICS + (DEADLETTER_TOPIC, TAG_CHANGES_TOPIC, TIER_CHANGES_TOPIC,
-                                  PROFILES_TOPIC, REROUTE_TOPIC)
+                                  PROFILES_TOPIC, REROUTE_TOPIC, WECOM_MARKS_TOPIC)
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,7 @@ class TopicNames:
     tier_changes: str
     profiles: str
     reroute: str
+    wecom_marks: str
     # Derived: the three event topics (in EVENT_TOPICS order), those and the re-route topic
     # (what the member agent consumes), and every topic (in ALL_TOPIC_NAMES order).
     events: tuple[str, str, str] = field(init=False, repr=False, compare=False)
@@ -53,7 +57,7 @@ class TopicNames:
     def __post_init__(self) -> None:
         events = (self.orders, self.interactions, self.scans)
         every = events + (self.deadletter, self.tag_changes, self.tier_changes, self.profiles,
-                          self.reroute)
+                          self.reroute, self.wecom_marks)
         object.__setattr__(self, "events", events)
         object.__setattr__(self, "inbound", events + (self.reroute,))
         object.__setattr__(self, "all", every)

@@ -36,6 +36,7 @@ from streams.worker.state_store import MemberStore, StagedBatch, StagedStates
 from taggers.clock import to_epoch
 from taggers.engine import Engine, Outcome
 from schemas.profile import encode_profile
+from schemas.wecom import encode_marks
 from taggers.profile import render_profile
 from taggers.state import MemberState, decode_state, encode_state
 
@@ -103,7 +104,8 @@ class MemberProcessor:
         self.clocks = clocks
         self.partitions = partitions
         self.names = names
-        self._member_outputs = (names.tag_changes, names.tier_changes)  # made from a state
+        # made from a state
+        self._member_outputs = (names.tag_changes, names.tier_changes, names.wecom_marks)
         self.deadlines = DeadlineIndex()
         self.pending = ReorderBuffer()
         self.counters = Counters()
@@ -314,6 +316,9 @@ class MemberProcessor:
             self._records.append(
                 Record(self.names.tier_changes, partition, key, encode_change(tier_change)))
             self.tally.add(metrics.TIER_CHANGES, tier_change.type)
+        for marks in outcome.marks:
+            self._records.append(
+                Record(self.names.wecom_marks, partition, key, encode_marks(marks)))
         self.counters.tag_changes += len(outcome.changes)
         self.deadlines.push(partition, state.next_deadline, state.member_id)
 

@@ -9,11 +9,13 @@ and the final profile of every member on `members.profiles` must equal the dry r
 from __future__ import annotations
 
 import time
+from collections import defaultdict
 
-import orjson
 import msgspec
+import orjson
 import pytest
 
+from schemas.wecom import decode_marks
 from streams.ops.replay import replay
 from streams.platform.topics import topic_names
 from streams.tools.generate import generate_events, write_jsonl
@@ -21,6 +23,7 @@ from taggers.dryrun import dry_run
 from taggers.engine import Engine
 from taggers.profile import render_profile
 from taggers.rules import load_rules
+from taggers.wecom import pairs_of
 from tests.support.kafka import (
     assert_same_ids,
     assert_same_profiles,
@@ -71,6 +74,9 @@ async def test_stream_and_dryrun_agree_on_tags_tiers_points_and_profiles(stack, 
         profile_records = await read_topic(
             stack.broker_bootstrap, names.profiles, worker=worker, timeout=120,
             until=latest_by_key_equals(expected_profiles))
+        mark_records = await read_topic(
+            stack.broker_bootstrap, names.wecom_marks, worker=worker, timeout=120,
+            until=lambda new: False, idle_s=5)
     print(f"\n{result.events} events, {MEMBERS} members, {DAYS} days: dry run {dryrun_s:.1f} s, "
           f"stream {stream_s:.1f} s ({result.events / stream_s:.0f} events/s), "
           f"{len(expected_tags)} tag changes, {len(expected_tiers)} tier/points changes")
@@ -81,6 +87,15 @@ async def test_stream_and_dryrun_agree_on_tags_tiers_points_and_profiles(stack, 
     assert_same_ids((c["change_id"] for c in values(tier_records)), expected_tiers,
                     "tier change ids")
     assert_same_profiles(_latest(profile_records), expected_profiles)
+    # Every WeCom customer ends with exactly its member's tags once the marks are applied in
+    # the order the worker wrote them (a member's records share one partition).
+    wecom: dict = defaultdict(set)
+    for record in mark_records:
+        for mark in decode_marks(record.value).marks:
+            wecom[(mark.userid, mark.external_userid)].update(mark.add)
+            wecom[(mark.userid, mark.external_userid)].difference_update(mark.remove)
+    pairs = {pair: state for state in expected.states.values() for pair in pairs_of(state)}
+    assert pairs and {p: wecom[p] for p in pairs} == {p: set(s.tags) for p, s in pairs.items()}
 
 
 def _latest(records) -> dict:

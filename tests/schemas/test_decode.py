@@ -35,6 +35,7 @@ REQUIRED_EXTRA: dict[str, dict[str, Any]] = {
     "order.refunded": {"order_id": "T20240301-1", "amount_fen": 149900},
     "interaction.wecom_friend_added": WECOM,
     "interaction.wecom_friend_removed": WECOM,
+    "interaction.consent_changed": {"marketing": False},
     "scan.verified": SCAN,
     "scan.cap_opened": SCAN,
 }
@@ -115,6 +116,8 @@ VALID = [
                  ev.WecomFriendAdded, WECOM, id="interaction.wecom_friend_added"),
     pytest.param(INTERACTIONS_TOPIC, event("interaction.wecom_friend_removed"),
                  ev.WecomFriendRemoved, WECOM, id="interaction.wecom_friend_removed"),
+    pytest.param(INTERACTIONS_TOPIC, event("interaction.consent_changed"),
+                 ev.ConsentChanged, {"marketing": False}, id="interaction.consent_changed"),
     pytest.param(SCANS_TOPIC, event("scan.verified", province="贵州", city="遵义"),
                  ev.ScanVerified, {**SCAN, "province": "贵州", "city": "遵义", "batch": None},
                  id="scan.verified"),

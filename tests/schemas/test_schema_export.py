@@ -23,6 +23,7 @@ REQUIRED_EXTRA: dict[str, dict[str, Any]] = {
     "order.refunded": {"order_id": "T1", "amount_fen": 149900},
     "interaction.wecom_friend_added": {"guide_id": "zhangsan", "external_userid": "wmAbC"},
     "interaction.wecom_friend_removed": {"guide_id": "zhangsan", "external_userid": "wmAbC"},
+    "interaction.consent_changed": {"marketing": False},
     "scan.verified": {"code_id": "C-1", "sku": "MT-53-500", "category": "baijiu"},
     "scan.cap_opened": {"code_id": "C-1", "sku": "MT-53-500", "category": "baijiu"},
 }

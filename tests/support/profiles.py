@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 
 from schemas.changes import Guide
-from schemas.profile import HeldTag, OrderTotals, Profile
+from schemas.profile import Consent, HeldTag, OrderTotals, Profile
 
 EVIDENCE = {
     "member": {"joined": True},
@@ -36,4 +36,5 @@ def make_profile(member_id: str, *, tags: list[str] = (), guides: list[str] = ()
         rules_version="2024-03-01.1",
         next_deadline=None,
         as_of=as_of,
+        consent=Consent(marketing=True),
     ))

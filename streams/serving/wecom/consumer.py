@@ -1,4 +1,4 @@
-"""`tagstream wecom-sync`: tags.changes in, WeCom customer tags out, offsets committed only
+"""`tagstream wecom-sync`: wecom.marks in, WeCom customer tags out, offsets committed only
 behind changes that WeCom has applied.
 
 A thin adapter (STYLE.md rule 2): it decodes records, hands them to `streams.serving.wecom.sync`,
@@ -35,7 +35,7 @@ from mode import Service
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
-from schemas.changes import TagChange
+from schemas.wecom import decode_marks
 from schemas.errors import TagstreamError
 from streams.platform.kafka_clients import kafka_consumer
 from streams.platform.metrics import CONSUMER_LAG
@@ -46,8 +46,6 @@ from streams.serving.wecom.client import WeComClient, WeComError
 from streams.serving.wecom.sync import OffsetTracker, TagMapper, WeComSync
 
 log = logging.getLogger(__name__)
-
-_decoder = msgspec.json.Decoder(TagChange)
 
 
 def wecom_group_id(settings: Settings) -> str:
@@ -74,7 +72,7 @@ class _Rebalance(ConsumerRebalanceListener):
 
 
 class WeComSyncService(Service):
-    """Consumes tags.changes in group `<app_id>-wecom` and keeps WeCom tags in step."""
+    """Consumes wecom.marks in group `<app_id>-wecom` and keeps WeCom tags in step."""
 
     def __init__(self, settings: Settings, *, client: WeComClient | None = None,
                  commit_interval_s: float = 1.0, max_pending: int = 20_000,
@@ -112,7 +110,7 @@ class WeComSyncService(Service):
             client_id=self.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
             session_timeout_ms=10_000, heartbeat_interval_ms=1_000, rebalance_timeout_ms=6_000,
             max_poll_interval_ms=300_000, **kafka_client_kwargs(self.settings))
-        self.consumer.subscribe([topic_names(self.settings).tag_changes],
+        self.consumer.subscribe([topic_names(self.settings).wecom_marks],
                                 listener=_Rebalance(self))
         await self.consumer.start()
         await self.sync.start()
@@ -141,7 +139,7 @@ class WeComSyncService(Service):
             try:
                 batch = await self.consumer.getmany(timeout_ms=200, max_records=2000)
             except KafkaError as exc:  # aiokafka reconnects by itself; keep polling
-                log.warning("WeCom sync: fetching tags.changes failed (%s); retrying", exc)
+                log.warning("WeCom sync: fetching wecom.marks failed (%s); retrying", exc)
                 await asyncio.sleep(1.0)
                 continue
             if generation == self._generation:  # else: fetched across a rebalance; re-read
@@ -160,11 +158,11 @@ class WeComSyncService(Service):
         tracker.add(record.offset)
         ticket = (self._generation, tp, record.offset)
         try:
-            change = _decoder.decode(record.value)
+            change = decode_marks(record.value)
         except (msgspec.DecodeError, TypeError) as exc:
             # Not ours to fix (the worker writes this topic); never retried, so never blocking.
             self.undecodable += 1
-            log.error("%s:%s:%s is not a tag change (%s); skipped", tp.topic, tp.partition,
+            log.error("%s:%s:%s is not a wecom.marks record (%s); skipped", tp.topic, tp.partition,
                       record.offset, exc)
             tracker.done(record.offset)
             return

@@ -1,8 +1,8 @@
-"""Which WeCom mark_tag calls a stream of tag changes needs, and making them without losing one.
+"""Which WeCom mark_tag calls the `wecom.marks` records need, and making them without losing one.
 
-A tag change (`tags.changes`) names a member's guides; WeCom tags belong to a (guide userid,
-customer external_userid) pair, so each pair with an external_userid needs its own mark_tag
-call (DESIGN.md "WeCom facts"). The rules this module keeps:
+A record (schemas/wecom.py) names, per (guide userid, customer external_userid) pair, the tags
+to add and to remove; each pair needs its own mark_tag call (DESIGN.md "WeCom facts"). The
+rules this module keeps:
 
 - **Mapping.** Tag `high_value` is the corp tag named by its `name_zh` (at most 30 characters)
   in the group "自动标签". Missing corp tags are created with add_corp_tag; ids are cached and
@@ -37,7 +37,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Iterable, Mapping, NamedTuple, Protocol
 
-from schemas.changes import TagChange
+from schemas.wecom import WecomMarks
 from streams.platform.backoff import backoff_delay
 from streams.serving.wecom.client import WeComError
 
@@ -72,31 +72,34 @@ def corp_tag_name(tag: str, name_zh: str) -> str:
     return f"{name[:MAX_TAG_NAME - len(digest) - 1]}~{digest}"
 
 
-def pairs_of(change: TagChange) -> tuple[Pair, ...]:
-    """The (guide, customer) pairs a change must be marked on: guides without an
-    external_userid (not a WeCom contact) are skipped, duplicates dropped, order kept."""
-    seen: dict[Pair, None] = {}
-    for guide in change.guides:
-        if guide.userid and guide.external_userid:
-            seen.setdefault(Pair(guide.userid, guide.external_userid), None)
-    return tuple(seen)
+def pair_edits(record: WecomMarks) -> dict[Pair, list[tuple[str, str]]]:
+    """Per pair of the record, its (tag, op) edits in order: adds, then removes. Marks
+    without an external_userid are skipped; a pair named twice keeps both, in order."""
+    edits: dict[Pair, list[tuple[str, str]]] = {}
+    for mark in record.marks:
+        if mark.userid and mark.external_userid:
+            ops = edits.setdefault(Pair(mark.userid, mark.external_userid), [])
+            ops.extend((tag, "added") for tag in mark.add)
+            ops.extend((tag, "removed") for tag in mark.remove)
+    return edits
 
 
 class PairPending:
     """The not-yet-sent desired state of one pair: tag -> op, last write wins."""
 
-    __slots__ = ("ops", "names", "tickets", "since")
+    __slots__ = ("ops", "names", "tickets", "since", "edits")
 
     def __init__(self, since: float) -> None:
         self.ops: dict[str, str] = {}
         self.names: dict[str, str] = {}
         self.tickets: list[Ticket] = []
         self.since = since  # when the oldest change in here arrived
+        self.edits = 0  # (tag, op) edits applied, before last-write-wins folded them
 
-    def apply(self, tag: str, op: str, name_zh: str, ticket: Ticket) -> None:
+    def apply(self, tag: str, op: str, name_zh: str) -> None:
         self.ops[tag] = op
         self.names[tag] = name_zh
-        self.tickets.append(ticket)
+        self.edits += 1
 
     def absorb_older(self, older: "PairPending") -> None:
         """Put back a batch that failed: its ops count only where nothing newer arrived."""
@@ -106,6 +109,7 @@ class PairPending:
                 self.names[tag] = older.names[tag]
         self.tickets[:0] = older.tickets
         self.since = min(self.since, older.since)
+        self.edits += older.edits
 
     def added(self) -> list[str]:
         return [tag for tag, op in self.ops.items() if op == "added"]
@@ -114,13 +118,13 @@ class PairPending:
         return [tag for tag, op in self.ops.items() if op == "removed"]
 
 
-def coalesce(changes: Iterable[TagChange]) -> dict[Pair, dict[str, str]]:
-    """What one round of calls would send for `changes` in arrival order: per pair, each tag's
-    last op. The reference the sync's behaviour is tested against."""
+def coalesce(records: Iterable[WecomMarks]) -> dict[Pair, dict[str, str]]:
+    """What one round of calls would send for `records` in arrival order: per pair, each
+    tag's last op. The reference the sync's behaviour is tested against."""
     out: dict[Pair, dict[str, str]] = {}
-    for change in changes:
-        for pair in pairs_of(change):
-            out.setdefault(pair, {})[change.tag] = change.op
+    for record in records:
+        for pair, ops in pair_edits(record).items():
+            out.setdefault(pair, {}).update(ops)
     return out
 
 
@@ -248,14 +252,14 @@ class TagMapper:
 
 @dataclass
 class SyncStats:
-    changes: int = 0        # changes submitted
-    done: int = 0           # changes whose pairs all succeeded (or were unreachable)
-    without_pairs: int = 0  # changes naming no guide with an external_userid
+    changes: int = 0        # wecom.marks records submitted
+    done: int = 0           # records whose pairs all succeeded (or were unreachable)
+    without_pairs: int = 0  # records naming no pair with an external_userid
     marks: int = 0          # successful mark_tag calls
     failed_marks: int = 0   # mark_tag calls that failed after the client's retries; re-queued
     unreachable: int = 0    # pair-changes dropped because WeCom says the pair does not exist
     max_batch: int = 0      # most tags in one mark_tag call
-    coalesced: int = 0      # pair-changes that shared a call with a later change of the pair
+    coalesced: int = 0      # tag edits folded into a later edit of the same tag and pair
     errors: dict[str, int] = field(default_factory=dict)
 
 
@@ -338,23 +342,25 @@ class WeComSync:
 
     # --- input ----------------------------------------------------------------------------------
 
-    def submit(self, change: TagChange, ticket: Ticket) -> None:
-        """Take a change (in arrival order); `on_done(ticket)` fires once it is applied."""
+    def submit(self, record: WecomMarks, ticket: Ticket) -> None:
+        """Take a record (in arrival order); `on_done(ticket)` fires once it is applied."""
         self.stats.changes += 1
-        pairs = pairs_of(change)
-        if not pairs:
+        edits = pair_edits(record)
+        if not edits:
             self.stats.without_pairs += 1
             self._finish(ticket)
             return
-        self._remaining[ticket] = self._remaining.get(ticket, 0) + len(pairs)
+        self._remaining[ticket] = self._remaining.get(ticket, 0) + len(edits)
         now = self._clock()
-        for pair in pairs:
+        for pair, ops in edits.items():
             state = self._pairs.get(pair)
             if state is None:
                 state = self._pairs[pair] = _PairState()
             if state.pending is None:
                 state.pending = PairPending(now)
-            state.pending.apply(change.tag, change.op, change.name_zh, ticket)
+            for tag, op in ops:
+                state.pending.apply(tag, op, record.names.get(tag, ""))
+            state.pending.tickets.append(ticket)
             if not state.in_flight and not state.queued and state.timer is None:
                 self._schedule(pair, state, self.coalesce_s)
 
@@ -425,7 +431,7 @@ class WeComSync:
             self.stats.errors["internal"] = self.stats.errors.get("internal", 0) + 1
             return "retry"
         self.stats.max_batch = max(self.stats.max_batch, len(batch.ops))
-        self.stats.coalesced += len(batch.tickets) - len(batch.ops)
+        self.stats.coalesced += batch.edits - len(batch.ops)
         return "ok"
 
     def _settle(self, pair: Pair, state: _PairState, batch: PairPending, outcome: str) -> None:

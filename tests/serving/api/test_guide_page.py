@@ -82,7 +82,7 @@ async def test_guide_signs_in_sees_a_live_change_and_opens_the_evidence(stack, b
                 "evidence": {"spend_fen[365d]": 612000, "refund_fen[365d]": 0},
                 "at": "2024-03-01T12:00:00+08:00",
                 "guides": [{"userid": "zhang", "external_userid": "wmzhang"}],
-                "name_zh": "高价值", "family": "transaction"}
+                "name_zh": "高价值", "family": "transaction", "source": "rule"}
             other = {**change, "change_id": "chg-browser-2", "member_id": "M000777",
                      "guides": [{"userid": "li", "external_userid": "wmli"}]}
             tier = {"change_id": "tier-browser-1", "member_id": "M000123",
@@ -99,7 +99,7 @@ async def test_guide_signs_in_sees_a_live_change_and_opens_the_evidence(stack, b
             item = page.locator('li.change[data-change="chg-browser-1"]')
             await item.wait_for(timeout=15_000)
             text = await item.inner_text()
-            assert "高价值" in text and "新增标签" in text
+            assert "高价值" in text and "新增标签" in text and "来源：规则" in text
             assert "近365天消费金额 ¥6,120.00" in text
             await page.locator('li.change[data-change="tier-browser-1"]').wait_for(timeout=15_000)
             assert "等级升级" in await page.inner_text("#feed")
@@ -110,10 +110,12 @@ async def test_guide_signs_in_sees_a_live_change_and_opens_the_evidence(stack, b
             await held.wait_for()
             held_text = await held.inner_text()
             assert "高价值" in held_text and "近365天消费金额" in held_text
+            assert "来源：规则" in held_text
             assert "¥6,120.00" in held_text
             profile_text = await page.inner_text("#profile")
             assert "复购客" in profile_text and "近365天支付订单：3 单" in profile_text
             assert "累计消费" in profile_text and "¥6,120.00" in profile_text
+            assert "营销同意" in profile_text and "同意" in profile_text
 
             # Another guide's member: refused, and the page says so.
             await page.fill("#member-input", "M000777")

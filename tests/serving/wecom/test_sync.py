@@ -16,9 +16,11 @@ from typing import Any, Iterable
 import pytest
 
 from schemas.changes import Guide, TagChange
+from schemas.wecom import PairMark, WecomMarks
 from streams.serving.wecom.client import WeComError, WeComUnavailable
 from streams.serving.wecom.sync import (GROUP_NAME, OffsetTracker, Pair, PairPending, TagMapper,
-                                WeComSync, coalesce, corp_tag_name, group_tag_ids, pairs_of)
+                                WeComSync, coalesce, corp_tag_name, group_tag_ids, pair_edits)
+from tests.factories import marks_for_change
 
 # --- helpers -----------------------------------------------------------------------------------
 
@@ -26,13 +28,15 @@ _seq = itertools.count()
 
 
 def change(tag: str, op: str, *guides: tuple[str, str | None], member: str = "M1",
-           name_zh: str | None = None) -> TagChange:
+           name_zh: str | None = None) -> WecomMarks:
+    """The wecom.marks record of one tag change to each of `guides`' pairs."""
     n = next(_seq)
-    return TagChange(change_id=f"c{n}", member_id=member, tag=tag, op=op,  # type: ignore[arg-type]
-                     rule_id=tag, rules_version="t", cause={"event_id": f"e{n}"}, evidence={},
-                     at="2024-03-01T12:00:00+08:00",
-                     guides=tuple(Guide(userid=u, external_userid=e) for u, e in guides),
-                     name_zh=name_zh if name_zh is not None else f"标签{tag}")
+    return marks_for_change(TagChange(
+        change_id=f"c{n}", member_id=member, tag=tag, op=op,  # type: ignore[arg-type]
+        rule_id=tag, rules_version="t", cause={"event_id": f"e{n}"}, evidence={},
+        at="2024-03-01T12:00:00+08:00",
+        guides=tuple(Guide(userid=u, external_userid=e) for u, e in guides),
+        name_zh=name_zh if name_zh is not None else f"标签{tag}"))
 
 
 def collapse(values: Iterable[Any]) -> list[Any]:
@@ -134,8 +138,8 @@ class MemoryWeCom:
                 if tags}
 
 
-def expected_names(changes: list[TagChange]) -> dict[Pair, set[str]]:
-    names = {c.tag: corp_tag_name(c.tag, c.name_zh) for c in changes}
+def expected_names(changes: list[WecomMarks]) -> dict[Pair, set[str]]:
+    names = {tag: corp_tag_name(tag, name) for c in changes for tag, name in c.names.items()}
     out = {pair: {names[tag] for tag, op in ops.items() if op == "added"}
            for pair, ops in coalesce(changes).items()}
     return {pair: tags for pair, tags in out.items() if tags}
@@ -187,9 +191,20 @@ def test_corp_tag_name_cuts_long_names_to_30_and_keeps_them_apart() -> None:
     assert a.startswith(long[:20])
 
 
-def test_pairs_of_skips_guides_without_external_userid_and_duplicates() -> None:
+def test_pair_edits_skip_marks_without_external_userid_and_merge_a_pair_named_twice() -> None:
     c = change("t", "added", ("g1", "wmA"), ("g2", None), ("g3", ""), ("g1", "wmA"), ("g4", "wmA"))
-    assert pairs_of(c) == (Pair("g1", "wmA"), Pair("g4", "wmA"))
+    assert pair_edits(c) == {Pair("g1", "wmA"): [("t", "added"), ("t", "added")],
+                             Pair("g4", "wmA"): [("t", "added")]}
+
+
+def test_pair_edits_give_adds_then_removes_of_each_pair() -> None:
+    record = WecomMarks(mark_id="m", member_id="M1", reasons=("tags", "pair_added"), marks=(
+        PairMark(userid="g1", external_userid="wm", add=("a", "b"), remove=("c",)),
+        PairMark(userid="g2", external_userid="wm", add=("a", "b", "d"))),
+        names={t: t for t in "abcd"}, cause={"event_id": "e"}, at="2024-03-01T12:00:00+08:00")
+    assert pair_edits(record) == {
+        Pair("g1", "wm"): [("a", "added"), ("b", "added"), ("c", "removed")],
+        Pair("g2", "wm"): [("a", "added"), ("b", "added"), ("d", "added")]}
 
 
 @pytest.mark.parametrize("ops, expected", [
@@ -208,14 +223,16 @@ def test_coalesce_keeps_the_last_op_per_pair_and_tag(ops: list[tuple[str, str]],
 
 def test_pair_pending_put_back_batch_loses_to_newer_ops() -> None:
     older = PairPending(since=1.0)
-    older.apply("a", "added", "A", "t1")
-    older.apply("b", "added", "B", "t2")
+    older.apply("a", "added", "A")
+    older.apply("b", "added", "B")
+    older.tickets += ["t1", "t2"]
     newer = PairPending(since=2.0)
-    newer.apply("a", "removed", "A", "t3")
+    newer.apply("a", "removed", "A")
+    newer.tickets.append("t3")
     newer.absorb_older(older)
     assert newer.ops == {"a": "removed", "b": "added"}
     assert newer.tickets == ["t1", "t2", "t3"]
-    assert newer.since == 1.0
+    assert newer.since == 1.0 and newer.edits == 3
     assert sorted(newer.added()) == ["b"] and newer.removed() == ["a"]
 
 
@@ -444,7 +461,8 @@ async def test_random_changes_and_failures_end_in_the_last_op_of_every_pair_and_
     assert api.names() == expected_names(changes)
     ops: dict[tuple[Pair, str], list[bool]] = defaultdict(list)
     for c in changes:
-        for pair in pairs_of(c):
-            ops[(pair, corp_tag_name(c.tag, c.name_zh))].append(c.op == "added")
+        for pair, edits in pair_edits(c).items():
+            for tag, op in edits:
+                ops[(pair, corp_tag_name(tag, c.names[tag]))].append(op == "added")
     for key, applied in api.history.items():
         assert is_subsequence(collapse(applied), collapse(ops[key])), key

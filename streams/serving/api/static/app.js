@@ -300,6 +300,14 @@ function memberButton(memberId) {
                         onclick: () => openProfile(memberId) }, memberId);
 }
 
+// Where a tag came from (DESIGN.md "Tag change": source).
+const SOURCE = { rule: "规则", guide: "导购打标", wecom: "企微打标", import: "活动导入" };
+
+function sourceChip(source) {
+  const key = source || "rule";
+  return el("span", { class: "chip source", "data-source": key }, `来源：${SOURCE[key] || key}`);
+}
+
 function causeText(cause) {
   if (!cause) return "";
   if (cause.timer) return "定时规则到期";
@@ -317,7 +325,8 @@ function tagItem(change) {
       memberButton(change.member_id),
       el("span", { class: `badge ${added ? "added" : "removed"}` }, added ? "新增标签" : "移除标签"),
       el("span", { class: "tag-name" }, name),
-      el("span", { class: "tag-id" }, change.tag)),
+      el("span", { class: "tag-id" }, change.tag),
+      sourceChip(change.source)),
     el("div", { class: "why" }, why));
 }
 
@@ -404,6 +413,8 @@ function renderProfile(p) {
     orders.refund_fen ? ["累计退款", formatMoney(orders.refund_fen)] : null,
     orders.last_at ? ["最近下单", formatTime(orders.last_at, true)] : null,
     ["专属导购", (p.guides || []).map((g) => g.userid).join("、") || "—"],
+    ["营销同意", p.consent && p.consent.marketing === false
+      ? "已撤回（企微不显示标签）" : "同意"],
     ["数据截至", formatTime(p.as_of, true)],
   ].filter(Boolean);
   const tags = (p.tags || []).map((held) => {
@@ -413,7 +424,8 @@ function renderProfile(p) {
         el("span", {},
           el("span", { class: "tag-name" }, tagName(held.id)), " ",
           el("span", { class: "tag-id" }, held.id), " ",
-          tag ? el("span", { class: "chip" }, FAMILY[tag.family] || tag.family) : null),
+          tag ? el("span", { class: "chip" }, FAMILY[tag.family] || tag.family) : null, " ",
+          sourceChip(held.source)),
         el("span", { class: "held-since" }, `自 ${formatTime(held.since, true)}`)),
       evidenceList(held.evidence) || el("p", { class: "muted small" }, "无证据记录"));
   });
