@@ -139,6 +139,13 @@ class ConsentChanged(Interaction, tag="interaction.consent_changed", kw_only=Tru
     marketing: bool
 
 
+class ErasureRequested(Interaction, tag="interaction.erasure_requested", kw_only=True):
+    """Delete the member (PIPL): their state, served profile and tagstream's tags in WeCom.
+    `request_id` names the request (e.g. the privacy desk's ticket) in the erasure record."""
+
+    request_id: ShortName | None = None
+
+
 class WecomFriendAdded(Interaction, tag="interaction.wecom_friend_added", kw_only=True):
     guide_id: ShortName
     external_userid: Code
@@ -174,7 +181,7 @@ OrderEvent = Union[OrderPaid, OrderRefunded]
 InteractionEvent = Union[
     MemberJoined, SignIn, Share, CouponClaimed, CouponRedeemed, Lottery, Browse, Review,
     FollowOfficialAccount, EventAttended, ProfileUpdated, WecomFriendAdded, WecomFriendRemoved,
-    ConsentChanged,
+    ConsentChanged, ErasureRequested,
 ]
 ScanEvent = Union[ScanVerified, CapOpened]
 AnyEvent = Union[OrderEvent, InteractionEvent, ScanEvent]

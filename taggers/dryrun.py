@@ -16,6 +16,7 @@ from schemas.changes import TagChange, TierChange, encode_change
 from schemas.decode import decode_event
 from schemas.errors import EventRejected
 from schemas.events import TIE_RANK_BY_TOPIC, TOPIC_BY_EVENT_TYPE, Event
+from schemas.erasure import Erasure
 from schemas.profile import encode_profile
 from schemas.wecom import WecomMarks
 from taggers.clock import to_epoch
@@ -30,6 +31,7 @@ class DryRunResult:
     changes: list[TagChange] = field(default_factory=list)
     tier_changes: list[TierChange] = field(default_factory=list)
     marks: list[WecomMarks] = field(default_factory=list)  # what wecom.marks would carry
+    erasures: list[Erasure] = field(default_factory=list)  # what members.erasures would carry
     rejected: list[tuple[int, str]] = field(default_factory=list)  # (line number, reason)
     duplicates: int = 0
     as_of: int | None = None
@@ -63,7 +65,11 @@ def dry_run(engine: Engine, lines: Iterable[bytes], as_of: int | None = None) ->
         except EventRejected as rejected:
             result.rejected.append((number, rejected.reason))
             continue
-        states[event.member_id] = outcome.state
+        if outcome.erasure is not None:
+            states.pop(event.member_id, None)
+            result.erasures.append(outcome.erasure)
+        else:
+            states[event.member_id] = outcome.state
         result.changes.extend(outcome.changes)
         result.tier_changes.extend(outcome.tier_changes)
         result.marks.extend(outcome.marks)

@@ -23,7 +23,8 @@ import msgspec
 from schemas.changes import Guide, TagChange, TierChange, change_id_for
 from schemas.errors import EventRejected
 from schemas.events import Event, MemberJoined, OrderPaid, OrderRefunded, ProfileUpdated
-from schemas.events import ConsentChanged, WecomFriendAdded, WecomFriendRemoved
+from schemas.erasure import Erasure, erasure_id_for, member_hash
+from schemas.events import ConsentChanged, ErasureRequested, WecomFriendAdded, WecomFriendRemoved
 from schemas.wecom import WecomMarks
 from taggers.clock import DAY, to_epoch
 from taggers.counters import TrackerDef
@@ -45,6 +46,8 @@ class Outcome:
     tier_changes: list[TierChange] = field(default_factory=list)  # for tiers.changes
     marks: list[WecomMarks] = field(default_factory=list)  # for wecom.marks
     duplicate: bool = False
+    # The member was erased: the state must be deleted (tombstones), this is the record.
+    erasure: Erasure | None = None
 
 
 def event_hash(event_id: str) -> int:
@@ -73,6 +76,8 @@ class Engine:
         return any(seen[i] == digest for i in range(0, len(seen), 2))
 
     def apply(self, state: MemberState | None, event: Event) -> Outcome:
+        if isinstance(event, ErasureRequested):
+            return self.erase(state, event)
         if state is None:
             state = MemberState(member_id=event.member_id)
         occurred = to_epoch(event.occurred_at)
@@ -95,6 +100,29 @@ class Engine:
         self._evaluate(state, event, now, cause, outcome.changes)
         if outcome.changes or isinstance(event, _MARKED_EVENTS):
             self._mark(before, outcome, cause)
+        return outcome
+
+    def erase(self, state: MemberState | None, event: ErasureRequested) -> Outcome:
+        """Forget the member: the caller deletes the state; every tag of theirs comes off
+        their WeCom customers; the erasure record names no one. A later event of the same
+        member id starts a new member."""
+        member_id = event.member_id
+        cause = {"event_id": event.event_id}
+        found = state is not None
+        state = state or MemberState(member_id=member_id)
+        before = view_of(state)
+        outcome = Outcome(state)
+        marks = plan_marks(member_id, before, before._replace(tags=frozenset()), self._name_of,
+                           cause, self.calendar.render(to_epoch(event.occurred_at)),
+                           reason="erasure")
+        if marks is not None:
+            outcome.marks.append(marks)
+        outcome.erasure = Erasure(
+            erasure_id=erasure_id_for(event.event_id), member_hash=member_hash(member_id),
+            request_event_id=event.event_id, request_id=event.request_id,
+            requested_at=self.calendar.render(to_epoch(event.occurred_at)), state_found=found,
+            tags_cleared=len(state.tags),
+            wecom_pairs_cleared=len(marks.marks) if marks is not None else 0)
         return outcome
 
     def reevaluate(self, state: MemberState, now: int) -> Outcome:

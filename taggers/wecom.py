@@ -34,9 +34,9 @@ def view_of(state: MemberState) -> WecomView:
 
 def plan_marks(member_id: str, before: WecomView, after: WecomView,
                name_of: Callable[[str], str], cause: dict[str, str],
-               at: str) -> WecomMarks | None:
+               at: str, reason: MarkReason | None = None) -> WecomMarks | None:
     """The record that takes every pair of `after` from `before` to `after`; None if none
-    has anything to change."""
+    has anything to change. `reason` names why, when the views alone cannot tell."""
     added = tuple(sorted(after.tags - before.tags))
     removed = tuple(sorted(before.tags - after.tags))
     full = tuple(sorted(after.tags))
@@ -48,10 +48,10 @@ def plan_marks(member_id: str, before: WecomView, after: WecomView,
             if added or removed:
                 marks.append(PairMark(userid=userid, external_userid=external_userid,
                                       add=added, remove=removed))
-                reason: MarkReason = ("consent" if before.marketing != after.marketing
-                                      else "tags")
-                if reason not in reasons:
-                    reasons.append(reason)
+                why: MarkReason = reason or ("consent" if before.marketing != after.marketing
+                                             else "tags")
+                if why not in reasons:
+                    reasons.append(why)
         elif full:
             marks.append(PairMark(userid=userid, external_userid=external_userid, add=full))
             if "pair_added" not in reasons:

@@ -245,6 +245,27 @@ def backfill() -> None:
 
 
 @main.command()
+@click.argument("member_id")
+@click.option("--request-id", default=None, help="The requester's reference (e.g. a ticket), "
+                                                  "kept in the erasure record.")
+def erase(member_id: str, request_id: str | None) -> None:
+    """Delete a member: state, served profile, tagstream's tags in WeCom (PIPL erasure)."""
+    from streams.ops.erase import request_erasure
+    from streams.platform.topics import topic_names
+
+    settings = _settings()
+    try:
+        event_id = asyncio.run(request_erasure(
+            settings.broker_bootstrap, settings.partitions, member_id,
+            names=topic_names(settings), request_id=request_id,
+            security=_kafka_security(settings)))
+    except TagstreamError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"erasure of {member_id} requested ({event_id}); the worker records it on "
+               "members.erasures")
+
+
+@main.command()
 @click.option("--events", "events_path", required=True,
               type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--rules", "rules_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),

@@ -25,12 +25,14 @@ PROFILES_TOPIC = "members.profiles"
 # What each member's WeCom customers must add and remove (schemas/wecom.py), keyed by
 # member_id: the WeCom sync's only input.
 WECOM_MARKS_TOPIC = "wecom.marks"
+# One record per member erased (schemas/erasure.py), with no personal data.
+ERASURES_TOPIC = "members.erasures"
 # Internal: events that arrived on the wrong partition (wrong or missing key, or a producer
 # with another partitioner) are forwarded here to their member's partition; timer ticks too.
 REROUTE_TOPIC = "tagstream-events.reroute"
 
 ALL_TOPIC_NAMES = EVENT_TOPICS + (DEADLETTER_TOPIC, TAG_CHANGES_TOPIC, TIER_CHANGES_TOPIC,
-                                  PROFILES_TOPIC, REROUTE_TOPIC, WECOM_MARKS_TOPIC)
+                                  PROFILES_TOPIC, REROUTE_TOPIC, WECOM_MARKS_TOPIC, ERASURES_TOPIC)
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class TopicNames:
     profiles: str
     reroute: str
     wecom_marks: str
+    erasures: str
     # Derived: the three event topics (in EVENT_TOPICS order), those and the re-route topic
     # (what the member agent consumes), and every topic (in ALL_TOPIC_NAMES order).
     events: tuple[str, str, str] = field(init=False, repr=False, compare=False)
@@ -57,7 +60,7 @@ class TopicNames:
     def __post_init__(self) -> None:
         events = (self.orders, self.interactions, self.scans)
         every = events + (self.deadletter, self.tag_changes, self.tier_changes, self.profiles,
-                          self.reroute, self.wecom_marks)
+                          self.reroute, self.wecom_marks, self.erasures)
         object.__setattr__(self, "events", events)
         object.__setattr__(self, "inbound", events + (self.reroute,))
         object.__setattr__(self, "all", every)

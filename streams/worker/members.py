@@ -35,6 +35,7 @@ from streams.worker.sequence import Admission, DeliverySequence
 from streams.worker.state_store import MemberStore, StagedBatch, StagedStates
 from taggers.clock import to_epoch
 from taggers.engine import Engine, Outcome
+from schemas.erasure import encode_erasure
 from schemas.profile import encode_profile
 from schemas.wecom import encode_marks
 from taggers.profile import render_profile
@@ -53,6 +54,7 @@ class Counters:
     rerouted: int = 0
     tag_changes: int = 0
     timers_fired: int = 0
+    erased: int = 0
 
 
 # A batch is shipped this long after its first record or acknowledgement (the latency a quiet
@@ -105,7 +107,8 @@ class MemberProcessor:
         self.partitions = partitions
         self.names = names
         # made from a state
-        self._member_outputs = (names.tag_changes, names.tier_changes, names.wecom_marks)
+        self._member_outputs = (names.tag_changes, names.tier_changes, names.wecom_marks,
+                                names.erasures)
         self.deadlines = DeadlineIndex()
         self.pending = ReorderBuffer()
         self.counters = Counters()
@@ -117,7 +120,8 @@ class MemberProcessor:
         self.positions = self.sequence.next_offsets
         # The open batch.
         self._records: list[Record] = []
-        self._dirty: dict[bytes, tuple[int, MemberState]] = {}  # key -> (partition, state)
+        # key -> (partition, state); None for a member erased in this batch
+        self._dirty: dict[bytes, tuple[int, MemberState | None]] = {}
         self._acks: list[AckSlot] = []
         self.acks = OrderedAcks()
         self._opened_at: float | None = None
@@ -306,7 +310,8 @@ class MemberProcessor:
         state = outcome.state
         if self._opened_at is None:
             self._opened_at = self._monotonic()
-        self._dirty[key] = (partition, state)
+        # An erased member's entry is None: sealing writes tombstones for it.
+        self._dirty[key] = (partition, None if outcome.erasure is not None else state)
         for change in outcome.changes:
             self._records.append(
                 Record(self.names.tag_changes, partition, key, encode_change(change)))
@@ -320,6 +325,13 @@ class MemberProcessor:
             self._records.append(
                 Record(self.names.wecom_marks, partition, key, encode_marks(marks)))
         self.counters.tag_changes += len(outcome.changes)
+        if outcome.erasure is not None:
+            # keyed by the hash too: the record names no one, not even in its key
+            erasure = outcome.erasure
+            self._records.append(Record(self.names.erasures, partition,
+                                        erasure.member_hash.encode(), encode_erasure(erasure)))
+            self.counters.erased += 1
+            return
         self.deadlines.push(partition, state.next_deadline, state.member_id)
 
     def seal(self) -> SealedBatch | None:
@@ -335,6 +347,11 @@ class MemberProcessor:
         states: StagedStates = []
         changelog: list[Record] = []
         for key, (partition, state) in dirty.items():
+            if state is None:  # erased: tombstones delete it from the store and the sink
+                states.append((key, partition, None))
+                changelog.append(Record(self.changelog_topic, partition, key, None))
+                outputs.append(Record(self.names.profiles, partition, key, None))
+                continue
             raw = encode_state(state)
             states.append((key, partition, raw))
             changelog.append(Record(self.changelog_topic, partition, key, raw))

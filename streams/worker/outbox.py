@@ -19,7 +19,7 @@ class Record(NamedTuple):
     topic: str
     partition: int
     key: bytes | None
-    value: bytes
+    value: bytes | None  # None: a tombstone (an erased member's state and profile)
     headers: list[tuple[str, bytes]] | None = None
 
 

@@ -24,8 +24,8 @@ from faust.types import TP
 
 from streams.worker.outbox import DeliveredOffsets
 
-# (key, partition, encoded state) of each member a batch changed
-StagedStates = list[tuple[bytes, int, bytes]]
+# (key, partition, encoded state) of each member a batch changed; None: the member was erased
+StagedStates = list[tuple[bytes, int, bytes | None]]
 
 
 class MemberStore:
@@ -35,7 +35,8 @@ class MemberStore:
     def __init__(self, table: Any, changelog_topic: str) -> None:
         self.table = table
         self.changelog_topic = changelog_topic
-        self._in_flight: dict[bytes, tuple[int, bytes]] = {}  # key -> (partition, state)
+        # key -> (partition, state); a None state is an erasure not yet written
+        self._in_flight: dict[bytes, tuple[int, bytes | None]] = {}
         self._written: asyncio.Future[None] | None = None  # the last staged batch's write
 
     def get(self, key: bytes) -> bytes | None:
@@ -58,7 +59,7 @@ class MemberStore:
             if key not in self._in_flight:
                 yield key, raw
         yield from [(key, raw) for key, (owner, raw) in list(self._in_flight.items())
-                    if owner == partition]
+                    if owner == partition and raw is not None]
 
     def stage(self, states: StagedStates) -> "StagedBatch":
         """A sealed batch's states: readable now, written by `write` once delivered. Staging
@@ -94,14 +95,22 @@ class MemberStore:
             for key, partition, raw in states:
                 # Straight to the partition's database: the store's own __setitem__ takes the
                 # partition from the message being handled, which a batch does not have.
-                store._db_for_partition(partition).put(key, raw)  # noqa: SLF001
-                store._key_index[key] = partition  # noqa: SLF001
+                db = store._db_for_partition(partition)  # noqa: SLF001
+                if raw is None:
+                    db.delete(key)
+                    store._key_index.pop(key, None)  # noqa: SLF001
+                else:
+                    db.put(key, raw)
+                    store._key_index[key] = partition  # noqa: SLF001
             for (topic, partition), offset in delivered.items():
                 if topic == self.changelog_topic:
                     store.set_persisted_offset(TP(topic, partition), offset)
         else:
             for key, _, raw in states:
-                store[key] = raw
+                if raw is None:
+                    store.pop(key, None)
+                else:
+                    store[key] = raw
         for key, _, raw in states:
             staged = self._in_flight.get(key)
             if staged is not None and staged[1] is raw:  # not restaged by a later batch

@@ -36,6 +36,7 @@ REQUIRED_EXTRA: dict[str, dict[str, Any]] = {
     "interaction.wecom_friend_added": WECOM,
     "interaction.wecom_friend_removed": WECOM,
     "interaction.consent_changed": {"marketing": False},
+    "interaction.erasure_requested": {},
     "scan.verified": SCAN,
     "scan.cap_opened": SCAN,
 }
@@ -118,6 +119,9 @@ VALID = [
                  ev.WecomFriendRemoved, WECOM, id="interaction.wecom_friend_removed"),
     pytest.param(INTERACTIONS_TOPIC, event("interaction.consent_changed"),
                  ev.ConsentChanged, {"marketing": False}, id="interaction.consent_changed"),
+    pytest.param(INTERACTIONS_TOPIC, event("interaction.erasure_requested", request_id="T-7"),
+                 ev.ErasureRequested, {"request_id": "T-7"},
+                 id="interaction.erasure_requested"),
     pytest.param(SCANS_TOPIC, event("scan.verified", province="贵州", city="遵义"),
                  ev.ScanVerified, {**SCAN, "province": "贵州", "city": "遵义", "batch": None},
                  id="scan.verified"),

@@ -104,9 +104,12 @@ class Harness:
                              tier_changes=FakeTopic(names.tier_changes),
                              profiles=FakeTopic(names.profiles))
         self.changelog = FakeTopic(CHANGELOG_TOPIC)
+        self.wecom_marks = FakeTopic(names.wecom_marks)
+        self.erasures = FakeTopic(names.erasures)
         self.sender = FakeSender({t.name: t for t in (
             self.topics.reroute, self.topics.deadletter, self.topics.tag_changes,
-            self.topics.tier_changes, self.topics.profiles, self.changelog)})
+            self.topics.tier_changes, self.topics.profiles, self.changelog, self.wecom_marks,
+            self.erasures)})
         self.table = FakeTable()
         self.wall = wall
         self.monotonic = 0.0
@@ -764,3 +767,32 @@ async def test_after_a_revocation_a_partition_starts_wherever_it_is_sought_to() 
     h.processor.forget({p})
     await h.send(h.names.orders, second, p, offset=40)
     assert h.acked == [0, 40]
+
+
+async def test_an_erased_member_leaves_tombstones_and_a_later_event_starts_a_new_member() -> None:
+    h = Harness("wall", wall=2e9)
+    member = "M31"
+    key = member.encode()
+    await h.event(h.names.interactions, raw_event(
+        "interaction.member_joined", "2033-05-18T11:33:20+08:00", member=member))
+    await h.event(h.names.interactions, raw_event(
+        "interaction.wecom_friend_added", "2033-05-18T11:34:20+08:00", member=member,
+        guide_id="zhang", external_userid="wm31", channel="wecom"))
+    assert key in h.table and len(h.wecom_marks.sent) == 1  # the new pair got 会员
+    await h.event(h.names.interactions, raw_event(
+        "interaction.erasure_requested", "2033-05-18T11:35:20+08:00", member=member,
+        channel="ops"))
+    assert key not in h.table  # deleted from the store once delivered
+    assert h.changelog.sent[-1]["key"] == key and h.changelog.sent[-1]["value"] is None
+    assert h.topics.profiles.sent[-1]["key"] == key
+    assert h.topics.profiles.sent[-1]["value"] is None
+    removal = orjson.loads(h.wecom_marks.sent[-1]["value"])
+    assert removal["reasons"] == ["erasure"] and removal["marks"][0]["remove"]
+    [record] = [orjson.loads(r["value"]) for r in h.erasures.sent]
+    assert record["state_found"] and member.encode() not in h.erasures.sent[0]["value"]
+    assert h.erasures.sent[0]["key"] == record["member_hash"].encode()  # not the member id
+    # the same id again is a new member: joined only now, none of the old history
+    await h.event(h.names.orders, raw_event("order.paid", "2033-05-18T11:40:00+08:00",
+                                            member=member, amount_fen=500))
+    state = decode_state(h.table[key])
+    assert state.joined_at is None and state.orders.count == 1 and state.guides == []

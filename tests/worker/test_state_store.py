@@ -146,3 +146,18 @@ async def test_partition_items_of_a_dict_store_use_the_partition_rule() -> None:
     table = DictTable({b"A": b"a", b"B": b"b"})
     store = MemberStore(table, CHANGELOG)
     assert dict(store.partition_items(1, {b"A": 1, b"B": 0}.__getitem__)) == {b"A": b"a"}
+
+
+async def test_an_erased_member_reads_as_absent_at_once_and_leaves_rocksdb_when_written(
+        tmp_path: Path) -> None:
+    table = rocksdb_table(tmp_path)
+    changelog = table.changelog_topic.get_topic_name()
+    store = MemberStore(table, changelog)
+    await store.write(store.stage([(b"A", 1, b"a"), (b"B", 1, b"b")]), {(changelog, 1): 2})
+    batch = store.stage([(b"A", 1, None)])
+    assert store.get(b"A") is None  # in flight: already gone for later events
+    assert dict(store.partition_items(1, lambda key: 0)) == {b"B": b"b"}
+    assert table.data._db_for_partition(1).get(b"A") == b"a"  # noqa: SLF001 - not delivered
+    await store.write(batch, {(changelog, 1): 3})
+    assert table.data._db_for_partition(1).get(b"A") is None  # noqa: SLF001
+    assert store.get(b"A") is None and dict(store.partition_items(1, lambda k: 0)) == {b"B": b"b"}
