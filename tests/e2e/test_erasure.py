@@ -33,7 +33,7 @@ from tests.support.wecom_fake import FakeWeCom
 from tests.support.wecom_fake import wecom_fake  # noqa: F401 - the fixture
 from tests.support.wecom_sync import start_service, sync_settings
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 GONE, KEPT = "M-ERASE-1", "M-KEEP-2"
 

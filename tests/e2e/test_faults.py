@@ -155,7 +155,7 @@ async def test_killed_worker_is_taken_over_and_nothing_is_lost(stack, tmp_path):
 
 async def test_replaying_the_same_file_twice_changes_nothing(stack, tmp_path):
     path = tmp_path / "history.jsonl"
-    lines = history(path, members=300, days=400, seed=5)
+    lines = history(path, members=200, days=400, seed=5)
     expected_ids, expected_profiles = expected_of(*dry_run_of(stack, lines))
     names = topic_names(stack)
     await create_topics(stack)

@@ -36,9 +36,9 @@ from tests.support.wecom_sync import figures, start_service, sync_settings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-MEMBERS = int(os.environ.get("TAGSTREAM_PAIRS_MEMBERS", "300"))
-GUIDES = int(os.environ.get("TAGSTREAM_PAIRS_GUIDES", "60"))
-FRIEND_EVENTS = int(os.environ.get("TAGSTREAM_PAIRS_FRIEND_EVENTS", "200"))
+MEMBERS = int(os.environ.get("TAGSTREAM_PAIRS_MEMBERS", "150"))
+GUIDES = int(os.environ.get("TAGSTREAM_PAIRS_GUIDES", "40"))
+FRIEND_EVENTS = int(os.environ.get("TAGSTREAM_PAIRS_FRIEND_EVENTS", "120"))
 DAYS = 240
 
 
