@@ -244,6 +244,32 @@ def backfill() -> None:
     click.echo(f"asked {sent} partitions to re-evaluate their members")
 
 
+@main.command("wecom-reconcile")
+@click.option("--member", "member_id", default=None, help="Only this member (default: all).")
+def wecom_reconcile(member_id: str | None) -> None:
+    """Read each pair's tags from WeCom and repair drift within tagstream's tag group."""
+    import json
+
+    from streams.platform.security import redis_client_kwargs
+    from streams.serving.redis_store import RedisProfileStore
+    from streams.serving.wecom.consumer import client_from_settings
+    from streams.serving.wecom.reconcile import WeComReconciler
+    from streams.serving.wecom.sync import TagMapper
+
+    settings = _settings()
+
+    async def run() -> dict[str, Any]:
+        async with client_from_settings(settings) as client, RedisProfileStore(
+                settings.redis_url, connection=redis_client_kwargs(settings)) as store:
+            stats = await WeComReconciler(client, TagMapper(client), store).run(member_id)
+            return {**stats.__dict__, "calls": client.stats.calls}
+
+    try:
+        click.echo(json.dumps(asyncio.run(run()), ensure_ascii=False))
+    except TagstreamError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 @main.command()
 @click.argument("member_id")
 @click.option("--request-id", default=None, help="The requester's reference (e.g. a ticket), "

@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, AsyncIterator, Iterable, Mapping, Sequence
 
 import orjson
 import redis.asyncio
@@ -293,6 +293,14 @@ class RedisProfileStore:
         more = len(ids) > limit
         ids = ids[:limit]
         return Page(ids, ids[-1] if more else None)
+
+    async def member_ids(self, batch: int = 500) -> AsyncIterator[str]:
+        """Every served member id (SCAN: no order, each id once unless it is rewritten while
+        the scan runs)."""
+        prefix = self.member_key("")
+        async for key in self.redis.scan_iter(match=prefix + "*", count=batch):
+            name = key.decode() if isinstance(key, bytes) else key
+            yield name[len(prefix):]
 
     async def is_bound(self, member_id: str, guide: str) -> bool:
         return await self.redis.zscore(self.guide_key(guide), member_id) is not None

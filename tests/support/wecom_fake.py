@@ -102,6 +102,7 @@ class FakeWeCom:
         self.tokens_issued: list[str] = []
         self.groups: dict[str, _Group] = {}
         self.unknown_pairs: set[Pair] = set()  # mark_tag on these answers 84061
+        self.contacts: set[Pair] = set()  # friend relations without tags yet (for get)
         self.outage_ended_at: float | None = None
         # injections
         self._forced: list[_Forced] = []
@@ -130,6 +131,7 @@ class FakeWeCom:
         app.router.add_post("/cgi-bin/externalcontact/get_corp_tag_list", self._get_corp_tag_list)
         app.router.add_post("/cgi-bin/externalcontact/add_corp_tag", self._add_corp_tag)
         app.router.add_post("/cgi-bin/externalcontact/mark_tag", self._mark_tag)
+        app.router.add_get("/cgi-bin/externalcontact/get", self._get_contact)
         # handler_cancellation: a request whose client went away (timed out, or cut off by an
         # outage) stops being processed and leaves the in-flight count, as a client sees it.
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
@@ -401,6 +403,41 @@ class FakeWeCom:
             tags.add(tid)
             self.history[(*pair, tid)].append((now, True))
         return _ok({})
+
+
+    async def _get_contact(self, request: web.Request) -> web.Response:
+        """externalcontact/get: the customer's follow_user list with each guide's corp tags
+        (type 1), one guide per page so that paging is exercised."""
+        external = request.query.get("external_userid")
+        if not external:
+            return _err(40058)
+        guides = sorted({userid for (userid, ext) in (*self.state, *self.contacts)
+                         if ext == external})
+        if not guides:
+            return _err(84061)
+        start = int(request.query.get("cursor") or 0)
+        names = {tid: (group.name, name) for group in self.groups.values()
+                 for tid, name in group.tags.items()}
+        userid = guides[start]
+        tags = [{"group_name": names[tid][0], "tag_name": names[tid][1], "tag_id": tid,
+                 "type": 1} for tid in sorted(self.state[(userid, external)]) if tid in names]
+        next_cursor = str(start + 1) if start + 1 < len(guides) else ""
+        return _ok({"external_contact": {"external_userid": external, "type": 1},
+                    "follow_user": [{"userid": userid, "createtime": 0, "tags": tags}],
+                    "next_cursor": next_cursor})
+
+    def add_foreign_tag(self, pair: Pair, group_name: str, tag_name: str) -> str:
+        """A tag another system (or a guide) put on a pair, in a group tagstream does not own."""
+        group = next((g for g in self.groups.values() if g.name == group_name), None)
+        if group is None:
+            group_id = f"grp{next(self._ids)}"
+            group = self.groups[group_id] = _Group(group_id, group_name)
+        tid = next((t for t, n in group.tags.items() if n == tag_name), None)
+        if tid is None:
+            tid = f"et{next(self._ids)}"
+            group.tags[tid] = tag_name
+        self.state[pair].add(tid)
+        return tid
 
 
 class _Answer(web.Response):

@@ -45,6 +45,7 @@ GETTOKEN = "/cgi-bin/gettoken"
 GET_CORP_TAG_LIST = "/cgi-bin/externalcontact/get_corp_tag_list"
 ADD_CORP_TAG = "/cgi-bin/externalcontact/add_corp_tag"
 MARK_TAG = "/cgi-bin/externalcontact/mark_tag"
+GET_CONTACT = "/cgi-bin/externalcontact/get"
 
 SYSTEM_BUSY = -1
 FREQUENCY_LIMIT = 45009
@@ -301,16 +302,34 @@ class WeComClient:
         await self.call(MARK_TAG, {"userid": userid, "external_userid": external_userid,
                                    "add_tag": list(add), "remove_tag": list(remove)})
 
-    async def call(self, api: str, payload: Mapping[str, Any]) -> dict[str, Any]:
-        """POST `payload` to `api` with the access token; the JSON answer when errcode is 0.
+    async def get_external_contact(self, external_userid: str) -> list[dict[str, Any]]:
+        """The customer's `follow_user` list (every guide who has them, with the tags each
+        guide's view carries: group_name, tag_name, tag_id, type), all pages."""
+        follow: list[dict[str, Any]] = []
+        cursor = ""
+        while True:
+            params = {"external_userid": external_userid}
+            if cursor:
+                params["cursor"] = cursor
+            data = await self.call(GET_CONTACT, None, params=params)
+            follow.extend(data.get("follow_user") or [])
+            cursor = str(data.get("next_cursor") or "")
+            if not cursor:
+                return follow
+
+    async def call(self, api: str, payload: Mapping[str, Any] | None,
+                   params: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """POST `payload` (GET with `params` when it is None) to `api` with the access token;
+        the JSON answer when errcode is 0.
 
         Raises WeComUnavailable when every attempt failed transiently, WeComError otherwise.
         """
-        body = orjson.dumps(payload)
+        body = None if payload is None else orjson.dumps(payload)
         errcode, errmsg = 0, ""
         for _ in range(3):  # a fresh token is tried twice before giving up on it
             token = await self._access_token()
-            data = await self._attempts(api, lambda: self._send(api, token=token, body=body))
+            data = await self._attempts(api, lambda: self._send(api, token=token, body=body,
+                                                                params=params))
             errcode, errmsg = _errcode(data), str(data.get("errmsg", ""))
             if errcode == 0:
                 return data
