@@ -241,6 +241,7 @@ class _History:
         if start.tzinfo is None:
             start = start.replace(tzinfo=CST)
         self.r = random.Random(seed)
+        self.seed = seed
         self.start = int(start.timestamp())
         self.end = self.start + days * _DAY
         self.members = members
@@ -388,6 +389,8 @@ class _History:
                 if other != guide:
                     self.befriend(m, other, t + int((30 + r() * 120) * _DAY), remove_p=0.3)
 
+        self.consent(m, number, t)
+
         if persona.order_every:
             self.push(self.after(t, 0.0, persona.first_order_within), _ORDER, m)
         self.push(self.later(t, persona.interact_every), _INTERACT, m)
@@ -409,6 +412,19 @@ class _History:
             removed["guide_id"] = guide
             removed["external_userid"] = m.external_userid
             self.push(self.after(t, 20, 200), _EMIT, removed)
+
+    def consent(self, m: _Member, number: int, t: int) -> None:
+        """About 3 % of members refuse marketing at some point; 4 in 10 of them allow it again.
+        A random stream of its own, so that the rest of the history is what it was before."""
+        own = random.Random(f"{self.seed}:consent:{number}").random
+        if own() >= 0.03:
+            return
+        refused_at = t + int((10 + own() * 200) * _DAY)
+        refuse = self.base("interaction.consent_changed", m, self.online(m))
+        self.push(refused_at, _EMIT, {**refuse, "marketing": False})
+        if own() < 0.4:
+            self.push(refused_at + int((5 + own() * 60) * _DAY), _EMIT,
+                      {**refuse, "marketing": True})
 
     def online(self, m: _Member) -> str:
         return m.channel if m.channel in _ONLINE else "miniprogram"
