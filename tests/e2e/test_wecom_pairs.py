@@ -131,10 +131,12 @@ async def produce_in_random_topic_order(settings, events: list[dict], rng: rando
 
 
 def expected_wecom(profiles: dict[str, dict]) -> dict[tuple[str, str], set[str]]:
-    """Per current pair, the corp tag names of its member's tags."""
+    """Per current pair, the corp tag names of its member's tags (none while the member
+    refuses marketing)."""
     out = {}
     for profile in profiles.values():
-        names = {corp_tag_name(t["id"], t["name_zh"]) for t in profile["tags"]}
+        names = {corp_tag_name(t["id"], t["name_zh"]) for t in profile["tags"]
+                 if profile["consent"]["marketing"]}
         for guide in profile["guides"]:
             if guide["external_userid"]:
                 out[(guide["userid"], guide["external_userid"])] = names
