@@ -146,6 +146,31 @@ class ErasureRequested(Interaction, tag="interaction.erasure_requested", kw_only
     request_id: ShortName | None = None
 
 
+MarkedTagId = Annotated[str, Meta(min_length=1, max_length=64,
+                                   pattern=r"^[A-Za-z0-9][A-Za-z0-9_:.-]*$(?!\n)")]
+TagNameZh = Annotated[str, Meta(min_length=1, max_length=30)]  # WeCom's corp tag name limit
+
+
+class TagMarked(Interaction, tag="interaction.tag_marked", kw_only=True):
+    """A tag a person set or took off, not a rule: a guide through the API (`guide`), a guide
+    in WeCom's own customer page (`wecom`, read from the callback), or an operator's campaign
+    list (`import`). Rules never remove such a tag; `expires_at` (imports with a ttl) does.
+    A tag the rule pack does not declare under `marked_tags` needs `name_zh`."""
+
+    tag: MarkedTagId
+    op: Literal["added", "removed"]
+    source: Literal["guide", "wecom", "import"]
+    guide_id: ShortName | None = None  # who marked it; required for `guide` and `wecom`
+    name_zh: TagNameZh | None = None
+    expires_at: AwareTime | None = None
+
+    def __post_init__(self) -> None:
+        if self.source != "import" and self.guide_id is None:
+            raise ValueError(f"a tag marked by source {self.source!r} names its guide_id")
+        if self.expires_at is not None and self.expires_at <= self.occurred_at:
+            raise ValueError("expires_at must be later than occurred_at")
+
+
 class WecomFriendAdded(Interaction, tag="interaction.wecom_friend_added", kw_only=True):
     guide_id: ShortName
     external_userid: Code
@@ -181,7 +206,7 @@ OrderEvent = Union[OrderPaid, OrderRefunded]
 InteractionEvent = Union[
     MemberJoined, SignIn, Share, CouponClaimed, CouponRedeemed, Lottery, Browse, Review,
     FollowOfficialAccount, EventAttended, ProfileUpdated, WecomFriendAdded, WecomFriendRemoved,
-    ConsentChanged, ErasureRequested,
+    ConsentChanged, ErasureRequested, TagMarked,
 ]
 ScanEvent = Union[ScanVerified, CapOpened]
 AnyEvent = Union[OrderEvent, InteractionEvent, ScanEvent]

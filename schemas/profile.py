@@ -46,8 +46,12 @@ class HeldTag(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     family: str | None  # None for a tag the current rule pack no longer defines
     since: Timestamp | None
     rule_version: str
-    evidence: dict[str, Any]  # the values that made the rule hold
+    evidence: dict[str, Any]  # the values that made the rule hold, or who marked it
     source: TagSource = "rule"
+    # Marked tags only (set by a person): "all" shows on every guide's WeCom customer, "own"
+    # only on the marking guide's; absent on rule tags, which show everywhere.
+    share: Literal["all", "own"] | UnsetType = UNSET
+    expires_at: Timestamp | None | UnsetType = UNSET  # a marked tag with a ttl ends then
 
 
 class NextTier(msgspec.Struct, frozen=True, kw_only=True, gc=False):

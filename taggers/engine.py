@@ -24,11 +24,13 @@ from schemas.changes import Guide, TagChange, TierChange, change_id_for
 from schemas.errors import EventRejected
 from schemas.events import Event, MemberJoined, OrderPaid, OrderRefunded, ProfileUpdated
 from schemas.erasure import Erasure, erasure_id_for, member_hash
-from schemas.events import ConsentChanged, ErasureRequested, WecomFriendAdded, WecomFriendRemoved
+from schemas.events import (ConsentChanged, ErasureRequested, TagMarked, WecomFriendAdded,
+                            WecomFriendRemoved)
 from schemas.wecom import WecomMarks
 from taggers.clock import DAY, to_epoch
 from taggers.counters import TrackerDef
 from taggers.expr import TIME
+from taggers.marked import MARKED_FAMILY, TAG_MARKED, expired, is_marked, marked_name, next_expiry
 from taggers.rules import EvalContext, RulePack, TagRule
 from taggers.series import prune_buckets, prune_keys
 from taggers.state import SEEN_CAPACITY, GuideLink, HeldTag, MemberState
@@ -84,10 +86,12 @@ class Engine:
         if self.has_applied(state, event):
             return Outcome(state, duplicate=True)
         self._reject_if_late(state, occurred)
+        if isinstance(event, TagMarked):
+            self._check_mark(state, event)
         digest = event_hash(event.event_id)
 
         outcome = Outcome(state)
-        before = view_of(state)
+        before = view_of(state, self.pack.marked)
         self._fire_due(state, occurred, outcome)
         now = occurred if state.watermark is None else max(occurred, state.watermark)
         cause = {"event_id": event.event_id}
@@ -97,6 +101,8 @@ class Engine:
             state.loyalty, tier_changes = self.loyalty.apply(
                 state.loyalty, event, occurred, state.member_id, cause)
             outcome.tier_changes.extend(_guided(state, tier_changes))
+        if isinstance(event, TagMarked):
+            self._apply_mark(state, event, now, cause, outcome.changes)
         self._evaluate(state, event, now, cause, outcome.changes)
         if outcome.changes or isinstance(event, _MARKED_EVENTS):
             self._mark(before, outcome, cause)
@@ -110,9 +116,10 @@ class Engine:
         cause = {"event_id": event.event_id}
         found = state is not None
         state = state or MemberState(member_id=member_id)
-        before = view_of(state)
+        before = view_of(state, self.pack.marked)
         outcome = Outcome(state)
-        marks = plan_marks(member_id, before, before._replace(tags=frozenset()), self._name_of,
+        cleared = before._replace(pairs={pair: frozenset() for pair in before.pairs})
+        marks = plan_marks(member_id, before, cleared, self._name_of,
                            cause, self.calendar.render(to_epoch(event.occurred_at)),
                            reason="erasure")
         if marks is not None:
@@ -127,7 +134,7 @@ class Engine:
 
     def reevaluate(self, state: MemberState, now: int) -> Outcome:
         """Fire due deadlines, then evaluate every rule at `now` (a backfill after new rules)."""
-        before = view_of(state)
+        before = view_of(state, self.pack.marked)
         outcome = self._advance(state, now)
         at = now if state.watermark is None else max(now, state.watermark)
         self._evaluate(state, None, at, None, outcome.changes)
@@ -137,7 +144,7 @@ class Engine:
 
     def advance(self, state: MemberState, now: int) -> Outcome:
         """Fire every deadline of this member due at or before `now`."""
-        before = view_of(state) if state.next_deadline is not None else None
+        before = view_of(state, self.pack.marked) if state.next_deadline is not None else None
         outcome = self._advance(state, now)
         if before is not None and outcome.changes:
             self._mark(before, outcome, outcome.changes[-1].cause)
@@ -151,14 +158,16 @@ class Engine:
     def _mark(self, before: WecomView, outcome: Outcome, cause: dict[str, str]) -> None:
         """The WeCom marks that take the member's pairs from `before` to now."""
         state = outcome.state
-        marks = plan_marks(state.member_id, before, view_of(state), self._name_of, cause,
+        marks = plan_marks(state.member_id, before, view_of(state, self.pack.marked), self._name_of, cause,
                            self.calendar.render(state.watermark or 0))
         if marks is not None:
             outcome.marks.append(marks)
 
-    def _name_of(self, tag_id: str) -> str:
+    def _name_of(self, tag_id: str, held: HeldTag | None = None) -> str:
         rule = self.pack.tag(tag_id)
-        return rule.name_zh if rule is not None and rule.name_zh else tag_id
+        if rule is not None:
+            return rule.name_zh or tag_id
+        return marked_name(tag_id, held, self.pack.marked.get(tag_id))
 
     # --- steps --------------------------------------------------------------------------------
 
@@ -185,6 +194,8 @@ class Engine:
             deadline = state.next_deadline
             series = state.unit_deadlines
             due = {series[i] for i in range(0, len(series), 2) if series[i + 1] <= deadline}
+            if self._expire_marks(state, deadline, outcome.changes):
+                due.update(pack.units_affected_by(TAG_MARKED))
             if self.loyalty is not None and state.loyalty is not None \
                     and (self.loyalty.next_deadline(state.loyalty) or until + 1) <= deadline:
                 outcome.tier_changes.extend(_guided(state, self.loyalty.advance(
@@ -284,7 +295,7 @@ class Engine:
             if winner is not None:
                 self._settle(state, ctx, winner, True, cause, changes)
         if full:
-            for tag_id in [t for t in held if pack.tag(t) is None]:
+            for tag_id in [t for t, h in held.items() if pack.tag(t) is None and not is_marked(h)]:
                 del held[tag_id]
                 changes.append(self._change(state, tag_id, None, "removed", cause, now,
                                             {"rule": "no longer in rule pack " + pack.version}))
@@ -306,6 +317,9 @@ class Engine:
                 kept.extend((index, at))
         state.unit_deadlines = kept
         best = min(kept[1::2], default=None)
+        expiry = next_expiry(state)
+        if expiry is not None and (best is None or expiry < best):
+            best = expiry
         if self.loyalty is not None:
             due = self.loyalty.next_deadline(state.loyalty)
             if due is not None and due > ctx.now and (best is None or due < best):
@@ -345,10 +359,15 @@ class Engine:
 
     def _settle(self, state: MemberState, ctx: EvalContext, rule: TagRule, holds: bool,
                 cause: dict[str, str] | None, changes: list[TagChange]) -> None:
-        ctx.held[rule.id] = holds
         held = state.tags
         if holds == (rule.id in held):
+            ctx.held[rule.id] = holds
             return
+        current = held.get(rule.id)
+        if current is not None and is_marked(current):
+            ctx.held[rule.id] = True  # a person set it: a rule of the same id never takes it
+            return
+        ctx.held[rule.id] = holds
         evidence = self._evidence(rule, ctx)
         if holds:
             until = ctx.now + rule.ttl_s if rule.ttl_s is not None and rule.instant else None
@@ -359,6 +378,75 @@ class Engine:
             del held[rule.id]
         changes.append(self._change(state, rule.id, rule, "added" if holds else "removed",
                                     cause, ctx.now, evidence))
+
+    def _check_mark(self, state: MemberState, event: TagMarked) -> None:
+        """Reject, before anything changes, a mark the member's state must not take."""
+        rule = self.pack.tag(event.tag)
+        if rule is not None:
+            raise EventRejected(
+                f"tag {event.tag!r} is set by the rule pack ({rule.family}); a person can mark "
+                f"only tags under marked_tags or campaign tags of their own id")
+        declared = self.pack.marked.get(event.tag)
+        held = state.tags.get(event.tag)
+        # a held tag whose expiry comes before this event is gone by the time it applies
+        named_before = held is not None and (held.until is None
+                                             or held.until > to_epoch(event.occurred_at))
+        if declared is None and event.op == "added" and event.name_zh is None \
+                and not named_before:
+            raise EventRejected(
+                f"tag {event.tag!r} is not declared under marked_tags, so the event needs a "
+                f"name_zh for guides and WeCom to show")
+
+    def _apply_mark(self, state: MemberState, event: TagMarked, now: int,
+                    cause: dict[str, str], changes: list[TagChange]) -> None:
+        held = state.tags.get(event.tag)
+        until = to_epoch(event.expires_at) if event.expires_at is not None else None
+        if event.op == "removed":
+            if held is not None:
+                del state.tags[event.tag]
+                changes.append(self._marked_change(state, event.tag, held, "removed", cause,
+                                                   now, event.source, {"by": event.source}))
+            return
+        if until is not None and until <= now:
+            return  # expired before this member's state reached it: nothing to hold
+        evidence: dict[str, Any] = {"by": event.source}
+        if event.guide_id is not None:
+            evidence["guide"] = event.guide_id
+        if event.name_zh is not None:
+            evidence["name_zh"] = event.name_zh
+        if held is not None:
+            if not is_marked(held):
+                # held by a rule the pack no longer has: from now on a person holds it
+                state.tags[event.tag] = HeldTag(held.since, self.pack.version, evidence,
+                                                until, event.source)
+            else:
+                held.until = until  # marked again: the newest mark's expiry stands
+            return
+        held = HeldTag(now, self.pack.version, evidence, until, event.source)
+        state.tags[event.tag] = held
+        if event.tag not in state.ever:
+            state.ever.append(event.tag)
+        changes.append(self._marked_change(state, event.tag, held, "added", cause, now,
+                                           event.source, evidence))
+
+    def _expire_marks(self, state: MemberState, deadline: int,
+                      changes: list[TagChange]) -> bool:
+        """Remove the marked tags whose expiry has come; True if any did."""
+        due = expired(state, deadline)
+        for tag_id, held in due:
+            del state.tags[tag_id]
+            at = self.calendar.render(held.until or deadline)
+            changes.append(self._marked_change(
+                state, tag_id, held, "removed", {"timer": f"{tag_id}@{at}"}, held.until or
+                deadline, held.source, {"expired_at": at}))
+        return bool(due)
+
+    def _marked_change(self, state: MemberState, tag_id: str, held: HeldTag, op: str,
+                       cause: dict[str, str], now: int, source: str,
+                       evidence: dict[str, Any]) -> TagChange:
+        change = self._change(state, tag_id, None, op, cause, now, evidence)
+        return msgspec.structs.replace(change, name_zh=self._name_of(tag_id, held),
+                                       family=MARKED_FAMILY, source=source)
 
     def _prune(self, state: MemberState, now: int) -> None:
         """Forget what no window can read any more: bounded state whatever the history."""

@@ -7,6 +7,7 @@ from typing import Any, Callable
 
 from schemas.changes import Guide
 from schemas.profile import Consent, HeldTag, OrderTotals, Profile, Rfm
+from taggers.marked import MARKED_FAMILY, is_marked, marked_name, share_of
 from taggers.rules import RulePack
 from taggers.state import MemberState
 
@@ -56,11 +57,17 @@ def _rfm(segment: str | None) -> Rfm | None:
 
 def _tag(tag_id: str, held: Any, pack: RulePack,
          at: Callable[[int | None], str | None]) -> HeldTag:
+    if is_marked(held):
+        declared = pack.marked.get(tag_id)
+        return HeldTag(id=tag_id, name_zh=marked_name(tag_id, held, declared),
+                       family=MARKED_FAMILY, since=at(held.since),
+                       rule_version=held.rules_version, evidence=held.evidence,
+                       source=held.source, share=share_of(tag_id, held, declared),
+                       expires_at=at(held.until))
     rule = pack.tag(tag_id)
     return HeldTag(id=tag_id, name_zh=rule.name_zh if rule else tag_id,
                    family=rule.family if rule else None, since=at(held.since),
-                   rule_version=held.rules_version, evidence=held.evidence,
-                   source=held.source)  # type: ignore[arg-type]
+                   rule_version=held.rules_version, evidence=held.evidence)
 
 
 def _level(letter: str) -> Any:

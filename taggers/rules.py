@@ -37,6 +37,7 @@ from taggers.expr import (
     compile_expression,
 )
 from taggers.loyalty_compiler import compile_loyalty
+from taggers.marked import MarkedTag, compile_marked_tags
 from taggers.scope import (
     EVENT_FIELDS,
     EvalContext,
@@ -53,7 +54,8 @@ TAG_ID = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 FAMILIES = ("collected", "service", "transaction", "interaction", "scan", "operational",
             "model", "lifecycle", "rfm", "tier")
 WECOM_TAG_NAME_LIMIT = 30  # WeCom rejects corp tag names longer than this
-TOP_LEVEL = {"version", "timezone", "definitions", "counters", "trackers", "tags", "loyalty"}
+TOP_LEVEL = {"version", "timezone", "definitions", "counters", "trackers", "tags", "loyalty",
+             "marked_tags"}
 TAG_KEYS = {"id", "name_zh", "family", "when", "group", "value", "ttl", "description"}
 
 
@@ -82,6 +84,7 @@ class RulePack:
     units: tuple[tuple[TagRule, ...], ...]
     source: str
     loyalty: Any = None
+    marked: dict[str, MarkedTag] = field(default_factory=dict)  # tags people set
     _by_type: dict[str, tuple[Any, ...]] = field(default_factory=dict, repr=False)
     _affected: dict[str, tuple[int, ...]] = field(default_factory=dict, repr=False)
     _by_id: dict[str, TagRule] = field(default_factory=dict, repr=False)
@@ -204,8 +207,9 @@ def compile_rules(text: str, source: str = "<rules>") -> RulePack:
         return window(counter, days, inputs)
 
     tag_ids = _tag_ids(tag_specs, source)
+    marked = compile_marked_tags(document.get("marked_tags"), source, tag_ids)
     dependencies: list[str] = []
-    functions = {**base_functions(), **tag_functions(tag_ids, dependencies),
+    functions = {**base_functions(), **tag_functions(tag_ids, dependencies, frozenset(marked)),
                  "pending": pending_function({t.name: (t.keep_s, t.event_types)
                                               for t in trackers})}
     scope = Scope(fields=state_fields(), windows=windows, window_names=list(kinds),
@@ -218,9 +222,9 @@ def compile_rules(text: str, source: str = "<rules>") -> RulePack:
     loyalty = None
     if document.get("loyalty") is not None:
         loyalty = compile_loyalty(document["loyalty"], source, calendar)
-        tags.extend(_tier_tags(loyalty, tag_ids, source, line(document, "loyalty")))
+        tags.extend(_tier_tags(loyalty, [*tag_ids, *marked], source, line(document, "loyalty")))
     return RulePack(version.strip(), calendar, counters, trackers,
-                    _evaluation_units(tags, source), source, loyalty)
+                    _evaluation_units(tags, source), source, loyalty, marked)
 
 
 def _tier_tags(program: Any, tag_ids: list[str], source: str,

@@ -11,6 +11,7 @@ from typing import Any, Callable
 from taggers.clock import DAY
 from taggers.counters import pending_field
 from taggers.expr import ANY_EVENT, BOOL, NUM, STR, TIME, Compiled, Days, ExprError, Field, Name
+from taggers.marked import TAG_MARKED
 from taggers.yamlsrc import suggest
 
 
@@ -131,36 +132,46 @@ def _this_month(compiler: Any, *args: Any) -> Compiled:
     return Compiled(NUM, value, False, next_change, leaves=(("this_month()", value, NUM),))
 
 
-def tag_functions(tag_ids: list[str], dependencies: list[str]) -> dict[str, Callable[..., Compiled]]:
+def tag_functions(tag_ids: list[str], dependencies: list[str],
+                  marked_ids: frozenset[str] = frozenset()) -> dict[str, Callable[..., Compiled]]:
     """has_tag(x): x is held now (decided earlier in this same evaluation);
-    had_tag(x): x has been held at some time (now included)."""
+    had_tag(x): x has been held at some time (now included).
 
-    def tag_arg(name: str, args: tuple[Any, ...]) -> str:
+    A rule tag read this way orders evaluation (`dependencies`); a marked tag (set by a
+    person) changes only on `interaction.tag_marked` events and at its expiry, so reading one
+    makes the rule an input of that event type instead."""
+    known = [*tag_ids, *sorted(marked_ids)]
+
+    def tag_arg(name: str, args: tuple[Any, ...]) -> tuple[str, frozenset[str]]:
         if len(args) != 1 or not isinstance(args[0], Name):
             raise ExprError(f"{name} takes one tag id, e.g. {name}(high_value)")
         tag_id = args[0].path
+        if tag_id in marked_ids:
+            return tag_id, frozenset({TAG_MARKED})
         if tag_id not in tag_ids:
-            raise ExprError(f"unknown tag {tag_id!r} in {name}", hint=suggest(tag_id, tag_ids))
+            raise ExprError(f"unknown tag {tag_id!r} in {name}", hint=suggest(tag_id, known))
         dependencies.append(tag_id)
-        return tag_id
+        return tag_id, frozenset()
 
     def has_tag(compiler: Any, *args: Any) -> Compiled:
-        tag_id = tag_arg("has_tag", args)
+        tag_id, inputs = tag_arg("has_tag", args)
 
         def held(ctx: EvalContext) -> bool:
             # decided earlier in this evaluation, or (not re-evaluated) as it stands
             decided = ctx.held.get(tag_id)
             return decided if decided is not None else tag_id in ctx.state.tags
 
-        return Compiled(BOOL, held, leaves=((f"has_tag({tag_id})", held, BOOL),))
+        return Compiled(BOOL, held, leaves=((f"has_tag({tag_id})", held, BOOL),),
+                        inputs=inputs)
 
     def had_tag(compiler: Any, *args: Any) -> Compiled:
-        tag_id = tag_arg("had_tag", args)
+        tag_id, inputs = tag_arg("had_tag", args)
 
         def ever(ctx: EvalContext) -> bool:
             return bool(ctx.held.get(tag_id)) or tag_id in ctx.state.ever
 
-        return Compiled(BOOL, ever, leaves=((f"had_tag({tag_id})", ever, BOOL),))
+        return Compiled(BOOL, ever, leaves=((f"had_tag({tag_id})", ever, BOOL),),
+                        inputs=inputs)
 
     return {"has_tag": has_tag, "had_tag": had_tag}
 

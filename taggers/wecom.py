@@ -1,35 +1,81 @@
 """What a member's WeCom customers must change after one step of the engine: pure.
 
-A member's *pairs* are their guides with an external_userid (a WeCom contact); the *synced
-tags* are the tags every pair must show: all the member holds, none while the member refuses
-marketing (consent withdrawn; tagstream keeps the tags, WeCom shows none of them). The marks turn one view of these into the next:
-a pair present in both gets the difference, a pair that appeared gets the whole synced set,
-a pair that left gets nothing (the contact is gone; WeCom drops its tags with it).
+A member's *pairs* are their guides with an external_userid (a WeCom contact). Each pair
+shows the member's *synced tags*: every rule tag; a marked tag shared with `all` guides; an
+`own` marked tag only on the pair of the guide who marked it; nothing while the member
+refuses marketing (consent withdrawn: tagstream keeps the tags, WeCom shows none). A tag a
+guide set in WeCom itself (source `wecom`) is never marked again on that guide's pair: it is
+already there, in a group that is not tagstream's. The marks turn one view into the next: a
+pair present in both gets the difference, a pair that appeared gets its whole synced set, a
+pair that left gets nothing (the contact is gone; WeCom drops its tags with it).
 """
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import Callable, Iterable, Mapping, NamedTuple
 
 from schemas.wecom import MarkReason, PairMark, WecomMarks, mark_id_for
+from taggers.marked import MarkedTag, is_marked, marked_name, share_of
 from taggers.state import MemberState
 
 Pair = tuple[str, str]  # (guide userid, customer external_userid)
 
 
+class SyncedTag(NamedTuple):
+    """One held tag as the sync sees it."""
+
+    id: str
+    source: str = "rule"
+    guide: str | None = None  # who marked it (marked tags)
+    share: str = "all"  # "all" guides' customers, or "own": the marking guide's only
+
+
 class WecomView(NamedTuple):
-    tags: frozenset[str]  # the synced tags: none while marketing consent is withdrawn
-    pairs: tuple[Pair, ...]
+    pairs: dict[Pair, frozenset[str]]  # each customer's synced tags
+    names: dict[str, str]  # name_zh of the marked tags among them (rule tags: from the pack)
     marketing: bool = True
+
+
+def pair_tags(pairs: Iterable[Pair], tags: Iterable[SyncedTag],
+              marketing: bool) -> dict[Pair, frozenset[str]]:
+    """The tags each pair must show (the rule in this module's docstring)."""
+    pairs = list(pairs)
+    if not marketing:
+        return {pair: frozenset() for pair in pairs}
+    shared: set[str] = set()
+    own: dict[str, set[str]] = {}
+    hidden: dict[str, set[str]] = {}  # already on this guide's customer, outside our group
+    for tag in tags:
+        if tag.source == "wecom" and tag.guide is not None:
+            hidden.setdefault(tag.guide, set()).add(tag.id)
+        if tag.source == "rule" or tag.share == "all":
+            shared.add(tag.id)
+        elif tag.guide is not None:
+            own.setdefault(tag.guide, set()).add(tag.id)
+    return {(userid, external): frozenset((shared | own.get(userid, set()))
+                                          - hidden.get(userid, set()))
+            for userid, external in pairs}
 
 
 def pairs_of(state: MemberState) -> tuple[Pair, ...]:
     return tuple((g.userid, g.external_userid) for g in state.guides if g.external_userid)
 
 
-def view_of(state: MemberState) -> WecomView:
-    tags = frozenset(state.tags) if state.marketing else frozenset()
-    return WecomView(tags, pairs_of(state), state.marketing)
+def view_of(state: MemberState, marked: Mapping[str, MarkedTag] | None = None) -> WecomView:
+    marked = marked or {}
+    synced: list[SyncedTag] = []
+    names: dict[str, str] = {}
+    for tag_id, held in state.tags.items():
+        if not is_marked(held):
+            synced.append(SyncedTag(tag_id))
+            continue
+        guide = held.evidence.get("guide")
+        declared = marked.get(tag_id)
+        synced.append(SyncedTag(tag_id, held.source, guide if isinstance(guide, str) else None,
+                                share_of(tag_id, held, declared)))
+        names[tag_id] = marked_name(tag_id, held, declared)
+    return WecomView(pair_tags(pairs_of(state), synced, state.marketing), names,
+                     state.marketing)
 
 
 def plan_marks(member_id: str, before: WecomView, after: WecomView,
@@ -37,14 +83,12 @@ def plan_marks(member_id: str, before: WecomView, after: WecomView,
                at: str, reason: MarkReason | None = None) -> WecomMarks | None:
     """The record that takes every pair of `after` from `before` to `after`; None if none
     has anything to change. `reason` names why, when the views alone cannot tell."""
-    added = tuple(sorted(after.tags - before.tags))
-    removed = tuple(sorted(before.tags - after.tags))
-    full = tuple(sorted(after.tags))
-    old_pairs = set(before.pairs)
     marks: list[PairMark] = []
     reasons: list[MarkReason] = []
-    for userid, external_userid in after.pairs:
-        if (userid, external_userid) in old_pairs:
+    for (userid, external_userid), tags in after.pairs.items():
+        old = before.pairs.get((userid, external_userid))
+        if old is not None:
+            added, removed = tuple(sorted(tags - old)), tuple(sorted(old - tags))
             if added or removed:
                 marks.append(PairMark(userid=userid, external_userid=external_userid,
                                       add=added, remove=removed))
@@ -52,13 +96,15 @@ def plan_marks(member_id: str, before: WecomView, after: WecomView,
                                              else "tags")
                 if why not in reasons:
                     reasons.append(why)
-        elif full:
-            marks.append(PairMark(userid=userid, external_userid=external_userid, add=full))
+        elif tags:
+            marks.append(PairMark(userid=userid, external_userid=external_userid,
+                                  add=tuple(sorted(tags))))
             if "pair_added" not in reasons:
                 reasons.append("pair_added")
     if not marks:
         return None
-    names = {tag: name_of(tag) for mark in marks for tag in (*mark.add, *mark.remove)}
+    names = {tag: after.names.get(tag) or before.names.get(tag) or name_of(tag)
+             for mark in marks for tag in (*mark.add, *mark.remove)}
     return WecomMarks(mark_id=mark_id_for(member_id, cause), member_id=member_id,
                       reasons=tuple(reasons), marks=tuple(marks), names=names, cause=cause,
                       at=at)

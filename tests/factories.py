@@ -51,3 +51,37 @@ def marks_for_change(change: TagChange) -> WecomMarks:
         marks=tuple(PairMark(userid=g.userid, external_userid=g.external_userid or "", **edit)
                     for g in change.guides),
         names={change.tag: change.name_zh}, cause=change.cause, at=change.at)
+
+
+def shown_on_pair(userid: str, marketing: bool, tags: list[tuple[str, str, Any, Any]]) -> set[str]:
+    """The test oracle for what a guide's WeCom customer shows, written apart from
+    taggers/wecom.py: every rule tag; a marked tag shared with all guides, or with its own
+    guide; never a tag the guide set in WeCom itself; nothing without marketing consent.
+    `tags` are (id, source, marking guide, share)."""
+    if not marketing:
+        return set()
+    shown = set()
+    for tag_id, source, guide, share in tags:
+        if source == "rule":
+            shown.add(tag_id)
+        elif source == "wecom" and guide == userid:
+            continue
+        elif share == "all" or guide == userid:
+            shown.add(tag_id)
+    return shown
+
+
+def state_tags(state: Any, pack: Any) -> list[tuple[str, str, Any, Any]]:
+    """A MemberState's held tags as `shown_on_pair` reads them."""
+    out = []
+    for tag_id, held in state.tags.items():
+        declared = pack.marked.get(tag_id)
+        share = declared.share if declared else ("all" if held.source == "import" else "own")
+        out.append((tag_id, held.source, held.evidence.get("guide"), share))
+    return out
+
+
+def profile_tags(profile: dict[str, Any]) -> list[tuple[str, str, Any, Any]]:
+    """A served profile's tags as `shown_on_pair` reads them."""
+    return [(t["id"], t.get("source", "rule"), (t.get("evidence") or {}).get("guide"),
+             t.get("share")) for t in profile["tags"]]

@@ -92,6 +92,8 @@ _BEER = _shelf(
     ("BR-LAGER-500MLx12", 4), ("BR-IPA-330MLx6", 2), ("BR-WHEAT-500MLx12", 2),
     ("BJ-EGT-500ML", 1), ("HJ-5Y-500ML", 1),
 )
+# Marked tags of the default pack a store guide sets (导购打标).
+_GUIDE_MARKS = ("vip_banquet", "gift_buyer", "prefers_call")
 _TRIAL = tuple(entry for entry in _CATALOGUE.values() if entry[3])
 _SCAN_VERIFY = _shelf(("BJ-JX53-500ML", 3), ("BJ-NX52-500ML", 2), ("BJ-QX42-500ML", 1),
                       ("WN-BDX-750ML", 1), ("BJ-JX-SERIES-500ML", 2))
@@ -390,6 +392,7 @@ class _History:
                     self.befriend(m, other, t + int((30 + r() * 120) * _DAY), remove_p=0.3)
 
         self.consent(m, number, t)
+        self.marks(m, number, t, guide)
 
         if persona.order_every:
             self.push(self.after(t, 0.0, persona.first_order_within), _ORDER, m)
@@ -425,6 +428,31 @@ class _History:
         if own() < 0.4:
             self.push(refused_at + int((5 + own() * 60) * _DAY), _EMIT,
                       {**refuse, "marketing": True})
+
+    def marks(self, m: _Member, number: int, t: int, guide: str) -> None:
+        """Tags people set: about 8 % of members get one from their store's guide (a fifth
+        of those taken off again later), about 5 % land on a 30-day campaign import list.
+        A random stream of its own, like consent."""
+        own = random.Random(f"{self.seed}:marks:{number}").random
+        if own() < 0.08:
+            tag = _GUIDE_MARKS[int(own() * len(_GUIDE_MARKS))]
+            marked = {**self.base("interaction.tag_marked", m, "guide_api"), "tag": tag,
+                      "op": "added", "source": "guide", "guide_id": guide}
+            at = t + int((1 + own() * 90) * _DAY)
+            self.push(at, _EMIT, marked)
+            if own() < 0.2:
+                self.push(at + int((10 + own() * 120) * _DAY), _EMIT,
+                          {**marked, "op": "removed"})
+        if own() < 0.05:
+            at = t + int((5 + own() * 200) * _DAY)
+            self.push(at, _EMIT, {**self.base("interaction.tag_marked", m, "import"),
+                                  "tag": "spring_tasting", "op": "added", "source": "import",
+                                  "name_zh": "春季品鉴会", "expires_at": self.iso_at(at + 30 * _DAY)})
+
+    def iso_at(self, t: int) -> str:
+        day, sod = divmod(t + _CST_OFFSET, _DAY)
+        minute, second = divmod(sod, 60)
+        return self.day_info(day)[0] + _HH_MM[minute] + _SS_CST[second]
 
     def online(self, m: _Member) -> str:
         return m.channel if m.channel in _ONLINE else "miniprogram"

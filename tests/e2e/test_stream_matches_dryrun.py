@@ -24,6 +24,7 @@ from taggers.engine import Engine
 from taggers.profile import render_profile
 from taggers.rules import load_rules
 from taggers.wecom import pairs_of
+from tests.factories import shown_on_pair, state_tags
 from tests.support.kafka import (
     assert_same_ids,
     assert_same_profiles,
@@ -97,7 +98,7 @@ async def test_stream_and_dryrun_agree_on_tags_tiers_points_and_profiles(stack, 
     pairs = {pair: state for state in expected.states.values() for pair in pairs_of(state)}
     # (none while the member refuses marketing)
     assert pairs and {p: wecom[p] for p in pairs} == {
-        p: set(s.tags) if s.marketing else set() for p, s in pairs.items()}
+        p: shown_on_pair(p[0], s.marketing, state_tags(s, pack)) for p, s in pairs.items()}
 
 
 def _latest(records) -> dict:

@@ -28,6 +28,7 @@ from streams.platform.partitioning import partition_for
 from streams.platform.topics import topic_names
 from streams.serving.wecom.sync import corp_tag_name
 from streams.tools.generate import generate_events
+from tests.factories import profile_tags, shown_on_pair
 from tests.support.kafka import (committed_to_the_end, create_topics, read_topic,
                                  running_worker)
 from tests.support.wecom_fake import FakeWeCom
@@ -135,11 +136,12 @@ def expected_wecom(profiles: dict[str, dict]) -> dict[tuple[str, str], set[str]]
     refuses marketing)."""
     out = {}
     for profile in profiles.values():
-        names = {corp_tag_name(t["id"], t["name_zh"]) for t in profile["tags"]
-                 if profile["consent"]["marketing"]}
+        names = {t["id"]: corp_tag_name(t["id"], t["name_zh"]) for t in profile["tags"]}
         for guide in profile["guides"]:
             if guide["external_userid"]:
-                out[(guide["userid"], guide["external_userid"])] = names
+                shown = shown_on_pair(guide["userid"], profile["consent"]["marketing"],
+                                      profile_tags(profile))
+                out[(guide["userid"], guide["external_userid"])] = {names[t] for t in shown}
     return out
 
 

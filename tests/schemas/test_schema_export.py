@@ -24,6 +24,8 @@ REQUIRED_EXTRA: dict[str, dict[str, Any]] = {
     "interaction.wecom_friend_added": {"guide_id": "zhangsan", "external_userid": "wmAbC"},
     "interaction.wecom_friend_removed": {"guide_id": "zhangsan", "external_userid": "wmAbC"},
     "interaction.consent_changed": {"marketing": False},
+    "interaction.tag_marked": {"tag": "vip_banquet", "op": "added", "source": "guide",
+                               "guide_id": "zhangsan"},
     "scan.verified": {"code_id": "C-1", "sku": "MT-53-500", "category": "baijiu"},
     "scan.cap_opened": {"code_id": "C-1", "sku": "MT-53-500", "category": "baijiu"},
 }

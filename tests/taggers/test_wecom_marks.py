@@ -14,11 +14,16 @@ from streams.tools.generate import generate_events
 from taggers.dryrun import dry_run
 from taggers.engine import Engine
 from taggers.rules import load_rules
-from taggers.wecom import WecomView, pairs_of, plan_marks
-from tests.factories import event, joined, paid
+from taggers.wecom import SyncedTag, WecomView, pair_tags, pairs_of, plan_marks
+from tests.factories import event, joined, paid, shown_on_pair, state_tags
 
 CAUSE = {"event_id": "e1"}
 AT = "2024-03-01T12:00:00+08:00"
+
+
+def view(tags, pairs, marketing: bool = True) -> WecomView:
+    """Rule tags only: every pair shows them all."""
+    return WecomView(pair_tags(pairs, [SyncedTag(t) for t in tags], marketing), {}, marketing)
 
 
 def plan(before: WecomView, after: WecomView):
@@ -30,8 +35,8 @@ def edits(record) -> dict[tuple[str, str], tuple[tuple[str, ...], tuple[str, ...
 
 
 def test_a_pair_that_appears_gets_every_synced_tag_and_the_others_the_difference():
-    before = WecomView(frozenset({"member", "high_value"}), (("g1", "wm1"),))
-    after = WecomView(frozenset({"member", "repeat_buyer"}), (("g1", "wm1"), ("g2", "wm1")))
+    before = view(frozenset({"member", "high_value"}), (("g1", "wm1"),))
+    after = view(frozenset({"member", "repeat_buyer"}), (("g1", "wm1"), ("g2", "wm1")))
     record = plan(before, after)
     assert edits(record) == {("g1", "wm1"): (("repeat_buyer",), ("high_value",)),
                              ("g2", "wm1"): (("member", "repeat_buyer"), ())}
@@ -43,16 +48,16 @@ def test_a_pair_that_appears_gets_every_synced_tag_and_the_others_the_difference
 
 def test_nothing_to_mark_gives_no_record():
     tags = frozenset({"member"})
-    assert plan(WecomView(tags, ()), WecomView(frozenset({"member", "vip"}), ())) is None
-    assert plan(WecomView(tags, (("g1", "wm1"),)), WecomView(tags, (("g1", "wm1"),))) is None
+    assert plan(view(tags, ()), view(frozenset({"member", "vip"}), ())) is None
+    assert plan(view(tags, (("g1", "wm1"),)), view(tags, (("g1", "wm1"),))) is None
     # a pair that leaves needs nothing; a pair that appears while no tag is held neither
-    assert plan(WecomView(tags, (("g1", "wm1"),)), WecomView(tags, ())) is None
-    assert plan(WecomView(frozenset(), ()), WecomView(frozenset(), (("g1", "wm1"),))) is None
+    assert plan(view(tags, (("g1", "wm1"),)), view(tags, ())) is None
+    assert plan(view(frozenset(), ()), view(frozenset(), (("g1", "wm1"),))) is None
 
 
 def test_a_rebound_customer_is_a_new_pair():
     tags = frozenset({"member"})
-    record = plan(WecomView(tags, (("g1", "wm-old"),)), WecomView(tags, (("g1", "wm-new"),)))
+    record = plan(view(tags, (("g1", "wm-old"),)), view(tags, (("g1", "wm-new"),)))
     assert edits(record) == {("g1", "wm-new"): (("member",), ())}
 
 
@@ -102,7 +107,8 @@ def test_every_pair_ends_with_the_members_tags_on_a_generated_history(engine: En
     assert len(pairs) > 20  # the history has friend-adds
     assert sum("pair_added" in r.reasons for r in result.marks) >= len(pairs)
     for pair, state in pairs.items():
-        assert wecom[pair] == (set(state.tags) if state.marketing else set()), pair
+        assert wecom[pair] == shown_on_pair(pair[0], state.marketing,
+                                            state_tags(state, engine.pack)), pair
 
 
 def test_friend_adds_first_or_last_end_the_same(engine: Engine):
