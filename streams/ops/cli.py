@@ -291,6 +291,92 @@ def erase(member_id: str, request_id: str | None) -> None:
                "members.erasures")
 
 
+@main.group()
+def tags() -> None:
+    """Marked tags: tags people set, not rules (campaign lists, guides' notes)."""
+
+
+def _exit_error(message: str, exit_code: int) -> click.ClickException:
+    error = click.ClickException(message)
+    error.exit_code = exit_code
+    return error
+
+
+@tags.command("import")
+@click.option("--tag", required=True,
+              help="Tag id to mark: one under marked_tags in the rule pack, or a campaign tag "
+                   "of its own id (1 to 64 of A-Z a-z 0-9 _ : . -). Rule tags are refused.")
+@click.option("--name-zh", required=True,
+              help="What guides and WeCom show (1 to 30 characters); a tag under marked_tags "
+                   "shows the rule pack's name instead.")
+@click.option("--file", "path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Member ids: one per line, or a CSV whose first column is the member id "
+                   "(a member_id header, blank lines and # lines are skipped). UTF-8.")
+@click.option("--ttl", default=None,
+              help="Take the tag off again this long after now: 30d, 12h, 90m or 3600s "
+                   "(default: it stays until removed).")
+@click.option("--op", type=click.Choice(["added", "removed"]), default="added",
+              show_default=True, help="Mark the tag, or take it off.")
+@click.option("--dry-run", is_flag=True,
+              help="Check the file and print the summary; write nothing (no broker needed).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def tags_import(tag: str, name_zh: str, path: Path, ttl: str | None, op: str, dry_run: bool,
+                quiet: bool) -> None:
+    """Mark a tag on every member of a file: one interaction.tag_marked event per member
+    (source import), on the member's partition of events.interactions.
+
+    Bad rows are listed on stderr with their line numbers; the valid rows still go in.
+    Event ids derive from the file, the tag, the op and the expiry, so running the same
+    import again marks no member twice.
+
+    \b
+    Exit codes:
+      0  every row went in
+      1  some rows were bad (the valid ones went in)
+      2  usage error (ttl, file, tag, name, settings): nothing written
+      3  writing failed part way: run the same command again
+    """
+    import time
+    from datetime import datetime, timezone
+
+    from streams.ops.tags_import import (ImportResult, ImportUsageError, ImportWriteError,
+                                         parse_ttl, prepare_import, row_error_line, run_import)
+    from streams.platform.security import kafka_client_kwargs
+    from streams.platform.topics import topic_names
+    from taggers.rules import load_rules
+
+    started = time.perf_counter()
+    try:
+        settings = Settings.from_env()
+        pack = load_rules(settings.rules_path)
+        ttl_s = parse_ttl(ttl) if ttl is not None else None
+        prepared = prepare_import(path, tag, name_zh.strip(), op, ttl_s,
+                                  datetime.now(timezone.utc), pack)
+        security = None if dry_run else kafka_client_kwargs(settings)
+    except ImportUsageError as exc:
+        if exc.option is None:
+            raise _exit_error(str(exc), 2) from None
+        raise click.BadParameter(str(exc), param_hint=f"'{exc.option}'") from None
+    except TagstreamError as exc:
+        raise _exit_error(str(exc), 2) from None
+    for row_error in prepared.errors:
+        click.echo(row_error_line(path, row_error), err=True)
+    written = 0
+    if prepared.events and not dry_run:
+        try:
+            written = asyncio.run(run_import(
+                prepared.events, bootstrap=settings.broker_bootstrap,
+                partitions=settings.partitions, names=topic_names(settings), security=security,
+                progress=not quiet, label=f"import {tag}"))
+        except ImportWriteError as exc:
+            raise _exit_error(f"{exc}; running the same command again is safe (no member is "
+                              f"marked twice)", 3) from None
+    result = ImportResult(prepared, written, time.perf_counter() - started, dry_run=dry_run)
+    click.echo(result.summary())
+    if prepared.errors:
+        click.get_current_context().exit(1)
+
+
 @main.command()
 @click.option("--events", "events_path", required=True,
               type=click.Path(exists=True, dir_okay=False, path_type=Path))
