@@ -30,7 +30,8 @@ from schemas.wecom import WecomMarks
 from taggers.clock import DAY, to_epoch
 from taggers.counters import TrackerDef
 from taggers.expr import TIME
-from taggers.marked import MARKED_FAMILY, TAG_MARKED, expired, is_marked, marked_name, next_expiry
+from taggers.marked import (MARKED_FAMILY, TAG_MARKED, expired, is_marked, marked_guides,
+                            marked_name, next_expiry)
 from taggers.rules import EvalContext, RulePack, TagRule
 from taggers.series import prune_buckets, prune_keys
 from taggers.state import SEEN_CAPACITY, GuideLink, HeldTag, MemberState
@@ -38,7 +39,7 @@ from taggers.wecom import WecomView, plan_marks, view_of
 
 REMOVED_FROM_PACK = "__rule_removed__"
 # Events that change what a member's WeCom customers must show without changing a tag.
-_MARKED_EVENTS = (WecomFriendAdded, WecomFriendRemoved, ConsentChanged)
+_MARKED_EVENTS = (WecomFriendAdded, WecomFriendRemoved, ConsentChanged, TagMarked)
 
 
 @dataclass
@@ -402,7 +403,13 @@ class Engine:
         held = state.tags.get(event.tag)
         until = to_epoch(event.expires_at) if event.expires_at is not None else None
         if event.op == "removed":
-            if held is not None:
+            guides = marked_guides(held.evidence) if held is not None else ()
+            if held is not None and is_marked(held) and event.guide_id in guides \
+                    and len(guides) > 1:
+                # another guide still holds it: only this guide's mark comes off
+                held.evidence = {**held.evidence,
+                                 "guides": [g for g in guides if g != event.guide_id]}
+            elif held is not None:
                 del state.tags[event.tag]
                 changes.append(self._marked_change(state, event.tag, held, "removed", cause,
                                                    now, event.source, {"by": event.source}))
@@ -421,6 +428,9 @@ class Engine:
                                                 until, event.source)
             else:
                 held.until = until  # marked again: the newest mark's expiry stands
+                guides = marked_guides(held.evidence)
+                if event.guide_id is not None and event.guide_id not in guides:
+                    held.evidence = {**held.evidence, "guides": [*guides, event.guide_id]}
             return
         held = HeldTag(now, self.pack.version, evidence, until, event.source)
         state.tags[event.tag] = held

@@ -16,7 +16,7 @@ not tagstream's, so tagstream never marks it there again.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
 from schemas.errors import RuleDefinitionError
 from taggers.state import HeldTag, MemberState
@@ -81,6 +81,16 @@ def marked_name(tag_id: str, held: HeldTag | None, declared: MarkedTag | None) -
         return declared.name_zh
     name = held.evidence.get("name_zh") if held is not None else None
     return name if isinstance(name, str) and name else tag_id
+
+
+def marked_guides(evidence: Mapping[str, Any]) -> tuple[str, ...]:
+    """The guides who marked a tag, first marker first: `guides` once a second guide marked
+    it too, else the one `guide`."""
+    guides = evidence.get("guides")
+    if isinstance(guides, list):
+        return tuple(g for g in guides if isinstance(g, str))
+    guide = evidence.get("guide")
+    return (guide,) if isinstance(guide, str) else ()
 
 
 def share_of(tag_id: str, held: HeldTag, declared: MarkedTag | None) -> Share:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Callable, Iterable, Mapping, NamedTuple
 
 from schemas.wecom import MarkReason, PairMark, WecomMarks, mark_id_for
-from taggers.marked import MarkedTag, is_marked, marked_name, share_of
+from taggers.marked import MarkedTag, is_marked, marked_guides, marked_name, share_of
 from taggers.state import MemberState
 
 Pair = tuple[str, str]  # (guide userid, customer external_userid)
@@ -26,7 +26,7 @@ class SyncedTag(NamedTuple):
 
     id: str
     source: str = "rule"
-    guide: str | None = None  # who marked it (marked tags)
+    guides: tuple[str, ...] = ()  # who marked it (marked tags)
     share: str = "all"  # "all" guides' customers, or "own": the marking guide's only
 
 
@@ -46,12 +46,14 @@ def pair_tags(pairs: Iterable[Pair], tags: Iterable[SyncedTag],
     own: dict[str, set[str]] = {}
     hidden: dict[str, set[str]] = {}  # already on this guide's customer, outside our group
     for tag in tags:
-        if tag.source == "wecom" and tag.guide is not None:
-            hidden.setdefault(tag.guide, set()).add(tag.id)
+        if tag.source == "wecom":
+            for guide in tag.guides:
+                hidden.setdefault(guide, set()).add(tag.id)
         if tag.source == "rule" or tag.share == "all":
             shared.add(tag.id)
-        elif tag.guide is not None:
-            own.setdefault(tag.guide, set()).add(tag.id)
+        else:
+            for guide in tag.guides:
+                own.setdefault(guide, set()).add(tag.id)
     return {(userid, external): frozenset((shared | own.get(userid, set()))
                                           - hidden.get(userid, set()))
             for userid, external in pairs}
@@ -69,9 +71,8 @@ def view_of(state: MemberState, marked: Mapping[str, MarkedTag] | None = None) -
         if not is_marked(held):
             synced.append(SyncedTag(tag_id))
             continue
-        guide = held.evidence.get("guide")
         declared = marked.get(tag_id)
-        synced.append(SyncedTag(tag_id, held.source, guide if isinstance(guide, str) else None,
+        synced.append(SyncedTag(tag_id, held.source, marked_guides(held.evidence),
                                 share_of(tag_id, held, declared)))
         names[tag_id] = marked_name(tag_id, held, declared)
     return WecomView(pair_tags(pairs_of(state), synced, state.marketing), names,

@@ -57,18 +57,24 @@ def shown_on_pair(userid: str, marketing: bool, tags: list[tuple[str, str, Any, 
     """The test oracle for what a guide's WeCom customer shows, written apart from
     taggers/wecom.py: every rule tag; a marked tag shared with all guides, or with its own
     guide; never a tag the guide set in WeCom itself; nothing without marketing consent.
-    `tags` are (id, source, marking guide, share)."""
+    `tags` are (id, source, marking guides, share)."""
     if not marketing:
         return set()
     shown = set()
-    for tag_id, source, guide, share in tags:
+    for tag_id, source, guides, share in tags:
         if source == "rule":
             shown.add(tag_id)
-        elif source == "wecom" and guide == userid:
+        elif source == "wecom" and userid in guides:
             continue
-        elif share == "all" or guide == userid:
+        elif share == "all" or userid in guides:
             shown.add(tag_id)
     return shown
+
+
+def _guides(evidence: dict[str, Any]) -> tuple[str, ...]:
+    if "guides" in evidence:
+        return tuple(evidence["guides"])
+    return (evidence["guide"],) if evidence.get("guide") else ()
 
 
 def state_tags(state: Any, pack: Any) -> list[tuple[str, str, Any, Any]]:
@@ -77,11 +83,11 @@ def state_tags(state: Any, pack: Any) -> list[tuple[str, str, Any, Any]]:
     for tag_id, held in state.tags.items():
         declared = pack.marked.get(tag_id)
         share = declared.share if declared else ("all" if held.source == "import" else "own")
-        out.append((tag_id, held.source, held.evidence.get("guide"), share))
+        out.append((tag_id, held.source, _guides(held.evidence), share))
     return out
 
 
 def profile_tags(profile: dict[str, Any]) -> list[tuple[str, str, Any, Any]]:
     """A served profile's tags as `shown_on_pair` reads them."""
-    return [(t["id"], t.get("source", "rule"), (t.get("evidence") or {}).get("guide"),
+    return [(t["id"], t.get("source", "rule"), _guides(t.get("evidence") or {}),
              t.get("share")) for t in profile["tags"]]

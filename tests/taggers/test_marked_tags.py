@@ -454,6 +454,25 @@ def test_a_wecom_tag_removed_in_wecom_comes_off_the_other_guides_only(sync_engin
     assert edits(removed) == [(("tags",), "g2", "wm-b", (), ("gift_buyer",))]
 
 
+def test_an_own_tag_marked_by_two_guides_shows_on_both_until_each_takes_theirs_off(sync_engine):
+    """Regression: a second guide's mark of an `own` tag reached no customer, and that
+    guide's removal took the first guide's note away."""
+    eng = sync_engine
+    state = eng.apply(None, joined(at(1))).state
+    for e in (friend(at(2), "g1", "wm-a"), friend(at(2, 11), "g2", "wm-b"),
+              mark(at(3), "prefers_call", guide="g1")):
+        state = eng.apply(state, e).state
+    second = eng.apply(state, mark(at(4), "prefers_call", guide="g2"))
+    assert second.changes == []  # the member held it already
+    assert edits(second) == [(("tags",), "g2", "wm-b", ("prefers_call",), ())]
+    first_off = eng.apply(second.state, mark(at(5), "prefers_call", op="removed", guide="g1"))
+    assert first_off.changes == [] and "prefers_call" in first_off.state.tags
+    assert edits(first_off) == [(("tags",), "g1", "wm-a", (), ("prefers_call",))]
+    last_off = eng.apply(first_off.state, mark(at(6), "prefers_call", op="removed", guide="g2"))
+    assert [(c.tag, c.op) for c in last_off.changes] == [("prefers_call", "removed")]
+    assert edits(last_off) == [(("tags",), "g2", "wm-b", (), ("prefers_call",))]
+
+
 def test_consent_refused_then_a_mark_sends_nothing_until_consent_returns(sync_engine):
     eng = sync_engine
     state = eng.apply(None, joined(at(1))).state
