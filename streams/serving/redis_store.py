@@ -45,13 +45,14 @@ SEP = "\x1f"  # joins tag ids and guide userids in the member hash; neither may 
 DEFAULT_PREFIX = "ts:"
 MAX_PAGE = 500
 
-# KEYS[1] member hash. ARGV: prefix, member_id, at, seq, profile JSON, tags, guides (SEP-joined).
+# KEYS[1] member hash. ARGV: prefix, member_id, at, seq, profile JSON, tags, guides, contacts
+# (the last three SEP-joined; contacts are the member's WeCom external_userids).
 # Returns 1 if written, 0 if Redis already holds this version or a newer one.
 _APPLY_LUA = """
 local key = KEYS[1]
 local prefix, id = ARGV[1], ARGV[2]
 local at, seq = tonumber(ARGV[3]), tonumber(ARGV[4])
-local cur = redis.call('HMGET', key, 'at', 'seq', 'tags', 'guides')
+local cur = redis.call('HMGET', key, 'at', 'seq', 'tags', 'guides', 'contacts')
 if cur[1] then
   local cur_at, cur_seq = tonumber(cur[1]), tonumber(cur[2])
   if at < cur_at or (at == cur_at and seq < cur_seq) then return 0 end
@@ -79,8 +80,9 @@ end
 sync(old_tags, new_tags, 'tag')
 sync(old_guides, new_guides, 'guide')
 sync(pairs_of(old_tags, old_guides), pairs_of(new_tags, new_guides), 'aud')
+sync(split(cur[5]), split(ARGV[8]), 'contact')
 redis.call('HSET', key, 'profile', ARGV[5], 'at', ARGV[3], 'seq', ARGV[4],
-           'tags', ARGV[6], 'guides', ARGV[7])
+           'tags', ARGV[6], 'guides', ARGV[7], 'contacts', ARGV[8])
 return 1
 """
 
@@ -88,7 +90,7 @@ return 1
 _FORGET_LUA = """
 local key = KEYS[1]
 local prefix, id = ARGV[1], ARGV[2]
-local cur = redis.call('HMGET', key, 'tags', 'guides')
+local cur = redis.call('HMGET', key, 'tags', 'guides', 'contacts')
 local tags, guides = {}, {}
 if cur[1] then for x in string.gmatch(cur[1], '[^\\31]+') do tags[#tags + 1] = x end end
 if cur[2] then for x in string.gmatch(cur[2], '[^\\31]+') do guides[#guides + 1] = x end end
@@ -97,6 +99,9 @@ for _, t in ipairs(tags) do
   for _, g in ipairs(guides) do redis.call('ZREM', prefix .. 'aud:' .. t .. ':' .. g, id) end
 end
 for _, g in ipairs(guides) do redis.call('ZREM', prefix .. 'guide:' .. g, id) end
+if cur[3] then
+  for x in string.gmatch(cur[3], '[^\\31]+') do redis.call('ZREM', prefix .. 'contact:' .. x, id) end
+end
 return redis.call('DEL', key)
 """
 
@@ -122,13 +127,16 @@ def profile_version(profile: dict[str, Any]) -> int:
     return int(datetime.fromisoformat(as_of).timestamp() * 1000)
 
 
-def _index_values(profile: dict[str, Any]) -> tuple[str, str]:
+def _index_values(profile: dict[str, Any]) -> tuple[str, str, str]:
     tags = sorted({tag["id"] for tag in profile.get("tags") or ()})
     guides = sorted({g["userid"] for g in profile.get("guides") or () if g.get("userid")})
-    bad = [x for x in tags + guides if SEP in x]
+    contacts = sorted({g["external_userid"] for g in profile.get("guides") or ()
+                       if g.get("external_userid")})
+    bad = [x for x in tags + guides + contacts if SEP in x]
     if bad:
-        raise ValueError(f"member {profile.get('member_id')!r}: tag or guide id contains U+001F")
-    return SEP.join(tags), SEP.join(guides)
+        raise ValueError(f"member {profile.get('member_id')!r}: a tag, guide or contact id "
+                         "contains U+001F")
+    return SEP.join(tags), SEP.join(guides), SEP.join(contacts)
 
 
 class RedisProfileStore:
@@ -185,6 +193,9 @@ class RedisProfileStore:
     def guide_key(self, guide: str) -> str:
         return f"{self.prefix}guide:{guide}"
 
+    def contact_key(self, external_userid: str) -> str:
+        return f"{self.prefix}contact:{external_userid}"
+
     def audience_key(self, guide: str, tag: str) -> str:
         return f"{self.prefix}aud:{tag}:{guide}"
 
@@ -222,12 +233,13 @@ class RedisProfileStore:
             return ApplyResult()
         pipe = self.redis.pipeline(transaction=False)
         for i, profile in enumerate(profiles):
-            tags, guides = _index_values(profile)
+            tags, guides, contacts = _index_values(profile)
             member_id = profile["member_id"]
             await self._apply(
                 keys=[self.member_key(member_id)],
                 args=[self.prefix, member_id, profile_version(profile),
-                      0 if seqs is None else seqs[i], orjson.dumps(profile), tags, guides],
+                      0 if seqs is None else seqs[i], orjson.dumps(profile), tags, guides,
+                      contacts],
                 client=pipe)
         for member_id in forget:
             await self._forget(keys=[self.member_key(member_id)], args=[self.prefix, member_id],
@@ -301,6 +313,11 @@ class RedisProfileStore:
         async for key in self.redis.scan_iter(match=prefix + "*", count=batch):
             name = key.decode() if isinstance(key, bytes) else key
             yield name[len(prefix):]
+
+    async def members_of_contact(self, external_userid: str) -> list[str]:
+        """The members whose profile names this WeCom customer (normally one)."""
+        raw = await self.redis.zrange(self.contact_key(external_userid), 0, -1)
+        return [m.decode() if isinstance(m, bytes) else m for m in raw]
 
     async def is_bound(self, member_id: str, guide: str) -> bool:
         return await self.redis.zscore(self.guide_key(guide), member_id) is not None

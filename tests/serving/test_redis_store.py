@@ -22,11 +22,12 @@ async def store(stack: Settings) -> AsyncIterator[RedisProfileStore]:
         yield store
 
 
-async def all_index_keys(store: RedisProfileStore) -> dict[str, list[str]]:
+async def all_index_keys(store: RedisProfileStore, kind: str = "") -> dict[str, list[str]]:
+    """Every index key (tag, guide, audience; or only `kind`, e.g. "contact") and members."""
     out = {}
-    async for key in store.redis.scan_iter(match="ts:*"):
+    async for key in store.redis.scan_iter(match=f"ts:{kind}*"):
         name = key.decode()
-        if not name.startswith("ts:member:"):
+        if not name.startswith(("ts:member:", "ts:contact:") if not kind else "ts:member:"):
             out[name] = sorted(m.decode() for m in await store.redis.zrange(name, 0, -1))
     return out
 
@@ -42,6 +43,19 @@ async def test_profile_round_trips_and_indexes_every_tag_guide_and_pair(store):
         "ts:aud:high_value:zhang": ["M1"], "ts:aud:high_value:li": ["M1"],
         "ts:aud:member:zhang": ["M1"], "ts:aud:member:li": ["M1"],
     }
+
+
+async def test_contacts_find_their_members_and_leave_with_them(store):
+    """The WeCom callback names a customer by external_userid: the index finds the member."""
+    await store.apply([make_profile("M1", tags=["member"], guides=["zhang", "li"]),
+                       make_profile("M2", tags=["member"], guides=["li"])])
+    assert await store.members_of_contact("wmzhang") == ["M1"]
+    assert await store.members_of_contact("wmli") == ["M1", "M2"]
+    await store.apply([make_profile("M1", tags=["member"], guides=["zhang"], as_of=T2)])
+    assert await store.members_of_contact("wmli") == ["M2"]
+    await store.forget(["M1", "M2"])
+    assert await all_index_keys(store, "contact:") == {}
+    assert await store.members_of_contact("wmzhang") == []
 
 
 async def test_removed_tags_and_guides_leave_every_index(store):
