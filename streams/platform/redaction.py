@@ -34,7 +34,8 @@ def redact_url(url: str) -> str:
 def secret_values(settings: "Settings") -> tuple[str, ...]:
     """Every secret the settings hold, longest first (so no secret is half-masked)."""
     found = [settings.wecom_secret, settings.redis_password, settings.kafka_sasl_password,
-             settings.kafka_ssl_key_password]
+             settings.kafka_ssl_key_password, settings.wecom_callback_token,
+             settings.wecom_callback_aes_key]
     for entry in settings.api_tokens.split(","):
         found.append(entry.partition("=")[0].strip())
     for url in (settings.redis_url, settings.broker):

@@ -78,6 +78,13 @@ class Settings:
     wecom_secret: str = field(default="", repr=False)
     wecom_calls_per_minute: int = 2000
     wecom_coalesce_ms: int = 200
+    # How often wecom-sync reconciles every pair with what WeCom shows (0: only on demand,
+    # `tagstream wecom-reconcile`).
+    wecom_reconcile_s: float = 0.0
+    # The callback WeCom calls when a guide edits a customer (served by `tagstream api` at
+    # /wecom/callback): the Token and EncodingAESKey set in WeCom's admin console. Secrets.
+    wecom_callback_token: str = field(default="", repr=False)
+    wecom_callback_aes_key: str = field(default="", repr=False)
     # Guide HTTP API (tagstream api)
     api_host: str = "127.0.0.1"
     api_port: int = 8080
@@ -164,6 +171,9 @@ ENV_NAMES: dict[str, str] = {
     "wecom_secret": "TAGSTREAM_WECOM_SECRET",
     "wecom_calls_per_minute": "TAGSTREAM_WECOM_CALLS_PER_MINUTE",
     "wecom_coalesce_ms": "TAGSTREAM_WECOM_COALESCE_MS",
+    "wecom_reconcile_s": "TAGSTREAM_WECOM_RECONCILE_S",
+    "wecom_callback_token": "TAGSTREAM_WECOM_CALLBACK_TOKEN",
+    "wecom_callback_aes_key": "TAGSTREAM_WECOM_CALLBACK_AES_KEY",
     "api_host": "TAGSTREAM_API_HOST",
     "api_port": "TAGSTREAM_API_PORT",
     "api_tokens": "TAGSTREAM_API_TOKENS",

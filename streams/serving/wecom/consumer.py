@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -95,6 +96,8 @@ class WeComSyncService(Service):
         self._paused: set[TopicPartition] = set()
         self._generation = 0
         self._consuming: asyncio.Future[Any] | None = None
+        self._reconciling: asyncio.Future[Any] | None = None
+        self.reconciles: list[dict[str, Any]] = []  # the stats of each periodic reconcile
         self._stopping = False
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -115,14 +118,18 @@ class WeComSyncService(Service):
         await self.consumer.start()
         await self.sync.start()
         self._consuming = self.add_future(self._consume())
+        if self.settings.wecom_reconcile_s > 0:
+            self._reconciling = self.add_future(self._reconcile_every(
+                self.settings.wecom_reconcile_s))
         log.info("WeCom sync started: group %s, %r, coalescing %d ms", self.group_id,
                  self.client, self.settings.wecom_coalesce_ms)
 
     async def on_stop(self) -> None:
         self._stopping = True
-        if self._consuming is not None:
-            self._consuming.cancel()
-            await asyncio.gather(self._consuming, return_exceptions=True)
+        for running in (self._consuming, self._reconciling):
+            if running is not None:
+                running.cancel()
+                await asyncio.gather(running, return_exceptions=True)
         await self.sync.stop()
         if self.consumer is not None:
             await self._commit()
@@ -227,6 +234,37 @@ class WeComSyncService(Service):
         self._paused.clear()
         self._committed.clear()
         log.info("WeCom sync revoked %s", sorted(tp.partition for tp in revoked))
+
+    async def _reconcile_every(self, interval_s: float) -> None:
+        """Repair drift between WeCom and the served profiles every `interval_s`, for the
+        members whose wecom.marks partition this instance holds (so two instances never
+        reconcile the same member), through the same client and so the same call budget."""
+        from streams.platform.partitioning import partition_for
+        from streams.platform.security import redis_client_kwargs
+        from streams.serving.redis_store import RedisProfileStore
+        from streams.serving.wecom.reconcile import WeComReconciler
+
+        partitions = self.settings.partitions
+        while True:
+            await asyncio.sleep(interval_s)
+            assert self.consumer is not None
+            mine = {tp.partition for tp in self.consumer.assignment()}
+            if not mine:
+                continue
+            started = time.monotonic()
+            try:
+                async with RedisProfileStore(
+                        self.settings.redis_url,
+                        connection=redis_client_kwargs(self.settings)) as profiles:
+                    stats = await WeComReconciler(self.client, self.mapper, profiles).run(
+                        owns=lambda member: partition_for(member, partitions) in mine)
+            except Exception as exc:  # Redis away: the next round tries again
+                log.warning("WeCom reconcile failed (%s); next in %.0f s", exc, interval_s)
+                continue
+            figures = dataclasses.asdict(stats)
+            figures["seconds"] = round(time.monotonic() - started, 2)
+            self.reconciles.append(figures)
+            log.info("WeCom reconcile of partitions %s: %s", sorted(mine), figures)
 
     # --- for tests and the closing report -------------------------------------------------------
 

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Mapping, Protocol
+from typing import Any, AsyncIterator, Callable, Mapping, Protocol
 
 from streams.serving.wecom.client import WeComError
 from streams.serving.wecom.sync import (GROUP_NAME, PAIR_GONE_ERRCODES, Pair, TagMapper,
                                         corp_tag_name)
+from taggers.marked import marked_guides
+from taggers.wecom import SyncedTag, pair_tags
 
 log = logging.getLogger(__name__)
 
@@ -52,16 +54,21 @@ class ReconcileStats:
     errors: dict[str, int] = field(default_factory=dict)
 
 
-def expected_tags(profile: Mapping[str, Any]) -> dict[Pair, dict[str, str]]:
-    """Per current pair of the profile: corp tag name -> (tagstream tag id, name_zh)."""
-    consent = profile.get("consent") or {}
-    synced: dict[str, Any] = {}
-    if consent.get("marketing", True):
-        for tag in profile.get("tags") or []:
-            name_zh = tag.get("name_zh") or ""
-            synced[corp_tag_name(tag["id"], name_zh)] = (tag["id"], name_zh)
-    return {Pair(g["userid"], g["external_userid"]): synced
-            for g in profile.get("guides") or [] if g.get("external_userid")}
+def expected_tags(profile: Mapping[str, Any]) -> dict[Pair, dict[str, tuple[str, str]]]:
+    """Per current pair of the profile: corp tag name -> (tagstream tag id, name_zh), by the
+    same rule the worker's marks follow (taggers.wecom.pair_tags)."""
+    held = {tag["id"]: tag for tag in profile.get("tags") or []}
+    synced = []
+    for tag in held.values():
+        synced.append(SyncedTag(tag["id"], tag.get("source") or "rule",
+                                marked_guides(tag.get("evidence") or {}),
+                                tag.get("share") or "all"))
+    pairs = [(g["userid"], g["external_userid"])
+             for g in profile.get("guides") or [] if g.get("external_userid")]
+    marketing = (profile.get("consent") or {}).get("marketing", True)
+    return {Pair(*pair): {corp_tag_name(t, held[t].get("name_zh") or ""):
+                          (t, held[t].get("name_zh") or "") for t in sorted(tags)}
+            for pair, tags in pair_tags(pairs, synced, marketing).items()}
 
 
 def repairs(expected: Mapping[str, Any], shown: list[Mapping[str, Any]],
@@ -87,13 +94,15 @@ class WeComReconciler:
         self.profiles = profiles
         self.stats = ReconcileStats()
 
-    async def run(self, member_id: str | None = None) -> ReconcileStats:
-        """One member, or every served member."""
+    async def run(self, member_id: str | None = None,
+                  owns: Callable[[str], bool] | None = None) -> ReconcileStats:
+        """One member, or every served member (only those `owns` accepts, when given)."""
         if member_id is not None:
             await self.member(member_id)
         else:
             async for served in self.profiles.member_ids():
-                await self.member(served)
+                if owns is None or owns(served):
+                    await self.member(served)
         return self.stats
 
     async def member(self, member_id: str) -> None:

@@ -130,3 +130,52 @@ async def test_the_command_repairs_one_member(stack, wecom_fake: FakeWeCom):
     report = json.loads(done.stdout)
     assert report["members"] == 1 and report["pairs_repaired"] == 1 and report["calls"] >= 3
     assert wecom_fake.state_by_name() == {("zhang", "wmzhang"): {"member", "vip"}}
+
+
+def test_marked_tags_go_to_the_pairs_their_share_names():
+    """The reconciler expects what the worker marks: `own` tags only on the marking guide's
+    customer, `all` on every one, and a tag a guide set in WeCom never again on theirs."""
+    profile = make_profile("M1", tags=["member"], guides=["zhang", "li"])
+    marked = [("prefers_call", "guide", "zhang", "own"), ("vip_banquet", "wecom", "zhang", "all"),
+              ("spring_fair", "import", None, "all")]
+    for tag_id, source, guide, share in marked:
+        profile["tags"].append({"id": tag_id, "name_zh": tag_id, "family": "marked",
+                                "since": None, "rule_version": "v", "source": source,
+                                "share": share, "evidence": {"guide": guide} if guide else {}})
+    names = {pair: {tag for tag, _ in expected.values()}
+             for pair, expected in expected_tags(profile).items()}
+    assert names == {Pair("zhang", "wmzhang"): {"member", "prefers_call", "spring_fair"},
+                     Pair("li", "wmli"): {"member", "vip_banquet", "spring_fair"}}
+
+
+@pytest.mark.e2e
+async def test_wecom_sync_reconciles_its_own_partitions_periodically(stack, wecom_fake):
+    """TAGSTREAM_WECOM_RECONCILE_S: a tag removed by hand in WeCom comes back on its own."""
+    from tests.support.wecom_sync import start_service
+    from tests.support.kafka import create_topics
+
+    settings = sync_settings(stack, wecom_fake, wecom_reconcile_s=1.0)
+    await create_topics(settings)
+    profile = make_profile("P1", tags=["member", "vip"], guides=["zhang"])
+    wecom_fake.contacts |= {("zhang", "wmzhang")}
+    async with RedisProfileStore(settings.redis_url) as store:
+        await store.apply([profile])
+    service = await start_service(settings)
+    try:
+        for _ in range(100):  # the first round marks the pair; then drift is repaired
+            if service.reconciles and wecom_fake.state_by_name().get(("zhang", "wmzhang")):
+                break
+            await asyncio.sleep(0.2)
+        assert wecom_fake.state_by_name() == {("zhang", "wmzhang"): {"member", "vip"}}
+        group = next(g for g in wecom_fake.groups.values() if g.name == GROUP_NAME)
+        vip = next(t for t, name in group.tags.items() if name == "vip")
+        wecom_fake.state[("zhang", "wmzhang")].discard(vip)  # a guide removes it by hand
+        rounds = len(service.reconciles)
+        for _ in range(100):
+            if len(service.reconciles) > rounds + 1:
+                break
+            await asyncio.sleep(0.2)
+        assert wecom_fake.state_by_name() == {("zhang", "wmzhang"): {"member", "vip"}}
+        assert service.reconciles[-1]["errors"] == {}
+    finally:
+        await service.stop()
