@@ -184,7 +184,9 @@ async def test_every_pair_ends_with_its_members_tags_whatever_the_arrival_order(
     figures("every_pair_every_tag", wecom_fake, None, started, done_at,
             members=len(profiles), pairs=len(current), friend_adds=befriended_late,
             pairs_differing=len(wrong), events=len(events))
-    assert len(profiles) == MEMBERS and len(current) > MEMBERS // 4
+    # every member with an event has a profile (at larger scales some join after the end)
+    assert set(profiles) == {e["member_id"] for e in events}
+    assert len(current) > len(profiles) // 4
     refused = sum(n for (api, result), n in wecom_fake.counts().items() if result == "45009")
     assert refused > 0  # the storms bit
     assert not wrong, sorted(wrong)[:5]
