@@ -12,6 +12,13 @@ recorded: every call with its start and end time and result (so tests can measur
 window and the peak concurrency), the tag state of each (userid, external_userid) pair, and
 the history of every value a (pair, tag) ever took.
 
+It also plays WeCom's side of the callback (回调) to tagstream: `guide_edits` is a guide editing a
+customer's tags in the WeCom client, which changes the fake's state and then POSTs the encrypted
+`change_external_contact` / `edit_external_contact` event to the callback URL; `verify_url` is
+WeCom's URL-verification GET. As in WeCom, a change made through the API (mark_tag) raises no
+callback: only `guide_edits` sends one. Every POST sent is kept in `callbacks` and can be sent
+again byte for byte with `resend` (WeCom's retry of a callback it got no answer for).
+
 Use it through the `wecom_fake` fixture (import it into the test module), which always stops it.
 """
 
@@ -21,13 +28,18 @@ import asyncio
 import itertools
 import secrets
 import time
+import xml.etree.ElementTree as ET
 from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import TYPE_CHECKING, Any, AsyncIterator, Iterable, NamedTuple
 
+import aiohttp
 import orjson
 import pytest
 from aiohttp import web
+
+if TYPE_CHECKING:
+    from streams.serving.wecom.callback_crypto import CallbackCrypto
 
 FAKE_CORP_ID = "wwfakecorp00000001"
 FAKE_SECRET = "fake-secret-Zq8v3LmW0pTn6Rk2"
@@ -74,6 +86,23 @@ class _Forced:
     status: int | None = None
 
 
+@dataclass(frozen=True)
+class CallbackPost:
+    """One callback POST the fake sent: enough to send it again byte for byte."""
+
+    url: str
+    query: dict[str, str]
+    body: bytes
+    status: int
+    text: str
+
+
+class Verification(NamedTuple):
+    status: int
+    text: str   # what the callback URL answered
+    echo: str   # the plaintext inside the echostr sent: the answer WeCom expects
+
+
 @dataclass
 class _Group:
     group_id: str
@@ -104,6 +133,7 @@ class FakeWeCom:
         self.unknown_pairs: set[Pair] = set()  # mark_tag on these answers 84061
         self.contacts: set[Pair] = set()  # friend relations without tags yet (for get)
         self.outage_ended_at: float | None = None
+        self.callbacks: list[CallbackPost] = []  # every callback POST sent, in order
         # injections
         self._forced: list[_Forced] = []
         self._latency: dict[str, float] = {}
@@ -117,6 +147,7 @@ class FakeWeCom:
         self._ids = itertools.count(1)
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
+        self._session: aiohttp.ClientSession | None = None  # for callbacks to tagstream
         self.port = 0
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -140,6 +171,9 @@ class FakeWeCom:
         return self.base_url
 
     async def stop(self) -> None:
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
         if self._outage_task is not None:
             self._outage_task.cancel()
             await asyncio.gather(self._outage_task, return_exceptions=True)
@@ -438,6 +472,95 @@ class FakeWeCom:
             group.tags[tid] = tag_name
         self.state[pair].add(tid)
         return tid
+
+    # --- WeCom's callbacks to tagstream ---------------------------------------------------------
+
+    def guide_edit_state(self, pair: Pair, *, add_names: Iterable[str] = (),
+                         remove_names: Iterable[str] = (), group_name: str = "客户类型") -> None:
+        """The tag part of a guide's edit in the WeCom client: corp tags of `group_name` named
+        `add_names` (created as needed, like `add_foreign_tag`) go on the pair, those named
+        `remove_names` come off. No callback: see `guide_edits`."""
+        self.contacts.add(pair)
+        now = time.monotonic()
+        for name in add_names:
+            tid = self.add_foreign_tag(pair, group_name, name)
+            self.history[(*pair, tid)].append((now, True))
+        group = next((g for g in self.groups.values() if g.name == group_name), None)
+        for name in remove_names:
+            for tid in [t for t, n in (group.tags.items() if group else ()) if n == name]:
+                self.state[pair].discard(tid)
+                self.history[(*pair, tid)].append((now, False))
+
+    async def guide_edits(self, pair: Pair, *, add_names: Iterable[str] = (),
+                          remove_names: Iterable[str] = (), group_name: str = "客户类型",
+                          callback_url: str, crypto: "CallbackCrypto",
+                          create_time: int | None = None) -> tuple[int, str]:
+        """A guide (pair[0]) edits the customer (pair[1]) in the WeCom client: the tags change
+        (`guide_edit_state`), then WeCom POSTs the edit_external_contact callback. Returns the
+        callback URL's HTTP status and body."""
+        self.guide_edit_state(pair, add_names=add_names, remove_names=remove_names,
+                              group_name=group_name)
+        return await self.send_contact_change(callback_url, crypto, userid=pair[0],
+                                              external_userid=pair[1], create_time=create_time)
+
+    async def send_contact_change(self, callback_url: str, crypto: "CallbackCrypto", *,
+                                  userid: str, external_userid: str,
+                                  change_type: str = "edit_external_contact",
+                                  create_time: int | None = None,
+                                  agent_id: str = "1000002") -> tuple[int, str]:
+        """POST one encrypted change_external_contact event as WeCom documents it: query
+        msg_signature, timestamp, nonce; body <xml><ToUserName/><AgentID/><Encrypt/></xml>
+        around the encrypted event XML."""
+        create_time = int(time.time()) if create_time is None else create_time
+        inner = (f"<xml><ToUserName><![CDATA[{self.corp_id}]]></ToUserName>"
+                 f"<FromUserName><![CDATA[sys]]></FromUserName>"
+                 f"<CreateTime>{create_time}</CreateTime>"
+                 f"<MsgType><![CDATA[event]]></MsgType>"
+                 f"<Event><![CDATA[change_external_contact]]></Event>"
+                 f"<ChangeType><![CDATA[{change_type}]]></ChangeType>"
+                 f"<UserID><![CDATA[{userid}]]></UserID>"
+                 f"<ExternalUserID><![CDATA[{external_userid}]]></ExternalUserID></xml>")
+        encrypted, query = _sealed(crypto, inner)
+        body = (f"<xml><ToUserName><![CDATA[{self.corp_id}]]></ToUserName>"
+                f"<AgentID><![CDATA[{agent_id}]]></AgentID>"
+                f"<Encrypt><![CDATA[{encrypted}]]></Encrypt></xml>").encode("utf-8")
+        return await self._post_callback(callback_url, query, body)
+
+    async def resend(self, post: CallbackPost) -> tuple[int, str]:
+        """The same POST again, byte for byte: WeCom's retry when it got no answer in time."""
+        return await self._post_callback(post.url, dict(post.query), post.body)
+
+    async def verify_url(self, callback_url: str, crypto: "CallbackCrypto",
+                         echo: str | None = None) -> Verification:
+        """WeCom's URL verification: GET with msg_signature, timestamp, nonce and the encrypted
+        `echo` (random digits by default) as echostr; the URL must answer `echo` in plain."""
+        echo = echo or str(secrets.randbelow(10 ** 19))
+        encrypted, query = _sealed(crypto, echo)
+        async with self._client().get(callback_url,
+                                      params={**query, "echostr": encrypted}) as response:
+            return Verification(response.status, await response.text(), echo)
+
+    async def _post_callback(self, url: str, query: dict[str, str],
+                             body: bytes) -> tuple[int, str]:
+        async with self._client().post(url, params=query, data=body,
+                                       headers={"Content-Type": "text/xml"}) as response:
+            status, text = response.status, await response.text()
+        self.callbacks.append(CallbackPost(url, query, body, status, text))
+        return status, text
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+        return self._session  # WeCom waits 5 s for an answer
+
+
+def _sealed(crypto: "CallbackCrypto", plaintext: str) -> tuple[str, dict[str, str]]:
+    """(the encrypted text, the query that signs it: msg_signature, timestamp, nonce)."""
+    timestamp, nonce = str(int(time.time())), str(secrets.randbelow(10 ** 10))
+    sealed = ET.fromstring(crypto.encrypt(plaintext, nonce, timestamp))
+    return sealed.findtext("Encrypt") or "", {
+        "msg_signature": sealed.findtext("MsgSignature") or "", "timestamp": timestamp,
+        "nonce": nonce}
 
 
 class _Answer(web.Response):

@@ -25,13 +25,17 @@ from streams.serving.api.feed import (BUFFER_PER_PARTITION, CursorError, FeedEve
 from streams.platform.security import kafka_client_kwargs, redis_client_kwargs
 from streams.platform.settings import Settings
 from streams.platform.topics import TopicNames, topic_names
+from streams.platform.event_writer import EventWriter
+from streams.serving.api.marking import MarkRefused, mark_member_tag, parse_request
 from streams.serving.api.openapi import openapi_bytes
 from streams.serving.redis_store import MAX_PAGE, RedisProfileStore
+from streams.serving.wecom.callback_endpoint import WecomCallback, callback_from_settings
 
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-PUBLIC_ROUTES = {"page", "static", "openapi"}
+# The WeCom callback carries no bearer token: WeCom signs and encrypts it instead.
+PUBLIC_ROUTES = {"page", "static", "openapi", "wecom_callback"}
 FEED_ROUTES = {"feed", "guide_feed"}
 HEARTBEAT_S = 15.0
 SSE_RETRY_MS = 2000
@@ -41,6 +45,9 @@ STORE: web.AppKey[RedisProfileStore] = web.AppKey("store", RedisProfileStore)
 HUB: web.AppKey[FeedHub] = web.AppKey("hub", FeedHub)
 TOKENS: web.AppKey[TokenMap] = web.AppKey("tokens", TokenMap)
 CATALOGUE: web.AppKey[bytes] = web.AppKey("catalogue", bytes)
+PACK: web.AppKey[Any] = web.AppKey("pack", object)
+EVENTS: web.AppKey[EventWriter] = web.AppKey("events", EventWriter)
+CALLBACK: web.AppKey[Any] = web.AppKey("wecom_callback", object)  # None: not configured
 HEARTBEAT: web.AppKey[float] = web.AppKey("heartbeat", float)
 PRINCIPAL: Any = (web.RequestKey("principal", Principal) if hasattr(web, "RequestKey")
                   else "principal")  # RequestKey is aiohttp >= 3.12
@@ -63,6 +70,12 @@ def _error(cls: type[web.HTTPException], code: str, message: str,
            headers: dict[str, str] | None = None) -> web.HTTPException:
     return cls(body=encode_body(ApiError(error=code, message=message)),
                content_type="application/json", headers={**SECURITY_HEADERS, **(headers or {})})
+
+
+class _TooLarge(web.HTTPClientError):
+    """413 with our JSON error body (aiohttp's own needs the sizes and writes text)."""
+
+    status_code = 413
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -203,6 +216,31 @@ async def tag_members(request: web.Request) -> web.Response:
     return await _members_page(request, None, tag, {"tag": tag})
 
 
+async def mark_tag(request: web.Request) -> web.Response:
+    """A guide marks or unmarks a tag on their member (an operator on anyone): 202."""
+    try:
+        accepted = await mark_member_tag(
+            _principal(request), request.match_info["member_id"],
+            parse_request(await request.read()), pack=request.app[PACK],
+            profiles=request.app[STORE], events=request.app[EVENTS])
+    except MarkRefused as exc:
+        status = {400: web.HTTPBadRequest, 403: web.HTTPForbidden, 404: web.HTTPNotFound,
+                  413: _TooLarge}[exc.status]
+        raise _error(status, exc.code, exc.message) from None
+    return _json(accepted, status=202)
+
+
+async def wecom_callback(request: web.Request) -> web.Response:
+    callback: WecomCallback | None = request.app[CALLBACK]
+    if callback is None:
+        raise _error(web.HTTPNotFound, "not_found", "the WeCom callback is not configured "
+                     "(TAGSTREAM_WECOM_CALLBACK_TOKEN, TAGSTREAM_WECOM_CALLBACK_AES_KEY)")
+    status, text = await callback.handle(request.method, request.query,
+                                         await request.read())
+    return web.Response(status=status, text=text, content_type="text/plain",
+                        headers=SECURITY_HEADERS)
+
+
 async def prometheus(request: web.Request) -> web.Response:
     if not _principal(request).operator:
         raise _error(web.HTTPForbidden, "forbidden", "metrics are for operator tokens")
@@ -314,14 +352,14 @@ async def _send(response: web.StreamResponse, events: list[FeedEvent], cursor: d
 # --- assembly ----------------------------------------------------------------------------------
 
 
-def tag_catalogue(settings: Settings) -> bytes:
-    """Display names of the tags of the rule pack: what the page shows instead of ids."""
-    from taggers.rules import load_rules
-
-    pack = load_rules(settings.rules_path)
+def tag_catalogue(pack: Any) -> bytes:
+    """Display names of the tags of the rule pack: what the page shows instead of ids; the
+    marked tags are the ones a guide can set."""
     return encode_body(TagCatalogue(rules_version=pack.version, tags=[
-        CatalogueTag(id=rule.id, name_zh=rule.name_zh, family=rule.family,
-                     group=getattr(rule, "group", None)) for rule in pack.tags]))
+        *(CatalogueTag(id=rule.id, name_zh=rule.name_zh, family=rule.family,
+                       group=getattr(rule, "group", None)) for rule in pack.tags),
+        *(CatalogueTag(id=tag.id, name_zh=tag.name_zh, family="marked", group=None,
+                       share=tag.share) for tag in pack.marked.values())]))
 
 
 def add_routes(app: web.Application) -> None:
@@ -331,6 +369,10 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/me", me, name="me")
     app.router.add_get("/tags", tags, name="tags")
     app.router.add_get("/members/{member_id}", member, name="member")
+    app.router.add_post("/members/{member_id}/tags", mark_tag, name="mark_tag")
+    callback = app.router.add_resource("/wecom/callback", name="wecom_callback")
+    callback.add_route("GET", wecom_callback)  # WeCom's URL verification
+    callback.add_route("POST", wecom_callback)  # WeCom's event pushes
     app.router.add_get("/guides/{guide}/members", guide_members, name="guide_members")
     app.router.add_get("/guides/{guide}/feed", guide_feed, name="guide_feed")
     app.router.add_get("/feed", feed, name="feed")
@@ -342,19 +384,31 @@ def create_app(settings: Settings, *, heartbeat_s: float = HEARTBEAT_S,
                feed_buffer: int = BUFFER_PER_PARTITION) -> web.Application:
     """The API for `settings`; Redis and the Kafka tail start with the app, not before."""
     app = web.Application(middlewares=[observe, authenticate])
+    from taggers.rules import load_rules
+
     app[TOKENS] = parse_tokens(settings.api_tokens)
-    app[CATALOGUE] = tag_catalogue(settings)
+    app[PACK] = load_rules(settings.rules_path)
+    app[CATALOGUE] = tag_catalogue(app[PACK])
     app[HEARTBEAT] = heartbeat_s
     app[STORE] = RedisProfileStore(settings.redis_url, connection=redis_client_kwargs(settings))
     app[HUB] = FeedHub(settings.broker_bootstrap, names=topic_names(settings),
                        buffer_per_partition=feed_buffer,
                        kafka_options=kafka_client_kwargs(settings))
+    app[EVENTS] = EventWriter(settings.broker_bootstrap, settings.partitions,
+                              topic_names(settings), kafka_client_kwargs(settings))
+    app[CALLBACK] = callback_from_settings(settings, app[PACK], app[STORE], app[EVENTS])
     add_routes(app)
 
     async def lifecycle(app: web.Application) -> Any:
         await app[STORE].start()
         await app[HUB].start()
+        await app[EVENTS].start()
+        if app[CALLBACK] is not None:
+            await app[CALLBACK].start()
         yield
+        if app[CALLBACK] is not None:
+            await app[CALLBACK].stop()
+        await app[EVENTS].stop()
         await app[HUB].stop()
         await app[STORE].stop()
 

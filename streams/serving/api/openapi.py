@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from schemas.api import ApiError, Me, MembersPage, TagCatalogue
+from schemas.api import ApiError, MarkAccepted, MarkRequest, Me, MembersPage, TagCatalogue
 from schemas.changes import TagChange, TierChange
 from schemas.profile import Profile
 
@@ -33,6 +33,7 @@ def _error_responses(*codes: int) -> dict[str, Any]:
     text = {400: "Bad request (a parameter or Last-Event-ID is malformed)",
             401: "No token, or a token that is not valid",
             403: "The token's guide may not see this guide or member",
+            413: "The body is too large",
             404: "Not found (operators only; a guide gets 403 for members not theirs)",
             503: "The broker is not reachable yet; retry after Retry-After seconds"}
     return {str(code): {"description": text[code],
@@ -68,7 +69,8 @@ FEED_DESCRIPTION = (
 
 def _operation(summary: str, operation_id: str, responses: dict[str, Any], *,
                parameters: list[dict[str, Any]] = (), public: bool = False,  # type: ignore[assignment]
-               description: str | None = None) -> dict[str, Any]:
+               description: str | None = None, method: str = "get",
+               body: dict[str, Any] | None = None) -> dict[str, Any]:
     operation: dict[str, Any] = {"summary": summary}
     if description:
         operation["description"] = description
@@ -77,8 +79,10 @@ def _operation(summary: str, operation_id: str, responses: dict[str, Any], *,
         operation["security"] = []
     if parameters:
         operation["parameters"] = list(parameters)
+    if body is not None:
+        operation["requestBody"] = {"required": True, "content": {JSON: {"schema": body}}}
     operation["responses"] = responses
-    return {"get": operation}
+    return {method: operation}
 
 
 def _path_param(name: str) -> dict[str, Any]:
@@ -95,7 +99,31 @@ def _public_paths() -> dict[str, Any]:
             parameters=[_path_param("name")], public=True),
         "/openapi.json": _operation("This document", "openapi",
                                     _ok("OpenAPI 3.1", {"type": "object"}), public=True),
+        "/wecom/callback": _wecom_callback(),
     }
+
+
+def _wecom_callback() -> dict[str, Any]:
+    """WeCom's own callback protocol (signed and AES-encrypted; no bearer token)."""
+    signed = [{"name": name, "in": "query", "required": True, "schema": {"type": "string"}}
+              for name in ("msg_signature", "timestamp", "nonce")]
+    text = {"type": "string"}
+    refused = {"400": {"description": "Malformed or undecryptable"},
+               "403": {"description": "The signature does not match the Token"},
+               "404": {"description": "The callback is not configured"}}
+    verify = _operation(
+        "WeCom URL verification: answers the decrypted echostr", "wecomCallbackVerify",
+        {**_ok("The decrypted echostr", text, "text/plain"), **refused},
+        parameters=[*signed, {"name": "echostr", "in": "query", "required": True,
+                              "schema": text}], public=True)["get"]
+    push = _operation(
+        "WeCom event push (change_external_contact): a guide's tag edits in WeCom become "
+        "interaction.tag_marked events", "wecomCallbackEvent",
+        {**_ok("\"success\"", text, "text/plain"), **refused,
+         "503": {"description": "Not processed (WeCom, Redis or Kafka failed); WeCom retries"}},
+        parameters=signed, public=True, method="post")["post"]
+    push["requestBody"] = {"required": True, "content": {"text/xml": {"schema": text}}}
+    return {"get": verify, "post": push}
 
 
 def _data_paths() -> dict[str, Any]:
@@ -113,6 +141,14 @@ def _data_paths() -> dict[str, Any]:
             "A member's current profile", "member",
             {**_ok("The profile", _ref("Profile")), **_error_responses(401, 403, 404)},
             parameters=[_path_param("member_id")]),
+        "/members/{member_id}/tags": _operation(
+            "Mark or unmark a tag on a member (a guide: their own members; an operator: "
+            "anyone)", "markTag",
+            {"202": {"description": "Accepted: an interaction.tag_marked event is written; "
+                                    "the profile, feed and WeCom follow",
+                     "content": {JSON: {"schema": _ref("MarkAccepted")}}},
+             **_error_responses(400, 401, 403, 404, 413)},
+            parameters=[_path_param("member_id")], method="post", body=_ref("MarkRequest")),
         "/guides/{guide}/members": _operation(
             "The guide's members, optionally only those holding a tag (paged)", "guideMembers",
             page, parameters=[_guide_param(), tag_query, *PAGING]),
@@ -146,7 +182,7 @@ def _feed_paths() -> dict[str, Any]:
 
 # The models whose JSON Schemas the document carries, under these names.
 SCHEMA_MODELS: tuple[type, ...] = (ApiError, Me, TagCatalogue, Profile, MembersPage, TagChange,
-                                   TierChange)
+                                   TierChange, MarkRequest, MarkAccepted)
 
 
 def component_schemas() -> dict[str, Any]:
