@@ -15,13 +15,14 @@ a callback POST to its event on events.interactions, printed, not asserted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
 import re
 import time
 from datetime import datetime, timezone
-from typing import Any, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import orjson
@@ -534,63 +535,93 @@ async def test_tags_set_in_wecom_reach_the_other_guides_customer_and_nothing_ech
         assert worker.alive() and sink.alive()
 
 
+@dataclasses.dataclass
+class Pipeline:
+    """Worker, Redis sink and API (callback configured) on the test's own topics."""
+
+    settings: Settings
+    worker: Any
+    sink: Any
+    api: aiohttp.ClientSession
+    store: RedisProfileStore
+    writer: EventWriter
+    url: str  # the callback URL
+
+
+@contextlib.asynccontextmanager
+async def pipeline(stack: Settings, fake: FakeWeCom, tmp_path, *,
+                   befriended: tuple[str, ...] = ()) -> AsyncIterator[Pipeline]:
+    """The pipeline, with each member of `befriended` a WeCom customer (wm<member>) of
+    zhang, served before the test proper starts."""
+    settings = callback_settings(stack, fake)
+    await create_topics(settings)
+    fake.contacts |= {("zhang", f"wm{member}") for member in befriended}
+    with running_worker(settings, tmp_path) as worker, \
+            running_worker(settings, tmp_path, name="redis-sink", command=("redis-sink",)) as sink:
+        async with running_api(settings) as base, aiohttp.ClientSession(base) as api, \
+                RedisProfileStore(settings.redis_url) as store, \
+                EventWriter(settings.broker_bootstrap, settings.partitions,
+                            topic_names(settings), kafka_client_kwargs(settings)) as writer:
+            if befriended:
+                await writer.write([build_event(
+                    "interaction.wecom_friend_added", member, channel="wecom",
+                    guide_id="zhang", external_userid=f"wm{member}") for member in befriended])
+                await eventually(lambda: _all(store.get_profiles(list(befriended))),
+                                 "the profiles served", worker, sink, timeout=180)
+            yield Pipeline(settings, worker, sink, api, store, writer, f"{base}/wecom/callback")
+
+
+async def served_tags(line: Pipeline, member: str) -> dict[str, Any]:
+    profile = await line.store.get_profile(member)
+    return {t["id"]: t for t in (profile or {}).get("tags", ())}
+
+
+async def sentinel_mark(line: Pipeline, member: str) -> dict[str, Any]:
+    """An operator's mark after the edits on the member's partition: once it is served,
+    every edit before it was applied. The member's served tags then."""
+    async with line.api.post(f"/members/{member}/tags", headers=bearer(OPERATOR),
+                             json={"tag": "gift_buyer", "op": "added"}) as response:
+        assert response.status == 202, await response.text()
+    return await eventually(lambda: _has(served_tags(line, member), "gift_buyer"),
+                            f"the sentinel mark on {member}", line.worker, line.sink)
+
+
+async def wecom_written(line: Pipeline) -> list[dict[str, Any]]:
+    """Every tag_marked event the callback wrote."""
+    records = await read_topic(line.settings.broker_bootstrap,
+                               topic_names(line.settings).interactions,
+                               until=lambda new: False, timeout=30, idle_s=3)
+    return wecom_events(records)
+
+
 @pytest.mark.slow
 async def test_a_quick_undo_in_wecom_is_not_lost(stack, tmp_path, wecom_fake):
     """A guide adds a tag in WeCom and takes it off again a moment later (a mis-click put
     right), or takes one off and puts it back: the member must end up as WeCom shows them,
     whether or not the worker had applied the first edit when the second callback came."""
     fake = wecom_fake
-    settings = callback_settings(stack, fake)
-    names = topic_names(settings)
-    await create_topics(settings)
     undo, redo = ("zhang", "wmQ1"), ("zhang", "wmQ2")
-    fake.contacts |= {undo, redo}
-    with running_worker(settings, tmp_path) as worker, \
-            running_worker(settings, tmp_path, name="redis-sink", command=("redis-sink",)) as sink:
-        async with running_api(settings) as base, aiohttp.ClientSession(base) as api, \
-                RedisProfileStore(settings.redis_url) as store, \
-                EventWriter(settings.broker_bootstrap, settings.partitions, names,
-                            kafka_client_kwargs(settings)) as writer:
-            url = f"{base}/wecom/callback"
-            await writer.write([build_event("interaction.wecom_friend_added", member,
-                                            channel="wecom", guide_id="zhang",
-                                            external_userid=f"wm{member}")
-                                for member in ("Q1", "Q2")])
+    async with pipeline(stack, fake, tmp_path, befriended=("Q1", "Q2")) as line:
 
-            async def tags(member: str) -> dict[str, Any]:
-                profile = await store.get_profile(member)
-                return {t["id"]: t for t in (profile or {}).get("tags", ())}
+        def edit(pair: tuple[str, str], **change: Any) -> Awaitable[tuple[int, str]]:
+            return fake.guide_edits(pair, group_name=THEIRS, callback_url=line.url,
+                                    crypto=crypto(), **change)
 
-            await eventually(lambda: _all(store.get_profiles(["Q1", "Q2"])),
-                             "both profiles served", worker, sink, timeout=180)
-            # Q2 holds 高意向 from zhang's WeCom before the test proper
-            assert await fake.guide_edits(redo, add_names=["高意向"], group_name=THEIRS,
-                                          callback_url=url, crypto=crypto()) == (200, "success")
-            high = f"wecom:{tag_id(fake, THEIRS, '高意向')}"
-            await eventually(lambda: _has(tags("Q2"), high), "高意向 held by Q2", worker, sink)
-
-            # the edits: one right after the other, as a guide clicks
-            assert await fake.guide_edits(undo, add_names=["高意向"], group_name=THEIRS,
-                                          callback_url=url, crypto=crypto()) == (200, "success")
-            assert await fake.guide_edits(undo, remove_names=["高意向"], group_name=THEIRS,
-                                          callback_url=url, crypto=crypto()) == (200, "success")
-            assert await fake.guide_edits(redo, remove_names=["高意向"], group_name=THEIRS,
-                                          callback_url=url, crypto=crypto()) == (200, "success")
-            assert await fake.guide_edits(redo, add_names=["高意向"], group_name=THEIRS,
-                                          callback_url=url, crypto=crypto()) == (200, "success")
-            # a mark after them on each member's partition: once it shows, they were applied
-            for member in ("Q1", "Q2"):
-                async with api.post(f"/members/{member}/tags", headers=bearer(OPERATOR),
-                                    json={"tag": "gift_buyer", "op": "added"}) as response:
-                    assert response.status == 202, await response.text()
-                await eventually(lambda: _has(tags(member), "gift_buyer"),
-                                 f"the sentinel mark on {member}", worker, sink)
-            shown_in_wecom = {m: "高意向" in names_on(fake, pair, False)
-                              for m, pair in (("Q1", undo), ("Q2", redo))}
-            held = {m: high in await tags(m) for m in ("Q1", "Q2")}
-            records = await read_topic(settings.broker_bootstrap, names.interactions,
-                                       until=lambda new: False, timeout=30, idle_s=3)
-            written = [(e["member_id"], e["op"]) for e in wecom_events(records)]
+        # Q2 holds 高意向 from zhang's WeCom before the test proper
+        assert await edit(redo, add_names=["高意向"]) == (200, "success")
+        high = f"wecom:{tag_id(fake, THEIRS, '高意向')}"
+        await eventually(lambda: _has(served_tags(line, "Q2"), high), "高意向 held by Q2",
+                         line.worker, line.sink)
+        # the edits: one right after the other, as a guide clicks
+        for pair, change in ((undo, "add_names"), (undo, "remove_names"),
+                             (redo, "remove_names"), (redo, "add_names")):
+            assert await edit(pair, **{change: ["高意向"]}) == (200, "success")
+        for member in ("Q1", "Q2"):
+            await sentinel_mark(line, member)
+        shown_in_wecom = {m: "高意向" in names_on(fake, pair, False)
+                          for m, pair in (("Q1", undo), ("Q2", redo))}
+        held = {m: high in await served_tags(line, m) for m in ("Q1", "Q2")}
+        written = [(e["member_id"], e["op"]) for e in await wecom_written(line)]
     assert shown_in_wecom == {"Q1": False, "Q2": True}
     assert held == shown_in_wecom, (
         f"the member's WeCom tag does not match WeCom after a quick second edit; "
@@ -603,49 +634,24 @@ async def test_edits_within_one_second_each_count(stack, tmp_path, wecom_fake):
     within one second, each edit applied before the next callback: the third edit is a new
     edit, not a retry of the first, and the member must hold the tag as WeCom shows it."""
     fake = wecom_fake
-    settings = callback_settings(stack, fake)
-    names = topic_names(settings)
-    await create_topics(settings)
     pair = ("zhang", "wmQ3")
-    fake.contacts.add(pair)
-    with running_worker(settings, tmp_path) as worker, \
-            running_worker(settings, tmp_path, name="redis-sink", command=("redis-sink",)) as sink:
-        async with running_api(settings) as base, aiohttp.ClientSession(base) as api, \
-                RedisProfileStore(settings.redis_url) as store, \
-                EventWriter(settings.broker_bootstrap, settings.partitions, names,
-                            kafka_client_kwargs(settings)) as writer:
-            url = f"{base}/wecom/callback"
-            await writer.write([build_event("interaction.wecom_friend_added", "Q3",
-                                            channel="wecom", guide_id="zhang",
-                                            external_userid="wmQ3")])
+    async with pipeline(stack, fake, tmp_path, befriended=("Q3",)) as line:
+        second = int(time.time())
 
-            async def tags() -> dict[str, Any]:
-                profile = await store.get_profile("Q3")
-                return {t["id"]: t for t in (profile or {}).get("tags", ())}
+        def edit(**change: Any) -> Awaitable[tuple[int, str]]:
+            return fake.guide_edits(pair, group_name=THEIRS, callback_url=line.url,
+                                    crypto=crypto(), create_time=second, **change)
 
-            await eventually(lambda: store.get_profile("Q3"), "the profile served", worker,
-                             sink, timeout=180)
-            second = int(time.time())
-            for edit in ({"add_names": ["高意向"]}, {"remove_names": ["高意向"]}):
-                assert await fake.guide_edits(pair, group_name=THEIRS, callback_url=url,
-                                              crypto=crypto(), create_time=second,
-                                              **edit) == (200, "success")
-                high = f"wecom:{tag_id(fake, THEIRS, '高意向')}"
-                if "add_names" in edit:
-                    await eventually(lambda: _has(tags(), high), "added", worker, sink)
-                else:
-                    await eventually(lambda: _lacks(tags(), high), "removed", worker, sink)
-            assert await fake.guide_edits(pair, add_names=["高意向"], group_name=THEIRS,
-                                          callback_url=url, crypto=crypto(),
-                                          create_time=second) == (200, "success")
-            async with api.post("/members/Q3/tags", headers=bearer(OPERATOR),
-                                json={"tag": "gift_buyer", "op": "added"}) as response:
-                assert response.status == 202, await response.text()
-            held = await eventually(lambda: _has(tags(), "gift_buyer"), "the sentinel mark",
-                                    worker, sink)
-            records = await read_topic(settings.broker_bootstrap, names.interactions,
-                                       until=lambda new: False, timeout=30, idle_s=3)
-            written = [(e["op"], e["event_id"]) for e in wecom_events(records)]
+        assert await edit(add_names=["高意向"]) == (200, "success")
+        high = f"wecom:{tag_id(fake, THEIRS, '高意向')}"
+        await eventually(lambda: _has(served_tags(line, "Q3"), high), "added", line.worker,
+                         line.sink)
+        assert await edit(remove_names=["高意向"]) == (200, "success")
+        await eventually(lambda: _lacks(served_tags(line, "Q3"), high), "removed",
+                         line.worker, line.sink)
+        assert await edit(add_names=["高意向"]) == (200, "success")
+        held = await sentinel_mark(line, "Q3")
+        written = [(e["op"], e["event_id"]) for e in await wecom_written(line)]
     assert "高意向" in names_on(fake, pair, False)
     assert high in held, f"the re-added tag was dropped; tag_marked events (op, id): {written}"
 
@@ -769,53 +775,36 @@ async def test_callback_to_profile_latency(stack, tmp_path, wecom_fake):
     worker (wall clock) and the Redis sink to the served profile; paced at 5 callbacks/s.
     Reported, not asserted (a shared 2-core machine is too noisy for thresholds); the test
     checks every edit arrived as exactly one event."""
-    fake = wecom_fake
-    settings = callback_settings(stack, fake)
-    names = topic_names(settings)
-    await create_topics(settings)
     members = [f"PL{n:04d}" for n in range(PROFILE_CALLBACKS)]
-    fake.contacts |= {("zhang", f"wm{m}") for m in members}
-    with running_worker(settings, tmp_path) as worker, \
-            running_worker(settings, tmp_path, name="redis-sink", command=("redis-sink",)) as sink:
-        async with running_api(settings) as base, \
-                RedisProfileStore(settings.redis_url) as store, \
-                EventWriter(settings.broker_bootstrap, settings.partitions, names,
-                            kafka_client_kwargs(settings)) as writer:
-            url = f"{base}/wecom/callback"
-            await writer.write([build_event("interaction.wecom_friend_added", m,
-                                            channel="wecom", guide_id="zhang",
-                                            external_userid=f"wm{m}") for m in members])
-            await eventually(lambda: _all(store.get_profiles(members)), "profiles served",
-                             worker, sink, timeout=180)
-            sent: dict[str, float] = {}
-            arrived: dict[str, float] = {}
+    async with pipeline(stack, wecom_fake, tmp_path, befriended=tuple(members)) as line:
+        sent: dict[str, float] = {}
+        arrived: dict[str, float] = {}
 
-            async def watch() -> None:
-                while len(arrived) < len(members):
-                    waiting = [m for m in sent if m not in arrived]
-                    for member, profile in zip(waiting, await store.get_profiles(waiting)):
-                        if profile and any(t["id"] == "vip_banquet" for t in profile["tags"]):
-                            arrived[member] = time.perf_counter()
-                    await asyncio.sleep(0.02)
+        async def watch() -> None:
+            while len(arrived) < len(members):
+                waiting = [m for m in sent if m not in arrived]
+                for member, profile in zip(waiting, await line.store.get_profiles(waiting)):
+                    if profile and any(t["id"] == "vip_banquet" for t in profile["tags"]):
+                        arrived[member] = time.perf_counter()
+                await asyncio.sleep(0.02)
 
-            watcher = asyncio.create_task(watch())
-            try:
-                for member in members:
-                    sent[member] = time.perf_counter()
-                    assert await fake.guide_edits(
-                        ("zhang", f"wm{member}"), add_names=["宴席客户"], group_name=THEIRS,
-                        callback_url=url, crypto=crypto()) == (200, "success")
-                    await asyncio.sleep(0.2)
-                await asyncio.wait_for(asyncio.shield(watcher), 120)
-            finally:
-                watcher.cancel()
-                await asyncio.gather(watcher, return_exceptions=True)
-            assert worker.alive() and sink.alive()
-            records = await read_topic(settings.broker_bootstrap, names.interactions,
-                                       until=lambda new: False, timeout=30, idle_s=2)
+        watcher = asyncio.create_task(watch())
+        try:
+            for member in members:
+                sent[member] = time.perf_counter()
+                assert await wecom_fake.guide_edits(
+                    ("zhang", f"wm{member}"), add_names=["宴席客户"], group_name=THEIRS,
+                    callback_url=line.url, crypto=crypto()) == (200, "success")
+                await asyncio.sleep(0.2)
+            await asyncio.wait_for(asyncio.shield(watcher), 120)
+        finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+        assert line.worker.alive() and line.sink.alive()
+        written = await wecom_written(line)
     latency = [(arrived[m] - sent[m]) * 1000 for m in members]
-    # one event per edit: nothing echoed back from tagstream's own marks on those pairs
-    assert sorted(e["member_id"] for e in wecom_events(records)) == members
+    # one event per edit: nothing written twice
+    assert sorted(e["member_id"] for e in written) == members
     print("\nWECOM-CALLBACK-TO-PROFILE " + json.dumps({
         "callbacks": len(members), "p50_ms": round(pct(latency, 0.5), 1),
         "p99_ms": round(pct(latency, 0.99), 1), "max_ms": round(max(latency), 1)}))
