@@ -40,7 +40,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 # 400 members keep the suite within its 20 minutes on a slower 2-core CI machine; every rule,
 # tier and points path is already exercised at this size (5,000 members: see the README).
-MEMBERS = 300
+MEMBERS = 220
 DAYS = 731
 
 

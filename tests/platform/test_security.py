@@ -33,7 +33,10 @@ URL_PASSWORD = "URL-PASSWORD-m3Kd"
 SASL_PASSWORD = "SASL-PASSWORD-v9Tb"
 KEY_PASSWORD = "KEY-PASSWORD-c4Wn"
 API_TOKEN = "API-TOKEN-0123456789abcdef"
-SECRETS = (WECOM_SECRET, REDIS_PASSWORD, URL_PASSWORD, SASL_PASSWORD, KEY_PASSWORD, API_TOKEN)
+CALLBACK_TOKEN = "CALLBACK-TOKEN-r5Yh"
+CALLBACK_AES_KEY = "CALLBACKAESKEY" + "k" * 29  # 43 characters, as WeCom's console gives
+SECRETS = (WECOM_SECRET, REDIS_PASSWORD, URL_PASSWORD, SASL_PASSWORD, KEY_PASSWORD, API_TOKEN,
+           CALLBACK_TOKEN, CALLBACK_AES_KEY)
 
 
 def secret_settings(**overrides) -> Settings:
@@ -44,7 +47,8 @@ def secret_settings(**overrides) -> Settings:
         kafka_security_protocol="SASL_PLAINTEXT", kafka_sasl_mechanism="SCRAM-SHA-512",
         kafka_sasl_username="tagstream", kafka_sasl_password=SASL_PASSWORD,
         kafka_ssl_key_password=KEY_PASSWORD,
-        api_tokens=f"{API_TOKEN}=zhangsan")
+        api_tokens=f"{API_TOKEN}=zhangsan", wecom_callback_token=CALLBACK_TOKEN,
+        wecom_callback_aes_key=CALLBACK_AES_KEY)
     values.update(overrides)
     return dataclasses.replace(Settings(), **values)
 
@@ -80,7 +84,8 @@ def test_settings_repr_shows_no_secret_and_masks_the_url_password():
 
 def test_every_secret_field_is_repr_false():
     secret_fields = {"wecom_secret", "redis_password", "kafka_sasl_password",
-                     "kafka_ssl_key_password", "api_tokens"}
+                     "kafka_ssl_key_password", "api_tokens", "wecom_callback_token",
+                     "wecom_callback_aes_key"}
     for field in dataclasses.fields(Settings):
         assert field.repr is (field.name not in secret_fields), field.name
 
