@@ -83,6 +83,12 @@ class MemberState(msgspec.Struct, array_like=True, gc=False):
     # a deadline re-evaluates only the rules due then (indexes of the pack `rules_version`)
     unit_deadlines: list[int] = []
     marketing: bool = True  # consent to marketing (interaction.consent_changed)
+    # The worker's redelivery guard: per topic consumed from, the highest offset of this
+    # member's events applied. A member's events of one topic come in offset order and are
+    # applied in time order, so an event at or below it that the engine would refuse as late
+    # was applied (or dead-lettered) already: a redelivery after a takeover, even one the
+    # `seen` ring has forgotten. Empty in the dry run, which never redelivers.
+    applied: dict[str, int] = {}
 
 
 _encoder = msgspec.msgpack.Encoder()

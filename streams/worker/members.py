@@ -202,7 +202,8 @@ class MemberProcessor:
         occurred = to_epoch(event.occurred_at)
         passed = self._passed(message.topic, partition)
         if passed is not None and occurred <= passed:
-            if self.engine.has_applied(self._load(event.member_id.encode()), event):
+            state = self._load(event.member_id.encode())
+            if self.engine.has_applied(state, event) or _redelivered(state, message):
                 # a producer's retry wrote it twice: applied once, not an error
                 self.counters.duplicates += 1
                 self._owe(ack)
@@ -248,9 +249,13 @@ class MemberProcessor:
     def _apply(self, event: Any, origin: tuple[str, int, int], message: Any) -> None:
         key = event.member_id.encode()
         partition = message.partition
+        state = self._load(key)
         try:
-            outcome = self.engine.apply(self._load(key), event)
+            outcome = self.engine.apply(state, event)
         except EventRejected as rejected:
+            if _redelivered(state, message):
+                self.counters.duplicates += 1  # applied before a takeover: not an error
+                return
             self.reject(rejected.reason, origin, message)
             return
         except Exception as exc:  # noqa: BLE001 - an engine bug must not stop the partition
@@ -260,6 +265,10 @@ class MemberProcessor:
         if outcome.duplicate:
             self.counters.duplicates += 1
             return
+        if outcome.erasure is None:
+            applied = outcome.state.applied
+            if message.offset > applied.get(message.topic, -1):
+                applied[message.topic] = message.offset
         self.counters.processed += 1
         self.tally.add(metrics.EVENTS_PROCESSED, origin[0])
         self._store(partition, key, outcome)
@@ -654,3 +663,9 @@ def register_member_agent(app: faust.App, processor: MemberProcessor, topics: To
     @app.on_before_shutdown.connect
     async def on_shutdown(app: faust.App, **_: Any) -> None:
         await shipper.drain()
+
+
+def _redelivered(state: MemberState | None, message: Any) -> bool:
+    """The message lies at or below the offset this member's events of its topic were
+    applied through (MemberState.applied): it was handled before."""
+    return state is not None and message.offset <= state.applied.get(message.topic, -1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -13,6 +13,7 @@ import msgspec
 import pytest
 
 from schemas.control import BACKFILL, encode_watermark
+from schemas.decode import decode_event
 from streams.worker.members import (
     FLUSH_LINGER_S,
     MAX_BATCHES_IN_FLIGHT,
@@ -796,3 +797,39 @@ async def test_an_erased_member_leaves_tombstones_and_a_later_event_starts_a_new
                                             member=member, amount_fen=500))
     state = decode_state(h.table[key])
     assert state.joined_at is None and state.orders.count == 1 and state.guides == []
+
+
+async def test_a_redelivered_event_the_seen_ring_forgot_is_a_duplicate_not_a_dead_letter():
+    """Regression (kill-a-worker e2e on Kafka): the survivor re-read a partition from an old
+    commit, and an event applied long before, no longer among the member's 64 remembered
+    ids and over 7 days behind the member's newest state, was dead-lettered as late. The
+    offset it was consumed at shows it was handled: a duplicate. The same event written
+    again at a new offset (a producer's late copy) is still refused, as before."""
+    start = datetime.fromisoformat("2024-01-01T10:00:00+08:00")
+    h = Harness("wall", wall=start.timestamp())  # the wall clock follows the events
+    member = "M-forgot"
+    p = partition_for(member, PARTITIONS)
+    first = raw_event("interaction.sign_in", start.isoformat(), member=member,
+                      event_id="first-sign-in")
+    sent = await h.event(h.names.interactions, first)
+    for day in range(1, 71):  # more events than the ring remembers, over 10 weeks
+        at = start + timedelta(days=day)
+        h.wall = at.timestamp()
+        await h.event(h.names.interactions,
+                      raw_event("interaction.sign_in", at.isoformat(), member=member))
+    state = decode_state(h.table[member.encode()])
+    assert h.topics.deadletter.sent == []
+    assert not h.processor.engine.has_applied(state, decode_event(orjson.dumps(first)))
+    # the next owner: the member's state from the changelog, the partition re-read from an
+    # old commit
+    survivor = Harness("wall", wall=h.wall)
+    survivor.table.update(h.table)
+    await survivor.send(h.names.interactions, orjson.dumps(first), p, offset=sent.offset)
+    assert survivor.topics.deadletter.sent == []
+    assert survivor.processor.counters.duplicates == 1
+    # a producer's late copy, written after everything applied: refused, as before
+    later = Harness("wall", wall=h.wall)
+    later.table.update(h.table)
+    await later.send(h.names.interactions, orjson.dumps(first), p, offset=sent.offset + 71)
+    [letter] = [orjson.loads(d["value"]) for d in later.topics.deadletter.sent]
+    assert "late event" in letter["error"]
