@@ -21,7 +21,7 @@ from streams.platform.topics import topic_names
 from tests.factories import raw_event
 from tests.support.kafka import create_topics, read_topic, running_worker, values
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # waits for a deadline in real time
 
 RULES = """\
 version: "live-timers.1"

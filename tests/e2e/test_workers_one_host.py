@@ -26,7 +26,7 @@ from tests.factories import raw_event
 from tests.support import free_ports
 from tests.support.kafka import WorkerProcess, change_ids_cover, create_topics, read_topic
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # two worker processes start and join
 CST = timezone(timedelta(hours=8))
 # aiokafka's line after each rebalance; a non-empty set means this worker got partitions (the
 # orders topic's name may have the topic namespace before it).

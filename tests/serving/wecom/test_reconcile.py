@@ -72,6 +72,7 @@ def wanted(served: list[dict]) -> dict[tuple[str, str], set[str]]:
 
 
 @pytest.mark.e2e
+@pytest.mark.slow  # 300 members' pairs read and repaired one call at a time
 async def test_drift_in_200_pairs_is_repaired_and_other_groups_are_untouched(
         stack, wecom_fake: FakeWeCom):
     rng = random.Random(3)
