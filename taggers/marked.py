@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from typing import Any, Literal, Mapping
 
 from schemas.errors import RuleDefinitionError
+from taggers.counters import NAME
+from taggers.loyalty import WECOM_TAG_NAME_LIMIT
 from taggers.state import HeldTag, MemberState
 from taggers.yamlsrc import check_keys, line
 
@@ -26,7 +28,6 @@ Share = Literal["all", "own"]
 MARKED_FAMILY = "marked"
 MARKED_TAG_KEYS = {"id", "name_zh", "share", "description"}
 TAG_MARKED = "interaction.tag_marked"
-_NAME_LIMIT = 30  # WeCom's corp tag name limit
 
 
 @dataclass(frozen=True)
@@ -52,16 +53,16 @@ def compile_marked_tags(specs: Any, source: str, taken: list[str]) -> dict[str, 
         check_keys(spec, MARKED_TAG_KEYS, "marked tag", source)
         tag_id, name_zh, share = spec.get("id"), spec.get("name_zh"), spec.get("share", "own")
         at = line(spec, "id")
-        if not isinstance(tag_id, str) or not tag_id.replace("_", "a").isalnum() \
-                or not tag_id[:1].islower():
+        if not isinstance(tag_id, str) or not NAME.match(tag_id):
             raise RuleDefinitionError(f"marked tag id {tag_id!r} must be lower_snake_case",
                                       path=source, line=at)
         if tag_id in taken or tag_id in marked:
             raise RuleDefinitionError(f"duplicate tag id {tag_id!r}: a marked tag cannot "
                                       "share its id with another tag", path=source, line=at)
-        if not isinstance(name_zh, str) or not name_zh.strip() or len(name_zh) > _NAME_LIMIT:
+        if not isinstance(name_zh, str) or not name_zh.strip() \
+                or len(name_zh) > WECOM_TAG_NAME_LIMIT:
             raise RuleDefinitionError(f"marked tag {tag_id!r} needs a name_zh of 1 to "
-                                      f"{_NAME_LIMIT} characters", path=source,
+                                      f"{WECOM_TAG_NAME_LIMIT} characters", path=source,
                                       line=line(spec, "name_zh") or at)
         if share not in ("all", "own"):
             raise RuleDefinitionError(f"marked tag {tag_id!r}: share is 'all' (every guide "

@@ -178,15 +178,21 @@ def never() -> Callable[[list[Any]], bool]:
     return lambda new: False
 
 
-def change_ids_cover(expected: set[str]) -> Callable[[list[Any]], bool]:
+def values_cover(field: str, expected: Any) -> Callable[[list[Any]], bool]:
+    """read_topic until: records whose JSON `field` takes every value of `expected` have
+    arrived."""
     missing = set(expected)
 
     def enough(new: list[Any]) -> bool:
         for record in new:
-            missing.discard(orjson.loads(record.value)["change_id"])
+            missing.discard(orjson.loads(record.value)[field])
         return not missing
 
     return enough
+
+
+def change_ids_cover(expected: set[str]) -> Callable[[list[Any]], bool]:
+    return values_cover("change_id", expected)
 
 
 def latest_by_key_equals(expected: dict[str, Any]) -> Callable[[list[Any]], bool]:

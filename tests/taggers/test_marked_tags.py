@@ -624,3 +624,10 @@ def test_a_mark_on_another_topic_or_with_bad_fields_is_rejected():
         decode_event(raw(op="toggled"), "events.interactions")
     with pytest.raises(EventRejected, match="name_zh"):
         decode_event(raw(name_zh="名" * 31), "events.interactions")
+
+
+@pytest.mark.parametrize("tag_id", ["vipBanquet", "vip-banquet", "宴席", "_vip", "a" * 41])
+def test_a_marked_tag_id_follows_the_rule_tag_id_pattern(tag_id):
+    """Regression: the check accepted upper case and non-ASCII letters after the first."""
+    with pytest.raises(RuleDefinitionError, match="lower_snake_case"):
+        compile_rules(f"version: m1\nmarked_tags:\n  - {{id: {tag_id}, name_zh: 甲}}\n")

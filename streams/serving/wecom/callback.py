@@ -71,16 +71,17 @@ class SeenTags(Protocol):
 
 
 class RedisSeenTags:
-    """SeenTags in Redis, one small key per pair, forgotten after `ttl_s` without a change."""
+    """SeenTags in the profile store's Redis (connected once the store has started), one
+    small key per pair, forgotten after `ttl_s` without a change."""
 
-    def __init__(self, redis: Any, prefix: str, ttl_s: int = 30 * 24 * 3600) -> None:
-        self.redis, self.prefix, self.ttl_s = redis, prefix, ttl_s
+    def __init__(self, store: Any, ttl_s: int = 30 * 24 * 3600) -> None:
+        self.store, self.ttl_s = store, ttl_s
 
     def key(self, userid: str, external_userid: str) -> str:
-        return f"{self.prefix}wecom_seen:{userid}:{external_userid}"
+        return f"{self.store.prefix}wecom_seen:{userid}:{external_userid}"
 
     async def get(self, userid: str, external_userid: str) -> tuple[int, set[str]] | None:
-        raw = await self.redis.get(self.key(userid, external_userid))
+        raw = await self.store.redis.get(self.key(userid, external_userid))
         if raw is None:
             return None
         record = orjson.loads(raw)
@@ -88,7 +89,7 @@ class RedisSeenTags:
 
     async def put(self, userid: str, external_userid: str, version: int,
                   tags: set[str]) -> None:
-        await self.redis.set(self.key(userid, external_userid),
+        await self.store.redis.set(self.key(userid, external_userid),
                              orjson.dumps({"v": version, "tags": sorted(tags)}), ex=self.ttl_s)
 
 

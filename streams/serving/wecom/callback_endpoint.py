@@ -82,16 +82,5 @@ def callback_from_settings(settings: Settings, pack: Any, profiles: Any,
     except CallbackError as exc:
         raise SettingsError(f"TAGSTREAM_WECOM_CALLBACK_AES_KEY: {exc}") from None
     marked_by_name = {tag.name_zh: tag.id for tag in pack.marked.values()}
-    seen = RedisSeenTags(_LazyRedis(profiles), profiles.prefix)
     return WecomCallback(crypto, CallbackReceiver(client, profiles, events, marked_by_name,
-                                                  seen), client)
-
-
-class _LazyRedis:
-    """The profile store's Redis connection, which exists only once the store started."""
-
-    def __init__(self, store: Any) -> None:
-        self._store = store
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store.redis, name)
+                                                  RedisSeenTags(profiles)), client)

@@ -27,7 +27,7 @@ from streams.platform.settings import Settings
 from streams.platform.topics import topic_names
 from streams.serving.redis_store import RedisProfileStore
 from tests.support.api import LI, OPERATOR, ZHANG, api_settings, bearer, running_api
-from tests.support.kafka import create_topics, read_topic, running_worker
+from tests.support.kafka import create_topics, read_topic, running_worker, values_cover
 from tests.support.profiles import make_profile
 
 pytestmark = pytest.mark.e2e
@@ -44,21 +44,11 @@ async def post_mark(session: aiohttp.ClientSession, member_id: str, token: str |
         return response.status, await response.json()
 
 
-def ids_cover(expected: set[str]) -> Callable[[list[Any]], bool]:
-    missing = set(expected)
-
-    def enough(new: list[Any]) -> bool:
-        for record in new:
-            missing.discard(orjson.loads(record.value)["event_id"])
-        return not missing
-
-    return enough
-
 
 async def interactions(settings: Settings, event_ids: set[str]) -> list[Any]:
     """Every record of events.interactions, read until all of `event_ids` are there."""
     records = await read_topic(settings.broker_bootstrap, topic_names(settings).interactions,
-                               until=ids_cover(event_ids), timeout=30)
+                               until=values_cover("event_id", event_ids), timeout=30)
     found = {orjson.loads(r.value)["event_id"] for r in records}
     assert event_ids <= found, f"missing on events.interactions: {event_ids - found}"
     return records

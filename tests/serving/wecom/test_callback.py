@@ -38,7 +38,8 @@ from streams.serving.redis_store import RedisProfileStore
 from streams.serving.wecom.callback_crypto import CallbackCrypto
 from streams.serving.wecom.sync import GROUP_NAME
 from tests.support.api import LI, OPERATOR, api_settings, bearer, running_api
-from tests.support.kafka import committed_to_the_end, create_topics, read_topic, running_worker
+from tests.support.kafka import (committed_to_the_end, create_topics, read_topic, running_worker,
+                                 values_cover)
 from tests.support.profiles import make_profile
 from tests.support import wecom_fake as fake_module
 from tests.support.wecom_fake import FAKE_CORP_ID, FakeWeCom
@@ -172,17 +173,6 @@ def wecom_events(records: list[Any]) -> list[dict[str, Any]]:
     events = [orjson.loads(r.value) for r in records]
     return [e for e in events if e.get("source") == "wecom"]
 
-
-def records_for(*members: str) -> Callable[[list[Any]], bool]:
-    """read_topic until: a record of each of `members` has arrived."""
-    missing = set(members)
-
-    def enough(new: list[Any]) -> bool:
-        for record in new:
-            missing.discard(orjson.loads(record.value)["member_id"])
-        return not missing
-
-    return enough
 
 
 def at_least_for(member: str, count: int) -> Callable[[list[Any]], bool]:
@@ -356,7 +346,7 @@ async def test_edits_in_tagstreams_group_other_changes_and_strangers_write_nothi
                                   group_name=THEIRS, callback_url=url,
                                   crypto=crypto()) == (200, "success")
     records = await read_topic(settings.broker_bootstrap, topic_names(settings).interactions,
-                               until=records_for(sentinel), timeout=30)
+                               until=values_cover("member_id", [sentinel]), timeout=30)
     assert [(e["member_id"], e["tag"], e["op"], e["guide_id"]) for e in wecom_events(records)] \
         == [(sentinel, "vip_banquet", "added", "wang")]
 
