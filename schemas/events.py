@@ -171,6 +171,20 @@ class TagMarked(Interaction, tag="interaction.tag_marked", kw_only=True):
             raise ValueError("expires_at must be later than occurred_at")
 
 
+TaskId = Annotated[str, Meta(pattern=r"^[0-9a-f]{32}$(?!\n)")]  # schemas/tasks.py task_id_for
+TaskNote = Annotated[str, Meta(max_length=500)]
+
+
+class TaskDone(Interaction, tag="interaction.task_done", kw_only=True):
+    """A guide marked one of their tasks (客户SOP, schemas/tasks.py) done, with an optional note.
+    The engine closes the task in the member's event order; a task no longer open is left as
+    it is, and an id the member never had is rejected."""
+
+    task_id: TaskId
+    guide_id: ShortName
+    note: TaskNote | None = None
+
+
 class WecomFriendAdded(Interaction, tag="interaction.wecom_friend_added", kw_only=True):
     guide_id: ShortName
     external_userid: Code
@@ -206,7 +220,7 @@ OrderEvent = Union[OrderPaid, OrderRefunded]
 InteractionEvent = Union[
     MemberJoined, SignIn, Share, CouponClaimed, CouponRedeemed, Lottery, Browse, Review,
     FollowOfficialAccount, EventAttended, ProfileUpdated, WecomFriendAdded, WecomFriendRemoved,
-    ConsentChanged, ErasureRequested, TagMarked,
+    ConsentChanged, ErasureRequested, TagMarked, TaskDone,
 ]
 ScanEvent = Union[ScanVerified, CapOpened]
 AnyEvent = Union[OrderEvent, InteractionEvent, ScanEvent]

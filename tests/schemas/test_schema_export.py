@@ -26,6 +26,8 @@ REQUIRED_EXTRA: dict[str, dict[str, Any]] = {
     "interaction.consent_changed": {"marketing": False},
     "interaction.tag_marked": {"tag": "vip_banquet", "op": "added", "source": "guide",
                                "guide_id": "zhangsan"},
+    "interaction.task_done": {"task_id": "0123456789abcdef0123456789abcdef",
+                              "guide_id": "zhangsan"},
     "scan.verified": {"code_id": "C-1", "sku": "MT-53-500", "category": "baijiu"},
     "scan.cap_opened": {"code_id": "C-1", "sku": "MT-53-500", "category": "baijiu"},
 }
