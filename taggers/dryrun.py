@@ -58,6 +58,14 @@ def dry_run(engine: Engine, lines: Iterable[bytes], as_of: int | None = None) ->
     result = DryRunResult()
     rows = decode_lines(lines, result)
     rows.sort(key=lambda row: row[:3])
+    return run_decoded(engine, rows, result, as_of)
+
+
+def run_decoded(engine: Engine, rows: list[tuple[int, int, int, Event]], result: DryRunResult,
+                as_of: int | None = None) -> DryRunResult:
+    """The dry run over rows `decode_lines` made, already sorted: one decoding can feed
+    several rule packs (`tagstream impact`). Events are frozen, so runs cannot disturb
+    each other through them."""
     states = result.states
     for _, _, number, event in rows:
         try:
