@@ -27,12 +27,16 @@ PROFILES_TOPIC = "members.profiles"
 WECOM_MARKS_TOPIC = "wecom.marks"
 # One record per member erased (schemas/erasure.py), with no personal data.
 ERASURES_TOPIC = "members.erasures"
+# Guide tasks (客户SOP, schemas/tasks.py), keyed by member_id: each record is a task's whole
+# newest state (consumers keep the highest version); a tombstone means the member was erased.
+TASK_CHANGES_TOPIC = "tasks.changes"
 # Internal: events that arrived on the wrong partition (wrong or missing key, or a producer
 # with another partitioner) are forwarded here to their member's partition; timer ticks too.
 REROUTE_TOPIC = "tagstream-events.reroute"
 
 ALL_TOPIC_NAMES = EVENT_TOPICS + (DEADLETTER_TOPIC, TAG_CHANGES_TOPIC, TIER_CHANGES_TOPIC,
-                                  PROFILES_TOPIC, REROUTE_TOPIC, WECOM_MARKS_TOPIC, ERASURES_TOPIC)
+                                  PROFILES_TOPIC, REROUTE_TOPIC, WECOM_MARKS_TOPIC, ERASURES_TOPIC,
+                                  TASK_CHANGES_TOPIC)
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,7 @@ class TopicNames:
     reroute: str
     wecom_marks: str
     erasures: str
+    task_changes: str
     # Derived: the three event topics (in EVENT_TOPICS order), those and the re-route topic
     # (what the member agent consumes), and every topic (in ALL_TOPIC_NAMES order).
     events: tuple[str, str, str] = field(init=False, repr=False, compare=False)
@@ -60,7 +65,7 @@ class TopicNames:
     def __post_init__(self) -> None:
         events = (self.orders, self.interactions, self.scans)
         every = events + (self.deadletter, self.tag_changes, self.tier_changes, self.profiles,
-                          self.reroute, self.wecom_marks, self.erasures)
+                          self.reroute, self.wecom_marks, self.erasures, self.task_changes)
         object.__setattr__(self, "events", events)
         object.__setattr__(self, "inbound", events + (self.reroute,))
         object.__setattr__(self, "all", every)

@@ -65,7 +65,7 @@ def test_a_namespace_goes_before_every_name():
                                            ("run-1_x", "run-1_y"), ("t1", "t1.")])
 def test_two_namespaces_give_disjoint_names_for_every_topic(first, second):
     one, other = TopicNames.for_namespace(first), TopicNames.for_namespace(second)
-    assert len(set(one.all)) == len(set(other.all)) == len(ALL_TOPIC_NAMES) == 10
+    assert len(set(one.all)) == len(set(other.all)) == len(ALL_TOPIC_NAMES) == 11
     assert set(one.all).isdisjoint(other.all)
 
 
