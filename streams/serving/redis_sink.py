@@ -1,9 +1,11 @@
-"""The Redis sink: keeps Redis equal to the newest profile of every member on `members.profiles`.
+"""The Redis sink: keeps Redis equal to the newest profile of every member on `members.profiles`
+and to the newest record of every guide task on `tasks.changes`.
 
 It is its own consumer group (`<app_id>-redis`), decoupled from tagging: when Redis is down the
 worker keeps tagging and publishing profiles, the sink retries with backoff, and Redis converges
 once it is back. Batches are up to 500 profiles or 50 ms; within a batch only a member's newest
-profile is written.
+profile is written, and only a task's highest version. A profile tombstone (an erasure) deletes
+the member's tasks too.
 
 Where to resume is kept in Redis itself, not only in Kafka: each batch's pipeline ends by
 recording the next offset per partition (RedisProfileStore.write_batch). Before every batch the
@@ -19,9 +21,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import orjson
 import redis.exceptions
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -32,6 +35,7 @@ from streams.platform.kafka_clients import kafka_consumer
 from streams.platform.security import kafka_client_kwargs, redis_client_kwargs
 from streams.platform.settings import Settings
 from streams.platform.topics import topic_names
+from schemas.tasks import decode_task
 from streams.serving.redis_store import RedisProfileStore
 
 log = logging.getLogger(__name__)
@@ -59,13 +63,39 @@ class Batch:
     deletes: dict[str, int]  # member_id -> offset of its tombstone
     ends: dict[TopicPartition, int]  # next offset after the batch, per partition
     skipped: int = 0
+    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)  # task_id -> highest record
+    # Members whose tasks a tombstone on tasks.changes deletes (before the batch's records).
+    task_deletes: set[str] = field(default_factory=set)
 
 
-def collect(records: dict[TopicPartition, list[Any]]) -> Batch:
+def _collect_task(batch: Batch, tp: TopicPartition, message: Any) -> None:
+    if message.value is None:  # the member's tasks are gone (an erasure)
+        if message.key:
+            member_id = message.key.decode()
+            batch.task_deletes.add(member_id)
+            batch.tasks = {k: r for k, r in batch.tasks.items() if r["member_id"] != member_id}
+        return
+    try:
+        record = msgspec.to_builtins(decode_task(message.value))
+    except msgspec.DecodeError as exc:
+        # Only the worker writes this topic; a bad record is a bug to see, not to stall on.
+        log.error("skipping unreadable task at %s:%s@%s: %s",
+                  tp.topic, tp.partition, message.offset, exc)
+        batch.skipped += 1
+        return
+    held = batch.tasks.get(record["task_id"])
+    if held is None or record["version"] > held["version"]:
+        batch.tasks[record["task_id"]] = record
+
+
+def collect(records: dict[TopicPartition, list[Any]], tasks_topic: str | None = None) -> Batch:
     batch = Batch({}, {}, {})
     for tp, messages in records.items():
         for message in messages:
             batch.ends[tp] = message.offset + 1
+            if tp.topic == tasks_topic:
+                _collect_task(batch, tp, message)
+                continue
             member_id = message.key.decode() if message.key else None
             if message.value is None:  # a tombstone: the member is gone
                 if member_id:
@@ -110,6 +140,8 @@ class RedisSink:
         self.need_sync = True
         self.written: dict[TopicPartition, int] = {}  # what Redis holds, as far as we know
         self.consumer: AIOKafkaConsumer | None = None
+        names = topic_names(settings)
+        self.topics = (names.profiles, names.task_changes)
 
     async def run(self, stop: asyncio.Event) -> None:
         self.consumer = await self._start_consumer(stop)
@@ -124,7 +156,7 @@ class RedisSink:
                     records = await self.consumer.getmany(timeout_ms=int(self.batch_wait_s * 1000),
                                                           max_records=self.batch_max)
                     if records and not self.need_sync:
-                        await self._write(collect(records))
+                        await self._write(collect(records, self.topics[1]))
                     backoff = BACKOFF_START_S
                 except REDIS_ERRORS as exc:
                     metrics.REDIS_WRITE_FAILURES.inc()
@@ -156,7 +188,7 @@ class RedisSink:
                 await _sleep_unless(stop, backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
                 continue
-            consumer.subscribe([topic_names(self.settings).profiles], listener=_Assignments(self))
+            consumer.subscribe(list(self.topics), listener=_Assignments(self))
             return consumer
         return None
 
@@ -201,7 +233,8 @@ class RedisSink:
         members = list(batch.profiles)
         result = await self.store.write_batch(
             [batch.profiles[m][0] for m in members], [batch.profiles[m][1] for m in members],
-            forget=list(batch.deletes), offsets={offset_field(tp): batch.ends[tp] for tp in tps})
+            forget=list(batch.deletes), offsets={offset_field(tp): batch.ends[tp] for tp in tps},
+            tasks=list(batch.tasks.values()), forget_tasks_of=sorted(batch.task_deletes))
         metrics.REDIS_BATCH_SECONDS.observe(time.perf_counter() - started)
         metrics.REDIS_PROFILES_WRITTEN.labels("applied").inc(result.applied)
         metrics.REDIS_PROFILES_WRITTEN.labels("stale").inc(result.stale)

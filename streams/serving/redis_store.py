@@ -6,7 +6,8 @@ Key design (prefix `ts:` by default):
     ts:tag:{tag}                 zset  members holding the tag                (score 0)
     ts:guide:{guide}             zset  members bound to the guide             (score 0)
     ts:aud:{tag}:{guide}         zset  members holding the tag AND bound to the guide
-    ts:sink:offsets              hash  "{profiles topic}:{partition}" -> next offset written
+    ts:sink:offsets              hash  "{topic}:{partition}" -> next offset written
+    ts:task:{task_id}, ts:guide_tasks:...  guide tasks (streams/serving/task_store.py)
 
 The audience question guides ask ("my members tagged dormant_90d") is one sorted set, read a page
 at a time with ZRANGE BYLEX from the last member id returned: O(log N + page) however large the
@@ -38,6 +39,8 @@ import orjson
 import redis.asyncio
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+
+from streams.serving.task_store import RedisTaskIndex
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +114,9 @@ class ApplyResult:
     applied: int = 0
     stale: int = 0  # Redis already held this version or a newer one
     deleted: int = 0
+    tasks_applied: int = 0
+    tasks_stale: int = 0
+    tasks_deleted: int = 0  # cancelled by erasure
 
 
 @dataclass(frozen=True)
@@ -151,6 +157,7 @@ class RedisProfileStore:
         self.prefix = prefix
         self.socket_timeout = socket_timeout
         self._redis: redis.asyncio.Redis | None = None
+        self._tasks: RedisTaskIndex | None = None
 
     async def start(self) -> None:
         # No retries inside redis-py: callers (the sink) own the retry policy and its backoff,
@@ -161,11 +168,13 @@ class RedisProfileStore:
             health_check_interval=30, **self.connection)
         self._apply = self._redis.register_script(_APPLY_LUA)
         self._forget = self._redis.register_script(_FORGET_LUA)
+        self._tasks = RedisTaskIndex(self._redis, self.prefix)
 
     async def stop(self) -> None:
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None
+            self._tasks = None
 
     async def __aenter__(self) -> "RedisProfileStore":
         await self.start()
@@ -179,6 +188,13 @@ class RedisProfileStore:
         if self._redis is None:
             raise RuntimeError("RedisProfileStore is not started")
         return self._redis
+
+    @property
+    def tasks(self) -> RedisTaskIndex:
+        """The guide tasks held on the same connection (tasks.changes)."""
+        if self._tasks is None:
+            raise RuntimeError("RedisProfileStore is not started")
+        return self._tasks
 
     @property
     def offsets_key(self) -> str:
@@ -213,13 +229,19 @@ class RedisProfileStore:
         return await self.write_batch(profiles, seqs)
 
     async def forget(self, member_ids: Iterable[str]) -> int:
-        """Delete members (a tombstone on the profiles topic) and their index entries."""
+        """Delete members (a tombstone on the profiles topic: an erasure), their index entries
+        and their tasks."""
         return (await self.write_batch((), forget=list(member_ids))).deleted
 
     async def write_batch(self, profiles: Sequence[dict[str, Any]],
                           seqs: Sequence[int] | None = None, *, forget: Sequence[str] = (),
-                          offsets: dict[str, int] | None = None) -> ApplyResult:
-        """Profiles, deletions and then the source offsets they reach, in one round trip.
+                          offsets: dict[str, int] | None = None,
+                          tasks: Sequence[dict[str, Any]] = (),
+                          forget_tasks_of: Sequence[str] = ()) -> ApplyResult:
+        """Profiles, task records, deletions and then the source offsets they reach, in one
+        round trip. A deleted member's tasks go with it (after the batch's task records, so a
+        record read in the same batch does not bring one back). `forget_tasks_of`: members
+        whose tasks a tombstone on tasks.changes deletes, before the batch's task records.
 
         `offsets` ({"topic:partition": next offset}) are written last, after every profile
         of the batch: Redis runs a connection's commands in order and persists them in order
@@ -229,7 +251,7 @@ class RedisProfileStore:
         """
         if seqs is not None and len(seqs) != len(profiles):
             raise ValueError("seqs must have one sequence number per profile")
-        if not profiles and not forget and not offsets:
+        if not (profiles or forget or offsets or tasks or forget_tasks_of):
             return ApplyResult()
         pipe = self.redis.pipeline(transaction=False)
         for i, profile in enumerate(profiles):
@@ -241,15 +263,26 @@ class RedisProfileStore:
                       0 if seqs is None else seqs[i], orjson.dumps(profile), tags, guides,
                       contacts],
                 client=pipe)
+        for member_id in forget_tasks_of:
+            await self.tasks.queue_forget_member(pipe, member_id)
+        for record in tasks:
+            await self.tasks.queue_apply(pipe, record)
         for member_id in forget:
             await self._forget(keys=[self.member_key(member_id)], args=[self.prefix, member_id],
                                client=pipe)
+            await self.tasks.queue_forget_member(pipe, member_id)
         if offsets:
             pipe.hset(self.offsets_key, mapping=offsets)
         results = await pipe.execute()
         applied = sum(1 for r in results[:len(profiles)] if r == 1)
-        deleted = sum(int(r) for r in results[len(profiles):len(profiles) + len(forget)])
-        return ApplyResult(applied=applied, stale=len(profiles) - applied, deleted=deleted)
+        results = results[:len(profiles)] + results[len(profiles) + len(forget_tasks_of):]
+        task_results = results[len(profiles):len(profiles) + len(tasks)]
+        forgotten = results[len(profiles) + len(tasks):len(profiles) + len(tasks) + 2 * len(forget)]
+        return ApplyResult(applied=applied, stale=len(profiles) - applied,
+                           deleted=sum(int(r) for r in forgotten[::2]),
+                           tasks_applied=task_results.count(1),
+                           tasks_stale=task_results.count(0),
+                           tasks_deleted=task_results.count(2))
 
     async def read_offsets(self, fields: Sequence[str]) -> dict[str, int | None]:
         """The source offsets Redis reached, per "topic:partition" (None: nothing from it)."""

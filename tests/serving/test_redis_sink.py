@@ -17,6 +17,7 @@ from streams.serving.redis_store import RedisProfileStore
 from streams.tools.processes import read_record, stop_process
 from tests.support.kafka import create_topics
 from tests.support.profiles import make_profile
+from tests.support.task_records import closed, make_task
 
 pytestmark = pytest.mark.e2e
 
@@ -166,3 +167,40 @@ async def test_sink_rebuilds_when_redis_restarts_between_batches(
     await asyncio.to_thread(local_redis.up)
     await produce(producer, [version(3, 1)], expected)
     await wait_converged(store, expected)
+
+
+async def test_sink_keeps_the_highest_version_of_every_task_and_erasure_deletes_them(
+        stack, producer, sink, store):
+    """tasks.changes next to the profiles: redelivered and older records change nothing, a
+    closed task leaves the open list, and a member's erasure (the profile tombstone) takes
+    every task of theirs, while an unreadable record is skipped, not stalled on."""
+    tasks_topic = topic_names(stack).task_changes
+    opened = [make_task(f"M{m:04d}", GUIDES[m % 3], change_id=f"c{m}") for m in range(30)]
+    later = [closed(t, "done" if i % 2 else "lapsed") for i, t in enumerate(opened[:10])]
+    # Newest first, then the older records again (a redelivery): the newest must stay.
+    for record in later + opened + later[:3]:
+        await producer.producer.send(tasks_topic, key=record["member_id"].encode(),
+                                     value=orjson.dumps(record))
+    await producer.producer.send(tasks_topic, key=b"M0001", value=b"{not json")
+    expected: dict[str, Any] = {}
+    await produce(producer, [version(m, 0) for m in range(30)], expected)
+    await produce(producer, [("M0012", None)], expected)  # M0012 is erased
+
+    newest = {t["task_id"]: t for t in opened} | {t["task_id"]: t for t in later}
+    del newest[opened[12]["task_id"]]
+    ids = sorted(t["task_id"] for t in opened)
+    deadline = time.monotonic() + 60
+    while True:
+        held = dict(zip(ids, await store.tasks.get_many(ids)))
+        if {k: v for k, v in held.items() if v is not None} == newest:
+            break
+        assert time.monotonic() < deadline, "tasks did not converge"
+        await asyncio.sleep(0.2)
+    await wait_converged(store, expected)
+    open_of = {g: [t["task_id"] for t in (await store.tasks.page(g, "open", None, 100)).tasks]
+               for g in GUIDES}
+    assert open_of == {g: sorted((t["task_id"] for t in newest.values()
+                                  if t["guide"] == g and t["status"] == "open"),
+                                 key=lambda i: (newest[i]["due_at"], i)) for g in GUIDES}
+    assert await store.tasks.member_task_ids("M0012") == set()
+    assert not sink.done()
