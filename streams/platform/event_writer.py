@@ -43,13 +43,20 @@ class EventWriter:
         self._partitions = partitions
         self._topic_of = {"events.orders": names.orders, "events.interactions":
                           names.interactions, "events.scans": names.scans}
-        self._producer = kafka_producer(bootstrap, **(security or {}))
+        self._bootstrap, self._security = bootstrap, dict(security or {})
+        # Made in start(): aiokafka binds a producer to the running loop when it is made, and
+        # `tagstream api` builds its app (and this writer) before any loop runs.
+        self._producer: Any = None
 
     async def start(self) -> None:
+        if self._producer is None:
+            self._producer = kafka_producer(self._bootstrap, **self._security)
         await self._producer.start()
 
     async def stop(self) -> None:
-        await self._producer.stop()
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
 
     async def __aenter__(self) -> "EventWriter":
         await self.start()
