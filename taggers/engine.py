@@ -21,6 +21,7 @@ from typing import Any
 import msgspec
 
 from schemas.changes import Guide, TagChange, TierChange, change_id_for
+from schemas.tasks import TaskRecord
 from schemas.errors import EventRejected
 from schemas.events import Event, MemberJoined, OrderPaid, OrderRefunded, ProfileUpdated
 from schemas.erasure import Erasure, erasure_id_for, member_hash
@@ -34,7 +35,9 @@ from taggers.marked import (MARKED_FAMILY, TAG_MARKED, expired, is_marked, marke
                             marked_name, next_expiry)
 from taggers.rules import EvalContext, RulePack, TagRule
 from taggers.series import prune_buckets, prune_keys
-from taggers.state import SEEN_CAPACITY, GuideLink, HeldTag, MemberState
+from taggers.state import (SEEN_CAPACITY, GuideLink, HeldTag, MemberState, decode_state,
+                            encode_state)
+from taggers.tasks import TaskBook, next_task_expiry
 from taggers.wecom import WecomView, plan_marks, view_of
 
 REMOVED_FROM_PACK = "__rule_removed__"
@@ -51,6 +54,8 @@ class Outcome:
     duplicate: bool = False
     # The member was erased: the state must be deleted (tombstones), this is the record.
     erasure: Erasure | None = None
+    tasks: list[TaskRecord] = field(default_factory=list)  # for tasks.changes
+    task_cursor: tuple[int, int] = (0, 0)  # changes, tier_changes the tasks have followed
 
 
 def event_hash(event_id: str) -> int:
@@ -66,6 +71,7 @@ class Engine:
         self.calendar = pack.calendar
         self.loyalty = pack.loyalty
         self._retention = {c.name: c.retention_days for c in pack.counters}
+        self.tasks = TaskBook(pack.tasks, pack.calendar, pack.version)
 
     # --- public API ---------------------------------------------------------------------------
 
@@ -89,11 +95,13 @@ class Engine:
         self._reject_if_late(state, occurred)
         if isinstance(event, TagMarked):
             self._check_mark(state, event)
+        self.tasks.check(state, event, self._state_at)
         digest = event_hash(event.event_id)
 
         outcome = Outcome(state)
         before = view_of(state, self.pack.marked)
         self._fire_due(state, occurred, outcome)
+        self.tasks.follow(state, outcome, occurred)  # before the event: its guides, consent
         now = occurred if state.watermark is None else max(occurred, state.watermark)
         cause = {"event_id": event.event_id}
         self._remember(state, digest, occurred)
@@ -107,6 +115,7 @@ class Engine:
         self._evaluate(state, event, now, cause, outcome.changes)
         if outcome.changes or isinstance(event, _MARKED_EVENTS):
             self._mark(before, outcome, cause)
+        self.tasks.after_event(state, event, now, outcome)
         return outcome
 
     def erase(self, state: MemberState | None, event: ErasureRequested) -> Outcome:
@@ -119,6 +128,7 @@ class Engine:
         state = state or MemberState(member_id=member_id)
         before = view_of(state, self.pack.marked)
         outcome = Outcome(state)
+        self.tasks.erase(state, to_epoch(event.occurred_at), outcome.tasks)
         cleared = before._replace(pairs={pair: frozenset() for pair in before.pairs})
         marks = plan_marks(member_id, before, cleared, self._name_of,
                            cause, self.calendar.render(to_epoch(event.occurred_at)),
@@ -139,6 +149,7 @@ class Engine:
         outcome = self._advance(state, now)
         at = now if state.watermark is None else max(now, state.watermark)
         self._evaluate(state, None, at, None, outcome.changes)
+        self.tasks.follow(state, outcome, at)
         if outcome.changes:
             self._mark(before, outcome, outcome.changes[-1].cause)
         return outcome
@@ -154,7 +165,14 @@ class Engine:
     def _advance(self, state: MemberState, now: int) -> Outcome:
         outcome = Outcome(state)
         self._fire_due(state, now, outcome)
+        self.tasks.follow(state, outcome, now)
         return outcome
+
+    def _state_at(self, state: MemberState, until: int) -> MemberState:
+        """A copy of the member's state with its deadlines up to `until` fired."""
+        copy = decode_state(encode_state(state))
+        self._advance(copy, until)
+        return copy
 
     def _mark(self, before: WecomView, outcome: Outcome, cause: dict[str, str]) -> None:
         """The WeCom marks that take the member's pairs from `before` to now."""
@@ -319,6 +337,9 @@ class Engine:
         state.unit_deadlines = kept
         best = min(kept[1::2], default=None)
         expiry = next_expiry(state)
+        if expiry is not None and (best is None or expiry < best):
+            best = expiry
+        expiry = next_task_expiry(state, ctx.now) if state.tasks else None
         if expiry is not None and (best is None or expiry < best):
             best = expiry
         if self.loyalty is not None:

@@ -38,6 +38,7 @@ from taggers.expr import (
 )
 from taggers.loyalty_compiler import compile_loyalty
 from taggers.marked import MarkedTag, compile_marked_tags
+from taggers.tasks_compiler import CHANGE_EVIDENCE, TaskDef, compile_tasks
 from taggers.scope import (
     EVENT_FIELDS,
     EvalContext,
@@ -55,7 +56,7 @@ FAMILIES = ("collected", "service", "transaction", "interaction", "scan", "opera
             "model", "lifecycle", "rfm", "tier")
 WECOM_TAG_NAME_LIMIT = 30  # WeCom rejects corp tag names longer than this
 TOP_LEVEL = {"version", "timezone", "definitions", "counters", "trackers", "tags", "loyalty",
-             "marked_tags"}
+             "marked_tags", "tasks"}
 TAG_KEYS = {"id", "name_zh", "family", "when", "group", "value", "ttl", "description"}
 
 
@@ -85,6 +86,7 @@ class RulePack:
     source: str
     loyalty: Any = None
     marked: dict[str, MarkedTag] = field(default_factory=dict)  # tags people set
+    tasks: tuple[TaskDef, ...] = ()  # guide tasks (客户SOP), in file order
     _by_type: dict[str, tuple[Any, ...]] = field(default_factory=dict, repr=False)
     _affected: dict[str, tuple[int, ...]] = field(default_factory=dict, repr=False)
     _by_id: dict[str, TagRule] = field(default_factory=dict, repr=False)
@@ -223,8 +225,11 @@ def compile_rules(text: str, source: str = "<rules>") -> RulePack:
     if document.get("loyalty") is not None:
         loyalty = compile_loyalty(document["loyalty"], source, calendar)
         tags.extend(_tier_tags(loyalty, [*tag_ids, *marked], source, line(document, "loyalty")))
+    tasks = compile_tasks(document.get("tasks"), source,
+                          {t.id: tuple(label for label, _, _ in t.condition.leaves) for t in tags},
+                          tuple(CHANGE_EVIDENCE) if loyalty is not None else ())
     return RulePack(version.strip(), calendar, counters, trackers,
-                    _evaluation_units(tags, source), source, loyalty, marked)
+                    _evaluation_units(tags, source), source, loyalty, marked, tasks)
 
 
 def _tier_tags(program: Any, tag_ids: list[str], source: str,

@@ -59,6 +59,34 @@ class HeldTag(msgspec.Struct, array_like=True, gc=False):
     source: str = "rule"  # where the tag came from: rule, guide, wecom or import
 
 
+class HeldTask(msgspec.Struct, array_like=True, gc=False):
+    """A guide task the member's state still needs (taggers/tasks.py): open ones, and closed
+    ones until `closed_at + convert_within_s` (a done one can convert until then; any closed
+    one still answers a late `interaction.task_done` as a no-op rather than an unknown id).
+    It carries everything its next record repeats, so a rule-file change cannot alter it."""
+
+    task_id: str
+    kind: str
+    guide: str
+    name_zh: str
+    script_zh: str
+    priority: str
+    trigger: dict[str, str]
+    evidence: dict[str, object]
+    rules_version: str
+    opened_at: int
+    due_at: int
+    expires_at: int
+    convert_within_s: int
+    lapse: bool  # closes as lapsed when its trigger tag is removed
+    status: str = "open"
+    version: int = 1
+    closed_at: int | None = None
+    closed_by: str | None = None
+    note: str | None = None
+    converted_at: int | None = None
+
+
 class MemberState(msgspec.Struct, array_like=True, gc=False):
     member_id: str
     joined_at: int | None = None
@@ -89,6 +117,8 @@ class MemberState(msgspec.Struct, array_like=True, gc=False):
     # was applied (or dead-lettered) already: a redelivery after a takeover, even one the
     # `seen` ring has forgotten. Empty in the dry run, which never redelivers.
     applied: dict[str, int] = {}
+    # Guide tasks (客户SOP) still open or still able to convert, oldest first (taggers/tasks.py).
+    tasks: list[HeldTask] = []
 
 
 _encoder = msgspec.msgpack.Encoder()
