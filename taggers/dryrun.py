@@ -18,6 +18,7 @@ from schemas.errors import EventRejected
 from schemas.events import TIE_RANK_BY_TOPIC, TOPIC_BY_EVENT_TYPE, Event
 from schemas.erasure import Erasure
 from schemas.profile import encode_profile
+from schemas.tasks import TaskRecord, encode_task
 from schemas.wecom import WecomMarks
 from taggers.clock import to_epoch
 from taggers.engine import Engine
@@ -32,6 +33,7 @@ class DryRunResult:
     tier_changes: list[TierChange] = field(default_factory=list)
     marks: list[WecomMarks] = field(default_factory=list)  # what wecom.marks would carry
     erasures: list[Erasure] = field(default_factory=list)  # what members.erasures would carry
+    tasks: list[TaskRecord] = field(default_factory=list)  # what tasks.changes would carry
     rejected: list[tuple[int, str]] = field(default_factory=list)  # (line number, reason)
     duplicates: int = 0
     as_of: int | None = None
@@ -81,6 +83,7 @@ def run_decoded(engine: Engine, rows: list[tuple[int, int, int, Event]], result:
         result.changes.extend(outcome.changes)
         result.tier_changes.extend(outcome.tier_changes)
         result.marks.extend(outcome.marks)
+        result.tasks.extend(outcome.tasks)
         result.duplicates += outcome.duplicate
     if as_of is None and rows:
         as_of = rows[-1][0]
@@ -91,12 +94,24 @@ def run_decoded(engine: Engine, rows: list[tuple[int, int, int, Event]], result:
             result.changes.extend(outcome.changes)
             result.tier_changes.extend(outcome.tier_changes)
             result.marks.extend(outcome.marks)
+            result.tasks.extend(outcome.tasks)
     return result
 
 
+def final_tasks(records: Iterable[TaskRecord]) -> list[TaskRecord]:
+    """Each task's newest record (its highest version), by member, opening time and id."""
+    newest: dict[str, TaskRecord] = {}
+    for record in records:
+        held = newest.get(record.task_id)
+        if held is None or record.version > held.version:
+            newest[record.task_id] = record
+    return sorted(newest.values(), key=lambda t: (t.member_id, t.opened_at, t.task_id))
+
+
 def write_dry_run(result: DryRunResult, pack: Any, profiles_out: Any | None,
-                  changes_out: Any | None) -> None:
-    """One profile per member (by member id) and every change, as JSON lines."""
+                  changes_out: Any | None, tasks_out: Any | None = None) -> None:
+    """One profile per member (by member id), every change, and each task's final state,
+    as JSON lines."""
     if profiles_out is not None:
         for member_id in sorted(result.states):
             profiles_out.write(encode_profile(render_profile(result.states[member_id], pack)))
@@ -105,3 +120,7 @@ def write_dry_run(result: DryRunResult, pack: Any, profiles_out: Any | None,
         for change in [*result.changes, *result.tier_changes]:
             changes_out.write(encode_change(change))
             changes_out.write(b"\n")
+    if tasks_out is not None:
+        for task in final_tasks(result.tasks):
+            tasks_out.write(encode_task(task))
+            tasks_out.write(b"\n")

@@ -386,9 +386,13 @@ def tags_import(tag: str, name_zh: str, path: Path, ttl: str | None, op: str, dr
               help="Fire deadlines up to this RFC 3339 instant (default: the last event's time).")
 @click.option("--profiles-out", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--changes-out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--tasks-out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Each guide task's final state (the newest tasks.changes record), JSON lines.")
 def dryrun(events_path: Path, rules_path: Path | None, as_of: str | None,
-           profiles_out: Path | None, changes_out: Path | None) -> None:
-    """Run the production engine over an event file with no Kafka: profiles and changes out."""
+           profiles_out: Path | None, changes_out: Path | None,
+           tasks_out: Path | None) -> None:
+    """Run the production engine over an event file with no Kafka: profiles, changes and
+    tasks out."""
     from taggers.dryrun import dry_run, write_dry_run
     from taggers.engine import Engine
     from taggers.rules import load_rules
@@ -402,12 +406,14 @@ def dryrun(events_path: Path, rules_path: Path | None, as_of: str | None,
     with events_path.open("rb") as lines:
         result = dry_run(Engine(pack, settings.allowed_lateness_s), lines, as_of=instant)
     with (profiles_out.open("wb") if profiles_out else _nowhere()) as profiles, \
-            (changes_out.open("wb") if changes_out else _nowhere()) as changes:
+            (changes_out.open("wb") if changes_out else _nowhere()) as changes, \
+            (tasks_out.open("wb") if tasks_out else _nowhere()) as tasks:
         write_dry_run(result, pack, profiles if profiles_out else None,
-                      changes if changes_out else None)
+                      changes if changes_out else None, tasks if tasks_out else None)
     for line_number, reason in result.rejected[:20]:
         click.echo(f"{events_path}:{line_number}: rejected: {reason}", err=True)
     click.echo(f"{len(result.states)} members, {len(result.changes)} changes, "
+               f"{len({t.task_id for t in result.tasks})} tasks, "
                f"{len(result.rejected)} rejected, {result.duplicates} duplicates, rules "
                f"{pack.version}, as of {pack.calendar.render(result.as_of) if result.as_of else '-'}",
                err=True)

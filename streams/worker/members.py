@@ -37,6 +37,7 @@ from taggers.clock import to_epoch
 from taggers.engine import Engine, Outcome
 from schemas.erasure import encode_erasure
 from schemas.profile import encode_profile
+from schemas.tasks import encode_task
 from schemas.wecom import encode_marks
 from taggers.profile import render_profile
 from taggers.state import MemberState, decode_state, encode_state
@@ -108,7 +109,7 @@ class MemberProcessor:
         self.names = names
         # made from a state
         self._member_outputs = (names.tag_changes, names.tier_changes, names.wecom_marks,
-                                names.erasures)
+                                names.erasures, names.task_changes)
         self.deadlines = DeadlineIndex()
         self.pending = ReorderBuffer()
         self.counters = Counters()
@@ -333,10 +334,14 @@ class MemberProcessor:
         for marks in outcome.marks:
             self._records.append(
                 Record(self.names.wecom_marks, partition, key, encode_marks(marks)))
+        for task in outcome.tasks:
+            self._records.append(Record(self.names.task_changes, partition, key, encode_task(task)))
         self.counters.tag_changes += len(outcome.changes)
         if outcome.erasure is not None:
             # keyed by the hash too: the record names no one, not even in its key
             erasure = outcome.erasure
+            # after its tasks' cancelled records: the member's tasks are gone from the views
+            self._records.append(Record(self.names.task_changes, partition, key, None))
             self._records.append(Record(self.names.erasures, partition,
                                         erasure.member_hash.encode(), encode_erasure(erasure)))
             self.counters.erased += 1
