@@ -36,6 +36,7 @@ from streams.platform.security import kafka_client_kwargs, redis_client_kwargs
 from streams.platform.settings import Settings
 from streams.platform.topics import topic_names
 from schemas.tasks import decode_task
+from streams.serving.insight_snapshots import snapshots_for
 from streams.serving.redis_store import RedisProfileStore
 
 log = logging.getLogger(__name__)
@@ -263,7 +264,10 @@ async def run_redis_sink(settings: Settings, stop_event: asyncio.Event) -> None:
     """Run the sink until `stop_event` is set (the worker runs this as a task, or the CLI)."""
     store = RedisProfileStore(settings.redis_url, connection=redis_client_kwargs(settings))
     await store.start()
+    snapshots = asyncio.create_task(snapshots_for(settings, store).run(stop_event))
     try:
         await RedisSink(settings, store).run(stop_event)
     finally:
+        snapshots.cancel()
+        await asyncio.gather(snapshots, return_exceptions=True)
         await store.stop()

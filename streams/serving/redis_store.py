@@ -8,6 +8,8 @@ Key design (prefix `ts:` by default):
     ts:aud:{tag}:{guide}         zset  members holding the tag AND bound to the guide
     ts:sink:offsets              hash  "{topic}:{partition}" -> next offset written
     ts:task:{task_id}, ts:guide_tasks:...  guide tasks (streams/serving/task_store.py)
+    ts:counts:..., ts:snap:...   members per tag, overall and per guide, and their daily copies
+                                 (streams/serving/insight_counts.py; kept by the scripts below)
 
 The audience question guides ask ("my members tagged dormant_90d") is one sorted set, read a page
 at a time with ZRANGE BYLEX from the last member id returned: O(log N + page) however large the
@@ -40,6 +42,7 @@ import redis.asyncio
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from streams.serving.insight_counts import COUNT_LUA
 from streams.serving.task_store import RedisTaskIndex
 
 log = logging.getLogger(__name__)
@@ -51,7 +54,7 @@ MAX_PAGE = 500
 # KEYS[1] member hash. ARGV: prefix, member_id, at, seq, profile JSON, tags, guides, contacts
 # (the last three SEP-joined; contacts are the member's WeCom external_userids).
 # Returns 1 if written, 0 if Redis already holds this version or a newer one.
-_APPLY_LUA = """
+_APPLY_LUA = COUNT_LUA + """
 local key = KEYS[1]
 local prefix, id = ARGV[1], ARGV[2]
 local at, seq = tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -84,19 +87,26 @@ sync(old_tags, new_tags, 'tag')
 sync(old_guides, new_guides, 'guide')
 sync(pairs_of(old_tags, old_guides), pairs_of(new_tags, new_guides), 'aud')
 sync(split(cur[5]), split(ARGV[8]), 'contact')
+count_member(prefix, old_tags, new_tags, old_guides, new_guides, cur[1] ~= false, true)
 redis.call('HSET', key, 'profile', ARGV[5], 'at', ARGV[3], 'seq', ARGV[4],
            'tags', ARGV[6], 'guides', ARGV[7], 'contacts', ARGV[8])
 return 1
 """
 
 # KEYS[1] member hash. ARGV: prefix, member_id. Removes the member and every index entry.
-_FORGET_LUA = """
+_FORGET_LUA = COUNT_LUA + """
 local key = KEYS[1]
 local prefix, id = ARGV[1], ARGV[2]
 local cur = redis.call('HMGET', key, 'tags', 'guides', 'contacts')
 local tags, guides = {}, {}
 if cur[1] then for x in string.gmatch(cur[1], '[^\\31]+') do tags[#tags + 1] = x end end
 if cur[2] then for x in string.gmatch(cur[2], '[^\\31]+') do guides[#guides + 1] = x end end
+if redis.call('EXISTS', key) == 1 then
+  local tag_set, guide_set = {}, {}
+  for _, t in ipairs(tags) do tag_set[t] = true end
+  for _, g in ipairs(guides) do guide_set[g] = true end
+  count_member(prefix, tag_set, {}, guide_set, {}, true, false)
+end
 for _, t in ipairs(tags) do
   redis.call('ZREM', prefix .. 'tag:' .. t, id)
   for _, g in ipairs(guides) do redis.call('ZREM', prefix .. 'aud:' .. t .. ':' .. g, id) end

@@ -27,7 +27,7 @@ async def all_index_keys(store: RedisProfileStore, kind: str = "") -> dict[str, 
     out = {}
     async for key in store.redis.scan_iter(match=f"ts:{kind}*"):
         name = key.decode()
-        if not name.startswith(("ts:member:", "ts:contact:") if not kind else "ts:member:"):
+        if name.startswith(("ts:tag:", "ts:guide:", "ts:aud:") if not kind else f"ts:{kind}"):
             out[name] = sorted(m.decode() for m in await store.redis.zrange(name, 0, -1))
     return out
 

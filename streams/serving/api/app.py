@@ -26,8 +26,11 @@ from streams.platform.security import kafka_client_kwargs, redis_client_kwargs
 from streams.platform.settings import Settings
 from streams.platform.topics import TopicNames, topic_names
 from streams.platform.event_writer import EventWriter
+from streams.serving.api.insights import (InsightRefused, history_args, scope_of, tag_history,
+                                          tag_insight)
 from streams.serving.api.marking import MarkRefused, mark_member_tag, parse_request
 from streams.serving.api.openapi import openapi_bytes
+from streams.serving.insight_counts import InsightCounts
 from streams.serving.redis_store import MAX_PAGE, RedisProfileStore
 from streams.serving.wecom.callback_endpoint import WecomCallback, callback_from_settings
 
@@ -35,7 +38,7 @@ log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 # The WeCom callback carries no bearer token: WeCom signs and encrypts it instead.
-PUBLIC_ROUTES = {"page", "static", "openapi", "wecom_callback"}
+PUBLIC_ROUTES = {"page", "operator_page", "static", "openapi", "wecom_callback"}
 FEED_ROUTES = {"feed", "guide_feed"}
 HEARTBEAT_S = 15.0
 SSE_RETRY_MS = 2000
@@ -49,6 +52,7 @@ PACK: web.AppKey[Any] = web.AppKey("pack", object)
 EVENTS: web.AppKey[EventWriter] = web.AppKey("events", EventWriter)
 CALLBACK: web.AppKey[Any] = web.AppKey("wecom_callback", object)  # None: not configured
 HEARTBEAT: web.AppKey[float] = web.AppKey("heartbeat", float)
+CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock", object)  # epoch seconds, now
 PRINCIPAL: Any = (web.RequestKey("principal", Principal) if hasattr(web, "RequestKey")
                   else "principal")  # RequestKey is aiohttp >= 3.12
 
@@ -139,6 +143,10 @@ def _require_guide(request: web.Request, guide: str) -> None:
 
 async def page(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(STATIC_DIR / "index.html", headers=PAGE_HEADERS)
+
+
+async def operator_page(request: web.Request) -> web.StreamResponse:
+    return web.FileResponse(STATIC_DIR / "operator.html", headers=PAGE_HEADERS)
 
 
 async def static(request: web.Request) -> web.StreamResponse:
@@ -239,6 +247,37 @@ async def wecom_callback(request: web.Request) -> web.Response:
                                          await request.read())
     return web.Response(status=status, text=text, content_type="text/plain",
                         headers=SECURITY_HEADERS)
+
+
+def _refused(exc: InsightRefused) -> web.HTTPException:
+    status = {400: web.HTTPBadRequest, 403: web.HTTPForbidden}[exc.status]
+    return _error(status, exc.code, exc.message)
+
+
+async def insight_tags(request: web.Request) -> web.Response:
+    """Members per tag, tier, lifecycle stage and RFM cell: of a guide, or of everyone."""
+    principal = _principal(request)
+    try:
+        guide = scope_of(principal, request.query)
+    except InsightRefused as exc:
+        raise _refused(exc) from None
+    store, pack = request.app[STORE], request.app[PACK]
+    counts = InsightCounts(store.redis, store.prefix)
+    guides = await counts.guide_members() if guide is None else None
+    as_of = pack.calendar.render(int(request.app[CLOCK]()))
+    return _json(tag_insight(pack, await counts.counts(guide), guide, as_of, guides))
+
+
+async def insight_tag_history(request: web.Request) -> web.Response:
+    """Daily snapshots of some tags' member counts, oldest first."""
+    try:
+        guide = scope_of(_principal(request), request.query)
+        tags_, days = history_args(request.query)
+    except InsightRefused as exc:
+        raise _refused(exc) from None
+    store = request.app[STORE]
+    return _json(await tag_history(request.app[PACK], InsightCounts(store.redis, store.prefix),
+                                   guide, tags_, days, request.app[CLOCK]()))
 
 
 async def prometheus(request: web.Request) -> web.Response:
@@ -378,11 +417,16 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/feed", feed, name="feed")
     app.router.add_get("/tags/{tag}/members", tag_members, name="tag_members")
     app.router.add_get("/metrics", prometheus, name="metrics")
+    app.router.add_get("/operator", operator_page, name="operator_page")
+    app.router.add_get("/insights/tags", insight_tags, name="insight_tags")
+    app.router.add_get("/insights/tags/history", insight_tag_history, name="insight_tag_history")
 
 
 def create_app(settings: Settings, *, heartbeat_s: float = HEARTBEAT_S,
-               feed_buffer: int = BUFFER_PER_PARTITION) -> web.Application:
-    """The API for `settings`; Redis and the Kafka tail start with the app, not before."""
+               feed_buffer: int = BUFFER_PER_PARTITION,
+               clock: Callable[[], float] = time.time) -> web.Application:
+    """The API for `settings`; Redis and the Kafka tail start with the app, not before.
+    `clock` (epoch seconds) dates the insight answers."""
     app = web.Application(middlewares=[observe, authenticate])
     from taggers.rules import load_rules
 
@@ -390,6 +434,7 @@ def create_app(settings: Settings, *, heartbeat_s: float = HEARTBEAT_S,
     app[PACK] = load_rules(settings.rules_path)
     app[CATALOGUE] = tag_catalogue(app[PACK])
     app[HEARTBEAT] = heartbeat_s
+    app[CLOCK] = clock
     app[STORE] = RedisProfileStore(settings.redis_url, connection=redis_client_kwargs(settings))
     app[HUB] = FeedHub(settings.broker_bootstrap, names=topic_names(settings),
                        buffer_per_partition=feed_buffer,

@@ -17,6 +17,7 @@ import msgspec
 
 from schemas.api import ApiError, MarkAccepted, MarkRequest, Me, MembersPage, TagCatalogue
 from schemas.changes import TagChange, TierChange
+from schemas.insights import TagHistory, TagInsight
 from schemas.profile import Profile
 
 JSON = "application/json"
@@ -97,6 +98,9 @@ def _public_paths() -> dict[str, Any]:
             "The page's script and style sheet", "static",
             {**_ok("The file", {"type": "string"}, "*/*"), "404": {"description": "No such file"}},
             parameters=[_path_param("name")], public=True),
+        "/operator": _operation("The operator page (HTML): audience insight charts",
+                                "operatorPage",
+                                _ok("The page", {"type": "string"}, "text/html"), public=True),
         "/openapi.json": _operation("This document", "openapi",
                                     _ok("OpenAPI 3.1", {"type": "object"}), public=True),
         "/wecom/callback": _wecom_callback(),
@@ -155,10 +159,36 @@ def _data_paths() -> dict[str, Any]:
         "/tags/{tag}/members": _operation(
             "Members holding a tag, across guides (operators only, paged)", "tagMembers", page,
             parameters=[_path_param("tag"), *PAGING]),
+        **_insight_paths(),
         "/metrics": _operation(
             "Prometheus metrics (operator token)", "metrics",
             {**_ok("Prometheus text format 0.0.4", {"type": "string"}, "text/plain"),
              **_error_responses(401, 403)}),
+    }
+
+
+def _insight_paths() -> dict[str, Any]:
+    guide = {"name": "guide", "in": "query", "required": False,
+             "description": "Count this guide's members (a guide token: only its own, the "
+                            "default); operators omit it to count everyone",
+             "schema": {"type": "string"}}
+    tag = {"name": "tag", "in": "query", "required": True, "style": "form", "explode": True,
+           "description": "Tag ids (repeat, or separate with commas; at most 20)",
+           "schema": {"type": "array", "items": {"type": "string"}}}
+    days = {"name": "days", "in": "query", "required": False,
+            "description": "Local days up to today", "schema": {
+                "type": "integer", "minimum": 1, "maximum": 400, "default": 30}}
+    return {
+        "/insights/tags": _operation(
+            "Audience insight (人群透视): members per tag, tier, lifecycle stage and RFM cell, "
+            "of everyone or of one guide", "insightTags",
+            {**_ok("The counts now", _ref("TagInsight")), **_error_responses(401, 403)},
+            parameters=[guide]),
+        "/insights/tags/history": _operation(
+            "Daily snapshots of tags' member counts (kept 400 days)", "insightTagHistory",
+            {**_ok("One count per local day, oldest first; null where no snapshot was taken",
+                   _ref("TagHistory")), **_error_responses(400, 401, 403)},
+            parameters=[tag, guide, days]),
     }
 
 
@@ -182,7 +212,8 @@ def _feed_paths() -> dict[str, Any]:
 
 # The models whose JSON Schemas the document carries, under these names.
 SCHEMA_MODELS: tuple[type, ...] = (ApiError, Me, TagCatalogue, Profile, MembersPage, TagChange,
-                                   TierChange, MarkRequest, MarkAccepted)
+                                   TierChange, MarkRequest, MarkAccepted, TagInsight,
+                                   TagHistory)
 
 
 def component_schemas() -> dict[str, Any]:

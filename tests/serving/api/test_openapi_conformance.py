@@ -92,6 +92,11 @@ async def test_every_json_response_matches_the_openapi_document(served, dry_prof
         ("/guides/{guide}/members", "/guides/someone-else/members", guide_token, 403),
         ("/tags/{tag}/members", f"/tags/{held}/members?limit=7", OPERATOR, 200),
         ("/tags/{tag}/members", f"/tags/{held}/members", guide_token, 403),
+        ("/insights/tags", "/insights/tags", OPERATOR, 200),
+        ("/insights/tags", "/insights/tags", guide_token, 200),
+        ("/insights/tags", "/insights/tags?guide=someone-else", guide_token, 403),
+        ("/insights/tags/history", f"/insights/tags/history?tag={held}&days=3", OPERATOR, 200),
+        ("/insights/tags/history", "/insights/tags/history?days=3", OPERATOR, 400),
     ]:
         status, body = await get(session, path, token)
         assert status == expected, (path, body)
@@ -102,7 +107,7 @@ async def test_every_json_response_matches_the_openapi_document(served, dry_prof
         assert status == 200 and body == profile
         check("/members/{member_id}", 200, body)
         checked += 1
-    assert checked == 12 + len(dry_profiles)
+    assert checked == 17 + len(dry_profiles)
 
 
 def test_the_check_rejects_a_profile_that_breaks_the_document(dry_profiles):

@@ -1,0 +1,101 @@
+"""Audience-count test helpers: a dry run's final profiles, what they count per tag, and
+writing them to Redis the production way (the profiles topic, read by the real Redis sink)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator
+
+import msgspec
+import orjson
+from aiokafka import AIOKafkaProducer
+
+from streams.platform.settings import DEFAULT_RULES, Settings
+from streams.platform.topics import topic_names
+from streams.serving.redis_sink import run_redis_sink
+from streams.serving.redis_store import RedisProfileStore
+from streams.tools.generate import generate_events
+from taggers.dryrun import dry_run
+from taggers.engine import Engine
+from taggers.profile import render_profile
+from taggers.rules import load_rules
+
+
+def dry_run_profiles(members: int, days: int, seed: int) -> list[dict[str, Any]]:
+    """The final profiles of a dry run of a generated history, as the worker publishes them."""
+    pack = load_rules(DEFAULT_RULES)
+    lines = [orjson.dumps(e) for e in generate_events(members=members, days=days, seed=seed)]
+    result = dry_run(Engine(pack), lines)
+    return [msgspec.to_builtins(render_profile(result.states[m], pack))
+            for m in sorted(result.states)]
+
+
+def held_counts(profiles: list[dict[str, Any]], guide: str | None = None) -> dict[str, int]:
+    """Members per held tag, and ":members", over everyone or one guide's members: counted
+    from the profiles themselves, independently of Redis."""
+    counts: Counter[str] = Counter()
+    for profile in profiles:
+        if guide is not None and guide not in {g["userid"] for g in profile["guides"]}:
+            continue
+        counts[":members"] += 1
+        counts.update({t["id"] for t in profile["tags"]})
+    return dict(counts)
+
+
+def served_counts(body: dict[str, Any]) -> dict[str, int]:
+    """The same from a GET /insights/tags body (tags nobody holds left out)."""
+    out = {t["id"]: t["members"] for t in body["tags"] if t["members"]}
+    if body["members"]:
+        out[":members"] = body["members"]
+    return out
+
+
+@asynccontextmanager
+async def running_sink(settings: Settings) -> AsyncIterator[None]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_redis_sink(settings, stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+async def publish_profiles(settings: Settings,
+                           records: list[dict[str, Any] | tuple[str, None]]) -> dict[int, int]:
+    """Profiles (or (member_id, None) tombstones) onto the profiles topic, keyed by member as
+    the worker writes them; returns the next offset per partition after them."""
+    topic = topic_names(settings).profiles
+    producer = AIOKafkaProducer(bootstrap_servers=settings.broker_bootstrap, acks="all",
+                                linger_ms=5, max_batch_size=1 << 20)
+    await producer.start()
+    try:
+        futures = []
+        for record in records:
+            member_id, value = ((record[0], None) if isinstance(record, tuple)
+                                else (record["member_id"], orjson.dumps(record)))
+            futures.append(await producer.send(topic, key=member_id.encode(), value=value))
+        ends: dict[int, int] = {}
+        for metadata in await asyncio.gather(*futures):
+            ends[metadata.partition] = max(ends.get(metadata.partition, 0), metadata.offset + 1)
+        return ends
+    finally:
+        await producer.stop()
+
+
+async def wait_sink_reaches(settings: Settings, ends: dict[int, int], timeout: float = 90) -> None:
+    """Until Redis records that the sink wrote every partition up to `ends`."""
+    topic = topic_names(settings).profiles
+    fields = {f"{topic}:{p}": end for p, end in ends.items()}
+    deadline = time.monotonic() + timeout
+    async with RedisProfileStore(settings.redis_url) as store:
+        while True:
+            stored = await store.read_offsets(list(fields))
+            if all((stored[f] or 0) >= end for f, end in fields.items()):
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the Redis sink did not reach {fields}: at {stored}")
+            await asyncio.sleep(0.1)
