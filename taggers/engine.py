@@ -78,11 +78,7 @@ class Engine:
     @staticmethod
     def has_applied(state: MemberState | None, event: Event) -> bool:
         """The event's id is among the member's remembered ones: a redelivery."""
-        if state is None:
-            return False
-        digest = event_hash(event.event_id)
-        seen = state.seen
-        return any(seen[i] == digest for i in range(0, len(seen), 2))
+        return state is not None and _seen(state, event_hash(event.event_id))
 
     def apply(self, state: MemberState | None, event: Event) -> Outcome:
         if isinstance(event, ErasureRequested):
@@ -90,16 +86,16 @@ class Engine:
         if state is None:
             state = MemberState(member_id=event.member_id)
         occurred = to_epoch(event.occurred_at)
-        if self.has_applied(state, event):
+        digest = event_hash(event.event_id)
+        if _seen(state, digest):
             return Outcome(state, duplicate=True)
         self._reject_if_late(state, occurred)
         if isinstance(event, TagMarked):
             self._check_mark(state, event)
         self.tasks.check(state, event, self._state_at)
-        digest = event_hash(event.event_id)
 
         outcome = Outcome(state)
-        before = view_of(state, self.pack.marked)
+        before = self._view(state)
         self._fire_due(state, occurred, outcome)
         self.tasks.follow(state, outcome, occurred)  # before the event: its guides, consent
         now = occurred if state.watermark is None else max(occurred, state.watermark)
@@ -126,7 +122,7 @@ class Engine:
         cause = {"event_id": event.event_id}
         found = state is not None
         state = state or MemberState(member_id=member_id)
-        before = view_of(state, self.pack.marked)
+        before = self._view(state)
         outcome = Outcome(state)
         self.tasks.erase(state, to_epoch(event.occurred_at), outcome.tasks)
         cleared = before._replace(pairs={pair: frozenset() for pair in before.pairs})
@@ -145,7 +141,7 @@ class Engine:
 
     def reevaluate(self, state: MemberState, now: int) -> Outcome:
         """Fire due deadlines, then evaluate every rule at `now` (a backfill after new rules)."""
-        before = view_of(state, self.pack.marked)
+        before = self._view(state)
         outcome = self._advance(state, now)
         at = now if state.watermark is None else max(now, state.watermark)
         self._evaluate(state, None, at, None, outcome.changes)
@@ -156,7 +152,7 @@ class Engine:
 
     def advance(self, state: MemberState, now: int) -> Outcome:
         """Fire every deadline of this member due at or before `now`."""
-        before = view_of(state, self.pack.marked) if state.next_deadline is not None else None
+        before = self._view(state) if state.next_deadline is not None else None
         outcome = self._advance(state, now)
         if before is not None and outcome.changes:
             self._mark(before, outcome, outcome.changes[-1].cause)
@@ -177,10 +173,19 @@ class Engine:
     def _mark(self, before: WecomView, outcome: Outcome, cause: dict[str, str]) -> None:
         """The WeCom marks that take the member's pairs from `before` to now."""
         state = outcome.state
-        marks = plan_marks(state.member_id, before, view_of(state, self.pack.marked), self._name_of, cause,
+        if not _has_pairs(state):
+            return  # plan_marks marks only the pairs the member has now
+        marks = plan_marks(state.member_id, before, self._view(state), self._name_of, cause,
                            self.calendar.render(state.watermark or 0))
         if marks is not None:
             outcome.marks.append(marks)
+
+    def _view(self, state: MemberState) -> WecomView:
+        """What the member's WeCom pairs show. With no pair nothing shows, and plan_marks
+        reads the names of a view only for tags it marks on a pair, so none are gathered."""
+        if not _has_pairs(state):
+            return WecomView({}, {}, state.marketing)
+        return view_of(state, self.pack.marked)
 
     def _name_of(self, tag_id: str, held: HeldTag | None = None) -> str:
         rule = self.pack.tag(tag_id)
@@ -525,6 +530,15 @@ class Engine:
             name_zh=rule.name_zh if rule else "",
             family=rule.family if rule else "",
         )
+
+
+def _has_pairs(state: MemberState) -> bool:
+    return any(guide.external_userid for guide in state.guides)
+
+
+def _seen(state: MemberState, digest: int) -> bool:
+    """The digest is among the member's remembered event ids (`seen` is [hash, time, ...])."""
+    return digest in state.seen[0::2]
 
 
 def _guides_of(state: MemberState) -> tuple[Guide, ...]:

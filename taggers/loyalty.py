@@ -39,6 +39,7 @@ Semantics (every number is a parameter of the `loyalty:` section; RULES.md "Tier
 from __future__ import annotations
 
 import calendar as gregorian
+import functools
 import hashlib
 import re
 from bisect import bisect_left
@@ -261,25 +262,30 @@ class LoyaltyProgram:
 
     def _next_due(self, state: LoyaltyState) -> tuple[int, int, Callable[..., Any]] | None:
         """(deadline, rank among deadlines at the same instant, handler) of the earliest."""
-        due: list[tuple[int, int, Callable[..., Any]]] = []
+        # Candidates come in rank order, so the first of the earliest instant is the one due.
+        best: tuple[int, int, Callable[..., Any]] | None = None
         cls = LoyaltyProgram
-        for i in range(0, len(state.lots), 2):
-            expires = self.expires_at(state.lots[i])
+        lots = state.lots
+        for i in range(0, len(lots), 2):
+            expires = self.expires_at(lots[i])
             if expires is None:
                 break
             if i == 0:
-                due.append((expires, 0, cls._fire_points_expired))
-            if self.expiry_warning_days and state.lots[i] > state.warned_year:
+                best = (expires, 0, cls._fire_points_expired)
+            if self.expiry_warning_days and lots[i] > state.warned_year:
                 warn = expires - self.expiry_warning_days * DAY
-                due.append((warn, 1, cls._fire_points_expiry_warning))
+                if best is None or warn < best[0]:
+                    best = (warn, 1, cls._fire_points_expiry_warning)
                 break
-        if state.review_at is not None:
-            warn = state.review_at - self.downgrade_warning_days * DAY
-            if (self.downgrade_warning_days and state.warned_review != state.review_at
-                    and warn > state.tier_since):
-                due.append((warn, 2, cls._fire_tier_downgrade_warning))
-            due.append((state.review_at, 3, cls._fire_tier_review))
-        return min(due, key=lambda d: d[:2]) if due else None
+        review_at = state.review_at
+        if review_at is not None:
+            warn = review_at - self.downgrade_warning_days * DAY
+            if (self.downgrade_warning_days and state.warned_review != review_at
+                    and warn > state.tier_since and (best is None or warn < best[0])):
+                best = (warn, 2, cls._fire_tier_downgrade_warning)
+            if best is None or review_at < best[0]:
+                best = (review_at, 3, cls._fire_tier_review)
+        return best
 
     def _fire_points_expired(self, state: LoyaltyState, at: int,
                              member_id: str) -> TierChange:
@@ -351,13 +357,13 @@ class LoyaltyProgram:
         """Local 00:00 of 1 January after the last year the points of `year` are valid."""
         if self.expiry_years_after is None:
             return None
-        return self.calendar.day_start(_day(date(year + self.expiry_years_after + 1, 1, 1)))
+        return self.calendar.day_start(_new_year(year + self.expiry_years_after + 1))
 
     # --- reading ------------------------------------------------------------------------------
 
     def window_start(self, day: int) -> int:
         """First local day whose growth counts on `day`: the same date evaluation_months ago."""
-        return _day(_add_months(_local_date(day), -self.evaluation_months))
+        return _months_before(day, self.evaluation_months)
 
     def growth_at(self, state: LoyaltyState, at: int, before: bool = False) -> int:
         """Growth of the evaluation window ending on the local day of `at` (with `before`:
@@ -515,6 +521,18 @@ def _flat(pairs: dict[int, int]) -> list[int]:
 def _order_key(order_id: str) -> int:
     # 32 bits: a collision needs two of one member's last MAX_ORDERS orders to share a hash
     return int.from_bytes(hashlib.blake2b(order_id.encode(), digest_size=4).digest(), "big")
+
+
+@functools.lru_cache(maxsize=8192)
+def _months_before(day: int, months: int) -> int:
+    """The local day the same date `months` earlier (clamped to the month's last day)."""
+    return _day(_add_months(_local_date(day), -months))
+
+
+@functools.lru_cache(maxsize=512)
+def _new_year(year: int) -> int:
+    """The local day number of 1 January of `year`."""
+    return _day(date(year, 1, 1))
 
 
 def _local_date(day: int) -> date:
