@@ -14,8 +14,9 @@ neither Kafka nor the serving side.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
+from schemas.tasks import TaskRecord
 from schemas.wecom import WecomMarks
 from taggers.dryrun import DryRunResult
 from taggers.marked import marked_name
@@ -52,9 +53,7 @@ class Impact:
     old_version: str
     new_version: str
     tags: tuple[TagImpact, ...]  # every tag held in either run, by id
-    # None when the dry run carries no tasks (a build without guide tasks): "not known",
-    # which is not the same as "no task would open".
-    tasks: tuple[TaskImpact, ...] | None
+    tasks: tuple[TaskImpact, ...]  # every task kind either run opened, by kind
     mark_tag_calls_before: int
     mark_tag_calls_after: int
 
@@ -83,7 +82,7 @@ def tag_impacts(before: Mapping[str, MemberState], after: Mapping[str, MemberSta
     return tuple(impacts)
 
 
-def opened_tasks(tasks: Iterable[Any]) -> tuple[dict[str, int], dict[str, str]]:
+def opened_tasks(tasks: Iterable[TaskRecord]) -> tuple[dict[str, int], dict[str, str]]:
     """Per task kind, how many distinct tasks were opened, and each kind's name_zh. A task
     publishes a record per state (version 1, 2, ...): counting ids counts each task once."""
     ids: dict[str, set[str]] = {}
@@ -94,7 +93,8 @@ def opened_tasks(tasks: Iterable[Any]) -> tuple[dict[str, int], dict[str, str]]:
     return {kind: len(task_ids) for kind, task_ids in ids.items()}, names
 
 
-def task_impacts(before: Iterable[Any], after: Iterable[Any]) -> tuple[TaskImpact, ...]:
+def task_impacts(before: Iterable[TaskRecord], after: Iterable[TaskRecord]
+                 ) -> tuple[TaskImpact, ...]:
     opened_before, names = opened_tasks(before)
     opened_after, names_after = opened_tasks(after)
     names = {**names, **names_after}
@@ -127,14 +127,13 @@ def compare(old: DryRunResult, new: DryRunResult, old_pack: RulePack, new_pack: 
     """The impact of replacing `old_pack` by `new_pack`, from their dry runs over the same
     events. `mark_tag_calls(record)` says how many calls one wecom.marks record causes."""
     name_of = tag_namer(new_pack, old_pack, (old.states, new.states))
-    has_tasks = hasattr(old, "tasks") and hasattr(new, "tasks")
     return Impact(
         members=len(old.states.keys() | new.states.keys()),
         as_of=new.as_of,
         old_version=old_pack.version,
         new_version=new_pack.version,
         tags=tag_impacts(old.states, new.states, name_of),
-        tasks=task_impacts(old.tasks, new.tasks) if has_tasks else None,
+        tasks=task_impacts(old.tasks, new.tasks),
         mark_tag_calls_before=sum(mark_tag_calls(record) for record in old.marks),
         mark_tag_calls_after=sum(mark_tag_calls(record) for record in new.marks),
     )

@@ -58,9 +58,8 @@ def impact_json(impact: Impact, pack: RulePack, *, events: Path, old_rules: Path
         "new": {"rules": str(new_rules), "version": impact.new_version},
         "tags": [{"tag": t.tag, "name_zh": t.name_zh, "before": t.before, "after": t.after,
                   "gained": t.gained, "lost": t.lost} for t in impact.tags],
-        "tasks": None if impact.tasks is None else [
-            {"kind": t.kind, "name_zh": t.name_zh, "opened_before": t.before,
-             "opened_after": t.after} for t in impact.tasks],
+        "tasks": [{"kind": t.kind, "name_zh": t.name_zh, "opened_before": t.before,
+                   "opened_after": t.after} for t in impact.tasks],
         "wecom": {"mark_tag_calls_before": impact.mark_tag_calls_before,
                   "mark_tag_calls_after": impact.mark_tag_calls_after,
                   "mark_tag_calls_difference": impact.mark_tag_calls_difference},
@@ -83,9 +82,7 @@ def impact_text(impact: Impact, pack: RulePack, *, events: Path, old_rules: Path
     if unchanged and not show_all:
         lines.append(f"{unchanged} more tags keep exactly the same members (--all lists them)")
     lines.append("")
-    if impact.tasks is None:
-        lines.append("tasks: this build's dry run opens no guide tasks")
-    elif not impact.tasks:
+    if not impact.tasks:
         lines.append("tasks: neither pack opens any")
     else:
         lines += _table(["task", "名称", "opened before", "opened after", "change"],

@@ -1,13 +1,25 @@
-"""`tagstream demo`: the whole flow on the local stack (Kafka and Redis), start to finish."""
+"""`tagstream demo`: the whole flow on the local stack (Kafka and Redis), start to finish.
+
+It ends by serving the pages (unless `serve=False`): the worker goes live, the guide API
+starts on loopback with two tokens made for this run (one guide's, one operator's), and
+everything keeps running until SIGINT or SIGTERM, which stop what the demo started, by pid.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import secrets
+import signal
 import sys
+import threading
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
 
 import orjson
 
@@ -18,54 +30,174 @@ from streams.platform.redaction import redact_url
 from streams.platform.security import kafka_client_kwargs
 from streams.platform.settings import Settings
 from streams.platform.topics import topic_names
-from streams.tools.processes import ChildProcess, tagstream_command
+from streams.tools.processes import ChildProcess, free_ports, port_taken, tagstream_command
 from streams.tools.stack import LocalStack
+
+LOOPBACK = "127.0.0.1"
 
 
 def run_demo(settings: Settings, *, members: int, days: int, seed: int,
-             keep_stack: bool = False) -> None:
+             keep_stack: bool = False, serve: bool = True) -> None:
     # A generated history lies in the past: the event-time clock lets its absence rules fire
-    # at their historical deadlines, as they would have live.
+    # at their historical deadlines, as they would have live. It ends today, so the worker
+    # can then go live (wall clock) with only a day's deadlines to catch up on.
     settings = replace(settings, clock="event")
+    steps = 6 if serve else 5
     stack = LocalStack(settings)
     status = stack.status()
     was_running = (bool(status["brokers"]) and status["redis"]["answering"]
                    and all(broker["answering"] for broker in status["brokers"]))
-    say(f"1/5 starting Apache Kafka {status['kafka_version']} ({status['bootstrap']}) and "
-        f"Redis ({redact_url(settings.redis_url)}); the first start formats Kafka's storage")
-    stack.up()
-    settings = stack.client_settings()
-    worker: ChildProcess | None = None
-    sink: ChildProcess | None = None
+    children: list[ChildProcess] = []
+    restore_sigterm = _sigterm_interrupts()
     try:
+        say(f"1/{steps} starting Apache Kafka {status['kafka_version']} ({status['bootstrap']}) "
+            f"and Redis ({redact_url(settings.redis_url)}); the first start formats Kafka's "
+            f"storage")
+        stack.up()
+        settings = stack.client_settings()
         asyncio.run(ensure_tagstream_topics(settings))
         workdir = settings.data_dir / "demo"
         workdir.mkdir(parents=True, exist_ok=True)
         events_path = workdir / "events.jsonl"
-        say(f"2/5 generating {members} members over {days} days -> {events_path}")
-        from streams.tools.generate import generate_events, write_jsonl
+        say(f"2/{steps} generating {members} members over the {days} days up to today -> "
+            f"{events_path}")
+        from streams.tools.generate import CST, generate_events, write_jsonl
 
+        today = datetime.now(CST).replace(hour=0, minute=0, second=0, microsecond=0)
+        befriended: Counter[str] = Counter()
         with events_path.open("wb") as out:
-            write_jsonl(generate_events(members=members, days=days, seed=seed), out)
-        worker_log = workdir / "worker.log"
-        say(f"3/5 starting the worker and the Redis sink (logs: {workdir})")
-        worker = start_worker(settings, worker_log)
-        sink = start_worker(settings, workdir / "redis-sink.log", command="redis-sink")
-        say("4/5 replaying the history; tag changes as they arrive:")
+            write_jsonl(_counting_guides(generate_events(
+                members=members, days=days, seed=seed, start=today - timedelta(days=days)),
+                befriended), out)
+        say(f"3/{steps} starting the worker and the Redis sink (logs: {workdir})")
+        worker = start_child(settings, workdir / "worker.log", children)
+        start_child(settings, workdir / "redis-sink.log", children, command="redis-sink")
+        say(f"4/{steps} replaying the history; tag changes as they arrive:")
         asyncio.run(_replay_and_follow(settings, events_path, worker))
         asyncio.run(_show_served_profile(settings))
+        if serve:
+            guide = befriended.most_common(1)[0][0] if befriended else "guide"
+            _serve_pages(settings, workdir, children, worker, guide, steps)
     finally:
-        for process in (worker, sink):
-            if process is not None:
-                process.stop(20)
+        for child in reversed(children):
+            child.stop(20)
         if not keep_stack and not was_running:
-            say("5/5 stopping the broker and Redis we started")
+            say(f"{steps}/{steps} stopping the broker and Redis we started")
             stack.down()
+        restore_sigterm()
 
 
-def start_worker(settings: Settings, log_path: Path, command: str = "worker") -> ChildProcess:
+def start_child(settings: Settings, log_path: Path, children: list[ChildProcess],
+                command: str = "worker") -> ChildProcess:
+    """Start `tagstream <command>` in its own session (a Ctrl-C at the terminal reaches only
+    the demo, which stops its children in order) and remember it in `children`."""
     argv, env = tagstream_command(settings, command)
-    return ChildProcess(command, argv, env, log_path)
+    child = ChildProcess(command, argv, env, log_path, own_session=True)
+    children.append(child)
+    return child
+
+
+def _counting_guides(events: Iterable[dict], befriended: Counter[str]) -> Iterator[dict]:
+    """Pass the events on, counting each guide's WeCom friend-adds (the demo signs in as the
+    guide with the most customers)."""
+    for event in events:
+        if event["event_type"] == "interaction.wecom_friend_added":
+            befriended[event["guide_id"]] += 1
+        yield event
+
+
+def _sigterm_interrupts() -> Callable[[], None]:
+    """Make SIGTERM stop the demo as Ctrl-C does (KeyboardInterrupt), so what it started is
+    stopped on the way out; returns the undo."""
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    return lambda: signal.signal(signal.SIGTERM, previous)
+
+
+@dataclass(frozen=True)
+class PageAccess:
+    base_url: str
+    guide: str
+    guide_token: str
+    operator_token: str
+
+    @property
+    def api_tokens(self) -> str:
+        """TAGSTREAM_API_TOKENS for the API (streams/serving/api/auth.py)."""
+        return f"{self.guide_token}={self.guide},{self.operator_token}=*"
+
+
+def page_access(port: int, guide: str) -> PageAccess:
+    """Two tokens made for this run only: the page signs in with either."""
+    return PageAccess(f"http://{LOOPBACK}:{port}", guide, secrets.token_urlsafe(24),
+                      secrets.token_urlsafe(24))
+
+
+def _serve_pages(settings: Settings, workdir: Path, children: list[ChildProcess],
+                 worker: ChildProcess, guide: str, steps: int) -> None:
+    say(f"5/{steps} serving the pages: the worker goes live (wall clock) and the API starts")
+    # The event clock would hold a guide's live action (a tag marked, a task done) until
+    # every event topic passed its time, which no more history will do: live, the wall
+    # clock runs the worker. The same web port keeps its RocksDB store.
+    worker.stop(20)
+    children.remove(worker)
+    live = replace(settings, clock="wall")
+    worker = start_child(live, workdir / "worker-live.log", children)
+    port = (settings.api_port if not port_taken(LOOPBACK, settings.api_port)
+            else free_ports(1)[0])
+    access = page_access(port, guide)
+    api = start_child(replace(live, api_host=LOOPBACK, api_port=port,
+                              api_tokens=access.api_tokens),
+                      workdir / "api.log", children, command="api")
+    _wait_until_answering(access, api)
+    print(f"\nguide page     {access.base_url}/\n"
+          f"               sign in as guide {access.guide} with the token "
+          f"{access.guide_token}\n"
+          f"operator page  {access.base_url}/operator\n"
+          f"               sign in as operator with the token {access.operator_token}\n"
+          f"(the tokens are this run's only; paste one into the page's sign-in box)\n",
+          flush=True)
+    say("serving until Ctrl-C (logs: {}); Ctrl-C or SIGTERM stops everything the demo "
+        "started".format(workdir))
+    _wait_for_signal(children)
+
+
+def _wait_until_answering(access: PageAccess, api: ChildProcess, timeout: float = 60) -> None:
+    request = urllib.request.Request(f"{access.base_url}/me", headers={
+        "Authorization": f"Bearer {access.guide_token}"})
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(request, timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        if not api.alive():
+            raise RuntimeError(f"the API exited with code {api.returncode}:\n{api.log_tail()}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the API did not answer within {timeout:.0f} s:\n"
+                               f"{api.log_tail()}")
+        time.sleep(0.2)
+
+
+def _wait_for_signal(children: list[ChildProcess]) -> None:
+    """Block until SIGINT or SIGTERM; a child that dies meanwhile ends the demo with its log."""
+    stop = threading.Event()
+    handlers = {sig: signal.signal(sig, lambda signum, frame: stop.set())
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not stop.wait(1.0):
+            for child in children:
+                if not child.alive():
+                    raise RuntimeError(f"{child.name} exited with code {child.returncode}:\n"
+                                       f"{child.log_tail()}")
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    say("stopping")
 
 
 async def _show_served_profile(settings: Settings) -> None:

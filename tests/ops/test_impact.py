@@ -63,6 +63,14 @@ def wecom_calls(result: DryRunResult) -> int:
                     if m.userid and m.external_userid}) for record in result.marks)
 
 
+def opened_by_kind(result: DryRunResult) -> dict[str, int]:
+    """Distinct task ids per task kind (a task has a record per state)."""
+    kinds: dict[str, set[str]] = {}
+    for task in result.tasks:
+        kinds.setdefault(task.kind, set()).add(task.task_id)
+    return {kind: len(ids) for kind, ids in kinds.items()}
+
+
 @pytest.mark.slow  # four dry runs of ~5,400 events: the preview's two and the two it must equal
 def test_sixty_days_instead_of_ninety_equals_the_diff_of_two_full_dry_runs(files) -> None:
     with files["events"].open("rb") as lines:
@@ -91,17 +99,12 @@ def test_sixty_days_instead_of_ninety_equals_the_diff_of_two_full_dry_runs(files
         "mark_tag_calls_before": wecom_calls(before), "mark_tag_calls_after": wecom_calls(after),
         "mark_tag_calls_difference": wecom_calls(after) - wecom_calls(before)}
     assert report["wecom"]["mark_tag_calls_difference"] > 0  # newly dormant members' tags
-    if hasattr(before, "tasks"):
-        def opened(result: DryRunResult) -> dict[str, int]:
-            kinds: dict[str, set[str]] = {}
-            for task in result.tasks:
-                kinds.setdefault(task.kind, set()).add(task.task_id)
-            return {kind: len(ids) for kind, ids in kinds.items()}
-        assert {t["kind"]: (t["opened_before"], t["opened_after"]) for t in report["tasks"]} == {
-            kind: (opened(before).get(kind, 0), opened(after).get(kind, 0))
-            for kind in opened(before).keys() | opened(after).keys()}
-    else:
-        assert report["tasks"] is None
+    opened_before, opened_after = opened_by_kind(before), opened_by_kind(after)
+    assert {t["kind"]: (t["opened_before"], t["opened_after"]) for t in report["tasks"]} == {
+        kind: (opened_before.get(kind, 0), opened_after.get(kind, 0))
+        for kind in opened_before.keys() | opened_after.keys()}
+    # dormant_90d opens 唤醒关怀 for each of the member's guides: more dormant, more tasks
+    assert opened_after["wake_dormant"] > opened_before["wake_dormant"]
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +129,7 @@ def test_the_table_names_each_changed_tag_in_chinese_and_counts_the_calls(
     assert name == "沉睡" and int(gained) > 0 and lost == "-0"
     assert int(after) - int(before) == int(change) == int(gained)
     assert "more tags keep exactly the same members" in out
+    assert "唤醒关怀" in out and "opened before" in out
     assert "WeCom mark_tag calls:" in out
 
 
