@@ -479,6 +479,45 @@ def impact(events_path: Path, old_rules: Path, new_rules: Path, as_of: str | Non
         click.echo(impact_text(result, pack, show_all=show_all, **where))
 
 
+@main.command("bench-engine")
+@click.option("--against", "commit", required=True,
+              help="The pinned commit whose engine is the baseline (e.g. the one before an "
+                   "optimisation).")
+@click.option("--events", "events_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Event file (default: a generated history of --members over --days).")
+@click.option("--members", default=2000, show_default=True, type=click.IntRange(1))
+@click.option("--days", default=400, show_default=True, type=click.IntRange(1))
+@click.option("--rounds", default=3, show_default=True, type=click.IntRange(1))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+def bench_engine(commit: str, events_path: Path | None, members: int, days: int, rounds: int,
+                 as_json: bool) -> None:
+    """The engine alone, this checkout against a pinned commit, on one file in one run:
+    medians, speed-up, and whether every change and profile is identical."""
+    import json
+    import tempfile
+
+    from streams.tools.bench.engine_compare import EngineCompareError, compare_engines
+    from streams.tools.generate import generate_events, write_jsonl
+
+    repo = Path(__file__).resolve().parents[2]
+    with tempfile.TemporaryDirectory(prefix="tagstream-bench-engine-") as workdir:
+        if events_path is None:
+            events_path = Path(workdir) / "events.jsonl"
+            with events_path.open("wb") as out:
+                write_jsonl(generate_events(members=members, days=days, seed=1), out)
+        try:
+            report = compare_engines(repo, commit, events_path, rounds)
+        except EngineCompareError as exc:
+            raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(report))
+    else:
+        for key, value in report.items():
+            click.echo(f"{key}: {value}")
+    if not (report["identical_changes"] and report["identical_profiles"]):
+        raise SystemExit(1)
+
+
 @main.command()
 @click.option("--topic", default=None,
               help="Topic name on the broker, as given (default: tags.changes with "
