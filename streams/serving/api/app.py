@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
@@ -18,6 +19,7 @@ import orjson
 from aiohttp import web
 
 from schemas.api import ApiError, CatalogueTag, Me, TagCatalogue, encode_body
+from schemas.task_api import TaskInsights
 from streams.platform import metrics
 from streams.serving.api.auth import Principal, TokenMap, bearer_token, parse_tokens
 from streams.serving.api.feed import (BUFFER_PER_PARTITION, CursorError, FeedEvent, FeedHub, decode_cursor,
@@ -30,8 +32,11 @@ from streams.serving.api.insights import (InsightRefused, history_args, scope_of
                                           tag_insight)
 from streams.serving.api.marking import MarkRefused, mark_member_tag, parse_request
 from streams.serving.api.openapi import openapi_bytes
+from streams.serving.api.tasks import (TaskRefused, guide_insights, mark_task_done,
+                                       parse_done_request, windows_ending)
 from streams.serving.insight_counts import InsightCounts
 from streams.serving.redis_store import MAX_PAGE, RedisProfileStore
+from streams.serving.task_store import LISTS as TASK_LISTS, OPEN as TASK_OPEN, CursorInvalid
 from streams.serving.wecom.callback_endpoint import WecomCallback, callback_from_settings
 
 log = logging.getLogger(__name__)
@@ -238,6 +243,77 @@ async def mark_tag(request: web.Request) -> web.Response:
     return _json(accepted, status=202)
 
 
+# --- guide tasks (客户SOP) -----------------------------------------------------------------------
+
+
+def _task_refused(exc: TaskRefused) -> web.HTTPException:
+    status = {400: web.HTTPBadRequest, 403: web.HTTPForbidden, 404: web.HTTPNotFound,
+              409: web.HTTPConflict, 413: _TooLarge}[exc.status]
+    return _error(status, exc.code, exc.message)
+
+
+async def guide_tasks(request: web.Request) -> web.Response:
+    """The guide's to-do list (status=open, the default: earliest due first) or their closed
+    tasks of one status, or all closed (newest first)."""
+    guide = request.match_info["guide"]
+    _require_guide(request, guide)
+    status = request.query.get("status") or TASK_OPEN
+    if status not in TASK_LISTS:
+        raise _error(web.HTTPBadRequest, "bad_request",
+                     f"status must be one of {', '.join(TASK_LISTS)}")
+    cursor, limit = _page_args(request)
+    try:
+        page_ = await request.app[STORE].tasks.page(guide, status, cursor, limit)
+    except CursorInvalid as exc:
+        raise _error(web.HTTPBadRequest, "bad_request", str(exc)) from None
+    return _json({"guide": guide, "status": status, "tasks": page_.tasks,
+                  "next_cursor": page_.next_cursor})
+
+
+async def task_done(request: web.Request) -> web.Response:
+    """A guide marks their open task done (an operator any guide's): 202."""
+    try:
+        accepted = await mark_task_done(
+            _principal(request), request.match_info["guide"], request.match_info["task_id"],
+            parse_done_request(await request.read()), tasks=request.app[STORE].tasks,
+            events=request.app[EVENTS])
+    except TaskRefused as exc:
+        raise _task_refused(exc) from None
+    return _json(accepted, status=202)
+
+
+async def task_insights(request: web.Request) -> web.Response:
+    """Task completion and conversion per guide over 7 and 30 days; a guide sees only their
+    own, an operator one guide (`guide`) or every guide with tasks."""
+    principal = _principal(request)
+    guide = request.query.get("guide") or principal.guide
+    if guide is not None:
+        _require_guide(request, guide)
+    at = _instant(request.query.get("at"), request.app[CLOCK])
+    tasks = request.app[STORE].tasks
+    guides = [guide] if guide is not None else await tasks.guides()
+    counts = await tasks.window_counts(guides, windows_ending(at))
+    tz = request.app[PACK].calendar.tz
+    return _json(TaskInsights(at=at.astimezone(tz).isoformat(),
+                              guides=[guide_insights(g, at, counts[g], tz) for g in guides]))
+
+
+def _instant(raw: str | None, clock: Callable[[], float]) -> datetime:
+    """`at` (RFC 3339 with an offset), or now."""
+    if not raw:
+        return datetime.fromtimestamp(clock(), timezone.utc)
+    if "T" in raw:  # an offset's "+" sent unencoded arrives as a space
+        raw = raw.replace(" ", "+")
+    try:
+        at = datetime.fromisoformat(raw)
+    except ValueError:
+        at = None
+    if at is None or at.tzinfo is None:
+        raise _error(web.HTTPBadRequest, "bad_request",
+                     "at must be a timestamp with an offset, e.g. 2024-03-01T12:00:00+08:00")
+    return at
+
+
 async def wecom_callback(request: web.Request) -> web.Response:
     callback: WecomCallback | None = request.app[CALLBACK]
     if callback is None:
@@ -414,6 +490,9 @@ def add_routes(app: web.Application) -> None:
     callback.add_route("POST", wecom_callback)  # WeCom's event pushes
     app.router.add_get("/guides/{guide}/members", guide_members, name="guide_members")
     app.router.add_get("/guides/{guide}/feed", guide_feed, name="guide_feed")
+    app.router.add_get("/guides/{guide}/tasks", guide_tasks, name="guide_tasks")
+    app.router.add_post("/guides/{guide}/tasks/{task_id}/done", task_done, name="task_done")
+    app.router.add_get("/insights/tasks", task_insights, name="task_insights")
     app.router.add_get("/feed", feed, name="feed")
     app.router.add_get("/tags/{tag}/members", tag_members, name="tag_members")
     app.router.add_get("/metrics", prometheus, name="metrics")

@@ -1,13 +1,15 @@
-"""Live tag and tier changes for guides: one Kafka tail shared by every feed, with exact resume.
+"""Live tag, tier and task changes for guides: one Kafka tail shared by every feed, with exact
+resume.
 
-One consumer per API process (no group: it reads every partition) tails `tags.changes` and
-`tiers.changes` and fans each change out to the open feeds whose guide it names (operators get
-all). Tag and tier changes name their guides, so no lookup stands between a change and a
-feed.
+One consumer per API process (no group: it reads every partition) tails `tags.changes`,
+`tiers.changes` and `tasks.changes` and fans each change out to the open feeds whose guide it
+names (operators get all). Tag and tier changes name their guides, a task its one guide, so no
+lookup stands between a change and a feed.
 
-Resume: an SSE event id is the feed's cursor, the next offset to read on every partition of both
-topics (`t0=812,t1=790,r0=33,r1=35`, `t` for tags.changes, `r` for tiers.changes, whatever the
-topic namespace: a cursor names topics by their canonical names). A reconnect
+Resume: an SSE event id is the feed's cursor, the next offset to read on every partition of the
+three topics (`t0=812,t1=790,r0=33,r1=35,k0=4,k1=9`, `t` for tags.changes, `r` for
+tiers.changes, `k` for tasks.changes, whatever the topic namespace: a cursor names topics by
+their canonical names). A reconnect
 with `Last-Event-ID` continues exactly after the last change delivered: nothing skipped, nothing
 twice. The cursor also moves past other guides' changes (heartbeats carry it), so a resume does
 not re-scan them. Recent changes are kept in memory per partition; a cursor older than that is
@@ -29,15 +31,16 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.platform.backoff import backoff_delay
 from streams.platform.kafka_clients import kafka_consumer
-from streams.platform.topics import TAG_CHANGES_TOPIC, TIER_CHANGES_TOPIC, TopicNames
+from streams.platform.topics import (TAG_CHANGES_TOPIC, TASK_CHANGES_TOPIC, TIER_CHANGES_TOPIC,
+                                     TopicNames)
 
 log = logging.getLogger(__name__)
 
 # By canonical name: a cursor means the same whatever the topic namespace.
-TOPIC_CODES = {TAG_CHANGES_TOPIC: "t", TIER_CHANGES_TOPIC: "r"}
+TOPIC_CODES = {TAG_CHANGES_TOPIC: "t", TIER_CHANGES_TOPIC: "r", TASK_CHANGES_TOPIC: "k"}
 CODE_TOPICS = {code: topic for topic, code in TOPIC_CODES.items()}
-KINDS = {TAG_CHANGES_TOPIC: "tag", TIER_CHANGES_TOPIC: "tier"}
-_CURSOR_PART = re.compile(r"([tr])(\d{1,6})=(\d{1,19})")
+KINDS = {TAG_CHANGES_TOPIC: "tag", TIER_CHANGES_TOPIC: "tier", TASK_CHANGES_TOPIC: "task"}
+_CURSOR_PART = re.compile(r"([trk])(\d{1,6})=(\d{1,19})")
 MAX_CURSOR_LENGTH = 8192
 BUFFER_PER_PARTITION = 5000
 QUEUE_LIMIT = 10_000  # a feed this far behind is closed; its client resumes from its cursor
@@ -72,7 +75,7 @@ def decode_cursor(text: str, names: TopicNames) -> Cursor:
 class FeedEvent:
     tp: TopicPartition
     offset: int
-    kind: str  # "tag" or "tier"
+    kind: str  # "tag", "tier" or "task"
     data: bytes  # the change as one line of JSON
     guides: frozenset[str]
 
@@ -106,11 +109,14 @@ class FeedStart:
 
 def decode_records(records: list[Any], names: TopicNames) -> list[FeedEvent]:
     """FeedEvents for Kafka records of the feed topics (of `names`), in the given order;
-    unreadable skipped. Every change names the guides it is for (`guides`); one that names
-    none reaches operators only."""
+    unreadable skipped. Every change names the guides it is for (`guides`; a task its `guide`);
+    one that names none reaches operators only. A tombstone (an erased member's tasks) is no
+    change to show."""
     kinds = {names.actual(topic): kind for topic, kind in KINDS.items()}
     events = []
     for record in records:
+        if record.value is None:
+            continue
         try:
             change = orjson.loads(record.value)
             if not isinstance(change, dict):
@@ -121,6 +127,8 @@ def decode_records(records: list[Any], names: TopicNames) -> list[FeedEvent]:
             continue
         guides = frozenset(g["userid"] for g in change.get("guides") or ()
                            if isinstance(g, dict) and g.get("userid"))
+        if isinstance(change.get("guide"), str):
+            guides |= {change["guide"]}
         events.append(FeedEvent(TopicPartition(record.topic, record.partition), record.offset,
                                 kinds[record.topic], orjson.dumps(change), guides))
     return events
@@ -301,7 +309,7 @@ class FeedHub:
 async def _feed_partitions(consumer: AIOKafkaConsumer, names: TopicNames) -> list[TopicPartition]:
     for _ in range(100):
         found = {topic: consumer.partitions_for_topic(topic)
-                 for topic in (names.tag_changes, names.tier_changes)}
+                 for topic in (names.tag_changes, names.tier_changes, names.task_changes)}
         if all(found.values()):
             return [TopicPartition(topic, p) for topic, parts in sorted(found.items())
                     for p in sorted(parts)]

@@ -19,6 +19,8 @@ from schemas.api import ApiError, MarkAccepted, MarkRequest, Me, MembersPage, Ta
 from schemas.changes import TagChange, TierChange
 from schemas.insights import TagHistory, TagInsight
 from schemas.profile import Profile
+from schemas.task_api import TaskDoneAccepted, TaskDoneRequest, TaskInsights, TasksPage
+from schemas.tasks import TaskRecord
 
 JSON = "application/json"
 
@@ -36,6 +38,7 @@ def _error_responses(*codes: int) -> dict[str, Any]:
             403: "The token's guide may not see this guide or member",
             413: "The body is too large",
             404: "Not found (operators only; a guide gets 403 for members not theirs)",
+            409: "Conflict: the task is not open (already done, lapsed, expired or cancelled)",
             503: "The broker is not reachable yet; retry after Retry-After seconds"}
     return {str(code): {"description": text[code],
                         "content": {JSON: {"schema": _ref("ApiError")}}} for code in codes}
@@ -60,8 +63,10 @@ PAGING = [
 
 FEED_DESCRIPTION = (
     "Server-sent events (text/event-stream), live. Each change is one event: `event: tag` with a "
-    "TagChange or `event: tier` with a TierChange as `data`. The event `id` is a cursor (the next "
-    "offset on every partition of tags.changes and tiers.changes, e.g. `t0=812,t1=790,r0=33`); "
+    "TagChange, `event: tier` with a TierChange or `event: task` with a TaskRecord (a guide task's "
+    "whole newest state: opened, done, lapsed, expired or cancelled) as `data`. The event `id` is "
+    "a cursor (the next offset on every partition of tags.changes, tiers.changes and "
+    "tasks.changes, e.g. `t0=812,t1=790,r0=33,k0=5`); "
     "send it back as `Last-Event-ID` to continue exactly after the last delivered change, with "
     "no gap and no repeat. Blocks with only an `id` (and `: keepalive` comments) move the cursor "
     "past changes of other guides without firing an event. Browsers: EventSource cannot send "
@@ -192,6 +197,60 @@ def _insight_paths() -> dict[str, Any]:
     }
 
 
+TASK_INSIGHTS_DESCRIPTION = (
+    "Per guide, two windows ending at `at`: the 7 days and the 30 days before it, each "
+    "(at - N days, at]. `opened` counts tasks whose opened_at is in the window; `done`, "
+    "`lapsed`, `expired` and `cancelled` count tasks that closed so, by closed_at in the "
+    "window; `open_past_due` counts tasks still open whose due_at is in the window; "
+    "`converted` counts the window's done tasks (by closed_at) that an order has converted so "
+    "far (converted_at set; conversion can come up to 14 days after done, so the latest days "
+    "are still filling). completion_rate = done / (done + lapsed + expired + open_past_due) "
+    "(cancelled tasks are nobody's miss); conversion_rate = converted / done; null when the "
+    "denominator is 0. A guide token sees only its own guide (no `guide`: itself); an "
+    "operator one guide, or every guide that has had a task.")
+
+
+def _task_paths() -> dict[str, Any]:
+    status = {"name": "status", "in": "query", "required": False,
+              "description": "open (the default: the to-do list, earliest due first); done, "
+                             "lapsed, expired or cancelled, or closed for all of them (newest "
+                             "closed first)",
+              "schema": {"type": "string", "default": "open",
+                         "enum": ["open", "done", "lapsed", "expired", "cancelled", "closed"]}}
+    done = _operation(
+        "Mark an open task done, with an optional note (a guide: their own tasks; an "
+        "operator: any guide's)", "taskDone",
+        {"202": {"description": "Accepted: an interaction.task_done event is written; the "
+                                "worker closes the task and tasks.changes, the list and the "
+                                "feed follow",
+                 "content": {JSON: {"schema": _ref("TaskDoneAccepted")}}},
+         **_error_responses(400, 401, 403, 404, 409, 413)},
+        parameters=[_guide_param(), _path_param("task_id")], method="post",
+        body=_ref("TaskDoneRequest"))
+    done["post"]["requestBody"]["required"] = False
+    return {
+        "/guides/{guide}/tasks": _operation(
+            "The guide's tasks (客户SOP): the to-do list, or the closed ones (paged)",
+            "guideTasks",
+            {**_ok("One page of tasks", _ref("TasksPage")), **_error_responses(400, 401, 403)},
+            parameters=[_guide_param(), status, *PAGING]),
+        "/guides/{guide}/tasks/{task_id}/done": done,
+        "/insights/tasks": _operation(
+            "Task completion and conversion per guide, over 7 and 30 days", "taskInsights",
+            {**_ok("The figures per guide", _ref("TaskInsights")),
+             **_error_responses(400, 401, 403)},
+            parameters=[
+                {"name": "guide", "in": "query", "required": False,
+                 "description": "One guide's userid (a guide token: only its own)",
+                 "schema": {"type": "string"}},
+                {"name": "at", "in": "query", "required": False,
+                 "description": "The end of the windows, RFC 3339 with an offset (default: "
+                                "now); send + as %2B",
+                 "schema": {"type": "string", "format": "date-time"}}],
+            description=TASK_INSIGHTS_DESCRIPTION),
+    }
+
+
 def _feed_paths() -> dict[str, Any]:
     feed_ok = {"200": {"description": "The event stream",
                        "content": {"text/event-stream": {"schema": {"type": "string"}}}}}
@@ -200,7 +259,7 @@ def _feed_paths() -> dict[str, Any]:
                      "schema": {"type": "string"}}
     return {
         "/guides/{guide}/feed": _operation(
-            "Live tag and tier changes of the guide's members", "guideFeed",
+            "Live tag, tier and task changes of the guide's members", "guideFeed",
             {**feed_ok, **_error_responses(400, 401, 403, 503)},
             parameters=[_guide_param(), last_event_id], description=FEED_DESCRIPTION),
         "/feed": _operation(
@@ -216,14 +275,20 @@ SCHEMA_MODELS: tuple[type, ...] = (ApiError, Me, TagCatalogue, Profile, MembersP
                                    TagHistory)
 
 
+# Guide tasks (客户SOP): the records of tasks.changes and the task routes' bodies.
+TASK_MODELS: tuple[type, ...] = (TaskRecord, TasksPage, TaskDoneRequest, TaskDoneAccepted,
+                                 TaskInsights)
+
+
 def component_schemas() -> dict[str, Any]:
     """JSON Schema (2020-12, as OpenAPI 3.1 uses) of every response body, from the models."""
-    _, components = msgspec.json.schema_components(SCHEMA_MODELS, ref_template=REF_TEMPLATE)
+    _, components = msgspec.json.schema_components(SCHEMA_MODELS + TASK_MODELS,
+                                                   ref_template=REF_TEMPLATE)
     return components
 
 
 def build_openapi() -> dict[str, Any]:
-    paths = {**_public_paths(), **_data_paths(), **_feed_paths()}
+    paths = {**_public_paths(), **_data_paths(), **_task_paths(), **_feed_paths()}
     return {
         "openapi": "3.1.0",
         "info": {"title": "tagstream guide API", "version": "1",
