@@ -7,7 +7,9 @@ The screenshot is kept at tmp_path/guide-page.png (its path is printed) for a pe
 
 from __future__ import annotations
 
+import asyncio
 import shutil
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import aiohttp
@@ -15,11 +17,14 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from schemas.decode import decode_event
 from streams.platform.topics import topic_names
+from streams.serving.redis_sink import run_redis_sink
 from streams.serving.redis_store import RedisProfileStore
 from tests.support.api import ZHANG, api_settings, running_api
-from tests.support.kafka import create_topics
+from tests.support.kafka import create_topics, read_topic
 from tests.support.profiles import make_profile
+from tests.support.task_records import closed, make_task
 
 pytestmark = pytest.mark.e2e
 
@@ -150,3 +155,94 @@ async def test_page_is_served_with_a_strict_content_security_policy(stack):
             policy = response.headers["Content-Security-Policy"]
     assert "<script src=\"/static/app.js\" defer>" in html and "http" not in html.split("<body")[0]
     assert "script-src 'self'" in policy and "unsafe-inline" not in policy
+
+
+async def test_the_to_do_list_shows_tasks_live_and_a_guide_marks_one_done(stack, browser,
+                                                                         tmp_path):
+    """待办: a task already in Redis and one arriving on tasks.changes show due first (the
+    overdue one marked), 完成 with a note writes interaction.task_done, and the tasks leave the
+    list when their done and lapsed records arrive; another guide's task never shows."""
+    settings = api_settings(stack)
+    await create_topics(settings)
+    names = topic_names(settings)
+    now = datetime.now(timezone.utc).astimezone(timezone(timedelta(hours=8)))
+    overdue = make_task("M000123", "zhang", change_id="c-old",
+                        opened_at=(now - timedelta(days=4)).isoformat(), due_days=3)
+    fresh = {**make_task("M000124", "zhang", change_id="c-new", kind="churn_call",
+                         opened_at=now.isoformat(), due_days=2),
+             "name_zh": "电话回访", "priority": "high",
+             "script_zh": "高价值会员 60 天未购，电话或企微回访了解原因"}
+    theirs = make_task("M000777", "li", change_id="c-li", opened_at=now.isoformat())
+    async with RedisProfileStore(settings.redis_url) as store:
+        await store.write_batch((), tasks=[overdue])
+    stop = asyncio.Event()
+    sink = asyncio.create_task(run_redis_sink(settings, stop))
+    producer = AIOKafkaProducer(bootstrap_servers=settings.broker_bootstrap, acks="all")
+    await producer.start()
+
+    async def publish(*records: dict) -> None:
+        for record in records:
+            await producer.send_and_wait(names.task_changes, key=record["member_id"].encode(),
+                                         value=orjson.dumps(record))
+
+    try:
+        async with running_api(settings) as base, RedisProfileStore(settings.redis_url) as store:
+            page = await browser.new_page(viewport={"width": 1280, "height": 900},
+                                          locale="zh-CN")
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            await page.goto(base + "/")
+            await page.fill("#token", ZHANG)
+            await page.click("#sign-in-button")
+            await page.wait_for_selector('#feed-status[data-state="live"]', timeout=15_000)
+            old_item = page.locator(f'#todo li.task[data-task="{overdue["task_id"]}"]')
+            await old_item.wait_for(timeout=15_000)
+            assert "overdue" in (await old_item.get_attribute("class"))
+            assert "已逾期" in await old_item.inner_text()
+
+            await publish(theirs, fresh)
+            new_item = page.locator(f'#todo li.task[data-task="{fresh["task_id"]}"]')
+            await new_item.wait_for(timeout=15_000)
+            text = await new_item.inner_text()
+            assert "电话回访" in text and "M000124" in text and "优先级高" in text
+            assert "电话或企微回访" in text and "入会天数 31 天" in text
+            assert "overdue" not in (await new_item.get_attribute("class"))
+            assert await page.locator("#todo li.task").evaluate_all(
+                "items => items.map(i => i.dataset.task)") == [overdue["task_id"],
+                                                               fresh["task_id"]]
+            assert await page.locator(f'li.task[data-task="{theirs["task_id"]}"]').count() == 0
+            assert "待办新任务" in await page.inner_text("#feed")
+            shot = tmp_path / "guide-todo.png"
+            await page.screenshot(path=str(shot), full_page=True)
+            print(f"screenshot: {shot}")
+
+            # 完成: the POST needs the task in Redis, where the sink puts it.
+            await _until(lambda: store.tasks.get(fresh["task_id"]), "the sink stores the task")
+            await new_item.locator("button.done").click()
+            await new_item.locator("textarea.note").fill("已电话联系，周末到店")
+            await new_item.locator("button.confirm").click()
+            await page.wait_for_selector(f'li.task.submitted[data-task="{fresh["task_id"]}"]')
+            records = await read_topic(settings.broker_bootstrap, names.interactions,
+                                       until=lambda new: bool(new), timeout=30)
+            [event] = [decode_event(r.value) for r in records]
+            assert (event.event_type, event.task_id, event.guide_id, event.note) == (
+                "interaction.task_done", fresh["task_id"], "zhang", "已电话联系，周末到店")
+
+            # The worker's done record, and the other task's lapse, take both off the list.
+            await publish(closed(fresh, "done", note="已电话联系，周末到店"),
+                          closed(overdue, "lapsed"))
+            await page.wait_for_selector("#todo li.empty", timeout=15_000)
+            assert await page.locator("#todo li.task").count() == 0
+            assert errors == []
+            await page.close()
+    finally:
+        stop.set()
+        await asyncio.wait_for(sink, 30)
+        await producer.stop()
+
+
+async def _until(check, what: str, timeout: float = 30) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await check():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out: {what}"
+        await asyncio.sleep(0.1)

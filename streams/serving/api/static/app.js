@@ -1,12 +1,19 @@
-// The guide page: sign in with a token, watch live tag changes, open a member's profile.
+// The guide page: sign in with a token, work through the to-do list (待办), watch live tag
+// changes, open a member's profile.
 //
 // The token lives in sessionStorage (this tab only) and travels in the Authorization header of
 // every request, the live feed included: EventSource cannot send headers, so the feed is read
 // with fetch() and parsed here, and a reconnect sends Last-Event-ID so nothing is missed.
+//
+// The to-do list is loaded once the feed is live and then kept by the feed's `task` events
+// (each the task's whole newest state): an open one joins, a closed one leaves. A task's
+// highest version wins, whichever of the list and the feed brings it first.
 "use strict";
 
 const TOKEN_KEY = "tagstream.token";
 const FEED_LIMIT = 200;
+const TODO_PAGE = 200;
+const TODO_MAX = 1000;
 
 const state = {
   token: null,
@@ -17,6 +24,9 @@ const state = {
   feedAbort: null,
   feedRun: 0,
   membersCursor: null,
+  tasks: new Map(),         // task id -> its newest record, open tasks only
+  taskVersions: new Map(),  // task id -> the highest version seen (open or closed)
+  todoLoaded: false,
 };
 
 const $ = (id) => document.getElementById(id);
@@ -152,11 +162,15 @@ class ApiError extends Error {
   constructor(status, message) { super(message); this.status = status; }
 }
 
-async function api(path) {
-  const res = await fetch(path, {
-    headers: { Authorization: `Bearer ${state.token}`, Accept: "application/json" },
-    cache: "no-store",
-  });
+async function api(path, body) {
+  const headers = { Authorization: `Bearer ${state.token}`, Accept: "application/json" };
+  const init = { headers, cache: "no-store" };
+  if (body !== undefined) {
+    init.method = "POST";
+    headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const res = await fetch(path, init);
   if (res.status === 401) {
     signOut("令牌无效或已失效，请重新登录。");
     throw new ApiError(401, "unauthorized");
@@ -192,6 +206,10 @@ function signOut(message) {
   $("sign-in").hidden = false;
   $("feed").replaceChildren();
   $("members").replaceChildren();
+  state.tasks.clear();
+  state.taskVersions.clear();
+  state.todoLoaded = false;
+  $("todo").replaceChildren();
   $("profile-card").hidden = true;
   const error = $("sign-in-error");
   error.textContent = message || "";
@@ -210,6 +228,7 @@ function showWorkspace() {
     ? "所有会员的标签变化会实时出现在这里。"
     : "您的会员一有标签变化，就会出现在这里。";
   $("guide-input").hidden = !me.operator;
+  $("todo-card").hidden = me.operator;  // a to-do list is one guide's
   const select = $("tag-filter");
   select.replaceChildren(el("option", { value: "" }, me.operator ? "按标签（必选其一）" : "全部会员"));
   const sorted = [...state.tags.values()].sort((a, b) => a.family.localeCompare(b.family));
@@ -242,6 +261,8 @@ function startFeed() {
         if (res.status === 401) { signOut("令牌无效或已失效，请重新登录。"); return; }
         if (!res.ok || !res.body) throw new Error(`HTTP ${res.status}`);
         setFeedStatus("live", "实时");
+        // Loaded after the feed is live, so no task falls between the list and the feed.
+        if (!state.todoLoaded && !state.me.operator) loadTodo();
         await readEvents(res.body, onFeedEvent);
       } catch (err) {
         if (controller.signal.aborted) return;
@@ -289,7 +310,10 @@ async function readEvents(body, handle) {
 function onFeedEvent(type, data) {
   let change;
   try { change = JSON.parse(data); } catch { return; }
-  const item = type === "tier" ? tierItem(change) : tagItem(change);
+  if (type === "task") {
+    if (!state.me.operator) takeTask(change);
+  }
+  const item = type === "tier" ? tierItem(change) : type === "task" ? taskItem(change) : tagItem(change);
   const feed = $("feed");
   feed.prepend(item);
   while (feed.children.length > FEED_LIMIT) feed.lastChild.remove();
@@ -341,6 +365,129 @@ function tierItem(change) {
       el("span", { class: "badge tier" }, label),
       el("span", { class: "tag-name" }, detail)),
     el("div", { class: "why" }, [growth, causeText(change.cause)].filter(Boolean).join(" · ")));
+}
+
+// --- the to-do list (待办) -----------------------------------------------------------------
+
+const TASK_STATUS = { open: "新任务", done: "已完成", lapsed: "已失效", expired: "已过期", cancelled: "已取消" };
+const PRIORITY = { high: "高", normal: "中", low: "低" };
+
+// Keep a task's newest record: an open one is on the list, any other is off it.
+function takeTask(task) {
+  const seen = state.taskVersions.get(task.task_id) || 0;
+  if (task.version <= seen) return;
+  state.taskVersions.set(task.task_id, task.version);
+  if (task.status === "open") state.tasks.set(task.task_id, task);
+  else state.tasks.delete(task.task_id);
+  renderTodo();
+}
+
+async function loadTodo() {
+  state.todoLoaded = true;
+  const errorBox = $("todo-error");
+  errorBox.hidden = true;
+  const guide = encodeURIComponent(state.me.guide);
+  let cursor = null;
+  try {
+    do {
+      const params = new URLSearchParams({ status: "open", limit: String(TODO_PAGE) });
+      if (cursor) params.set("cursor", cursor);
+      const page = await api(`/guides/${guide}/tasks?${params}`);
+      for (const task of page.tasks) takeTask(task);
+      cursor = page.next_cursor;
+    } while (cursor && state.tasks.size < TODO_MAX);
+  } catch (err) {
+    if (err.status === 401) return;
+    errorBox.textContent = `待办加载失败：${err.message}`;
+    errorBox.hidden = false;
+  }
+  renderTodo();
+}
+
+function dueTime(task) {
+  const t = Date.parse(task.due_at);
+  return Number.isNaN(t) ? Infinity : t;
+}
+
+function renderTodo() {
+  const now = Date.now();
+  const tasks = [...state.tasks.values()].sort((a, b) =>
+    dueTime(a) - dueTime(b) || (a.task_id < b.task_id ? -1 : a.task_id > b.task_id ? 1 : 0));
+  const list = $("todo");
+  // Keep an item whose done form is open, so typing a note survives a live update.
+  const kept = new Map([...list.querySelectorAll("li.task")].map((li) => [li.dataset.task, li]));
+  list.replaceChildren(...tasks.map((task) => {
+    const old = kept.get(task.task_id);
+    if (old && old.dataset.version === String(task.version) &&
+        (old.querySelector(".done-form:not([hidden])") || old.classList.contains("submitted"))) {
+      old.classList.toggle("overdue", dueTime(task) < now);
+      return old;
+    }
+    return todoItem(task, now);
+  }));
+  if (!tasks.length) list.append(el("li", { class: "empty" }, state.todoLoaded ? "暂无待办，做得好！" : "加载中…"));
+  const overdue = tasks.filter((t) => dueTime(t) < now).length;
+  $("todo-count").textContent = tasks.length ? `${tasks.length} 项${overdue ? `，逾期 ${overdue}` : ""}` : "";
+}
+
+function todoItem(task, now) {
+  const overdue = dueTime(task) < now;
+  const note = el("textarea", { class: "note", maxlength: "500", rows: "2",
+                                placeholder: "备注（可选），如：已电话联系，周末到店" });
+  const message = el("p", { class: "error small", role: "alert", hidden: "" });
+  const confirm = el("button", { type: "button", class: "primary confirm" }, "确认完成");
+  const form = el("div", { class: "done-form", hidden: "" }, note,
+    el("div", { class: "done-actions" }, confirm,
+      el("button", { type: "button", class: "link cancel",
+                     onclick: () => { form.hidden = true; open.hidden = false; } }, "取消")),
+    message);
+  const open = el("button", { type: "button", class: "done",
+                              onclick: () => { form.hidden = false; open.hidden = true; note.focus(); } }, "完成");
+  const item = el("li", { class: `task${overdue ? " overdue" : ""}`, "data-task": task.task_id,
+                          "data-version": String(task.version), "data-priority": task.priority },
+    el("div", { class: "task-head" },
+      el("span", { class: "task-name" }, task.name_zh),
+      el("span", { class: `badge priority ${task.priority}` }, `优先级${PRIORITY[task.priority] || task.priority}`),
+      memberButton(task.member_id),
+      el("time", { class: "due", datetime: task.due_at },
+        overdue ? `已逾期 · 到期 ${formatTime(task.due_at)}` : `到期 ${formatTime(task.due_at)}`),
+      open),
+    el("p", { class: "script" }, task.script_zh),
+    el("div", { class: "why" }, evidenceText(task.evidence)),
+    form);
+  confirm.addEventListener("click", () => markDone(task, item, note, confirm, message));
+  return item;
+}
+
+async function markDone(task, item, note, confirm, message) {
+  confirm.disabled = true;
+  message.hidden = true;
+  const text = note.value.trim();
+  try {
+    await api(`/guides/${encodeURIComponent(task.guide)}/tasks/${encodeURIComponent(task.task_id)}/done`,
+              text ? { note: text } : {});
+    // The worker closes the task; its `done` record on the feed takes it off the list.
+    item.classList.add("submitted");
+    item.querySelector(".done-form").replaceChildren(el("p", { class: "muted small" }, "已提交，等待确认…"));
+  } catch (err) {
+    if (err.status === 401) return;
+    confirm.disabled = false;
+    message.textContent = err.status === 409 ? "这个任务已不是待办（已完成、失效或过期）。"
+      : `提交失败：${err.message}`;
+    message.hidden = false;
+  }
+}
+
+function taskItem(task) {
+  const label = TASK_STATUS[task.status] || task.status;
+  const at = task.status === "open" ? task.opened_at : task.closed_at;
+  return el("li", { class: "change fresh", "data-change": `${task.task_id}@${task.version}`, "data-kind": "task" },
+    el("time", { datetime: at }, formatTime(at)),
+    el("div", { class: "line" },
+      memberButton(task.member_id),
+      el("span", { class: "badge task" }, `待办${label}`),
+      el("span", { class: "tag-name" }, task.name_zh)),
+    el("div", { class: "why" }, task.status === "open" ? task.script_zh : (task.note || "")));
 }
 
 // --- members and profiles ------------------------------------------------------------------
@@ -460,6 +607,8 @@ document.addEventListener("DOMContentLoaded", () => {
     if (id) openProfile(id);
   });
   $("profile-close").addEventListener("click", () => { $("profile-card").hidden = true; });
+  $("todo-refresh").addEventListener("click", () => { if (state.me) loadTodo(); });
+  setInterval(() => { if (state.me && !state.me.operator) renderTodo(); }, 60_000);  // overdue moves on
 
   const saved = sessionStorage.getItem(TOKEN_KEY);
   if (saved) signIn(saved).catch(() => {});
