@@ -71,6 +71,12 @@ class Engine:
         self.calendar = pack.calendar
         self.loyalty = pack.loyalty
         self._retention = {c.name: c.retention_days for c in pack.counters}
+        # Units that can change by time alone (a timer or a ttl); the others have no deadline.
+        self._timed_units = frozenset(
+            i for i, unit in enumerate(pack.units)
+            if any(rule.condition.next_change is not None or rule.ttl_s is not None
+                   for rule in unit))
+        self._index_sets: dict[Any, frozenset[int]] = {}
         self.tasks = TaskBook(pack.tasks, pack.calendar, pack.version)
 
     # --- public API ---------------------------------------------------------------------------
@@ -228,6 +234,8 @@ class Engine:
                     due.add(pack.tier_unit)
             self._evaluate(state, None, deadline, None, outcome.changes,
                            pack.with_dependents(due))
+            # tasks opened at this deadline make their expiry a deadline of this same loop
+            self.tasks.follow(state, outcome, deadline)
 
     def _remember(self, state: MemberState, digest: int, occurred: int) -> None:
         seen = state.seen
@@ -303,19 +311,31 @@ class Engine:
         else:
             indexes = due
         held = state.tags
+        settled = ctx.held
+        units = pack.units
         for index in indexes:
-            unit = pack.units[index]
+            unit = units[index]
             if unit[0].group is None:
                 rule = unit[0]
-                self._settle(state, ctx, rule, self._holds(rule, ctx, held.get(rule.id)),
-                             cause, changes)
+                holds = self._holds(rule, ctx, held.get(rule.id))
+                if holds == (rule.id in held):
+                    settled[rule.id] = holds  # unchanged (what _settle would find first)
+                else:
+                    self._settle(state, ctx, rule, holds, cause, changes)
                 continue
             # An exclusive group: the first tag (in file order) whose condition holds wins;
             # leaving the old tag is published before entering the new one.
-            winner = next((rule for rule in unit if rule.condition.eval(ctx)), None)
+            winner = None
+            for rule in unit:
+                if rule.condition.eval(ctx):
+                    winner = rule
+                    break
             for rule in unit:
                 if rule is not winner:
-                    self._settle(state, ctx, rule, False, cause, changes)
+                    if rule.id in held:
+                        self._settle(state, ctx, rule, False, cause, changes)
+                    else:
+                        settled[rule.id] = False
             if winner is not None:
                 self._settle(state, ctx, winner, True, cause, changes)
         if full:
@@ -331,14 +351,20 @@ class Engine:
                   full: bool) -> None:
         """Recompute the deadlines of the evaluated units; the others keep theirs."""
         series = state.unit_deadlines
-        evaluated = set(indexes)
-        kept = [] if full else [v for i in range(0, len(series), 2)
-                                if series[i] not in evaluated and series[i + 1] > ctx.now
-                                for v in (series[i], series[i + 1])]
+        now = ctx.now
+        if full or not series:
+            kept = []
+        else:
+            evaluated = self._index_set(indexes)
+            kept = [v for i in range(0, len(series), 2)
+                    if series[i] not in evaluated and series[i + 1] > now
+                    for v in (series[i], series[i + 1])]
+        timed = self._timed_units
         for index in indexes:
-            at = self._unit_deadline(ctx, index)
-            if at is not None:
-                kept.extend((index, at))
+            if index in timed:
+                at = self._unit_deadline(ctx, index)
+                if at is not None:
+                    kept.extend((index, at))
         state.unit_deadlines = kept
         best = min(kept[1::2], default=None)
         expiry = next_expiry(state)
@@ -355,17 +381,26 @@ class Engine:
 
     def _unit_deadline(self, ctx: EvalContext, index: int) -> int | None:
         best = None
+        now = ctx.now
         for rule in self.pack.units[index]:
-            candidates = []
-            if rule.condition.next_change is not None:
-                candidates.append(rule.condition.next_change(ctx))
-            held = ctx.state.tags.get(rule.id) if rule.ttl_s is not None else None
-            if held is not None and held.until is not None:
-                candidates.append(held.until)
-            for at in candidates:
-                if at is not None and at > ctx.now and (best is None or at < best):
+            next_change = rule.condition.next_change
+            if next_change is not None:
+                at = next_change(ctx)
+                if at is not None and at > now and (best is None or at < best):
+                    best = at
+            if rule.ttl_s is not None:
+                held = ctx.state.tags.get(rule.id)
+                at = held.until if held is not None else None
+                if at is not None and at > now and (best is None or at < best):
                     best = at
         return best
+
+    def _index_set(self, indexes: Any) -> frozenset[int]:
+        """The units of one evaluation as a set; the pack's few index tuples, made once."""
+        found = self._index_sets.get(indexes)
+        if found is None:
+            found = self._index_sets[indexes] = frozenset(indexes)
+        return found
 
     @staticmethod
     def _holds(rule: TagRule, ctx: EvalContext, current: HeldTag | None) -> bool:

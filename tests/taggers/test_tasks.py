@@ -18,7 +18,7 @@ from taggers.clock import to_epoch
 from taggers.dryrun import dry_run, final_tasks
 from taggers.engine import Engine
 from taggers.rules import compile_rules, load_rules
-from taggers.state import MemberState
+from taggers.state import MemberState, encode_state
 from tests.factories import event, joined, paid, raw_event
 
 CST = timezone(timedelta(hours=8))
@@ -248,7 +248,8 @@ def test_the_same_history_gives_the_same_tasks_however_the_calls_are_cut(engine)
     """Once in one call per event (the dry run), once advancing the clock every day between
     events (the stream's timer scan): the same records."""
     history = _with_a_done(engine)
-    whole = dry_run(Engine(load_rules(DEFAULT_RULES)), _lines(history), as_of=t(400)).tasks
+    result = dry_run(Engine(load_rules(DEFAULT_RULES)), _lines(history), as_of=t(400))
+    whole = result.tasks
     daily: list[TaskRecord] = []
     state = None
     clock = 0
@@ -274,6 +275,8 @@ def test_the_same_history_gives_the_same_tasks_however_the_calls_are_cut(engine)
     assert final[("birthday_greeting", "g1")].status == "expired"
     assert sorted(whole, key=lambda r: (r.task_id, r.version)) == \
         sorted(daily, key=lambda r: (r.task_id, r.version))
+    # and the same state: an expiry is a deadline like any other, in both
+    assert encode_state(result.states["M1"]) == encode_state(state)
 
 
 def test_a_replayed_event_opens_no_task_twice(engine):
@@ -342,3 +345,17 @@ def test_only_a_tag_task_can_lapse():
     with pytest.raises(RuleDefinitionError, match="only a task opened by a tag can lapse"):
         pack_with("  - {id: a, on: {change: points.expiry_warning}, name_zh: x, script_zh: y,"
                   " due: 1d, lapse: true}\n", loyalty)
+
+
+def test_an_expiry_after_the_last_event_is_a_deadline_of_the_dry_runs_final_advance(engine):
+    """The stream's timer scan fires the expiry on its own; the dry run's one advance at the
+    end must reach the same state (it once expired the task without firing its deadline)."""
+    history = [raw_event("interaction.member_joined", d(0), event_id="x1"),
+               raw_event("interaction.wecom_friend_added", d(0.1), event_id="x2",
+                         guide_id="g1", external_userid="wm1")]
+    once = dry_run(Engine(load_rules(DEFAULT_RULES)), _lines(history), as_of=t(45))
+    state, _ = run(engine, [decode_event(line) for line in _lines(history)])
+    stepwise = [record for day in (31, 41, 45) for record in engine.advance(state, t(day)).tasks]
+    assert [r.status for r in stepwise] == ["open", "expired"]
+    assert once.tasks == stepwise
+    assert encode_state(once.states["M1"]) == encode_state(state)

@@ -107,10 +107,11 @@ class Harness:
         self.changelog = FakeTopic(CHANGELOG_TOPIC)
         self.wecom_marks = FakeTopic(names.wecom_marks)
         self.erasures = FakeTopic(names.erasures)
+        self.task_changes = FakeTopic(names.task_changes)
         self.sender = FakeSender({t.name: t for t in (
             self.topics.reroute, self.topics.deadletter, self.topics.tag_changes,
             self.topics.tier_changes, self.topics.profiles, self.changelog, self.wecom_marks,
-            self.erasures)})
+            self.erasures, self.task_changes)})
         self.table = FakeTable()
         self.wall = wall
         self.monotonic = 0.0
@@ -797,6 +798,28 @@ async def test_an_erased_member_leaves_tombstones_and_a_later_event_starts_a_new
                                             member=member, amount_fen=500))
     state = decode_state(h.table[key])
     assert state.joined_at is None and state.orders.count == 1 and state.guides == []
+
+
+async def test_tasks_go_to_tasks_changes_and_an_erasure_ends_them_with_a_tombstone() -> None:
+    h = Harness("wall", wall=datetime.fromisoformat("2024-01-01T10:02:00+08:00").timestamp())
+    for body in (raw_event("interaction.member_joined", "2024-01-01T10:00:00+08:00"),
+                 raw_event("interaction.wecom_friend_added", "2024-01-01T10:01:00+08:00",
+                           guide_id="zhang", external_userid="wm1", channel="wecom")):
+        await h.event(h.names.interactions, body)
+    assert h.task_changes.sent == []
+    h.wall = datetime.fromisoformat("2024-02-02T10:00:00+08:00").timestamp()
+    h.processor.tick([partition_for("M1", PARTITIONS)])  # day 31 without an order
+    await h.processor.flush()
+    [opened] = [orjson.loads(s["value"]) for s in h.task_changes.sent]
+    assert (opened["kind"], opened["guide"], opened["status"]) == (
+        "invite_first_order", "zhang", "open")
+    assert h.task_changes.sent[0]["key"] == b"M1"
+
+    await h.event(h.names.interactions, raw_event(
+        "interaction.erasure_requested", "2024-02-02T11:00:00+08:00", channel="ops"))
+    cancelled, tombstone = h.task_changes.sent[1:]
+    assert orjson.loads(cancelled["value"])["status"] == "cancelled"
+    assert (tombstone["key"], tombstone["value"]) == (b"M1", None)
 
 
 async def test_a_redelivered_event_the_seen_ring_forgot_is_a_duplicate_not_a_dead_letter():
