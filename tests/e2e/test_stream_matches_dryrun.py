@@ -3,7 +3,8 @@
 A generated history of 400 members over 2 years (~31,000 events) is replayed with
 `tagstream replay` into a real worker running on the event-time clock; `tags.changes` and
 `tiers.changes` must hold exactly the change ids the pure engine computes (`taggers.dryrun`),
-and the final profile of every member on `members.profiles` must equal the dry run's.
+`tasks.changes` exactly its guide tasks (ids, and each task's final status), and the final
+profile of every member on `members.profiles` must equal the dry run's.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from schemas.wecom import decode_marks
 from streams.ops.replay import replay
 from streams.platform.topics import topic_names
 from streams.tools.generate import generate_events, write_jsonl
-from taggers.dryrun import dry_run
+from taggers.dryrun import dry_run, final_tasks
 from taggers.engine import Engine
 from taggers.profile import render_profile
 from taggers.rules import load_rules
@@ -56,8 +57,10 @@ async def test_stream_and_dryrun_agree_on_tags_tiers_points_and_profiles(stack, 
     pack = load_rules(stack.rules_path)
     expected_tags = {c.change_id for c in expected.changes}
     expected_tiers = {c.change_id for c in expected.tier_changes}
+    expected_tasks = {t.task_id: t.status for t in final_tasks(expected.tasks)}
     expected_profiles = {m: msgspec.to_builtins(render_profile(s, pack)) for m, s in expected.states.items()}
     assert len(expected.states) == MEMBERS and expected_tiers
+    assert len(set(expected_tasks.values())) > 2  # open, expired, lapsed at least
 
     names = topic_names(stack)
     await create_topics(stack)
@@ -75,6 +78,9 @@ async def test_stream_and_dryrun_agree_on_tags_tiers_points_and_profiles(stack, 
         profile_records = await read_topic(
             stack.broker_bootstrap, names.profiles, worker=worker, timeout=120,
             until=latest_by_key_equals(expected_profiles))
+        task_records = await read_topic(
+            stack.broker_bootstrap, names.task_changes, worker=worker, timeout=120,
+            until=_final_statuses_equal(expected_tasks))
         mark_records = await read_topic(
             stack.broker_bootstrap, names.wecom_marks, worker=worker, timeout=120,
             until=lambda new: False, idle_s=5)
@@ -88,6 +94,10 @@ async def test_stream_and_dryrun_agree_on_tags_tiers_points_and_profiles(stack, 
     assert_same_ids((c["change_id"] for c in values(tier_records)), expected_tiers,
                     "tier change ids")
     assert_same_profiles(_latest(profile_records), expected_profiles)
+    found_tasks = _final_statuses_equal({})
+    found_tasks(task_records)
+    assert found_tasks.latest == expected_tasks
+    assert len(task_records) == len(expected.tasks)  # no record twice, no task opened twice
     # Every WeCom customer ends with exactly its member's tags once the marks are applied in
     # the order the worker wrote them (a member's records share one partition).
     wecom: dict = defaultdict(set)
@@ -99,6 +109,23 @@ async def test_stream_and_dryrun_agree_on_tags_tiers_points_and_profiles(stack, 
     # (none while the member refuses marketing)
     assert pairs and {p: wecom[p] for p in pairs} == {
         p: shown_on_pair(p[0], s.marketing, state_tags(s, pack)) for p, s in pairs.items()}
+
+
+def _final_statuses_equal(expected: dict[str, str]):
+    """read_topic until: each task's newest record (highest version) has the expected status
+    (`enough.latest` is task_id -> status so far)."""
+    newest: dict[str, tuple[int, str]] = {}
+
+    def enough(new) -> bool:
+        for record in new:
+            task = orjson.loads(record.value)
+            if task["version"] > newest.get(task["task_id"], (0, ""))[0]:
+                newest[task["task_id"]] = (task["version"], task["status"])
+        enough.latest = {task_id: status for task_id, (_, status) in newest.items()}
+        return enough.latest == expected
+
+    enough.latest = {}
+    return enough
 
 
 def _latest(records) -> dict:
