@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -246,3 +247,58 @@ async def _until(check, what: str, timeout: float = 30) -> None:
     while not await check():
         assert asyncio.get_running_loop().time() < deadline, f"timed out: {what}"
         await asyncio.sleep(0.1)
+
+
+@pytest.mark.slow
+async def test_task_open_to_guide_page_latency(stack, browser):
+    """Measured, never asserted: from producing a task's record to tasks.changes to its item
+    on the guide's to-do list in the browser (the real Redis sink runs too, as in production;
+    the page is fed by the API's feed). 50 tasks, one every 200 ms; prints p50 and p99.
+    Passes when every task showed."""
+    settings = api_settings(stack)
+    await create_topics(settings)
+    names = topic_names(settings)
+    now = datetime.now(timezone.utc).astimezone(timezone(timedelta(hours=8)))
+    tasks = [make_task(f"M{n:06d}", "zhang", change_id=f"lat-{n}", opened_at=now.isoformat(),
+                       due_days=1 + n / 10) for n in range(50)]
+    stop = asyncio.Event()
+    sink = asyncio.create_task(run_redis_sink(settings, stop))
+    producer = AIOKafkaProducer(bootstrap_servers=settings.broker_bootstrap, acks="all")
+    await producer.start()
+    try:
+        async with running_api(settings) as base:
+            page = await browser.new_page(viewport={"width": 1280, "height": 900})
+            await page.goto(base + "/")
+            await page.fill("#token", ZHANG)
+            await page.click("#sign-in-button")
+            await page.wait_for_selector('#feed-status[data-state="live"]', timeout=15_000)
+            await page.wait_for_selector("#todo li.empty")
+            # When each task's item first appears, by the page's clock (the same host clock).
+            await page.evaluate("""() => {
+                window.shownAt = {};
+                new MutationObserver(() => {
+                  for (const li of document.querySelectorAll('#todo li.task')) {
+                    if (!(li.dataset.task in window.shownAt)) window.shownAt[li.dataset.task] = Date.now();
+                  }
+                }).observe(document.getElementById('todo'), { childList: true });
+            }""")
+            sent_at = {}
+            for task in tasks:
+                sent_at[task["task_id"]] = time.time() * 1000
+                await producer.send_and_wait(names.task_changes, key=task["member_id"].encode(),
+                                             value=orjson.dumps(task))
+                await asyncio.sleep(0.2)
+            await page.wait_for_function(
+                f"Object.keys(window.shownAt).length >= {len(tasks)}", timeout=30_000)
+            shown = await page.evaluate("window.shownAt")
+            await page.close()
+    finally:
+        stop.set()
+        await asyncio.wait_for(sink, 30)
+        await producer.stop()
+    assert set(shown) == set(sent_at)
+    latencies = sorted(shown[t] - sent_at[t] for t in sent_at)
+    p50 = latencies[len(latencies) // 2]
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+    print(f"task open -> guide page over {len(latencies)} tasks: p50 {p50:.0f} ms, "
+          f"p99 {p99:.0f} ms, max {latencies[-1]:.0f} ms")
