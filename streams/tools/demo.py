@@ -48,7 +48,7 @@ def run_demo(settings: Settings, *, members: int, days: int, seed: int,
     was_running = (bool(status["brokers"]) and status["redis"]["answering"]
                    and all(broker["answering"] for broker in status["brokers"]))
     children: list[ChildProcess] = []
-    restore_sigterm = _sigterm_interrupts()
+    restore_signals = _sigterm_interrupts()
     try:
         say(f"1/{steps} starting Apache Kafka {status['kafka_version']} ({status['bootstrap']}) "
             f"and Redis ({redact_url(settings.redis_url)}); the first start formats Kafka's "
@@ -79,12 +79,15 @@ def run_demo(settings: Settings, *, members: int, days: int, seed: int,
             guide = befriended.most_common(1)[0][0] if befriended else "guide"
             _serve_pages(settings, workdir, children, worker, guide, steps)
     finally:
+        # Stopping is not cut short by another Ctrl-C or SIGTERM: that would leave processes.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda signum, frame: say("still stopping what the demo started"))
         for child in reversed(children):
             child.stop(20)
         if not keep_stack and not was_running:
             say(f"{steps}/{steps} stopping the broker and Redis we started")
             stack.down()
-        restore_sigterm()
+        restore_signals()
 
 
 def start_child(settings: Settings, log_path: Path, children: list[ChildProcess],
@@ -108,12 +111,17 @@ def _counting_guides(events: Iterable[dict], befriended: Counter[str]) -> Iterat
 
 def _sigterm_interrupts() -> Callable[[], None]:
     """Make SIGTERM stop the demo as Ctrl-C does (KeyboardInterrupt), so what it started is
-    stopped on the way out; returns the undo."""
+    stopped on the way out; returns the undo (of this and of the serving handlers)."""
     def interrupt(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    return lambda: signal.signal(signal.SIGTERM, previous)
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGTERM, interrupt)
+
+    def undo() -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return undo
 
 
 @dataclass(frozen=True)
@@ -159,8 +167,7 @@ def _serve_pages(settings: Settings, workdir: Path, children: list[ChildProcess]
           f"               sign in as operator with the token {access.operator_token}\n"
           f"(the tokens are this run's only; paste one into the page's sign-in box)\n",
           flush=True)
-    say("serving until Ctrl-C (logs: {}); Ctrl-C or SIGTERM stops everything the demo "
-        "started".format(workdir))
+    say(f"serving (logs: {workdir}); Ctrl-C or SIGTERM stops everything the demo started")
     _wait_for_signal(children)
 
 
@@ -186,18 +193,14 @@ def _wait_until_answering(access: PageAccess, api: ChildProcess, timeout: float 
 def _wait_for_signal(children: list[ChildProcess]) -> None:
     """Block until SIGINT or SIGTERM; a child that dies meanwhile ends the demo with its log."""
     stop = threading.Event()
-    handlers = {sig: signal.signal(sig, lambda signum, frame: stop.set())
-                for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        while not stop.wait(1.0):
-            for child in children:
-                if not child.alive():
-                    raise RuntimeError(f"{child.name} exited with code {child.returncode}:\n"
-                                       f"{child.log_tail()}")
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
-    say("stopping")
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: stop.set())
+    while not stop.wait(1.0):
+        for child in children:
+            if not child.alive():
+                raise RuntimeError(f"{child.name} exited with code {child.returncode}:\n"
+                                   f"{child.log_tail()}")
+    say("stopping what the demo started")
 
 
 async def _show_served_profile(settings: Settings) -> None:
