@@ -399,6 +399,8 @@ class Engine:
         """The units of one evaluation as a set; the pack's few index tuples, made once."""
         found = self._index_sets.get(indexes)
         if found is None:
+            if len(self._index_sets) >= 4096:  # deadline combinations are few; bound them
+                self._index_sets.clear()
             found = self._index_sets[indexes] = frozenset(indexes)
         return found
 
