@@ -86,7 +86,8 @@ async def test_stream_and_dryrun_agree_on_tags_tiers_points_and_profiles(stack, 
             until=lambda new: False, idle_s=5)
     print(f"\n{result.events} events, {MEMBERS} members, {DAYS} days: dry run {dryrun_s:.1f} s, "
           f"stream {stream_s:.1f} s ({result.events / stream_s:.0f} events/s), "
-          f"{len(expected_tags)} tag changes, {len(expected_tiers)} tier/points changes")
+          f"{len(expected_tags)} tag changes, {len(expected_tiers)} tier/points changes, "
+          f"{len(expected_tasks)} tasks")
 
     found_tags = [c["change_id"] for c in values(tag_records)]
     assert_same_ids(found_tags, expected_tags, "tag change ids")
