@@ -35,6 +35,10 @@ TAG_CHANGES = Counter(
 TIER_CHANGES = Counter(
     "tagstream_tier_changes_total", "Tier and points changes published to tiers.changes, by type.",
     ["type"], registry=REGISTRY)
+TASK_CHANGES = Counter(
+    "tagstream_task_changes_total",
+    "Guide task records published to tasks.changes, by task kind and status.",
+    ["kind", "status"], registry=REGISTRY)
 CONSUMER_LAG = Gauge(
     "tagstream_consumer_lag", "Records behind the end of the partition, per consumed partition.",
     ["group", "topic", "partition"], registry=REGISTRY)

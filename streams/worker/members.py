@@ -336,6 +336,7 @@ class MemberProcessor:
                 Record(self.names.wecom_marks, partition, key, encode_marks(marks)))
         for task in outcome.tasks:
             self._records.append(Record(self.names.task_changes, partition, key, encode_task(task)))
+            self.tally.add(metrics.TASK_CHANGES, task.kind, task.status)
         self.counters.tag_changes += len(outcome.changes)
         if outcome.erasure is not None:
             # keyed by the hash too: the record names no one, not even in its key

@@ -21,6 +21,7 @@ from streams.worker.members import (
     BatchShipper,
     MemberProcessor,
 )
+from streams.platform import metrics
 from streams.platform.partitioning import partition_for
 from streams.platform.settings import DEFAULT_RULES
 from streams.platform.topics import TopicNames, Topics
@@ -800,7 +801,13 @@ async def test_an_erased_member_leaves_tombstones_and_a_later_event_starts_a_new
     assert state.joined_at is None and state.orders.count == 1 and state.guides == []
 
 
+def _opened_invites() -> float:
+    return metrics.REGISTRY.get_sample_value(
+        "tagstream_task_changes_total", {"kind": "invite_first_order", "status": "open"}) or 0
+
+
 async def test_tasks_go_to_tasks_changes_and_an_erasure_ends_them_with_a_tombstone() -> None:
+    opened_before = _opened_invites()
     h = Harness("wall", wall=datetime.fromisoformat("2024-01-01T10:02:00+08:00").timestamp())
     for body in (raw_event("interaction.member_joined", "2024-01-01T10:00:00+08:00"),
                  raw_event("interaction.wecom_friend_added", "2024-01-01T10:01:00+08:00",
@@ -814,6 +821,7 @@ async def test_tasks_go_to_tasks_changes_and_an_erasure_ends_them_with_a_tombsto
     assert (opened["kind"], opened["guide"], opened["status"]) == (
         "invite_first_order", "zhang", "open")
     assert h.task_changes.sent[0]["key"] == b"M1"
+    assert _opened_invites() == opened_before + 1
 
     await h.event(h.names.interactions, raw_event(
         "interaction.erasure_requested", "2024-02-02T11:00:00+08:00", channel="ops"))
