@@ -524,12 +524,20 @@ class Engine:
     def _prune(self, state: MemberState, now: int) -> None:
         """Forget what no window can read any more: bounded state whatever the history."""
         today = self.calendar.day_of(now)
-        for series_by_name, prune in ((state.counters, prune_buckets),
-                                      (state.distinct, prune_keys)):
-            for name, series in list(series_by_name.items()):
-                prune(series, today - self._retention.get(name, 0) + 1)
-                if not series:
-                    del series_by_name[name]
+        retention = self._retention
+        counters = state.counters
+        for name, series in list(counters.items()):
+            low = today - retention.get(name, 0) + 1
+            if series and series[0] >= low:
+                continue  # days ascend: the oldest bucket is still read, so all are
+            prune_buckets(series, low)
+            if not series:
+                del counters[name]
+        distinct = state.distinct
+        for name, series in list(distinct.items()):
+            prune_keys(series, today - retention.get(name, 0) + 1)
+            if not series:
+                del distinct[name]
         for tracker in self.pack.trackers:
             keys = state.pending.get(tracker.name)
             if keys:

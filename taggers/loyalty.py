@@ -200,8 +200,10 @@ class LoyaltyProgram:
 
     def _upgrade(self, state: LoyaltyState, occurred: int, member_id: str,
                  cause: dict[str, str]) -> TierChange | None:
-        growth = self.growth_at(state, occurred)
         current = self._level_index(state)
+        if current + 1 == len(self.levels):
+            return None  # the top level: nothing to reach
+        growth = self.growth_at(state, occurred)
         target = current
         while target + 1 < len(self.levels) and growth >= self.levels[target + 1].threshold:
             target += 1
