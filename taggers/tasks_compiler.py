@@ -150,9 +150,9 @@ def _trigger(spec: dict[str, Any], what: str, source: str,
                                   f"points change>}}", path=source, line=at)
     check_keys(on, {"tag", "change"}, f"{what} 'on'", source)
     tag, change = on.get("tag"), on.get("change")
-    if (tag is None) == (change is None):
-        raise RuleDefinitionError(f"{what}: 'on' names one tag or one change", path=source,
-                                  line=at)
+    if (tag is None) == (change is None) or not isinstance(tag or change, str):
+        raise RuleDefinitionError(f"{what}: 'on' names one tag or one change, by its id",
+                                  path=source, line=at)
     if tag is not None:
         if tag not in evidence_of:
             raise RuleDefinitionError(f"{what}: unknown tag {tag!r} (a task opens on a tag of "

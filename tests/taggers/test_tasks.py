@@ -333,6 +333,8 @@ def test_a_tasks_section_compiles_with_its_defaults():
     ("  - {id: A-1, on: {tag: buyer}, name_zh: x, script_zh: y, due: 1d}\n",
      "task id 'A-1' must be lower_snake_case", 5),
     ("  - {id: a, on: {tag: buyer}, name_zh: x, script_zh: y}\n", "needs 'due'", 5),
+    ("  - {id: a, on: {tag: [buyer]}, name_zh: x, script_zh: y, due: 1d}\n",
+     "'on' names one tag or one change, by its id", 5),
 ])
 def test_a_bad_task_stops_the_load_with_its_line(tasks, message, line):
     with pytest.raises(RuleDefinitionError, match=message) as caught:
