@@ -30,6 +30,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+import orjson
+
 MEMBERS_FIELD = ":members"
 SNAPSHOT_DAYS = 400
 
@@ -80,6 +82,26 @@ redis.call('SET', marker, ARGV[4], 'EX', ttl)
 return 1
 """
 
+# ARGV: prefix, scope ("all" or "guide:{guide}"), the number of dates, the dates, the tags.
+# Returns JSON: per date, false when the day has no snapshot, else the tags' counts (false:
+# none). One call, one string: 400 days cost one round trip and one parse, not 800 replies
+# (redis-py parsed 400 nested replies in ~15 ms; orjson parses the string in microseconds).
+HISTORY_LUA = """
+local prefix, scope, days = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local tags = {}
+for i = 4 + days, #ARGV do tags[#tags + 1] = ARGV[i] end
+local out = {}
+for d = 1, days do
+  local marker = prefix .. 'snap:' .. ARGV[3 + d]
+  if redis.call('EXISTS', marker) == 1 then
+    out[d] = redis.call('HMGET', marker .. ':' .. scope, unpack(tags))
+  else
+    out[d] = false
+  end
+end
+return cjson.encode(out)
+"""
+
 
 @dataclass(frozen=True)
 class Counts:
@@ -109,6 +131,7 @@ class InsightCounts:
         self.redis = redis
         self.prefix = prefix
         self._snapshot = redis.register_script(SNAPSHOT_LUA)
+        self._history = redis.register_script(HISTORY_LUA)
 
     def counts_key(self, guide: str | None) -> str:
         return f"{self.prefix}counts:{_scope(guide)}"
@@ -116,9 +139,6 @@ class InsightCounts:
     def snapshot_key(self, date: str, guide: str | None = None) -> str:
         """The day's copy of the counts of everyone (guide None) or of one guide."""
         return f"{self.prefix}snap:{date}:{_scope(guide)}"
-
-    def marker_key(self, date: str) -> str:
-        return f"{self.prefix}snap:{date}"
 
     async def counts(self, guide: str | None = None) -> Counts:
         return _counts(await self.redis.hgetall(self.counts_key(guide)))
@@ -142,14 +162,12 @@ class InsightCounts:
                       guide: str | None = None) -> dict[str, list[int | None]]:
         """Each tag's count on each date (a ":members" tag is the member total); None where
         the day has no snapshot, 0 where it has one and the tag had no members."""
-        pipe = self.redis.pipeline(transaction=False)
-        for date in dates:
-            pipe.exists(self.marker_key(date))
-            pipe.hmget(self.snapshot_key(date, guide), list(tags))
-        replies = await pipe.execute()
+        if not dates or not tags:
+            return {tag: [None] * len(dates) for tag in tags}
+        days = orjson.loads(await self._history(
+            args=[self.prefix, _scope(guide), len(dates), *dates, *tags]))
         series: dict[str, list[int | None]] = {tag: [] for tag in tags}
-        for day in range(len(dates)):
-            taken, values = replies[2 * day], replies[2 * day + 1]
-            for tag, value in zip(tags, values):
-                series[tag].append(None if not taken else int(value or 0))
+        for values in days:
+            for i, tag in enumerate(tags):
+                series[tag].append(None if values is False else int(values[i] or 0))
         return series

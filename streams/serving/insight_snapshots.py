@@ -9,7 +9,8 @@ writes a day at most once, atomically, so checking again is only one EXISTS.
 The day is the rule pack's calendar (its fixed UTC offset, +08:00 for the default pack: the days
 the engine counts in), taken from an injected wall clock. The snapshot of a day holds the counts
 at the first check of that day, i.e. within CHECK_INTERVAL_S of local midnight while the sink
-runs; a day the sink did not run has no snapshot (the history shows a gap, not a guess).
+runs and has caught up with its topics (a sink rebuilding an emptied Redis waits until it
+has); a day the sink did not run has no snapshot (the history shows a gap, not a guess).
 """
 
 from __future__ import annotations
@@ -61,14 +62,19 @@ class DailySnapshots:
             log.info("audience counts snapshot taken for %s", today)
         return taken
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def run(self, stop: asyncio.Event, ready: Callable[[], bool] = lambda: True) -> None:
+        """Check every interval until `stop`, once `ready()` (the sink has caught up); while
+        it is not, look again every second, so a starting sink snapshots as soon as it can."""
         while not stop.is_set():
+            waiting = not ready()
             try:
-                await self.check()
+                if not waiting:
+                    await self.check()
             except REDIS_ERRORS as exc:  # the sink reports Redis outages; retry next check
                 log.debug("snapshot check failed (%s); retrying", exc)
             try:
-                await asyncio.wait_for(stop.wait(), self.check_interval_s)
+                await asyncio.wait_for(stop.wait(), min(1.0, self.check_interval_s)
+                                       if waiting else self.check_interval_s)
             except asyncio.TimeoutError:
                 pass
 

@@ -139,6 +139,10 @@ class RedisSink:
         self.batch_max = batch_max
         self.batch_wait_s = batch_wait_s
         self.need_sync = True
+        # Redis holds what the topics held a moment ago (nothing waiting, or under a batch
+        # behind on every partition) since the last resync: the daily snapshot of the audience
+        # counts waits for it, so a sink rebuilding an emptied Redis never snapshots half of it.
+        self.caught_up = False
         self.written: dict[TopicPartition, int] = {}  # what Redis holds, as far as we know
         self.consumer: AIOKafkaConsumer | None = None
         names = topic_names(settings)
@@ -156,6 +160,8 @@ class RedisSink:
                         await self._sync_positions()
                     records = await self.consumer.getmany(timeout_ms=int(self.batch_wait_s * 1000),
                                                           max_records=self.batch_max)
+                    if not records and not self.need_sync:
+                        self.caught_up = True
                     if records and not self.need_sync:
                         await self._write(collect(records, self.topics[1]))
                     backoff = BACKOFF_START_S
@@ -195,6 +201,7 @@ class RedisSink:
 
     async def _sync_positions(self) -> None:
         """Seek every assigned partition to the offset Redis says it reached."""
+        self.caught_up = False
         assert self.consumer is not None
         assigned = sorted(self.consumer.assignment())
         stored = await self.store.read_offsets([offset_field(tp) for tp in assigned])
@@ -246,6 +253,10 @@ class RedisSink:
             if highwater is not None:
                 metrics.CONSUMER_LAG.labels(group_id(self.settings), tp.topic,
                                             str(tp.partition)).set(highwater - batch.ends[tp])
+        self.caught_up = self.caught_up or all(
+            (highwater := self.consumer.highwater(tp)) is not None
+            and highwater - self.written.get(tp, 0) < self.batch_max
+            for tp in self.consumer.assignment())
         try:
             await self.consumer.commit({tp: batch.ends[tp] for tp in tps})
         except (CommitFailedError, IllegalStateError, KafkaError) as exc:
@@ -264,9 +275,11 @@ async def run_redis_sink(settings: Settings, stop_event: asyncio.Event) -> None:
     """Run the sink until `stop_event` is set (the worker runs this as a task, or the CLI)."""
     store = RedisProfileStore(settings.redis_url, connection=redis_client_kwargs(settings))
     await store.start()
-    snapshots = asyncio.create_task(snapshots_for(settings, store).run(stop_event))
+    sink = RedisSink(settings, store)
+    snapshots = asyncio.create_task(
+        snapshots_for(settings, store).run(stop_event, ready=lambda: sink.caught_up))
     try:
-        await RedisSink(settings, store).run(stop_event)
+        await sink.run(stop_event)
     finally:
         snapshots.cancel()
         await asyncio.gather(snapshots, return_exceptions=True)

@@ -3,12 +3,16 @@ ones, and deletions, every count equals the size of the index set it stands for.
 
 from __future__ import annotations
 
+import asyncio
 import random
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from streams.serving.insight_counts import InsightCounts
+from streams.serving.insight_snapshots import DailySnapshots
 from streams.serving.redis_store import RedisProfileStore
+from taggers.clock import LocalCalendar
 from tests.support.profiles import make_profile
 
 pytestmark = pytest.mark.e2e
@@ -56,3 +60,25 @@ async def test_counts_follow_every_write_stale_replayed_and_deleted(store):
     assert set(await counts.guide_members()) <= set(GUIDES)
     await store.forget([f"M{m}" for m in range(40)])
     assert [k async for k in store.redis.scan_iter(match="ts:counts:*")] == []
+
+
+async def test_the_daily_snapshot_waits_until_the_sink_has_caught_up(store):
+    counts = InsightCounts(store.redis, store.prefix)
+    await store.apply([make_profile("M1", tags=["member"], guides=["zhang"])])
+    now = datetime(2026, 12, 3, 0, 0, 30, tzinfo=timezone(timedelta(hours=8))).timestamp()
+    snapshots = DailySnapshots(counts, LocalCalendar(8 * 3600), clock=lambda: now,
+                               check_interval_s=0.05)
+    caught_up, stop = [False], asyncio.Event()
+    task = asyncio.create_task(snapshots.run(stop, ready=lambda: caught_up[0]))
+    try:
+        await asyncio.sleep(0.5)
+        assert await counts.history(["2026-12-03"], ["member"]) == {"member": [None]}
+        caught_up[0] = True
+        for _ in range(50):
+            if (await counts.history(["2026-12-03"], ["member"]))["member"] == [1]:
+                break
+            await asyncio.sleep(0.1)
+        assert (await counts.history(["2026-12-03"], ["member"], "zhang"))["member"] == [1]
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)

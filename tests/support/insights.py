@@ -7,7 +7,8 @@ import asyncio
 import time
 from collections import Counter
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Iterable, Iterator
 
 import msgspec
 import orjson
@@ -15,10 +16,12 @@ from aiokafka import AIOKafkaProducer
 
 from streams.platform.settings import DEFAULT_RULES, Settings
 from streams.platform.topics import topic_names
+from streams.serving.insight_counts import InsightCounts
+from streams.serving.insight_snapshots import DailySnapshots
 from streams.serving.redis_sink import run_redis_sink
 from streams.serving.redis_store import RedisProfileStore
 from streams.tools.generate import generate_events
-from taggers.dryrun import dry_run
+from taggers.dryrun import DryRunResult, decode_lines, dry_run
 from taggers.engine import Engine
 from taggers.profile import render_profile
 from taggers.rules import load_rules
@@ -99,3 +102,81 @@ async def wait_sink_reaches(settings: Settings, ends: dict[int, int], timeout: f
             if time.monotonic() > deadline:
                 raise AssertionError(f"the Redis sink did not reach {fields}: at {stored}")
             await asyncio.sleep(0.1)
+
+
+@dataclass
+class Day:
+    """The members at the start of one local day of a generated history (`at`: 00:00 local)."""
+
+    at: int
+    changed: list[dict[str, Any]]  # profiles that differ from the day before
+    erased: list[str]
+    tasks: list[dict[str, Any]]  # task records written since the day before
+    profiles: list[dict[str, Any]]  # everyone's profile
+
+
+def history_by_day(members: int, days: int, seed: int, last_days: int) -> Iterator[Day]:
+    """The production engine over a generated history, stopped at each of the last `last_days`
+    local midnights with every deadline due by then fired: what the worker would have
+    published by that midnight. Each day's profiles are exactly the final profiles of
+    `taggers.dryrun.dry_run(..., as_of=that midnight)` over the events before it."""
+    pack = load_rules(DEFAULT_RULES)
+    engine = Engine(pack)
+    lines = [orjson.dumps(e) for e in generate_events(members=members, days=days, seed=seed)]
+    rows = decode_lines(lines, DryRunResult())
+    rows.sort(key=lambda row: row[:3])
+    last = pack.calendar.day_of(rows[-1][0]) + 1
+    states: dict[str, Any] = {}
+    previous: dict[str, dict[str, Any]] = {}
+    i = 0
+    for day in range(last - last_days + 1, last + 1):
+        at = pack.calendar.day_start(day)
+        tasks = []
+        while i < len(rows) and rows[i][0] < at:
+            event = rows[i][3]
+            i += 1
+            outcome = engine.apply(states.get(event.member_id), event)
+            if outcome.erasure is not None:
+                states.pop(event.member_id, None)
+            else:
+                states[event.member_id] = outcome.state
+            tasks += outcome.tasks
+        for state in states.values():
+            tasks += engine.advance(state, at).tasks
+        now = {m: msgspec.to_builtins(render_profile(states[m], pack)) for m in sorted(states)}
+        yield Day(at=at, changed=[p for m, p in now.items() if previous.get(m) != p],
+                  erased=[m for m in previous if m not in now],
+                  tasks=[msgspec.to_builtins(t) for t in tasks], profiles=list(now.values()))
+        previous = now
+
+
+async def publish_tasks(settings: Settings, records: list[dict[str, Any]]) -> None:
+    topic = topic_names(settings).task_changes
+    producer = AIOKafkaProducer(bootstrap_servers=settings.broker_bootstrap, acks="all",
+                                linger_ms=5, max_batch_size=1 << 20)
+    await producer.start()
+    try:
+        for record in records:
+            await producer.send(topic, key=record["member_id"].encode(), value=orjson.dumps(record))
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def replay_days(settings: Settings, days: Iterable[Day]) -> Day:
+    """Each day's changes through the profiles topic and the real Redis sink, then that day's
+    snapshot (taken as the sink takes it, with the clock at 00:01 of the day); returns the
+    last day."""
+    last = None
+    async with RedisProfileStore(settings.redis_url) as store:
+        counts = InsightCounts(store.redis, store.prefix)
+        for day in days:
+            if day.tasks:
+                await publish_tasks(settings, day.tasks)
+            ends = await publish_profiles(settings, [*day.changed, *((m, None) for m in day.erased)])
+            await wait_sink_reaches(settings, ends)
+            await DailySnapshots(counts, load_rules(DEFAULT_RULES).calendar,
+                                 clock=lambda: day.at + 60).check()
+            last = day
+    assert last is not None
+    return last

@@ -4,6 +4,7 @@ erasure and lost tags decrement; the daily snapshot is taken once whatever runs 
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -62,6 +63,14 @@ async def test_counts_equal_the_dry_run_and_erasure_decrements(stack, profiles):
         await wait_sink_reaches(settings, await publish_profiles(settings, profiles))
         guides = await assert_counts_match(session, profiles)
         assert guides >= 3
+        # The sink took today's snapshot once it had caught up with its topics.
+        for _ in range(100):
+            status, body = await get(session, "/insights/tags/history?tag=member&days=1",
+                                     OPERATOR)
+            if body["series"][0]["members"] != [None]:
+                break
+            await asyncio.sleep(0.1)
+        assert body["series"][0]["members"][0] is not None
 
         # The groups are the group tags' counts, in the pack's terms.
         status, body = await get(session, "/insights/tags", OPERATOR)

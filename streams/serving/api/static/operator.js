@@ -221,8 +221,10 @@ function drawFunnel(stages) {
     rect.setAttribute("fill-opacity", String(1 - i * 0.12));
     out.append(rect);
     const share = total ? pct(s.members / total) : "0%";
-    out.append(mark(el("text", { x: labelWidth + area / 2, y: y + 24, "text-anchor": "middle",
-                                 class: w > 120 ? "value inside" : "value" },
+    const inside = w > 150;  // the text fits in the bar; else it goes right of it
+    out.append(mark(el("text", { x: inside ? labelWidth + area / 2 : x + w + 8, y: y + 24,
+                                 "text-anchor": inside ? "middle" : "start",
+                                 class: inside ? "value inside" : "value" },
                        `${fmt(s.members)} 人 · ${share}`), s.tag, s.members));
   });
   chart.replaceChildren(out);
@@ -355,7 +357,7 @@ function drawTasks(guides) {
       rows.push({ key: `${g.guide}:${w.days}`, label: `${g.guide} · ${w.days}天`, rate, w });
     }
   }
-  const width = 560, rowH = 24, labelWidth = 130, area = width - labelWidth - 150;
+  const width = 560, rowH = 24, labelWidth = 170, area = width - labelWidth - 170;
   const out = svg(width, rows.length * rowH + 8);
   rows.forEach((r, i) => {
     const y = 4 + i * rowH;
@@ -368,7 +370,7 @@ function drawTasks(guides) {
     const conv = typeof r.w.conversion_rate === "number" ? ` · 转化 ${pct(r.w.conversion_rate)}` : "";
     const rate = typeof r.w.completion_rate === "number" ? pct(r.w.completion_rate) : "–";
     out.append(el("text", { x: labelWidth + r.rate * area + 6, y: y + 16, class: "value" },
-                  `${rate}（${fmt(r.w.done || 0)} 完成）${conv}`));
+                  `${rate}（完成 ${fmt(r.w.done || 0)} / 新开 ${fmt(r.w.opened || 0)}）${conv}`));
   });
   chart.replaceChildren(out);
 }
