@@ -542,6 +542,13 @@ class BatchShipper:
     (its linger time passed, or it is full) and, on a quiet stream, by a timer. Up to
     MAX_BATCHES_IN_FLIGHT batches are delivered while the next fills.
 
+    Under load the batches grow instead of the agent waiting: a batch due while as many
+    batches are in flight as allowed keeps taking events and is shipped the moment one of
+    them is delivered; only a full batch makes the agent wait. (Waiting with a batch of a
+    linger's worth of events bounded the pipeline by the delivery round trips: two produce
+    round trips per batch, four batches in flight.) The time bound is the delivery of the
+    batch in flight, and a full batch is shipped as soon as a slot frees.
+
     A batch the producer could not deliver (it retries for producer_request_timeout first)
     stops the worker through `on_failure`: its events were never acknowledged, so the worker
     that takes over gets them again. Carrying on would leave a hole behind later batches."""
@@ -556,14 +563,24 @@ class BatchShipper:
         self.linger_s = processor.linger_s if linger_s is None else linger_s
         self._in_flight: collections.deque[asyncio.Task[None]] = collections.deque()
         self._timer: asyncio.TimerHandle | None = None
+        self._waiting_for_slot: asyncio.Future[None] | None = None
 
     async def ship_when_due(self) -> None:
-        """After a message or a tick: ship the open batch if it is due, else make sure the
-        linger timer ships it when it is."""
+        """After a message or a tick: ship the open batch if it is due (or, with every slot
+        taken, as soon as one frees; at once if it is full), else make sure the linger timer
+        ships it when it is."""
         if self.processor.batch_due() and not self.paused():
-            await self.ship_open_batch()
+            if self._slot_free() or self.processor.batch_full():
+                await self.ship_open_batch()
+            elif self._waiting_for_slot is None or self._waiting_for_slot.done():
+                self._waiting_for_slot = asyncio.ensure_future(self.ship_open_batch())
         else:
             self._arm()
+
+    def _slot_free(self) -> bool:
+        while self._in_flight and self._in_flight[0].done():
+            self._in_flight.popleft()
+        return len(self._in_flight) < MAX_BATCHES_IN_FLIGHT
 
     def _arm(self) -> None:
         if self._timer is None and self.processor.batch_open():
@@ -581,9 +598,7 @@ class BatchShipper:
     async def ship_open_batch(self) -> None:
         """Seal the open batch and start shipping it (first waiting for the oldest batch in
         flight if there are as many as allowed)."""
-        while self._in_flight and self._in_flight[0].done():
-            self._in_flight.popleft()
-        if len(self._in_flight) >= MAX_BATCHES_IN_FLIGHT:
+        while not self._slot_free():
             await asyncio.wait([self._in_flight[0]])
         sealed = self.processor.seal()
         if sealed is not None:
@@ -601,10 +616,12 @@ class BatchShipper:
 
     async def drain(self) -> None:
         """Ship everything and wait until it is delivered (rebalance, shutdown)."""
+        if self._waiting_for_slot is not None:
+            await self._waiting_for_slot
         await self.ship_open_batch()
-        if self._in_flight:
+        while self._in_flight:
             await asyncio.wait(list(self._in_flight))
-        self._in_flight.clear()
+            self._in_flight = collections.deque(t for t in self._in_flight if not t.done())
 
 
 def register_member_agent(app: faust.App, processor: MemberProcessor, topics: Topics,

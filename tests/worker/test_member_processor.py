@@ -354,6 +354,51 @@ async def test_batches_in_flight_are_bounded_and_each_acks_its_own_events() -> N
     assert sorted(h.acked) == sorted(offsets)
 
 
+async def test_a_due_batch_with_every_slot_taken_grows_and_ships_when_one_frees() -> None:
+    """Regression: with every slot taken, the agent waited for the oldest delivery holding a
+    batch of one linger's events, so at 100,000 members the pipeline ran at the pace of the
+    delivery round trips (627 events/s, the worker 22% idle). Now the agent keeps handling
+    events into the open batch and it ships, whole, as soon as a slot frees."""
+    h = Harness("wall", wall=2e9)
+    gates: list[asyncio.Future[None]] = []
+    delivered = h.sender.enqueue
+
+    async def gated_enqueue(records: list[Record]) -> Any:
+        await delivered(records)
+        if all(r.topic == CHANGELOG_TOPIC for r in records):
+            return _delivered()
+        gate = asyncio.get_running_loop().create_future()
+        gates.append(gate)
+        return gate
+
+    h.sender.enqueue = gated_enqueue  # type: ignore[method-assign]
+    shipper = BatchShipper(h.processor, on_failure=pytest.fail)
+
+    async def order(n: int) -> int:
+        message = await h.send(h.names.orders, orjson.dumps(raw_event(
+            "order.paid", "2033-05-18T10:00:00+08:00", member=f"MG{n}", amount_fen=100)),
+            partition_for(f"MG{n}", PARTITIONS), flush=False)
+        h.monotonic += 2 * h.processor.linger_s  # the batch it opened or joined is due
+        # must not wait for a delivery (only the test opens the gates): a guard, not a timing
+        await asyncio.wait_for(shipper.ship_when_due(), timeout=10)
+        return message.offset
+
+    offsets = [await order(n) for n in range(MAX_BATCHES_IN_FLIGHT)]
+    await asyncio.sleep(0.01)
+    assert len(gates) == MAX_BATCHES_IN_FLIGHT
+    waiting = [await order(n) for n in range(MAX_BATCHES_IN_FLIGHT, MAX_BATCHES_IN_FLIGHT + 5)]
+    await asyncio.sleep(0.01)
+    assert len(gates) == MAX_BATCHES_IN_FLIGHT  # the five wait together in the open batch
+    gates[0].set_result(None)
+    await asyncio.sleep(0.01)
+    assert len(gates) == MAX_BATCHES_IN_FLIGHT + 1  # one batch of five, shipped at once
+    assert len({r["key"] for r in h.topics.tag_changes.sent}) == MAX_BATCHES_IN_FLIGHT + 5
+    for gate in gates[1:]:
+        gate.set_result(None)
+    await shipper.drain()
+    assert sorted(h.acked) == sorted(offsets + waiting)
+
+
 @pytest.mark.parametrize("value", [b"", b"\x00\xff", b"[]", b"{}", b'{"event_type": 1}'])
 async def test_garbage_never_raises(value: bytes) -> None:
     h = Harness("event")
