@@ -21,6 +21,7 @@ from schemas.errors import EventRejected
 from schemas.task_api import GuideTaskInsights, TaskDoneAccepted, TaskDoneRequest, TaskWindow
 from streams.platform.event_writer import build_event
 from streams.serving.api.auth import Principal
+from streams.serving.api.marking import Events
 from streams.serving.task_store import OPEN, WindowCounts
 
 MAX_BODY = 4096
@@ -37,10 +38,6 @@ class TaskRefused(Exception):
 
 class Tasks(Protocol):
     async def get(self, task_id: str) -> dict[str, Any] | None: ...
-
-
-class Events(Protocol):
-    async def write(self, events: Any) -> int: ...
 
 
 def parse_done_request(body: bytes) -> TaskDoneRequest:

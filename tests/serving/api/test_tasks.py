@@ -5,6 +5,8 @@ and every JSON body against the OpenAPI document."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -15,13 +17,15 @@ from jsonschema import Draft202012Validator
 
 from schemas.decode import decode_event
 from schemas.events import TaskDone
+from streams.platform.event_writer import EventWriter, build_event
 from streams.platform.kafka_clients import kafka_producer
 from streams.platform.partitioning import partition_for
+from streams.platform.security import kafka_client_kwargs
 from streams.platform.topics import topic_names
 from streams.serving.redis_store import RedisProfileStore
 from tests.serving.api.test_openapi_conformance import DOCUMENT, REGISTRY, URI
 from tests.support.api import LI, OPERATOR, ZHANG, api_settings, bearer, open_feed, running_api
-from tests.support.kafka import create_topics, read_topic, values_cover
+from tests.support.kafka import create_topics, read_topic, running_worker, values_cover
 from tests.support.task_records import closed, make_task
 
 pytestmark = pytest.mark.e2e
@@ -223,3 +227,55 @@ async def test_task_changes_reach_their_guides_feed_as_task_events(tasks_api):
             assert (only.type, only.data["task_id"]) == ("task", theirs["task_id"])
     finally:
         await producer.stop()
+
+
+# --- the whole loop: worker -> tasks.changes -> sink -> API -> done -> worker -> API ---------
+
+
+async def listed(api: aiohttp.ClientSession, status: str, worker: Any,
+                 until: Any, timeout: float = 120) -> list[dict[str, Any]]:
+    """GET /guides/zhang/tasks?status= until `until(tasks)` holds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        code, body = await get(api, f"/guides/zhang/tasks?status={status}", ZHANG)
+        if code == 200 and until(body["tasks"]):
+            return body["tasks"]
+        assert worker.alive(), worker.log_tail()
+        assert time.monotonic() < deadline, f"not listed within {timeout} s: {body}"
+        await asyncio.sleep(0.2)
+
+
+@pytest.mark.slow
+async def test_a_task_the_worker_opens_is_listed_and_marking_it_done_closes_it(stack, tmp_path):
+    settings = api_settings(stack)
+    await create_topics(settings)
+    member, now = "T1", datetime.now(timezone.utc)
+    with running_worker(settings, tmp_path) as worker, \
+            running_worker(settings, tmp_path, name="redis-sink", command=("redis-sink",)):
+        async with EventWriter(settings.broker_bootstrap, settings.partitions,
+                               topic_names(settings), kafka_client_kwargs(settings)) as writer:
+            # Zhang's WeCom contact, then a member for 33 days who never ordered: on the wall
+            # clock the 31-day timer fires at once, new_member_no_order_31d opens 邀请首单.
+            await writer.write([
+                build_event("interaction.wecom_friend_added", member, channel="wecom",
+                            guide_id="zhang", external_userid="wmT1",
+                            occurred_at=now - timedelta(days=33, hours=1)),
+                build_event("interaction.member_joined", member, channel="tmall",
+                            occurred_at=now - timedelta(days=33))])
+        async with running_api(settings) as base, aiohttp.ClientSession(base) as api:
+            [task] = await listed(api, "open", worker, lambda tasks: tasks)
+            assert (task["member_id"], task["kind"], task["name_zh"]) == (
+                member, "invite_first_order", "邀请首单")
+            status, body = await post_done(api, "zhang", task["task_id"], ZHANG,
+                                           {"note": "已发新人券"})
+            assert status == 202, body
+            [done] = await listed(api, "done", worker, lambda tasks: tasks)
+            assert (done["task_id"], done["closed_by"], done["note"]) == (
+                task["task_id"], "zhang", "已发新人券")
+            assert await listed(api, "open", worker, lambda tasks: not tasks) == []
+            status, insights = await get(api, "/insights/tasks", ZHANG)
+            week = insights["guides"][0]["windows"][0]
+            assert (week["opened"], week["done"], week["completion_rate"]) == (1, 1, 1.0)
+            # Done again: the task is no longer open.
+            status, body = await post_done(api, "zhang", task["task_id"], ZHANG)
+            assert (status, body["error"]) == (409, "not_open")
