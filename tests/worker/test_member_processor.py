@@ -312,20 +312,27 @@ async def test_a_batch_that_cannot_be_delivered_stops_the_worker_with_its_events
     assert message.offset not in h.acked
 
 
-async def test_batches_in_flight_are_bounded_and_each_acks_its_own_events() -> None:
-    h = Harness("wall", wall=2e9)
+def _gate_outputs(h: Harness) -> list[asyncio.Future[None]]:
+    """Each batch's outputs are delivered once the test sets its gate (in shipping order);
+    changelogs go through at once."""
     gates: list[asyncio.Future[None]] = []
     delivered = h.sender.enqueue
 
-    async def slow_enqueue(records: list[Record]) -> Any:
+    async def gated_enqueue(records: list[Record]) -> Any:
         await delivered(records)
         if all(r.topic == CHANGELOG_TOPIC for r in records):
-            return _delivered()  # only outputs are slow here
+            return _delivered()
         gate = asyncio.get_running_loop().create_future()
         gates.append(gate)
         return gate
 
-    h.sender.enqueue = slow_enqueue  # type: ignore[method-assign]
+    h.sender.enqueue = gated_enqueue  # type: ignore[method-assign]
+    return gates
+
+
+async def test_batches_in_flight_are_bounded_and_each_acks_its_own_events() -> None:
+    h = Harness("wall", wall=2e9)
+    gates = _gate_outputs(h)
     shipper = BatchShipper(h.processor, on_failure=pytest.fail)
     offsets = []
     for n in range(MAX_BATCHES_IN_FLIGHT + 1):
@@ -360,18 +367,7 @@ async def test_a_due_batch_with_every_slot_taken_grows_and_ships_when_one_frees(
     delivery round trips (627 events/s, the worker 22% idle). Now the agent keeps handling
     events into the open batch and it ships, whole, as soon as a slot frees."""
     h = Harness("wall", wall=2e9)
-    gates: list[asyncio.Future[None]] = []
-    delivered = h.sender.enqueue
-
-    async def gated_enqueue(records: list[Record]) -> Any:
-        await delivered(records)
-        if all(r.topic == CHANGELOG_TOPIC for r in records):
-            return _delivered()
-        gate = asyncio.get_running_loop().create_future()
-        gates.append(gate)
-        return gate
-
-    h.sender.enqueue = gated_enqueue  # type: ignore[method-assign]
+    gates = _gate_outputs(h)
     shipper = BatchShipper(h.processor, on_failure=pytest.fail)
 
     async def order(n: int) -> int:
