@@ -9,9 +9,11 @@ number of members: one HGETALL for the counts, one pipeline for a history.
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from typing import Any, Mapping
 
+from schemas.events import MarkedTagId
 from schemas.insights import (GroupCount, GuideCount, RfmCell, TagCount, TagHistory, TagInsight,
                               TagSeries)
 from streams.serving.api.auth import Principal
@@ -19,13 +21,15 @@ from streams.serving.insight_counts import SNAPSHOT_DAYS, InsightCounts
 from streams.serving.insight_snapshots import local_date
 from taggers.marked import MARKED_FAMILY
 from taggers.profile import RFM_LETTERS
-from taggers.rules import TAG_ID
 
 DEFAULT_DAYS = 30
 MAX_HISTORY_TAGS = 20
 # The lifecycle funnel runs in the order a member lives through it (the pack evaluates it in
 # another order: the first stage that holds wins).
 FUNNEL = ("new", "first", "active", "silent", "lost")
+# Any tag a member can hold: a marked tag's id (wecom:..., campaign ids) or a rule's, which is
+# narrower (taggers.rules.TAG_ID).
+HELD_TAG_ID = re.compile(MarkedTagId.__metadata__[0].pattern)
 LEVEL = {"H": "high", "L": "low"}
 
 
@@ -89,7 +93,7 @@ def history_args(query: Any) -> tuple[list[str], int]:
         raise InsightRefused(400, "bad_request", "name at least one tag: ?tag=high_value")
     if len(tags) > MAX_HISTORY_TAGS:
         raise InsightRefused(400, "bad_request", f"at most {MAX_HISTORY_TAGS} tags at a time")
-    bad = [t for t in tags if not TAG_ID.match(t)]
+    bad = [t for t in tags if len(t) > 64 or not HELD_TAG_ID.match(t)]
     if bad:
         raise InsightRefused(400, "bad_request", f"not a tag id: {bad[0][:40]!r}")
     raw_days = query.get("days", str(DEFAULT_DAYS))

@@ -127,10 +127,13 @@ async def test_only_operators_see_other_guides_and_bad_questions_get_400(stack):
         assert served_counts(li) == {":members": 1, "member": 1}
         for query, words in [("", "tag"), ("?tag=member&days=0", "days"),
                              ("?tag=member&days=401", "days"), ("?tag=member&days=x", "days"),
-                             ("?tag=Not-A-Tag", "tag id"),
+                             ("?tag=-not-a-tag", "tag id"),
                              ("?" + "&".join(f"tag=t{i}" for i in range(21)), "at most")]:
             status, body = await get(session, "/insights/tags/history" + query, OPERATOR)
             assert status == 400 and body["error"] == "bad_request" and words in body["message"]
+        status, body = await get(session, "/insights/tags/history?tag=wecom:vip.1&days=2",
+                                 OPERATOR)  # a guide's own WeCom tag is a tag too
+        assert status == 200 and body["series"][0]["tag"] == "wecom:vip.1"
 
 
 async def test_one_snapshot_a_day_whoever_takes_it_and_the_history_shows_it(stack):
