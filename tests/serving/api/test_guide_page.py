@@ -162,7 +162,8 @@ async def test_the_to_do_list_shows_tasks_live_and_a_guide_marks_one_done(stack,
                                                                          tmp_path):
     """待办: a task already in Redis and one arriving on tasks.changes show due first (the
     overdue one marked), 完成 with a note writes interaction.task_done, and the tasks leave the
-    list when their done and lapsed records arrive; another guide's task never shows."""
+    list when their done and lapsed records arrive; another guide's task never shows. (The
+    test writes Redis as the sink would: tests/serving/test_redis_sink.py tests the sink.)"""
     settings = api_settings(stack)
     await create_topics(settings)
     names = topic_names(settings)
@@ -174,10 +175,8 @@ async def test_the_to_do_list_shows_tasks_live_and_a_guide_marks_one_done(stack,
              "name_zh": "电话回访", "priority": "high",
              "script_zh": "高价值会员 60 天未购，电话或企微回访了解原因"}
     theirs = make_task("M000777", "li", change_id="c-li", opened_at=now.isoformat())
-    async with RedisProfileStore(settings.redis_url) as store:
-        await store.write_batch((), tasks=[overdue])
-    stop = asyncio.Event()
-    sink = asyncio.create_task(run_redis_sink(settings, stop))
+    store = RedisProfileStore(settings.redis_url)
+    await store.start()
     producer = AIOKafkaProducer(bootstrap_servers=settings.broker_bootstrap, acks="all")
     await producer.start()
 
@@ -185,9 +184,11 @@ async def test_the_to_do_list_shows_tasks_live_and_a_guide_marks_one_done(stack,
         for record in records:
             await producer.send_and_wait(names.task_changes, key=record["member_id"].encode(),
                                          value=orjson.dumps(record))
+        await store.write_batch((), tasks=records)
 
     try:
-        async with running_api(settings) as base, RedisProfileStore(settings.redis_url) as store:
+        async with running_api(settings) as base:
+            await store.write_batch((), tasks=[overdue])
             page = await browser.new_page(viewport={"width": 1280, "height": 900},
                                           locale="zh-CN")
             errors: list[str] = []
@@ -217,8 +218,6 @@ async def test_the_to_do_list_shows_tasks_live_and_a_guide_marks_one_done(stack,
             await page.screenshot(path=str(shot), full_page=True)
             print(f"screenshot: {shot}")
 
-            # 完成: the POST needs the task in Redis, where the sink puts it.
-            await _until(lambda: store.tasks.get(fresh["task_id"]), "the sink stores the task")
             await new_item.locator("button.done").click()
             await new_item.locator("textarea.note").fill("已电话联系，周末到店")
             await new_item.locator("button.confirm").click()
@@ -237,16 +236,8 @@ async def test_the_to_do_list_shows_tasks_live_and_a_guide_marks_one_done(stack,
             assert errors == []
             await page.close()
     finally:
-        stop.set()
-        await asyncio.wait_for(sink, 30)
         await producer.stop()
-
-
-async def _until(check, what: str, timeout: float = 30) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await check():
-        assert asyncio.get_running_loop().time() < deadline, f"timed out: {what}"
-        await asyncio.sleep(0.1)
+        await store.stop()
 
 
 @pytest.mark.slow
