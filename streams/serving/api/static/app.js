@@ -1,7 +1,7 @@
 // The guide page: sign in with a token, work through the to-do list (待办), watch live tag
 // changes, open a member's profile.
 //
-// The token lives in sessionStorage (this tab only) and travels in the Authorization header of
+// The token (session.js, shared with the operator page) travels in the Authorization header of
 // every request, the live feed included: EventSource cannot send headers, so the feed is read
 // with fetch() and parsed here, and a reconnect sends Last-Event-ID so nothing is missed.
 //
@@ -10,13 +10,11 @@
 // highest version wins, whichever of the list and the feed brings it first.
 "use strict";
 
-const TOKEN_KEY = "tagstream.token";
 const FEED_LIMIT = 200;
 const TODO_PAGE = 200;
 const TODO_MAX = 1000;
 
 const state = {
-  token: null,
   me: null,
   tags: new Map(),      // tag id -> {name_zh, family}
   lastEventId: "",
@@ -156,38 +154,12 @@ function evidenceText(evidence) {
   }).join("，");
 }
 
-// --- API -----------------------------------------------------------------------------------
-
-class ApiError extends Error {
-  constructor(status, message) { super(message); this.status = status; }
-}
-
-async function api(path, body) {
-  const headers = { Authorization: `Bearer ${state.token}`, Accept: "application/json" };
-  const init = { headers, cache: "no-store" };
-  if (body !== undefined) {
-    init.method = "POST";
-    headers["Content-Type"] = "application/json";
-    init.body = JSON.stringify(body);
-  }
-  const res = await fetch(path, init);
-  if (res.status === 401) {
-    signOut("令牌无效或已失效，请重新登录。");
-    throw new ApiError(401, "unauthorized");
-  }
-  if (!res.ok) {
-    const body = await res.json().catch(() => ({}));
-    throw new ApiError(res.status, body.message || `HTTP ${res.status}`);
-  }
-  return res.json();
-}
-
 // --- sign in / out -------------------------------------------------------------------------
 
 async function signIn(token) {
-  state.token = token;
+  session.token = token;
   const me = await api("/me");
-  sessionStorage.setItem(TOKEN_KEY, token);
+  session.remember(token);
   state.me = me;
   const catalogue = await api("/tags");
   state.tags = new Map(catalogue.tags.map((t) => [t.id, t]));
@@ -195,12 +167,11 @@ async function signIn(token) {
 }
 
 function signOut(message) {
-  state.token = null;
+  session.forget();
   state.me = null;
   state.lastEventId = "";
   state.feedRun += 1;
   if (state.feedAbort) state.feedAbort.abort();
-  sessionStorage.removeItem(TOKEN_KEY);
   $("workspace").hidden = true;
   $("who").hidden = true;
   $("sign-in").hidden = false;
@@ -250,12 +221,12 @@ function setFeedStatus(stateName, text) {
 function startFeed() {
   const run = ++state.feedRun;
   (async () => {
-    while (state.token && run === state.feedRun) {
+    while (session.token && run === state.feedRun) {
       const controller = new AbortController();
       state.feedAbort = controller;
       setFeedStatus("connecting", "连接中…");
       try {
-        const headers = { Authorization: `Bearer ${state.token}`, Accept: "text/event-stream" };
+        const headers = { Authorization: `Bearer ${session.token}`, Accept: "text/event-stream" };
         if (state.lastEventId) headers["Last-Event-ID"] = state.lastEventId;
         const res = await fetch("/feed", { headers, signal: controller.signal, cache: "no-store" });
         if (res.status === 401) { signOut("令牌无效或已失效，请重新登录。"); return; }
@@ -585,20 +556,6 @@ function renderProfile(p) {
 // --- wiring --------------------------------------------------------------------------------
 
 document.addEventListener("DOMContentLoaded", () => {
-  $("sign-in-form").addEventListener("submit", async (e) => {
-    e.preventDefault();
-    const token = $("token").value.trim();
-    if (!token) return;
-    $("sign-in-button").disabled = true;
-    try {
-      await signIn(token);
-    } catch (err) {
-      if (err.status !== 401) signOut(`登录失败：${err.message}`);
-    } finally {
-      $("sign-in-button").disabled = false;
-    }
-  });
-  $("sign-out").addEventListener("click", () => signOut());
   $("members-form").addEventListener("submit", (e) => { e.preventDefault(); loadMembers(true); });
   $("members-more").addEventListener("click", () => loadMembers(false));
   $("lookup-form").addEventListener("submit", (e) => {
@@ -609,7 +566,5 @@ document.addEventListener("DOMContentLoaded", () => {
   $("profile-close").addEventListener("click", () => { $("profile-card").hidden = true; });
   $("todo-refresh").addEventListener("click", () => { if (state.me) loadTodo(); });
   setInterval(() => { if (state.me && !state.me.operator) renderTodo(); }, 60_000);  // overdue moves on
-
-  const saved = sessionStorage.getItem(TOKEN_KEY);
-  if (saved) signIn(saved).catch(() => {});
+  wireSignIn(signIn, signOut);
 });

@@ -2,49 +2,28 @@
 // populations over time, and guides' task completion, drawn as inline SVG by this file alone
 // (no chart library, no CDN: the page works with no internet).
 //
-// Token handling is the guide page's: the token lives in sessionStorage under the same key (one
-// sign-in serves both pages in a tab) and travels only in the Authorization header. An
-// operator sees everyone or picks a guide; a guide's token sees that guide's members only.
+// Sign-in and the API calls are the guide page's (session.js): one sign-in serves both pages in
+// a tab, and the token travels only in the Authorization header. An operator sees everyone or
+// picks a guide; a guide's token sees that guide's members only.
 // Every drawn mark carries data-key and data-count, the numbers it was drawn from.
 "use strict";
 
-const TOKEN_KEY = "tagstream.token";
 const SVG_NS = "http://www.w3.org/2000/svg";
 const MAX_SERIES = 6;
 const PREFERRED_TRENDS = ["member", "repeat_buyer", "high_value", "dormant_90d", "churn_risk"];
 
-const state = { token: null, me: null, insight: null, trendTags: null, run: 0 };
+const state = { me: null, insight: null, trendTags: null, run: 0 };
 
 const $ = (id) => document.getElementById(id);
 const fmt = (n) => Number(n).toLocaleString("zh-CN");
 const pct = (x) => `${(x * 100).toFixed(x >= 0.1 || x === 0 ? 0 : 1)}%`;
 
-class ApiError extends Error {
-  constructor(status, message) { super(message); this.status = status; }
-}
-
-async function api(path) {
-  const res = await fetch(path, {
-    headers: { Authorization: `Bearer ${state.token}`, Accept: "application/json" },
-    cache: "no-store",
-  });
-  if (res.status === 401) {
-    signOut("令牌无效或已失效，请重新登录。");
-    throw new ApiError(401, "unauthorized");
-  }
-  if (!res.ok) {
-    const body = await res.json().catch(() => ({}));
-    throw new ApiError(res.status, body.message || `HTTP ${res.status}`);
-  }
-  return res.json();
-}
-
 // --- sign in -------------------------------------------------------------------------------
 
 async function signIn(token) {
-  state.token = token;
+  session.token = token;
   const me = await api("/me");
-  sessionStorage.setItem(TOKEN_KEY, token);
+  session.remember(token);
   state.me = me;
   $("who-name").textContent = me.operator ? "运营" : `导购 ${me.guide}`;
   $("who").hidden = false;
@@ -62,11 +41,10 @@ async function signIn(token) {
 }
 
 function signOut(message) {
-  state.token = null;
+  session.forget();
   state.me = null;
   state.insight = null;
   state.run += 1;
-  sessionStorage.removeItem(TOKEN_KEY);
   $("dashboard").hidden = true;
   $("who").hidden = true;
   $("sign-in").hidden = false;
@@ -378,23 +356,8 @@ function drawTasks(guides) {
 // --- wiring --------------------------------------------------------------------------------
 
 document.addEventListener("DOMContentLoaded", () => {
-  $("sign-in-form").addEventListener("submit", async (e) => {
-    e.preventDefault();
-    const token = $("token").value.trim();
-    if (!token) return;
-    $("sign-in-button").disabled = true;
-    try {
-      await signIn(token);
-    } catch (err) {
-      if (err.status !== 401) signOut(`登录失败：${err.message}`);
-    } finally {
-      $("sign-in-button").disabled = false;
-    }
-  });
-  $("sign-out").addEventListener("click", () => signOut());
   $("guide-select").addEventListener("change", () => refresh());
   $("days-select").addEventListener("change", () => loadTrend(state.run).catch(() => {}));
   $("refresh").addEventListener("click", () => refresh());
-  const saved = sessionStorage.getItem(TOKEN_KEY);
-  if (saved) signIn(saved).catch(() => signOut());
+  wireSignIn(signIn, signOut);
 });
