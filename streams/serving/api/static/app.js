@@ -233,7 +233,7 @@ function startFeed() {
         if (!res.ok || !res.body) throw new Error(`HTTP ${res.status}`);
         setFeedStatus("live", "实时");
         // Loaded after the feed is live, so no task falls between the list and the feed.
-        if (!state.todoLoaded && !state.me.operator) loadTodo();
+        if (!state.todoLoaded && state.me && !state.me.operator) loadTodo();
         await readEvents(res.body, onFeedEvent);
       } catch (err) {
         if (controller.signal.aborted) return;
@@ -281,9 +281,7 @@ async function readEvents(body, handle) {
 function onFeedEvent(type, data) {
   let change;
   try { change = JSON.parse(data); } catch { return; }
-  if (type === "task") {
-    if (!state.me.operator) takeTask(change);
-  }
+  if (type === "task" && state.me && !state.me.operator) takeTask(change);
   const item = type === "tier" ? tierItem(change) : type === "task" ? taskItem(change) : tagItem(change);
   const feed = $("feed");
   feed.prepend(item);
