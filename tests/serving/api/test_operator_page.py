@@ -9,6 +9,7 @@ tmp_path/operator-page.png and /tmp/tagstream-operator-page.png for a person to 
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import subprocess
 from pathlib import Path
@@ -25,6 +26,7 @@ from tests.support.kafka import create_topics
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # ~10 s: six days through the sink, a browser
 
 CJK_FONT = "Noto Sans CJK"
+GUIDE_TOKEN = "operator-page-guide-token-0123456789"
 
 
 def marks(selector: str) -> str:
@@ -53,6 +55,9 @@ async def test_operator_page_draws_the_counts_of_the_members(stack, browser, tmp
     async with running_sink(settings):
         last = await replay_days(settings, history_by_day(members=200, days=400, seed=15,
                                                           last_days=6))
+    # A token for the first generated guide (by userid), besides the operator's.
+    first_guide = min(g["userid"] for p in last.profiles for g in p["guides"])
+    settings = dataclasses.replace(settings, api_tokens=f"{OPERATOR}=*,{GUIDE_TOKEN}={first_guide}")
     counts = held_counts(last.profiles)
     now = last.at + 9 * 3600  # 09:00 on the last day
     urls: list[str] = []
@@ -135,6 +140,21 @@ async def test_operator_page_draws_the_counts_of_the_members(stack, browser, tmp
                 shutil.copyfile(shot, Path("/tmp/tagstream-operator-page.png"))
             except OSError:
                 pass
+
+            # A guide's token: the same page, scoped to that guide's members, no other scope.
+            await page.click("#sign-out")
+            await page.fill("#token", GUIDE_TOKEN)
+            await page.click("#sign-in-button")
+            await page.wait_for_selector('#who-name:has-text("导购")')
+            await page.wait_for_selector("body[data-loaded]")
+            await page.wait_for_function(
+                f"() => document.querySelector('#total-members').dataset.count === "
+                f"'{held_counts(last.profiles, first_guide)[':members']}'", timeout=15_000)
+            assert await page.is_disabled("#guide-select")
+            mine = held_counts(last.profiles, first_guide)
+            charts = await read_charts(page)
+            assert charts["tier"] == expected_group(mine, "tier_", all_tags)
+            assert charts["tag"] == {t: n for t, n in mine.items() if t != ":members"}
             assert errors == []
         finally:
             await page.close()
