@@ -24,13 +24,14 @@ from streams.platform.topics import topic_names
 from streams.serving.redis_store import RedisProfileStore
 from streams.tools.generate import generate_events
 from streams.tools.processes import is_running, stop_process
-from taggers.dryrun import dry_run
+from taggers.dryrun import dry_run, final_tasks
 from taggers.engine import Engine
 from taggers.profile import render_profile
 from taggers.rules import load_rules
 from tests.support import free_port
 from tests.support.kafka import (
     AllWorkers,
+    assert_no_task_twice,
     assert_same_ids,
     assert_same_profiles,
     at_least,
@@ -44,6 +45,7 @@ from tests.support.kafka import (
     read_topic,
     running_worker,
     signal_node,
+    task_statuses_equal,
     values,
 )
 
@@ -130,14 +132,24 @@ async def test_killed_worker_is_taken_over_and_nothing_is_lost(stack, tmp_path):
         profiles = await read_topic(stack.broker_bootstrap, names.profiles, worker=survivor,
                                     until=latest_by_key_equals(expected_profiles), timeout=300,
                                     idle_s=60)
+        expected_tasks = {t.task_id: t.status for t in final_tasks(dry.tasks)}
+        task_records = await read_topic(stack.broker_bootstrap, names.task_changes,
+                                        worker=survivor, timeout=300, idle_s=60,
+                                        until=task_statuses_equal(expected_tasks))
         assert survivor.alive()
         letters = await read_topic(stack.broker_bootstrap, names.deadletter, until=never(),
                                    timeout=5)
     found = [c["change_id"] for c in values(changes)]
+    found_tasks = task_statuses_equal({})
+    found_tasks(task_records)
     print(f"\n{len(lines):,} events, 1 of 2 workers killed: tag changes "
           f"{_found_figures(values(changes), expected_ids)}; tier/points changes "
           f"{_found_figures(values(tiers), expected_tiers)}; {len(expected_profiles)} profiles "
-          f"compared, {len(letters)} dead letters")
+          f"compared; tasks: {len(found_tasks.latest)} of {len(expected_tasks)} with the dry "
+          f"run's final status, {len(task_records)} records for the dry run's "
+          f"{len(dry.tasks)}; {len(letters)} dead letters")
+    assert found_tasks.latest == expected_tasks  # no task missing, none opened twice
+    assert_no_task_twice(task_records)
     found_tiers = [c["change_id"] for c in values(tiers)]
     if set(found) != expected_ids or set(found_tiers) != expected_tiers:
         report = describe_member_differences([*values(changes), *values(tiers)],
@@ -156,7 +168,10 @@ async def test_killed_worker_is_taken_over_and_nothing_is_lost(stack, tmp_path):
 async def test_replaying_the_same_file_twice_changes_nothing(stack, tmp_path):
     path = tmp_path / "history.jsonl"
     lines = history(path, members=120, days=400, seed=5)
-    expected_ids, expected_profiles = expected_of(*dry_run_of(stack, lines))
+    dry, pack = dry_run_of(stack, lines)
+    expected_ids, expected_profiles = expected_of(dry, pack)
+    expected_tasks = {t.task_id: t.status for t in final_tasks(dry.tasks)}
+    assert expected_tasks
     names = topic_names(stack)
     await create_topics(stack)
     with running_worker(stack, tmp_path, clock="event") as worker:
@@ -164,6 +179,9 @@ async def test_replaying_the_same_file_twice_changes_nothing(stack, tmp_path):
                      progress=False)
         first = await read_topic(stack.broker_bootstrap, names.tag_changes, worker=worker,
                                  until=change_ids_cover(expected_ids), timeout=300)
+        first_tasks = await read_topic(stack.broker_bootstrap, names.task_changes,
+                                       worker=worker, timeout=120,
+                                       until=task_statuses_equal(expected_tasks))
         await read_topic(stack.broker_bootstrap, names.profiles, worker=worker,
                          until=latest_by_key_equals(expected_profiles), timeout=120)
         await replay(stack.broker_bootstrap, path, names=names, partitions=stack.partitions,
@@ -178,13 +196,17 @@ async def test_replaying_the_same_file_twice_changes_nothing(stack, tmp_path):
                                  until=never(), timeout=30, idle_s=2)
         profiles = await read_topic(stack.broker_bootstrap, names.profiles, worker=worker,
                                     until=never(), timeout=30, idle_s=2)
+        tasks_after = await read_topic(stack.broker_bootstrap, names.task_changes,
+                                       worker=worker, until=never(), timeout=30, idle_s=2)
     assert_same_ids((c["change_id"] for c in values(after)), {c["change_id"] for c in values(first)})
     assert len(after) == len(first)  # not one new change record
+    assert len(tasks_after) == len(first_tasks) == len(dry.tasks)  # not one new task record
     latest = {r.key.decode(): orjson.loads(r.value) for r in profiles}
     assert_same_profiles(latest, expected_profiles)
     assert all("late event" in d["error"] for d in values(letters))
-    print(f"\nsecond replay of {len(lines)} events: 0 new changes, {len(letters)} dead-lettered "
-          f"as late, the rest recognised as duplicates")
+    print(f"\nsecond replay of {len(lines)} events: 0 new changes, 0 new task records "
+          f"({len(expected_tasks)} tasks), {len(letters)} dead-lettered as late, the rest "
+          f"recognised as duplicates")
 
 
 async def test_out_of_order_within_the_window_equals_in_order_and_later_is_dead_lettered(

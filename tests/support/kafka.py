@@ -207,6 +207,39 @@ def latest_by_key_equals(expected: dict[str, Any]) -> Callable[[list[Any]], bool
     return enough
 
 
+def task_statuses_equal(expected: dict[str, str]) -> Callable[[list[Any]], bool]:
+    """read_topic until: each task's newest record (highest version) on tasks.changes has the
+    expected status (`enough.latest` is task_id -> status so far). Tombstones (an erased
+    member's) carry no task and are skipped."""
+    newest: dict[str, tuple[int, str]] = {}
+
+    def enough(new: list[Any]) -> bool:
+        for record in new:
+            if record.value is None:
+                continue
+            task = orjson.loads(record.value)
+            if task["version"] > newest.get(task["task_id"], (0, ""))[0]:
+                newest[task["task_id"]] = (task["version"], task["status"])
+        enough.latest = {task_id: status for task_id, (_, status) in newest.items()}  # type: ignore[attr-defined]
+        return enough.latest == expected  # type: ignore[attr-defined]
+
+    enough.latest = {}  # type: ignore[attr-defined]
+    return enough
+
+
+def assert_no_task_twice(records: list[Any]) -> None:
+    """A redelivery may send a task's record again, but never a different record under the
+    same task id and version (a task opened twice, or a status decided twice)."""
+    seen: dict[tuple[str, int], bytes] = {}
+    for record in records:
+        if record.value is None:
+            continue
+        task = orjson.loads(record.value)
+        key = (task["task_id"], task["version"])
+        assert seen.setdefault(key, record.value) == record.value, (
+            f"task {key[0]} version {key[1]} was published with two different contents")
+
+
 def assert_same_ids(found: Iterable[str], expected: set[str], what: str = "change ids") -> None:
     """Set equality with a message a CI log can hold: counts and a few examples, not every id
     (pytest under CI=true prints whole sets: 150,000 ids filled the log and hid the cause)."""
