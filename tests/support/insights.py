@@ -25,6 +25,7 @@ from taggers.dryrun import DryRunResult, decode_lines, dry_run
 from taggers.engine import Engine
 from taggers.profile import render_profile
 from taggers.rules import load_rules
+from tests.support.task_done import with_tasks_done
 
 
 def dry_run_profiles(members: int, days: int, seed: int) -> list[dict[str, Any]]:
@@ -115,14 +116,18 @@ class Day:
     profiles: list[dict[str, Any]]  # everyone's profile
 
 
-def history_by_day(members: int, days: int, seed: int, last_days: int) -> Iterator[Day]:
+def history_by_day(members: int, days: int, seed: int, last_days: int,
+                   tasks_done_every: int | None = None) -> Iterator[Day]:
     """The production engine over a generated history, stopped at each of the last `last_days`
     local midnights with every deadline due by then fired: what the worker would have
     published by that midnight. Each day's profiles are exactly the final profiles of
-    `taggers.dryrun.dry_run(..., as_of=that midnight)` over the events before it."""
+    `taggers.dryrun.dry_run(..., as_of=that midnight)` over the events before it. With
+    `tasks_done_every`, guides answer every so many tasks (tests/support/task_done.py)."""
     pack = load_rules(DEFAULT_RULES)
     engine = Engine(pack)
     lines = [orjson.dumps(e) for e in generate_events(members=members, days=days, seed=seed)]
+    if tasks_done_every is not None:
+        lines = with_tasks_done(Engine(pack), lines, tasks_done_every)
     rows = decode_lines(lines, DryRunResult())
     rows.sort(key=lambda row: row[:3])
     last = pack.calendar.day_of(rows[-1][0]) + 1
