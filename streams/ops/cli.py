@@ -573,6 +573,10 @@ def demo(members: int, days: int, seed: int, keep_stack: bool, no_serve: bool) -
 @click.option("--brokers", default=1, show_default=True, type=click.IntRange(1),
               help="Kafka nodes (KRaft) of the private stack; with --use-stack, the running "
                    "cluster's are counted instead.")
+@click.option("--compare-workers", type=click.IntRange(1), default=None,
+              help="Last, the pipeline again with this many workers (new app id, same topics "
+                   "and Redis sink), against the first pass in the same run, with each "
+                   "process's CPU.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @click.option("--use-stack", is_flag=True,
               help="Use the running broker and Redis of TAGSTREAM_BROKER / TAGSTREAM_REDIS_URL "
@@ -587,8 +591,9 @@ def demo(members: int, days: int, seed: int, keep_stack: bool, no_serve: bool) -
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Logs and profiles (default: <TAGSTREAM_DATA_DIR>/bench/<time>).")
 def bench(members: int, events: int, partitions: int | None, workers: int, brokers: int,
-          as_json: bool, use_stack: bool, keep_stack: bool, profile: str | None,
-          latency_seconds: float, seed: int, workdir: Path | None) -> None:
+          compare_workers: int | None, as_json: bool, use_stack: bool, keep_stack: bool,
+          profile: str | None, latency_seconds: float, seed: int,
+          workdir: Path | None) -> None:
     """Raw Kafka passthrough vs the full pipeline, latency, memory and recovery, in one run."""
     import json
     import shlex
@@ -600,7 +605,8 @@ def bench(members: int, events: int, partitions: int | None, workers: int, broke
     settings = _settings()
     options = BenchOptions(
         members=members, events=events, partitions=partitions or settings.partitions,
-        workers=workers, brokers=brokers, use_stack=use_stack, keep_stack=keep_stack,
+        workers=workers, brokers=brokers, compare_workers=compare_workers,
+        use_stack=use_stack, keep_stack=keep_stack,
         profile=profile, latency_s=latency_seconds, seed=seed, workdir=workdir,
         command=shlex.join(["tagstream", *sys.argv[1:]]))
     try:

@@ -32,7 +32,8 @@ def test_bench_runs_and_its_json_has_every_field(tmp_path):
     workdir = tmp_path / "bench"
     run = subprocess.run(
         [sys.executable, "-m", "streams.ops.cli", "bench", "--members", str(MEMBERS), "--events",
-         str(EVENTS), "--partitions", "2", "--latency-seconds", "2", "--json",
+         str(EVENTS), "--partitions", "2", "--latency-seconds", "2", "--compare-workers", "2",
+         "--json",
          "--workdir", str(workdir)],
         env={**os.environ, "TAGSTREAM_DATA_DIR": str(tmp_path / "data")},
         capture_output=True, timeout=600, stdin=subprocess.DEVNULL)
@@ -55,6 +56,16 @@ def test_bench_runs_and_its_json_has_every_field(tmp_path):
         assert result["details"]["restart"][case]["ready_s"] == result["restart"][f"{case}_s"]
     for name in ("p50", "p99", "sent", "received", "floor"):
         assert name in result["latency_ms"], name
+    # the second pass, two workers, against the first in the same run
+    compare = result["workers_compare"]
+    assert compare["workers"] == 2 and compare["one_pass_workers"] == 1
+    assert compare["one_pass_eps"] == result["pipeline_eps"] and compare["pipeline_eps"] > 0
+    assert compare["matches_dry_run"] is True
+    assert {"pipeline worker 1", "pipeline worker 2", "redis sink"} <= set(
+        compare["cpu_pct_of_one_core"])
+    assert set(compare["first_pass_cpu_pct_of_one_core"]) == set(
+        result["details"]["pipeline"]["cpu_pct_of_one_core"])
+    assert result["details"]["pipeline"]["rss_mb_per_worker"] == [result["rss_mb"]]
     assert result["command"].startswith(f"tagstream bench --members {MEMBERS}")
     assert result["profile"] is None
     # The event file and the private Kafka's data are removed (large; the seed regenerates

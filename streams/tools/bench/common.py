@@ -95,6 +95,9 @@ class BenchOptions:
     partitions: int = 4
     workers: int = 1
     brokers: int = 1  # Kafka nodes of the private stack
+    # After the other phases, the pipeline again with this many workers (streams/tools/bench/
+    # scaling.py); None: not run.
+    compare_workers: int | None = None
     use_stack: bool = False  # the running broker and Redis of the settings, not private ones
     keep_stack: bool = False  # leave the private broker and Redis running afterwards
     profile: str | None = None  # "py-spy" or "pyinstrument": the pipeline workers run under it

@@ -94,7 +94,9 @@ def _start_sink(run: _Run) -> Child:
                  run.workdir / "redis-sink.log", run.children)
 
 
-async def _pipeline(run: _Run, expected: Expected) -> None:
+async def _pipeline(run: _Run, expected: Expected, start_sink: bool = True) -> None:
+    """The pipeline's workers over the event topics from their start; with `start_sink`
+    False, the Redis sink an earlier pass started serves this one too."""
     options = run.options
     tags = [TopicPartition(run.names.tag_changes, p) for p in range(options.partitions)]
     reader = kafka_consumer(run.bootstrap, enable_auto_commit=False,
@@ -104,7 +106,8 @@ async def _pipeline(run: _Run, expected: Expected) -> None:
         baseline = await reader.end_offsets(tags)
         tier_baseline = await _positions(run, run.names.tier_changes)
         dead_baseline = await _positions(run, run.names.deadletter)
-        sink = _start_sink(run)
+        sink = _start_sink(run) if start_sink else next(
+            c for c in run.children if c.name == "redis sink" and c.alive())
         run.say(f"pipeline: {options.workers} worker(s), event clock, default pack, "
                 f"Redis sink on; {len(expected.change_ids):,} tag changes expected")
         run.worker_ports = free_ports(options.workers)

@@ -29,6 +29,7 @@ from streams.tools.bench.passthrough import faust_floor, raw_passthrough
 from streams.tools.bench.pipeline import _dry_run, _pipeline
 from streams.tools.bench.profiling import _require_profiler
 from streams.tools.bench.recovery import _restart_and_latency
+from streams.tools.bench.scaling import compare_workers
 from streams.tools.bench.report import _header
 
 
@@ -149,3 +150,5 @@ async def _phases(run: _Run) -> None:
     expected = _dry_run(run, path)
     await _pipeline(run, expected)
     await _restart_and_latency(run)
+    if options.compare_workers is not None:
+        await compare_workers(run, expected, options.compare_workers)

@@ -335,7 +335,8 @@ function drawTasks(guides) {
       rows.push({ key: `${g.guide}:${w.days}`, label: `${g.guide} · ${w.days}天`, rate, w });
     }
   }
-  const width = 560, rowH = 24, labelWidth = 170, area = width - labelWidth - 170;
+  // the value text ("100%（完成 12 / 新开 20）· 转化 33%") needs ~250 px right of a full bar
+  const width = 560, rowH = 24, labelWidth = 150, area = width - labelWidth - 260;
   const out = svg(width, rows.length * rowH + 8);
   rows.forEach((r, i) => {
     const y = 4 + i * rowH;
