@@ -102,3 +102,14 @@ def test_records_read_are_the_records_a_compacted_changelog_holds_in_each_range(
     assert records_in({(CHANGELOG, 0): (94, 99)}, present) == 5  # the store's tail
     assert records_in({(CHANGELOG, 0): (99, 99)}, present) == 0
     assert records_in({(CHANGELOG, 1): (-1, 5)}, present) == 0  # a partition with nothing
+
+
+def test_the_summary_shows_the_workers_comparison_only_when_it_ran() -> None:
+    from streams.tools.bench.report import format_summary
+
+    compare = {"workers": 2, "pipeline_eps": 900, "ratio_to_first_pass": 1.25,
+               "one_pass_workers": 1, "cpu_pct_of_one_core": {"pipeline worker 1": 61.0}}
+    shown = format_summary({"events": 1000, "workers_compare": compare})
+    assert "2 workers" in shown and "900 events/s" in shown and "1.25 of 1 worker(s)" in shown
+    assert "pipeline worker 1" in shown
+    assert "workers " not in format_summary({"events": 1000}).split("\n", 1)[1]

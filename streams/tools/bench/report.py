@@ -101,6 +101,12 @@ def format_summary(result: Mapping[str, Any]) -> str:
         f"{number(restart.get('fresh_disk_records'))} of "
         f"{number(restart.get('changelog_records'))} records)",
     ]
+    compare = result.get("workers_compare")
+    if compare:
+        lines.append(
+            f"  {compare['workers']} workers          {number(compare.get('pipeline_eps'), ' events/s')}"
+            f"  ({number(compare.get('ratio_to_first_pass'))} of {compare.get('one_pass_workers')} "
+            f"worker(s) in this run; CPU % of a core: {compare.get('cpu_pct_of_one_core')})")
     lines += [f"  WARNING: {warning}" for warning in result.get("warnings", [])]
     profile = result.get("profile")
     if profile:
