@@ -508,24 +508,24 @@ class _Compiler:
         compare = _COMPARE[op]
         lget, rget = left.eval, right.eval
 
-        def fn(ctx: Any) -> bool:
-            a, b = lget(ctx), rget(ctx)
-            if a is None or b is None:
-                return (a is None and b is None) if op == "==" else (
-                    (a is None) != (b is None) if op == "!=" else False)
-            return compare(a, b)
-
         if right.is_const and right.const is not None:
             # The common `x >= 3`, the same results with one call fewer: a constant side
             # needs no call, and None (x missing) equals no constant and orders with none.
             const = right.const
             if op in ("==", "!="):
-                def fn(ctx: Any) -> bool:  # noqa: F811
+                def fn(ctx: Any) -> bool:
                     return compare(lget(ctx), const)
             else:
-                def fn(ctx: Any) -> bool:  # noqa: F811
+                def fn(ctx: Any) -> bool:
                     a = lget(ctx)
                     return a is not None and compare(a, const)
+        else:
+            def fn(ctx: Any) -> bool:
+                a, b = lget(ctx), rget(ctx)
+                if a is None or b is None:
+                    return (a is None and b is None) if op == "==" else (
+                        (a is None) != (b is None) if op == "!=" else False)
+                return compare(a, b)
 
         return Compiled(BOOL, fn, False,
                         self._compare_next_change(op, left, right, fn), leaves=leaves,
