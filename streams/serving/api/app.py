@@ -8,6 +8,7 @@ from Redis (RedisProfileStore); feeds come from the shared Kafka tail (streams/s
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from datetime import datetime, timezone
@@ -147,11 +148,25 @@ def _require_guide(request: web.Request, guide: str) -> None:
 
 
 async def page(request: web.Request) -> web.StreamResponse:
-    return web.FileResponse(STATIC_DIR / "index.html", headers=PAGE_HEADERS)
+    return _html_page("index.html")
 
 
 async def operator_page(request: web.Request) -> web.StreamResponse:
-    return web.FileResponse(STATIC_DIR / "operator.html", headers=PAGE_HEADERS)
+    return _html_page("operator.html")
+
+
+def _html_page(name: str) -> web.Response:
+    return web.Response(body=_page_html(name), content_type="text/html", charset="utf-8",
+                        headers=PAGE_HEADERS)
+
+
+@functools.lru_cache(maxsize=None)
+def _page_html(name: str) -> bytes:
+    """A page with the shared sign-in form (static/sign-in.html) where it says so."""
+    form = (STATIC_DIR / "sign-in.html").read_text(encoding="utf-8")
+    form = form[form.index("-->") + 3:].lstrip("\n")  # without its own comment
+    page_text = (STATIC_DIR / name).read_text(encoding="utf-8")
+    return page_text.replace("    <!-- sign-in -->\n", form).encode()
 
 
 async def static(request: web.Request) -> web.StreamResponse:
