@@ -366,17 +366,14 @@ class Engine:
                 if at is not None:
                     kept.extend((index, at))
         state.unit_deadlines = kept
+        # the earliest of the units', the marked tags' and the tasks' expiries, and loyalty's
+        loyalty_due = (self.loyalty.next_deadline(state.loyalty)
+                       if self.loyalty is not None else None)
         best = min(kept[1::2], default=None)
-        expiry = next_expiry(state)
-        if expiry is not None and (best is None or expiry < best):
-            best = expiry
-        expiry = next_task_expiry(state, ctx.now) if state.tasks else None
-        if expiry is not None and (best is None or expiry < best):
-            best = expiry
-        if self.loyalty is not None:
-            due = self.loyalty.next_deadline(state.loyalty)
-            if due is not None and due > ctx.now and (best is None or due < best):
-                best = due
+        for at in (next_expiry(state), next_task_expiry(state, now) if state.tasks else None,
+                   loyalty_due if loyalty_due is not None and loyalty_due > now else None):
+            if at is not None and (best is None or at < best):
+                best = at
         state.next_deadline = best
 
     def _unit_deadline(self, ctx: EvalContext, index: int) -> int | None:
