@@ -9,7 +9,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -94,10 +94,14 @@ def _start_sink(run: _Run) -> Child:
                  run.workdir / "redis-sink.log", run.children)
 
 
-async def _pipeline(run: _Run, expected: Expected, start_sink: bool = True) -> None:
-    """The pipeline's workers over the event topics from their start; with `start_sink`
-    False, the Redis sink an earlier pass started serves this one too."""
+async def _pipeline(run: _Run, expected: Expected, start_sink: bool = True,
+                    out: dict[str, Any] | None = None) -> None:
+    """The pipeline's workers over the event topics from their start; what it measures goes
+    into `out` (default: the run's result). With `start_sink` False, the Redis sink an
+    earlier pass started serves this one too."""
     options = run.options
+    out = run.result if out is None else out
+    details = out.setdefault("details", {})
     tags = [TopicPartition(run.names.tag_changes, p) for p in range(options.partitions)]
     reader = kafka_consumer(run.bootstrap, enable_auto_commit=False,
                             **run.security)
@@ -128,20 +132,20 @@ async def _pipeline(run: _Run, expected: Expected, start_sink: bool = True) -> N
         cpu_used = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in cpu_pids.items()}
         seconds = finished - started
         eps = run.result["events"] / seconds if seconds > 0 else 0.0
-        run.result["pipeline_eps"] = round(eps)
+        out["pipeline_eps"] = round(eps)
         raw = run.result["raw_passthrough_eps"]
-        run.result["ratio"] = round(eps / raw, 3) if raw else None
+        out["ratio"] = round(eps / raw, 3) if raw else None
         tiers = await _read_all(run, run.names.tier_changes, tier_baseline)
         dead = await _read_all(run, run.names.deadletter, dead_baseline)
         peaks = [w.peak_rss_mb() for w in workers]
-        run.result["rss_mb"] = max((p for p in peaks if p is not None), default=None)
-        run.result["matches_dry_run"] = not seen.missing and not seen.unexpected
-        run.result["details"]["pipeline"] = {
+        out["rss_mb"] = max((p for p in peaks if p is not None), default=None)
+        out["matches_dry_run"] = not seen.missing and not seen.unexpected
+        details["pipeline"] = {
             "seconds": round(seconds, 3), "tag_changes": seen.total,
             "duplicate_tag_changes": seen.duplicates, "unexpected_tag_changes": seen.unexpected,
             "tier_changes": len(tiers),  # as far as written when the last tag change was
             "tier_changes_expected": expected.tier_changes,
-            "matches_dry_run": run.result["matches_dry_run"],
+            "matches_dry_run": out["matches_dry_run"],
             "dead_lettered": len(dead),
             "dead_letter_examples": [_dead_letter_text(value) for value in dead[:5]],
             "missing_tag_changes": len(seen.missing),
@@ -159,17 +163,17 @@ async def _pipeline(run: _Run, expected: Expected, start_sink: bool = True) -> N
                        f"{len(seen.missing)} missing, {seen.unexpected} unexpected "
                        "(see details.pipeline)")
         run.say(f"pipeline: {run.result['events']:,} events in {seconds:.2f} s = {eps:,.0f}/s "
-                f"(ratio {run.result['ratio']}); worker peak RSS {run.result['rss_mb']} MB")
+                f"(ratio {out['ratio']}); worker peak RSS {out['rss_mb']} MB")
         if spies:
-            run.result["profile"] = await _stop_py_spy(
+            out["profile"] = await _stop_py_spy(
                 spies, "pipeline phase (event clock), all threads, CPU only (idle excluded)")
         run.say("stopping the pipeline worker(s) cleanly (SIGTERM) for the restart")
         stop_started = time.perf_counter()
         await asyncio.gather(*(asyncio.to_thread(w.stop) for w in workers))
-        run.result["details"]["pipeline"]["worker_stop_s"] = round(
+        details["pipeline"]["worker_stop_s"] = round(
             time.perf_counter() - stop_started, 2)
         if options.profile == "pyinstrument":
-            run.result["profile"] = _pyinstrument_reports(run, workers)
+            out["profile"] = _pyinstrument_reports(run, workers)
     finally:
         await reader.stop()
 
