@@ -77,6 +77,12 @@ class Engine:
             if any(rule.condition.next_change is not None or rule.ttl_s is not None
                    for rule in unit))
         self._index_sets: dict[Any, frozenset[int]] = {}
+        # Per unit, the earliest instant seen from which it holds nothing and has no deadline
+        # for a member with no state (`_inert_for_new_member`); per event type, from when that
+        # is so for every unit the event cannot change.
+        self._inert_since: list[int | None] = [None] * len(pack.units)
+        self._others_inert_since: dict[str, int] = {}
+        self._no_state = MemberState(member_id="")  # read by probes, never written
         self.tasks = TaskBook(pack.tasks, pack.calendar, pack.version)
 
     # --- public API ---------------------------------------------------------------------------
@@ -304,8 +310,10 @@ class Engine:
         ctx = EvalContext(state, event, now, self.calendar)
         pack = self.pack
         full = state.rules_version != pack.version or (event is None and due is None)
-        if full:
-            indexes: Any = range(len(pack.units))
+        if full and event is not None and _never_evaluated(state):
+            indexes: Any = self._first_units(event.event_type, now)
+        elif full:
+            indexes = range(len(pack.units))
         elif event is not None:
             indexes = pack.units_affected_by(event.event_type)
         else:
@@ -391,6 +399,40 @@ class Engine:
                 if at is not None and at > now and (best is None or at < best):
                     best = at
         return best
+
+    def _first_units(self, event_type: str, now: int) -> tuple[int, ...]:
+        """The units a new member's first evaluation must run: those the event can change,
+        and any other that holds or has a deadline for a member with no state at `now`
+        (with the units reading its tag). The rest, left out, find nothing, as they would
+        for a member with no state at all: they read nothing the event wrote."""
+        affected = self.pack.units_affected_by(event_type)
+        since = self._others_inert_since.get(event_type)
+        if since is not None and now >= since:
+            return affected
+        others = [i for i in range(len(self.pack.units)) if i not in affected]
+        active = [i for i in others if not self._inert_for_new_member(i, now)]
+        if active:
+            return self.pack.with_dependents({*affected, *active})
+        self._others_inert_since[event_type] = max(
+            (self._inert_since[i] for i in others), default=now)  # type: ignore[type-var]
+        return affected
+
+    def _inert_for_new_member(self, index: int, now: int) -> bool:
+        """The unit holds nothing and has no deadline for a member with no state at `now`.
+
+        Then it does so at every later instant too: a unit with no deadline is, by the
+        contract of `next_change`, unchanged until an event it reads. So one probe at t
+        answers for all instants from t on; a probe finding it inert at an earlier instant
+        moves that bound back."""
+        since = self._inert_since[index]
+        if since is not None and now >= since:
+            return True
+        ctx = EvalContext(self._no_state, None, now, self.calendar)
+        if any(rule.condition.eval(ctx) for rule in self.pack.units[index]) \
+                or self._unit_deadline(ctx, index) is not None:
+            return False
+        self._inert_since[index] = now
+        return True
 
     def _index_set(self, indexes: Any) -> frozenset[int]:
         """The units of one evaluation as a set; the pack's few index tuples, made once."""
@@ -572,6 +614,11 @@ class Engine:
             name_zh=rule.name_zh if rule else "",
             family=rule.family if rule else "",
         )
+
+
+def _never_evaluated(state: MemberState) -> bool:
+    """A new member: no rule has run on the state yet, and it holds no tag."""
+    return not state.rules_version and not state.tags and not state.unit_deadlines
 
 
 def _has_pairs(state: MemberState) -> bool:
