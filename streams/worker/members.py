@@ -203,7 +203,7 @@ class MemberProcessor:
         occurred = to_epoch(event.occurred_at)
         passed = self._passed(message.topic, partition)
         if passed is not None and occurred <= passed:
-            state = self._load(event.member_id.encode())
+            state = self._load(event.member_id.encode(), partition)
             if self.engine.has_applied(state, event) or _redelivered(state, message):
                 # a producer's retry wrote it twice: applied once, not an error
                 self.counters.duplicates += 1
@@ -250,7 +250,7 @@ class MemberProcessor:
     def _apply(self, event: Any, origin: tuple[str, int, int], message: Any) -> None:
         key = event.member_id.encode()
         partition = message.partition
-        state = self._load(key)
+        state = self._load(key, partition)
         try:
             outcome = self.engine.apply(state, event)
         except EventRejected as rejected:
@@ -297,7 +297,7 @@ class MemberProcessor:
             return
         for member_id in dict.fromkeys(self.deadlines.pop_due(partition, now)):
             key = member_id.encode()
-            state = self._load(key)
+            state = self._load(key, partition)
             if state is None:
                 continue
             if state.next_deadline is None or state.next_deadline > now:
@@ -308,12 +308,12 @@ class MemberProcessor:
 
     # --- state and outputs --------------------------------------------------------------------
 
-    def _load(self, key: bytes) -> MemberState | None:
+    def _load(self, key: bytes, partition: int) -> MemberState | None:
         """The member's newest state: from the open batch, else the table."""
         dirty = self._dirty.get(key)
         if dirty is not None:
             return dirty[1]
-        raw_state = self.store.get(key)
+        raw_state = self.store.get(key, partition)
         return decode_state(raw_state) if raw_state else None
 
     def _store(self, partition: int, key: bytes, outcome: Outcome) -> None:
@@ -448,7 +448,7 @@ class MemberProcessor:
     def _reevaluate_partition(self, partition: int) -> None:
         now = self.clocks.now(partition)
         for key, _ in list(self.store.partition_items(partition, self._partition_of)):
-            state = self._load(key)
+            state = self._load(key, partition)
             if state is None:
                 continue
             at = now if now is not None else state.watermark

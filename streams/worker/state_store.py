@@ -39,9 +39,17 @@ class MemberStore:
         self._in_flight: dict[bytes, tuple[int, bytes | None]] = {}
         self._written: asyncio.Future[None] | None = None  # the last staged batch's write
 
-    def get(self, key: bytes) -> bytes | None:
+    def get(self, key: bytes, partition: int) -> bytes | None:
+        """The member's newest state; `partition` is the member's home partition."""
         staged = self._in_flight.get(key)
-        return staged[1] if staged is not None else self.table.get(key)
+        if staged is not None:
+            return staged[1]
+        store = self.table.data
+        if isinstance(store, RocksDBStore):
+            # Straight from the partition's database: the table's own lookup reads RocksDB
+            # twice (contains, then get) through four layers of mappings.
+            return store._db_for_partition(partition).get(key)  # noqa: SLF001
+        return self.table.get(key)
 
     def partition_items(self, partition: int,
                         partition_of: Callable[[bytes], int]) -> Iterator[tuple[bytes, bytes]]:

@@ -35,11 +35,11 @@ async def test_a_staged_state_is_readable_but_not_stored_until_delivered() -> No
     table = DictTable()
     store = MemberStore(table, CHANGELOG)
     batch = store.stage([(b"M1", 0, b"state-1")])
-    assert store.get(b"M1") == b"state-1" and b"M1" not in table
+    assert store.get(b"M1", 0) == b"state-1" and b"M1" not in table
     assert dict(store.partition_items(0, lambda key: 0)) == {b"M1": b"state-1"}
     await store.write(batch, {(CHANGELOG, 0): 7})
     assert table[b"M1"] == b"state-1"
-    assert store.get(b"M1") == b"state-1"
+    assert store.get(b"M1", 0) == b"state-1"
 
 
 async def test_an_undelivered_batch_never_reaches_the_store() -> None:
@@ -48,7 +48,7 @@ async def test_an_undelivered_batch_never_reaches_the_store() -> None:
     table = DictTable({b"M1": b"delivered"})
     store = MemberStore(table, CHANGELOG)
     failed = store.stage([(b"M1", 0, b"undelivered")])
-    assert store.get(b"M1") == b"undelivered"
+    assert store.get(b"M1", 0) == b"undelivered"
     store.abandon(failed)  # its delivery failed; the process stops and restarts
     assert table[b"M1"] == b"delivered"
     later = store.stage([(b"M2", 0, b"next")])
@@ -73,7 +73,7 @@ async def test_batches_are_written_in_seal_order_whatever_order_they_are_deliver
     assert b"M1" not in table  # the second waits for the first
     first_delivered.set_result({(CHANGELOG, 1): 1})
     await asyncio.gather(writing_first, writing_second)
-    assert table[b"M1"] == b"newer" and store.get(b"M1") == b"newer"
+    assert table[b"M1"] == b"newer" and store.get(b"M1", 0) == b"newer"
 
 
 async def test_a_restaged_member_keeps_its_newest_state_in_flight() -> None:
@@ -82,7 +82,7 @@ async def test_a_restaged_member_keeps_its_newest_state_in_flight() -> None:
     first = store.stage([(b"M1", 0, b"a")])
     store.stage([(b"M1", 0, b"b")])
     await store.write(first, None)  # the first batch lands; the second is pending
-    assert store.get(b"M1") == b"b"
+    assert store.get(b"M1", 0) == b"b"
 
 
 async def test_revoked_partitions_drop_their_in_flight_states() -> None:
@@ -90,7 +90,7 @@ async def test_revoked_partitions_drop_their_in_flight_states() -> None:
     store = MemberStore(table, CHANGELOG)
     store.stage([(b"M1", 0, b"mine"), (b"M2", 3, b"theirs")])
     store.drop_in_flight({3})
-    assert store.get(b"M1") == b"mine" and store.get(b"M2") is None
+    assert store.get(b"M1", 0) == b"mine" and store.get(b"M2", 0) is None
 
 
 async def test_rocksdb_store_gets_the_states_and_the_persisted_changelog_offset(
@@ -155,9 +155,22 @@ async def test_an_erased_member_reads_as_absent_at_once_and_leaves_rocksdb_when_
     store = MemberStore(table, changelog)
     await store.write(store.stage([(b"A", 1, b"a"), (b"B", 1, b"b")]), {(changelog, 1): 2})
     batch = store.stage([(b"A", 1, None)])
-    assert store.get(b"A") is None  # in flight: already gone for later events
+    assert store.get(b"A", 1) is None  # in flight: already gone for later events
     assert dict(store.partition_items(1, lambda key: 0)) == {b"B": b"b"}
     assert table.data._db_for_partition(1).get(b"A") == b"a"  # noqa: SLF001 - not delivered
     await store.write(batch, {(changelog, 1): 3})
     assert table.data._db_for_partition(1).get(b"A") is None  # noqa: SLF001
-    assert store.get(b"A") is None and dict(store.partition_items(1, lambda k: 0)) == {b"B": b"b"}
+    assert store.get(b"A", 1) is None
+    assert dict(store.partition_items(1, lambda k: 0)) == {b"B": b"b"}
+
+
+async def test_a_rocksdb_read_takes_the_state_from_the_members_partition_database(
+        tmp_path: Path) -> None:
+    table = rocksdb_table(tmp_path)
+    changelog = table.changelog_topic.get_topic_name()
+    store = MemberStore(table, changelog)
+    await store.write(store.stage([(b"A", 1, b"a"), (b"B", 2, b"b")]),
+                      {(changelog, 1): 0, (changelog, 2): 0})
+    assert store.get(b"A", 1) == b"a" and store.get(b"B", 2) == b"b"
+    assert store.get(b"A", 2) is None  # a state lives only in its home partition's database
+    assert store.get(b"C", 1) is None
