@@ -172,8 +172,8 @@ async def test_sink_rebuilds_when_redis_restarts_between_batches(
 async def test_sink_keeps_the_highest_version_of_every_task_and_erasure_deletes_them(
         stack, producer, sink, store):
     """tasks.changes next to the profiles: redelivered and older records change nothing, a
-    closed task leaves the open list, and a member's erasure (the profile tombstone) takes
-    every task of theirs, while an unreadable record is skipped, not stalled on."""
+    closed task leaves the open list, and a member's erasure (the tasks tombstone the worker
+    writes after the member's task records) takes every task of theirs, while an unreadable record is skipped, not stalled on."""
     tasks_topic = topic_names(stack).task_changes
     opened = [make_task(f"M{m:04d}", GUIDES[m % 3], change_id=f"c{m}") for m in range(30)]
     later = [closed(t, "done" if i % 2 else "lapsed") for i, t in enumerate(opened[:10])]
@@ -184,7 +184,12 @@ async def test_sink_keeps_the_highest_version_of_every_task_and_erasure_deletes_
     await producer.producer.send(tasks_topic, key=b"M0001", value=b"{not json")
     expected: dict[str, Any] = {}
     await produce(producer, [version(m, 0) for m in range(30)], expected)
-    await produce(producer, [("M0012", None)], expected)  # M0012 is erased
+    # M0012 is erased as the worker erases: a tasks tombstone behind the member's task records
+    # on its tasks.changes partition, and the profile tombstone. (Regression: the test once
+    # relied on the profile tombstone alone, whose order against the task records, on another
+    # topic, no one promises; a sink that read the tombstone first never converged.)
+    await producer.producer.send(tasks_topic, key=b"M0012", value=None)
+    await produce(producer, [("M0012", None)], expected)
 
     newest = {t["task_id"]: t for t in opened} | {t["task_id"]: t for t in later}
     del newest[opened[12]["task_id"]]
