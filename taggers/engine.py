@@ -77,6 +77,7 @@ class Engine:
             if any(rule.condition.next_change is not None or rule.ttl_s is not None
                    for rule in unit))
         self._index_sets: dict[Any, frozenset[int]] = {}
+        self._timed_subsets: dict[Any, tuple[int, ...]] = {}
         # Per unit, the earliest instant seen from which it holds nothing and has no deadline
         # for a member with no state (`_inert_for_new_member`); per event type, from when that
         # is so for every unit the event cannot change.
@@ -367,12 +368,10 @@ class Engine:
             kept = [v for i in range(0, len(series), 2)
                     if series[i] not in evaluated and series[i + 1] > now
                     for v in (series[i], series[i + 1])]
-        timed = self._timed_units
-        for index in indexes:
-            if index in timed:
-                at = self._unit_deadline(ctx, index)
-                if at is not None:
-                    kept.extend((index, at))
+        for index in self._timed_of(indexes):
+            at = self._unit_deadline(ctx, index)
+            if at is not None:
+                kept.extend((index, at))
         state.unit_deadlines = kept
         # the earliest of the units', the marked tags' and the tasks' expiries, and loyalty's
         loyalty_due = (self.loyalty.next_deadline(state.loyalty)
@@ -441,6 +440,17 @@ class Engine:
             if len(self._index_sets) >= 4096:  # deadline combinations are few; bound them
                 self._index_sets.clear()
             found = self._index_sets[indexes] = frozenset(indexes)
+        return found
+
+    def _timed_of(self, indexes: Any) -> tuple[int, ...]:
+        """Those of an evaluation's units that can change by time alone, in order; made once
+        per index tuple like `_index_set`."""
+        found = self._timed_subsets.get(indexes)
+        if found is None:
+            if len(self._timed_subsets) >= 4096:
+                self._timed_subsets.clear()
+            timed = self._timed_units
+            found = self._timed_subsets[indexes] = tuple(i for i in indexes if i in timed)
         return found
 
     @staticmethod
@@ -622,7 +632,10 @@ def _never_evaluated(state: MemberState) -> bool:
 
 
 def _has_pairs(state: MemberState) -> bool:
-    return any(guide.external_userid for guide in state.guides)
+    for guide in state.guides:  # a loop, not any(): most members have no guide at all
+        if guide.external_userid:
+            return True
+    return False
 
 
 def _seen(state: MemberState, digest: int) -> bool:
@@ -631,7 +644,21 @@ def _seen(state: MemberState, digest: int) -> bool:
 
 
 def _guides_of(state: MemberState) -> tuple[Guide, ...]:
-    return tuple(Guide(userid=g.userid, external_userid=g.external_userid) for g in state.guides)
+    links = state.guides
+    if not links:
+        return ()
+    key = tuple(links)
+    found = _GUIDES.get(key)
+    if found is None:
+        if len(_GUIDES) >= 65_536:  # members share few guide sets; bound the memo anyway
+            _GUIDES.clear()
+        found = _GUIDES[key] = tuple(
+            Guide(userid=g.userid, external_userid=g.external_userid) for g in links)
+    return found
+
+
+# Guide links -> their Guide records; both are frozen, so one tuple serves every change.
+_GUIDES: dict[tuple[GuideLink, ...], tuple[Guide, ...]] = {}
 
 
 def _guided(state: MemberState, changes: list[TierChange]) -> list[TierChange]:

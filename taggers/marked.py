@@ -102,8 +102,12 @@ def share_of(tag_id: str, held: HeldTag, declared: MarkedTag | None) -> Share:
 
 def next_expiry(state: MemberState) -> int | None:
     """The earliest instant a marked tag of this member expires."""
-    return min((held.until for held in state.tags.values()
-                if held.until is not None and is_marked(held)), default=None)
+    best = None
+    for held in state.tags.values():
+        until = held.until
+        if until is not None and (best is None or until < best) and held.source != "rule":
+            best = until  # the source test is is_marked's, inline on this hot path
+    return best
 
 
 def expired(state: MemberState, until: int) -> list[tuple[str, HeldTag]]:
