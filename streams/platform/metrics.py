@@ -43,6 +43,17 @@ CONSUMER_LAG = Gauge(
     "tagstream_consumer_lag", "Records behind the end of the partition, per consumed partition.",
     ["group", "topic", "partition"], registry=REGISTRY)
 
+# The worker's pauses (streams/worker/pauses.py): what a latency tail is made of.
+_PAUSE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+GC_PAUSE_SECONDS = Histogram(
+    "tagstream_worker_gc_pause_seconds",
+    "Garbage collections of the worker process, by generation: the event loop is stopped.",
+    ["generation"], buckets=_PAUSE_BUCKETS, registry=REGISTRY)
+LOOP_LAG_SECONDS = Histogram(
+    "tagstream_worker_loop_lag_seconds",
+    "How late a sleeper on the worker's event loop woke: the time a callback held the loop.",
+    buckets=_PAUSE_BUCKETS, registry=REGISTRY)
+
 # --- Redis serving store (streams/serving/redis_sink.py) ---------------------------------------
 
 REDIS_PROFILES_WRITTEN = Counter(

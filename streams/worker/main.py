@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, replace
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 import faust
 
@@ -19,6 +19,7 @@ from streams.worker.app import create_app, kafka_producer
 from streams.worker.clock import PartitionClocks
 from streams.worker.members import MemberProcessor, register_member_agent
 from streams.worker.outbox import KafkaRecordSender
+from streams.worker.pauses import PauseMonitor
 from streams.worker.rules_watch import RulesWatcher
 from taggers.engine import Engine
 from taggers.rules import RulePack, load_rules
@@ -72,6 +73,7 @@ def build_worker(settings: Settings, pack: RulePack | None = None) -> WorkerPart
                         reorder_window_s=settings.reorder_window_s), settings.partitions,
         names, linger_s=settings.batch_linger_ms / 1000)
     register_member_agent(app, processor, topics, settings.timer_interval_s)
+    watch_pauses(app, PauseMonitor())
     if settings.rules_reload_s > 0:
         watcher = RulesWatcher(settings.rules_path, pack, lambda new: processor.use_rules(
             Engine(new, settings.allowed_lateness_s)))
@@ -79,6 +81,18 @@ def build_worker(settings: Settings, pack: RulePack | None = None) -> WorkerPart
     log.info("rules %s loaded from %s: %d tags", pack.version, settings.rules_path,
              len(pack.tags))
     return WorkerParts(app, processor)
+
+
+def watch_pauses(app: faust.App, monitor: PauseMonitor) -> None:
+    """The monitor runs while the worker does."""
+
+    @app.task
+    async def start_pause_monitor() -> None:
+        monitor.start()
+
+    @app.on_before_shutdown.connect
+    async def stop_pause_monitor(app: faust.App, **_: Any) -> None:
+        await monitor.stop()
 
 
 def _as_coroutine(check: Callable[[], object]) -> Callable[[], Awaitable[None]]:

@@ -73,6 +73,10 @@ async def test_absence_rule_fires_at_its_deadline_with_no_event(stack, tmp_path)
     assert f'tagstream_events_processed_total{{topic="{names.orders}"}} 6.0' in exposition
     assert 'tagstream_tag_changes_total{op="added",tag="quiet_3s"} 6.0' in exposition
     assert "tagstream_consumer_lag" in exposition
+    # the pause monitor runs in the worker: its sleeper woke many times over the test
+    lag_count = next(float(line.split()[-1]) for line in exposition.splitlines()
+                     if line.startswith("tagstream_worker_loop_lag_seconds_count"))
+    assert lag_count > 10
     delays.sort()
     print(f"\ndeadline -> tags.changes delay over {len(delays)} timers: "
           f"median {delays[len(delays) // 2] * 1000:.0f} ms, max {delays[-1] * 1000:.0f} ms")

@@ -113,3 +113,31 @@ def test_the_summary_shows_the_workers_comparison_only_when_it_ran() -> None:
     assert "2 workers" in shown and "900 events/s" in shown and "1.25 of 1 worker(s)" in shown
     assert "pipeline worker 1" in shown
     assert "workers " not in format_summary({"events": 1000}).split("\n", 1)[1]
+
+
+def test_pauses_between_two_readings_of_a_workers_metrics():
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from streams.tools.bench.pauses import GC, LOOP_LAG, parse_pauses, pauses_between
+
+    registry = CollectorRegistry()
+    buckets = (0.001, 0.01, 0.05, 0.1, 0.25)
+    gc_pause = Histogram(GC, "", ["generation"], buckets=buckets, registry=registry)
+    loop_lag = Histogram(LOOP_LAG, "", buckets=buckets, registry=registry)
+    gc_pause.labels("0").observe(0.0005)
+    loop_lag.observe(0.3)  # before the phase: not counted
+    before = parse_pauses(generate_latest(registry).decode())
+    for seconds in (0.0005, 0.0007):
+        gc_pause.labels("0").observe(seconds)
+    gc_pause.labels("2").observe(0.07)
+    for seconds in (0.0, 0.002, 0.06, 0.12):
+        loop_lag.observe(seconds)
+    after = parse_pauses(generate_latest(registry).decode())
+
+    assert pauses_between(before, after) == {
+        "gc": {"0": {"count": 2, "seconds": 0.001, "over_50ms": 0, "longest_at_most_s": "0.001"},
+               "2": {"count": 1, "seconds": 0.07, "over_50ms": 1, "longest_at_most_s": "0.1"}},
+        "loop_lag": {"wakes": 4, "over_50ms": 2, "over_100ms": 1, "longest_at_most_s": "0.25"}}
+    # a worker that paused nothing in the phase
+    assert pauses_between(after, after)["loop_lag"] == {
+        "wakes": 0, "over_50ms": 0, "over_100ms": 0, "longest_at_most_s": None}

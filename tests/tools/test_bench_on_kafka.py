@@ -56,6 +56,9 @@ def test_bench_runs_and_its_json_has_every_field(tmp_path):
         assert result["details"]["restart"][case]["ready_s"] == result["restart"][f"{case}_s"]
     for name in ("p50", "p99", "sent", "received", "floor"):
         assert name in result["latency_ms"], name
+    # the worker's pauses over the latency phase, read from its /metrics before and after
+    [pauses] = result["details"]["latency_pauses"]
+    assert pauses["loop_lag"]["wakes"] > 0
     # the second pass, two workers, against the first in the same run
     compare = result["workers_compare"]
     assert compare["workers"] == 2 and compare["one_pass_workers"] == 1

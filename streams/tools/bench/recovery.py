@@ -18,6 +18,7 @@ from streams.tools.bench.common import (
     _unused_ports, cpu_seconds,
 )
 from streams.tools.bench.latency import measure_latency
+from streams.tools.bench.pauses import pauses_between, read_pauses
 from streams.tools.bench.pipeline import _start_workers
 from streams.tools.bench.profiling import _start_py_spy, _stop_py_spy
 
@@ -69,11 +70,22 @@ async def _restart_and_latency(run: _Run) -> None:
     cpu_pids = {**{w.name: w.pid for w in workers}, **_stack_pids(run),
                 "redis sink": next(c.pid for c in run.children if c.name == "redis sink"),
                 "bench (producer and reader)": os.getpid()}
+    web_ports = [w.web_port for w in workers if w.web_port is not None]
+    pauses_before = await read_pauses(web_ports)
     cpu_before = {name: cpu_seconds(pid) for name, pid in cpu_pids.items()}
     cpu_from = time.time()
     run.result["latency_ms"] = await measure_latency(run, rate, options.latency_s, workers,
                                                      first=floor["sent"])
     cpu_window = time.time() - cpu_from
+    pauses = [pauses_between(before, after) for before, after
+              in zip(pauses_before, await read_pauses(web_ports))]
+    run.result["details"]["latency_pauses"] = pauses
+    for worker, paused in zip(workers, pauses):
+        lag = paused["loop_lag"]
+        run.say(f"latency: {worker.name}'s loop woke over 50 ms late {lag['over_50ms']} times "
+                f"(over 100 ms {lag['over_100ms']}); collections: " + (", ".join(
+                    f"gen {g} x{c['count']} ({c['seconds']} s)"
+                    for g, c in paused["gc"].items()) or "none"))
     run.result["details"]["latency_cpu_pct_of_one_core"] = {
         name: round(100 * (cpu_seconds(pid) - cpu_before[name]) / cpu_window, 1)
         for name, pid in cpu_pids.items()}

@@ -1,0 +1,60 @@
+"""How long the worker's event loop could not run: garbage collections and loop lag.
+
+A tag change waits for everything else the loop does first, so a latency tail is a pause:
+a collection of the older generations, or one long callback. Both are exported as
+histograms on the worker's `/metrics` (and read by `tagstream bench` around its latency
+phase), so an operator can tell a slow pipeline from a paused one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import time
+from typing import Any, Callable
+
+from streams.platform import metrics
+
+
+class PauseMonitor:
+    """Times every garbage collection (`gc.callbacks`) and, while started, how late a
+    sleeper of `interval_s` wakes (the loop's lag). `clock` is monotonic seconds."""
+
+    def __init__(self, interval_s: float = 0.01,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self.interval_s = interval_s
+        self._clock = clock
+        self._gc_started: float | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._on_gc not in gc.callbacks:
+            gc.callbacks.append(self._on_gc)
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._watch())
+
+    async def stop(self) -> None:
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+
+    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._gc_started = self._clock()
+        elif self._gc_started is not None:
+            metrics.GC_PAUSE_SECONDS.labels(str(info["generation"])).observe(
+                self._clock() - self._gc_started)
+            self._gc_started = None
+
+    async def _watch(self) -> None:
+        clock, interval = self._clock, self.interval_s
+        while True:
+            asleep = clock()
+            await asyncio.sleep(interval)
+            metrics.LOOP_LAG_SECONDS.observe(max(0.0, clock() - asleep - interval))
