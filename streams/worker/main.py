@@ -84,11 +84,19 @@ def build_worker(settings: Settings, pack: RulePack | None = None) -> WorkerPart
 
 
 def watch_pauses(app: faust.App, monitor: PauseMonitor) -> None:
-    """The monitor runs while the worker does."""
+    """The monitor runs while the worker does; once the worker has first recovered its
+    tables, what it holds then is frozen out of the garbage collector's walks."""
 
     @app.task
     async def start_pause_monitor() -> None:
         monitor.start()
+
+    @app.timer(1.0)
+    async def freeze_once_recovered() -> None:
+        if monitor.frozen is None and app.tables.recovery.completed.is_set() \
+                and not (app.rebalancing or app.in_recovery):
+            log.info("froze %d objects alive after recovery out of the garbage collector's "
+                     "walks", monitor.freeze_survivors())
 
     @app.on_before_shutdown.connect
     async def stop_pause_monitor(app: faust.App, **_: Any) -> None:

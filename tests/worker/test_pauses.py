@@ -72,3 +72,13 @@ async def test_loop_lag_is_how_late_the_sleeper_woke() -> None:
     assert between_50_and_100_ms() == before + 1
     assert _bucket(name, "+Inf") - _bucket(name, "0.1") == over_100_ms
 
+
+def test_freeze_survivors_takes_what_is_alive_out_of_the_collections() -> None:
+    monitor = PauseMonitor()
+    survivor = [object() for _ in range(1000)]
+    try:
+        frozen = monitor.freeze_survivors()
+        assert monitor.frozen == frozen == gc.get_freeze_count() >= len(survivor)
+        assert not any(obj is survivor for obj in gc.get_objects())  # no longer walked
+    finally:
+        gc.unfreeze()
