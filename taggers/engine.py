@@ -587,6 +587,8 @@ class Engine:
             prune_keys(series, today - retention.get(name, 0) + 1)
             if not series:
                 del distinct[name]
+        if not state.pending:
+            return
         for tracker in self.pack.trackers:
             keys = state.pending.get(tracker.name)
             if keys:

@@ -43,7 +43,7 @@ import functools
 import hashlib
 import re
 from bisect import bisect_left
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 from itertools import accumulate
 from typing import Any, Callable
@@ -112,6 +112,12 @@ class LoyaltyProgram:
     refund_window_days: int
     settle_shortfall: bool
     calendar: LocalCalendar
+    # level id -> its index in `levels` (made from them; a level read on every event)
+    _level_indexes: dict[str, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_level_indexes",
+                           {level.id: i for i, level in reversed(list(enumerate(self.levels)))})
 
     # --- events -------------------------------------------------------------------------------
 
@@ -424,10 +430,7 @@ class LoyaltyProgram:
 
     def _level_index(self, state: LoyaltyState) -> int:
         """A level the rule file no longer has counts as the lowest."""
-        for i, level in enumerate(self.levels):
-            if level.id == state.level:
-                return i
-        return 0
+        return self._level_indexes.get(state.level, 0)
 
     def _prune(self, state: LoyaltyState, day: int) -> None:
         state.growth = _drop_growth_before(state.growth,

@@ -44,5 +44,7 @@ def prune_buckets(series: list[int], low_day: int) -> None:
 
 
 def prune_keys(series: list[int], low_day: int) -> None:
+    if min(series[1::2], default=low_day) >= low_day:
+        return  # every key was seen on or after low_day: nothing to drop, no copy
     series[:] = [v for i in range(0, len(series), 2) if series[i + 1] >= low_day
                  for v in (series[i], series[i + 1])]
