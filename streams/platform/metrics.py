@@ -15,6 +15,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client import generate_latest
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+# Every timing histogram's buckets, 1 ms to 2.5 s, so their quantiles read alike.
+_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 
 # --- worker (incremented by the member agent and the timers) -----------------------------------
 
@@ -44,15 +46,14 @@ CONSUMER_LAG = Gauge(
     ["group", "topic", "partition"], registry=REGISTRY)
 
 # The worker's pauses (streams/worker/pauses.py): what a latency tail is made of.
-_PAUSE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 GC_PAUSE_SECONDS = Histogram(
     "tagstream_worker_gc_pause_seconds",
     "Garbage collections of the worker process, by generation: the event loop is stopped.",
-    ["generation"], buckets=_PAUSE_BUCKETS, registry=REGISTRY)
+    ["generation"], buckets=_SECONDS_BUCKETS, registry=REGISTRY)
 LOOP_LAG_SECONDS = Histogram(
     "tagstream_worker_loop_lag_seconds",
     "How late a sleeper on the worker's event loop woke: the time a callback held the loop.",
-    buckets=_PAUSE_BUCKETS, registry=REGISTRY)
+    buckets=_SECONDS_BUCKETS, registry=REGISTRY)
 
 # --- Redis serving store (streams/serving/redis_sink.py) ---------------------------------------
 
@@ -66,7 +67,7 @@ REDIS_WRITE_FAILURES = Counter(
     registry=REGISTRY)
 REDIS_BATCH_SECONDS = Histogram(
     "tagstream_redis_batch_seconds", "Time to write one batch of profiles to Redis.",
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5), registry=REGISTRY)
+    buckets=_SECONDS_BUCKETS, registry=REGISTRY)
 
 # --- WeCom sync -------------------------------------------------------------------------------
 
@@ -81,7 +82,7 @@ API_REQUESTS = Counter(
     ["route", "method", "status"], registry=REGISTRY)
 API_REQUEST_SECONDS = Histogram(
     "tagstream_api_request_seconds", "Guide API response time (to the response head for feeds).",
-    ["route"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+    ["route"], buckets=_SECONDS_BUCKETS,
     registry=REGISTRY)
 SSE_CLIENTS = Gauge(
     "tagstream_api_sse_clients", "Feed (server-sent events) connections open now.",
