@@ -105,8 +105,8 @@ def next_expiry(state: MemberState) -> int | None:
     best = None
     for held in state.tags.values():
         until = held.until
-        if until is not None and (best is None or until < best) and held.source != "rule":
-            best = until  # the source test is is_marked's, inline on this hot path
+        if until is not None and (best is None or until < best) and is_marked(held):
+            best = until
     return best
 
 
