@@ -76,8 +76,7 @@ class Engine:
             i for i, unit in enumerate(pack.units)
             if any(rule.condition.next_change is not None or rule.ttl_s is not None
                    for rule in unit))
-        self._index_sets: dict[Any, frozenset[int]] = {}
-        self._timed_subsets: dict[Any, tuple[int, ...]] = {}
+        self._unit_views: dict[Any, tuple[frozenset[int], tuple[int, ...]]] = {}
         # Per unit, the earliest instant seen from which it holds nothing and has no deadline
         # for a member with no state (`_inert_for_new_member`); per event type, from when that
         # is so for every unit the event cannot change.
@@ -361,14 +360,14 @@ class Engine:
         """Recompute the deadlines of the evaluated units; the others keep theirs."""
         series = state.unit_deadlines
         now = ctx.now
+        evaluated, timed = self._units_of(indexes)
         if full or not series:
             kept = []
         else:
-            evaluated = self._index_set(indexes)
             kept = [v for i in range(0, len(series), 2)
                     if series[i] not in evaluated and series[i + 1] > now
                     for v in (series[i], series[i + 1])]
-        for index in self._timed_of(indexes):
+        for index in timed:
             at = self._unit_deadline(ctx, index)
             if at is not None:
                 kept.extend((index, at))
@@ -433,24 +432,17 @@ class Engine:
         self._inert_since[index] = now
         return True
 
-    def _index_set(self, indexes: Any) -> frozenset[int]:
-        """The units of one evaluation as a set; the pack's few index tuples, made once."""
-        found = self._index_sets.get(indexes)
+    def _units_of(self, indexes: Any) -> tuple[frozenset[int], tuple[int, ...]]:
+        """The units of one evaluation as a set, and those of them that can change by time
+        alone, in order; made once per index tuple (the pack's few, and the deadline
+        combinations, which are few too: the memo is bounded anyway)."""
+        found = self._unit_views.get(indexes)
         if found is None:
-            if len(self._index_sets) >= 4096:  # deadline combinations are few; bound them
-                self._index_sets.clear()
-            found = self._index_sets[indexes] = frozenset(indexes)
-        return found
-
-    def _timed_of(self, indexes: Any) -> tuple[int, ...]:
-        """Those of an evaluation's units that can change by time alone, in order; made once
-        per index tuple like `_index_set`."""
-        found = self._timed_subsets.get(indexes)
-        if found is None:
-            if len(self._timed_subsets) >= 4096:
-                self._timed_subsets.clear()
+            if len(self._unit_views) >= 4096:
+                self._unit_views.clear()
             timed = self._timed_units
-            found = self._timed_subsets[indexes] = tuple(i for i in indexes if i in timed)
+            found = self._unit_views[indexes] = (
+                frozenset(indexes), tuple(i for i in indexes if i in timed))
         return found
 
     @staticmethod
