@@ -17,7 +17,7 @@ from streams.platform.topics import declare_topics, topic_names
 from streams.worker import compat
 from streams.worker.app import create_app, kafka_producer
 from streams.worker.clock import PartitionClocks
-from streams.worker.members import MemberProcessor, register_member_agent
+from streams.worker.members import MemberProcessor, recovering, register_member_agent
 from streams.worker.outbox import KafkaRecordSender
 from streams.worker.pauses import PauseMonitor
 from streams.worker.rules_watch import RulesWatcher
@@ -93,8 +93,7 @@ def watch_pauses(app: faust.App, monitor: PauseMonitor) -> None:
 
     @app.timer(1.0)
     async def freeze_once_recovered() -> None:
-        if monitor.frozen is None and app.tables.recovery.completed.is_set() \
-                and not (app.rebalancing or app.in_recovery):
+        if monitor.frozen is None and not recovering(app):
             log.info("froze %d objects alive after recovery out of the garbage collector's "
                      "walks", monitor.freeze_survivors())
 

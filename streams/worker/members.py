@@ -624,13 +624,16 @@ class BatchShipper:
             self._in_flight = collections.deque(t for t in self._in_flight if not t.done())
 
 
+def recovering(app: faust.App) -> bool:
+    """A rebalance or a table recovery is under way: the table is not yet whole."""
+    return bool(app.rebalancing or app.in_recovery
+                or not app.tables.recovery.completed.is_set())
+
+
 def register_member_agent(app: faust.App, processor: MemberProcessor, topics: Topics,
                           timer_interval_s: float) -> None:
-    def recovering() -> bool:
-        return bool(app.rebalancing or app.in_recovery
-                    or not app.tables.recovery.completed.is_set())
-
-    shipper = BatchShipper(processor, on_failure=app.crash, paused=recovering)
+    shipper = BatchShipper(processor, on_failure=app.crash,
+                           paused=functools.partial(recovering, app))
     event_topics = processor.names.events
 
     def rewind(topic: str, partition: int, offset: int) -> None:
@@ -651,7 +654,7 @@ def register_member_agent(app: faust.App, processor: MemberProcessor, topics: To
     @app.timer(timer_interval_s)
     async def tick() -> None:
         """Deadlines fire with no event needed."""
-        if recovering():
+        if recovering(app):
             # Mid-rebalance the table is still being restored: a deadline heap built now
             # would miss the members not yet recovered, and their deadlines would never fire.
             return
