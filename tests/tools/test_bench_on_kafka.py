@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -32,7 +33,8 @@ def test_bench_runs_and_its_json_has_every_field(tmp_path):
     workdir = tmp_path / "bench"
     run = subprocess.run(
         [sys.executable, "-m", "streams.ops.cli", "bench", "--members", str(MEMBERS), "--events",
-         str(EVENTS), "--partitions", "2", "--latency-seconds", "2", "--compare-workers", "2",
+         str(EVENTS), "--partitions", "2", "--latency-seconds", "2", "--latency-rate", "40",
+         "--compare-workers", "2",
          "--json",
          "--workdir", str(workdir)],
         env={**os.environ, "TAGSTREAM_DATA_DIR": str(tmp_path / "data")},
@@ -56,6 +58,11 @@ def test_bench_runs_and_its_json_has_every_field(tmp_path):
         assert result["details"]["restart"][case]["ready_s"] == result["restart"][f"{case}_s"]
     for name in ("p50", "p99", "sent", "received", "floor"):
         assert name in result["latency_ms"], name
+    assert result["latency_ms"]["target_rate_eps"] == 40
+    # each order's latency, for finding when the slow ones were sent
+    per_order = Path(result["latency_ms"]["per_order"]).read_text().splitlines()
+    assert per_order[0] == "sent_ms,latency_ms,partition"
+    assert len(per_order) - 1 == result["latency_ms"]["received"] > 0
     # the worker's pauses over the latency phase, read from its /metrics before and after
     [pauses] = result["details"]["latency_pauses"]
     assert pauses["loop_lag"]["wakes"] > 0

@@ -102,6 +102,7 @@ class BenchOptions:
     keep_stack: bool = False  # leave the private broker and Redis running afterwards
     profile: str | None = None  # "py-spy" or "pyinstrument": the pipeline workers run under it
     latency_s: float = 25.0
+    latency_rate: float | None = None  # live orders/s; None: half the measured pipeline rate
     seed: int = 1
     history_end: datetime | None = None  # default: now (see _generate)
     # No new tag change for this long: the pipeline is done (or stuck); missing changes are

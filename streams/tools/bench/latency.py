@@ -45,6 +45,7 @@ async def measure_latency(run: _Run, rate: float, seconds: float, watched: list[
     await consumer.start()
     sent_at: dict[bytes, float] = {}  # event_id -> perf_counter when sent
     latencies: list[float] = []
+    samples: list[tuple[float, float, int]] = []  # (sent, ms after the start), ms, partition
     done = asyncio.Event()
     sending = True
     try:
@@ -68,12 +69,14 @@ async def measure_latency(run: _Run, rate: float, seconds: float, watched: list[
                         sent = sent_at.pop(event_id, None)
                         if sent is not None:
                             latencies.append((received - sent) * 1000)
+                            samples.append(((sent - started) * 1000, latencies[-1],
+                                            message.partition))
                 if not sending and not sent_at:
                     done.set()
 
+        started = time.perf_counter()
         reader = asyncio.create_task(read())
         deliveries: list[asyncio.Future] = []
-        started = time.perf_counter()
         number = 0
         while (now := time.perf_counter()) - started < seconds:
             due = int((now - started) * rate)
@@ -100,13 +103,17 @@ async def measure_latency(run: _Run, rate: float, seconds: float, watched: list[
     finally:
         await producer.stop()
         await consumer.stop()
+    samples_path = run.workdir / f"latency-{rate:g}-per-second.csv"
+    samples_path.write_text("sent_ms,latency_ms,partition\n" + "".join(
+        f"{sent:.1f},{ms:.1f},{partition}\n" for sent, ms, partition in sorted(samples)))
     ordered = sorted(latencies)
     summary = {
         "p50": _round(_quantile(ordered, 0.5)), "p90": _round(_quantile(ordered, 0.9)),
         "p99": _round(_quantile(ordered, 0.99)), "max": _round(ordered[-1] if ordered else None),
         "rate_eps": round(number / sent_seconds, 1) if sent_seconds else 0.0,
         "target_rate_eps": round(rate, 1), "sent": number, "received": len(ordered),
-        "missing": number - len(ordered), "seconds": round(sent_seconds, 1)}
+        "missing": number - len(ordered), "seconds": round(sent_seconds, 1),
+        "per_order": str(samples_path)}
     run.say(f"latency: p50 {summary['p50']} ms, p99 {summary['p99']} ms over "
             f"{len(ordered):,} of {number:,} live orders")
     return summary

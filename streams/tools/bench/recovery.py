@@ -65,7 +65,7 @@ async def _restart_and_latency(run: _Run) -> None:
     # with no queueing; then half the measured maximum rate.
     floor = await measure_latency(run, FLOOR_RATE, min(FLOOR_SECONDS, options.latency_s),
                                   workers, first=0)
-    rate = max(1.0, run.result["pipeline_eps"] * 0.5)
+    rate = options.latency_rate or max(1.0, run.result["pipeline_eps"] * 0.5)
     spies = _start_py_spy(run, workers, "latency") if options.profile == "py-spy" else []
     cpu_pids = {**{w.name: w.pid for w in workers}, **_stack_pids(run),
                 "redis sink": next(c.pid for c in run.children if c.name == "redis sink"),
