@@ -62,6 +62,9 @@ class Settings:
     # How long the member agent's open batch collects before it is shipped (the latency a
     # quiet stream adds; a busy one ships every batch this often, or at 5,000 events).
     batch_linger_ms: int = 20
+    # How long a worker's fetch may wait at the broker for a message: the longest a message
+    # can sit behind a fetch of quiet partitions (streams/worker/compat.py, item 4).
+    consumer_fetch_max_wait_ms: int = 100
     # How often a worker checks the rule file for a new version (0: never).
     rules_reload_s: float = 5.0
     # Worker
@@ -133,6 +136,8 @@ class Settings:
             raise SettingsError("TAGSTREAM_WECOM_CALLS_PER_MINUTE must be at least 10")
         if settings.wecom_coalesce_ms < 0:
             raise SettingsError("TAGSTREAM_WECOM_COALESCE_MS must not be negative")
+        if settings.consumer_fetch_max_wait_ms < 0:
+            raise SettingsError("TAGSTREAM_CONSUMER_FETCH_MAX_WAIT_MS must not be negative")
         check_topic_namespace(settings.topic_namespace)
         check_security(settings)
         return settings
@@ -161,6 +166,7 @@ ENV_NAMES: dict[str, str] = {
     "reorder_window_s": "TAGSTREAM_REORDER_WINDOW_S",
     "timer_interval_s": "TAGSTREAM_TIMER_INTERVAL_S",
     "batch_linger_ms": "TAGSTREAM_BATCH_LINGER_MS",
+    "consumer_fetch_max_wait_ms": "TAGSTREAM_CONSUMER_FETCH_MAX_WAIT_MS",
     "rules_reload_s": "TAGSTREAM_RULES_RELOAD_S",
     "web_port": "TAGSTREAM_WEB_PORT",
     "data_dir": "TAGSTREAM_DATA_DIR",

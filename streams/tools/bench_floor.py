@@ -55,7 +55,7 @@ def main(argv: list[str]) -> None:
     settings = Settings.from_env()
     # the worker's Faust, adjusted as streams/worker/main.py run_worker does; the floor's agent
     # acknowledges outside compat.acknowledging, so none of its topics is guarded
-    compat.install(agent_topics=())
+    compat.install(agent_topics=(), fetch_max_wait_ms=settings.consumer_fetch_max_wait_ms)
     settings.worker_data_dir.mkdir(parents=True, exist_ok=True)
     app = build_floor_app(settings, messages, report)
     quiet_worker(app, settings.log_level).execute_from_commandline()

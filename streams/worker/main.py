@@ -111,7 +111,8 @@ def _as_coroutine(check: Callable[[], object]) -> Callable[[], Awaitable[None]]:
 
 def run_worker(settings: Settings) -> None:
     install_log_redaction(settings)
-    compat.install(agent_topics=topic_names(settings).inbound)
+    compat.install(agent_topics=topic_names(settings).inbound,
+                   fetch_max_wait_ms=settings.consumer_fetch_max_wait_ms)
     pack = load_rules(settings.rules_path)  # a bad rule file stops the worker before Kafka
     # Faust creates the changelog topic itself, with the app's replication: resolve "0" first.
     replication = asyncio.run(ensure_tagstream_topics(settings))

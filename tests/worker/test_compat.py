@@ -11,6 +11,7 @@ from collections import defaultdict
 
 from faust.tables.recovery import Recovery
 from faust.transport.consumer import Consumer
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.types import TP
 
 import pytest
@@ -19,6 +20,7 @@ from streams.worker import compat
 
 
 AGENT_TOPICS = ("events.orders", "tagstream-events.reroute")
+FETCH_MAX_WAIT_MS = 100
 
 
 @pytest.fixture(autouse=True)
@@ -28,8 +30,11 @@ def adjusted(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(Recovery, "on_recovery_completed", Recovery.on_recovery_completed)
     monkeypatch.setattr(Consumer, "ack", Consumer.ack)
     monkeypatch.setattr(Consumer, "perform_seek", Consumer.perform_seek)
+    monkeypatch.setattr(AIOKafkaConsumerThread, "_create_worker_consumer",
+                        AIOKafkaConsumerThread._create_worker_consumer)
     monkeypatch.setattr(compat, "_agent_topics", compat._agent_topics)
-    compat.install(AGENT_TOPICS)
+    monkeypatch.setattr(compat, "_fetch_max_wait_ms", compat._fetch_max_wait_ms)
+    compat.install(AGENT_TOPICS, FETCH_MAX_WAIT_MS)
 
 
 class RecordingConsumer:
@@ -101,8 +106,8 @@ async def test_a_recovery_overtaken_by_a_new_rebalance_neither_seeks_nor_resumes
 
 
 def test_installing_twice_keeps_one_adjustment() -> None:
-    compat.install(AGENT_TOPICS)
-    compat.install(AGENT_TOPICS)
+    compat.install(AGENT_TOPICS, FETCH_MAX_WAIT_MS)
+    compat.install(AGENT_TOPICS, FETCH_MAX_WAIT_MS)
     assert compat.installed()
 
 
@@ -231,3 +236,35 @@ async def test_a_rewind_seeks_in_the_consumer_thread_and_moves_fausts_read_posit
     consumer._read_offset[tp] = 97
     await compat.rewind(consumer, "events.orders", 2, 40)
     assert consumer._thread.sought == [{tp: 40}] and consumer._read_offset[tp] == 40
+
+
+# --- 4. the worker consumer's fetch wait is a setting ----------------------------------------
+
+def worker_consumer_thread() -> Any:
+    """Faust's consumer thread of a worker app (not started: nothing connects)."""
+    from streams.platform.settings import Settings
+    from streams.worker.app import create_app
+
+    consumer = create_app(Settings(broker="kafka://127.0.0.1:9")).consumer
+    return consumer._thread, consumer.transport
+
+
+async def test_the_worker_consumer_fetches_with_the_configured_wait() -> None:
+    thread, transport = worker_consumer_thread()
+    consumer = thread._create_worker_consumer(transport)
+    try:
+        assert consumer._fetch_max_wait_ms == FETCH_MAX_WAIT_MS
+    finally:
+        await consumer.stop()  # never started: only closes its client
+
+
+async def test_faust_alone_waits_a_second_and_a_half(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the adjustment is for: Faust's own worker consumer holds a fetch up to 1.5 s."""
+    monkeypatch.setattr(AIOKafkaConsumerThread, "_create_worker_consumer",
+                        compat._create_worker_consumer)
+    thread, transport = worker_consumer_thread()
+    consumer = thread._create_worker_consumer(transport)
+    try:
+        assert consumer._fetch_max_wait_ms == 1500
+    finally:
+        await consumer.stop()
