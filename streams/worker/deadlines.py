@@ -1,9 +1,12 @@
 """Which members have a deadline due, per partition, without scanning the state table.
 
-A min-heap of (deadline, member_id) per partition. Entries are never updated in place: a
-member whose deadline moves gets a new entry and the old one is discarded when it surfaces
-(the state's own `next_deadline` is the truth). A tick therefore costs one heap pop per due
-or stale entry, never a pass over all members.
+A min-heap of (deadline, member_id) per partition, and each member's current deadline.
+Entries are never updated in place: a member whose deadline moves gets a new entry, and the
+old one is dropped when it surfaces, because it is no longer the member's current deadline.
+A member whose deadline did not move adds nothing, and when stale entries outnumber the
+members the heap is rebuilt from the current deadlines, so the heap stays within twice the
+members with a deadline (plus a little) instead of growing by one entry per event. A tick
+costs one heap pop per due or stale entry, never a pass over all members.
 """
 
 from __future__ import annotations
@@ -11,32 +14,67 @@ from __future__ import annotations
 import heapq
 from typing import Iterable
 
+# Stale entries tolerated beyond one per member before the heap is rebuilt: a small heap is
+# never rebuilt, a large one at most once per as many pushes as it has members.
+COMPACT_SLACK = 1024
+
 
 class DeadlineIndex:
     def __init__(self) -> None:
         self._heaps: dict[int, list[tuple[int, str]]] = {}
+        self._current: dict[int, dict[str, int]] = {}  # partition -> member -> deadline
 
     def is_loaded(self, partition: int) -> bool:
         return partition in self._heaps
 
     def load(self, partition: int, entries: Iterable[tuple[int, str]]) -> None:
-        heap = list(entries)
-        heapq.heapify(heap)
-        self._heaps[partition] = heap
+        current = {member_id: deadline for deadline, member_id in entries}
+        self._current[partition] = current
+        self._heaps[partition] = _heap_of(current)
 
     def push(self, partition: int, deadline: int | None, member_id: str) -> None:
-        if deadline is not None:
-            heapq.heappush(self._heaps.setdefault(partition, []), (deadline, member_id))
+        """The member's deadline is now `deadline` (None: it has none)."""
+        if deadline is None:
+            current = self._current.get(partition)
+            if current:
+                current.pop(member_id, None)  # its entries in the heap are stale now
+            return
+        current = self._current.setdefault(partition, {})
+        if current.get(member_id) == deadline:
+            return
+        current[member_id] = deadline
+        heap = self._heaps.setdefault(partition, [])
+        heapq.heappush(heap, (deadline, member_id))
+        if len(heap) > 2 * len(current) + COMPACT_SLACK:
+            self._heaps[partition] = _heap_of(current)
 
     def pop_due(self, partition: int, now: int) -> list[str]:
+        """The members whose current deadline is at or before `now`, each once, in deadline
+        order; they have no deadline here until pushed again."""
         heap = self._heaps.get(partition)
+        current = self._current.get(partition, {})
         due: list[str] = []
         while heap and heap[0][0] <= now:
-            due.append(heapq.heappop(heap)[1])
+            deadline, member_id = heapq.heappop(heap)
+            if current.get(member_id) == deadline:
+                del current[member_id]
+                due.append(member_id)
         return due
 
     def drop(self, partition: int) -> None:
         self._heaps.pop(partition, None)
+        self._current.pop(partition, None)
 
     def __len__(self) -> int:
+        """Members with a deadline."""
+        return sum(len(current) for current in self._current.values())
+
+    def heap_entries(self) -> int:
+        """Entries in the heaps, stale ones included."""
         return sum(len(heap) for heap in self._heaps.values())
+
+
+def _heap_of(current: dict[str, int]) -> list[tuple[int, str]]:
+    heap = [(deadline, member_id) for member_id, deadline in current.items()]
+    heapq.heapify(heap)
+    return heap

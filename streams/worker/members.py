@@ -295,13 +295,15 @@ class MemberProcessor:
         now = self.clocks.now(partition)
         if now is None:
             return
-        for member_id in dict.fromkeys(self.deadlines.pop_due(partition, now)):
+        for member_id in self.deadlines.pop_due(partition, now):
             key = member_id.encode()
             state = self._load(key, partition)
             if state is None:
-                continue
+                continue  # erased
             if state.next_deadline is None or state.next_deadline > now:
-                continue  # a stale heap entry: the member's deadline moved
+                # the state is the truth; the index has no entry for the member now
+                self.deadlines.push(partition, state.next_deadline, member_id)
+                continue
             outcome = self.engine.advance(state, now)
             self.counters.timers_fired += 1
             self._store(partition, key, outcome)

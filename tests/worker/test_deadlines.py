@@ -1,8 +1,9 @@
-"""The per-partition deadline heap: due members in deadline order, stale entries surfacing."""
+"""The per-partition deadline heap: due members in deadline order, stale entries dropped, and
+the heap bounded by the members rather than by the events."""
 
 from __future__ import annotations
 
-from streams.worker.deadlines import DeadlineIndex
+from streams.worker.deadlines import COMPACT_SLACK, DeadlineIndex
 
 
 def test_due_members_come_out_in_deadline_order_and_only_once() -> None:
@@ -22,16 +23,43 @@ def test_partitions_are_apart_and_a_dropped_one_must_be_loaded_again() -> None:
     assert not index.is_loaded(2) and index.pop_due(2, 9) == []
 
 
-def test_a_moved_deadline_leaves_a_stale_entry_that_the_caller_skips() -> None:
-    """Entries are never updated in place: both surface, the state decides (members.py)."""
+def test_a_moved_deadline_fires_at_its_new_time_only() -> None:
     index = DeadlineIndex()
     index.push(0, 10, "A")
-    index.push(0, 40, "A")  # A's deadline moved later
-    assert index.pop_due(0, 10) == ["A"]  # the stale one: the state says 40, so it is skipped
-    assert index.pop_due(0, 40) == ["A"]
+    index.push(0, 40, "A")  # A's deadline moved later: the entry at 10 is stale
+    assert index.pop_due(0, 10) == []
+    index.push(0, 5, "A")  # and earlier again
+    assert index.pop_due(0, 39) == ["A"] and index.pop_due(0, 40) == []
+
+
+def test_a_member_that_no_longer_has_a_deadline_does_not_fire() -> None:
+    index = DeadlineIndex()
+    index.push(0, 10, "A")
+    index.push(0, None, "A")
+    assert index.pop_due(0, 10) == [] and len(index) == 0
 
 
 def test_no_deadline_adds_nothing() -> None:
     index = DeadlineIndex()
     index.push(0, None, "A")
     assert len(index) == 0 and not index.is_loaded(0)
+
+
+def test_an_unchanged_deadline_adds_no_entry() -> None:
+    """Regression: every event pushed an entry, so a worker's heaps grew with the events
+    (one per event with a timed rule) rather than with its members."""
+    index = DeadlineIndex()
+    for _ in range(10):
+        index.push(0, 100, "A")
+    assert index.heap_entries() == 1
+
+
+def test_stale_entries_are_bounded_by_the_members() -> None:
+    index = DeadlineIndex()
+    members = [f"m{n}" for n in range(100)]
+    for step in range(200):  # every member's deadline moves 200 times
+        for member in members:
+            index.push(0, 1_000 + step, member)
+    assert len(index) == 100
+    assert index.heap_entries() <= 2 * 100 + COMPACT_SLACK + 1
+    assert index.pop_due(0, 1_198) == [] and sorted(index.pop_due(0, 1_199)) == sorted(members)
