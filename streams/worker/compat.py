@@ -27,13 +27,14 @@ then start after them, the first commit passes them. With auto_offset_reset "ear
 beginning is where a commit would point, so this only makes the reset explicit.
 
 4. The worker consumer's fetch wait is a setting. Faust builds it with fetch_max_wait_ms=1500,
-hard-coded. While a stream's buffer is under pressure Faust stops asking for that partition's
-records; they stay in aiokafka's fetcher, which leaves the partition out of the next fetch.
-When only quiet partitions are left in the fetch in flight, the broker holds it the whole
-1.5 s, and the messages behind it wait as long. At 800 live orders/s (5,000 members) every
-order from the 7th second on took 1.0-1.7 s (p99 1,776 ms); with 100 ms no order waited a
-second. TAGSTREAM_CONSUMER_FETCH_MAX_WAIT_MS, 100 by default: an idle worker sends ten fetches
-a second instead of one every 1.5 s.
+hard-coded. aiokafka leaves a partition out of its next fetch while records fetched for it
+are still unconsumed (after a 100 ms back-off it fetches the node's other partitions). When
+the agent is still working through a large fetch of every busy partition, that next fetch
+holds only quiet ones, the broker keeps it the whole 1.5 s, and the busy partitions are
+fetched again only after it: the next fetch is large again, and the cycle repeats. At 800 live
+orders/s (5,000 members) every order from the 7th second on took 1.0-1.7 s (p99 1,776 ms);
+with 100 ms no order waited a second. TAGSTREAM_CONSUMER_FETCH_MAX_WAIT_MS, 100 by default:
+an idle worker sends ten fetches a second instead of one every 1.5 s.
 """
 
 from __future__ import annotations
