@@ -124,6 +124,17 @@ class MemberState(msgspec.Struct, array_like=True, gc=False):
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(MemberState)
 
+# A state's fields up to next_deadline, the ones before it kept as undecoded msgpack: reading
+# a stored state's deadline this way costs about a third of decoding the state (a fresh
+# worker reads every stored deadline to rebuild its deadline heaps).
+_DEADLINE_AT = MemberState.__struct_fields__.index("next_deadline")
+_DeadlineOnly = msgspec.defstruct(
+    "_DeadlineOnly",
+    [(name, msgspec.Raw, msgspec.Raw()) for name in MemberState.__struct_fields__[:_DEADLINE_AT]]
+    + [("next_deadline", int | None, None)],
+    array_like=True, gc=False)
+_deadline_decoder = msgspec.msgpack.Decoder(_DeadlineOnly)
+
 
 def encode_state(state: MemberState) -> bytes:
     return _encoder.encode(state)
@@ -131,3 +142,8 @@ def encode_state(state: MemberState) -> bytes:
 
 def decode_state(raw: bytes) -> MemberState:
     return _decoder.decode(raw)
+
+
+def decode_next_deadline(raw: bytes) -> int | None:
+    """`decode_state(raw).next_deadline`, without decoding the rest of the state."""
+    return _deadline_decoder.decode(raw).next_deadline

@@ -32,6 +32,16 @@ class DeadlineIndex:
         self._current[partition] = current
         self._heaps[partition] = _heap_of(current)
 
+    def add_stored(self, partition: int, entries: Iterable[tuple[int | None, str]]) -> None:
+        """Deadlines read from stored states while the partition's heap is rebuilt. A member
+        pushed since has a newer state, and keeps its own deadline."""
+        current = self._current.setdefault(partition, {})
+        heap = self._heaps.setdefault(partition, [])
+        for deadline, member_id in entries:
+            if deadline is not None and member_id not in current:
+                current[member_id] = deadline
+                heapq.heappush(heap, (deadline, member_id))
+
     def push(self, partition: int, deadline: int | None, member_id: str) -> None:
         """The member's deadline is now `deadline` (None: it has none)."""
         if deadline is None:

@@ -63,3 +63,14 @@ def test_stale_entries_are_bounded_by_the_members() -> None:
     assert len(index) == 100
     assert index.heap_entries() <= 2 * 100 + COMPACT_SLACK + 1
     assert index.pop_due(0, 1_198) == [] and sorted(index.pop_due(0, 1_199)) == sorted(members)
+
+
+def test_a_stored_deadline_does_not_replace_a_newer_one() -> None:
+    """While a heap is rebuilt from the store, a member already pushed (a newer state) keeps
+    its own deadline; members with none in the store add nothing."""
+    index = DeadlineIndex()
+    index.load(0, [])
+    index.push(0, 50, "A")
+    index.add_stored(0, [(10, "A"), (20, "B"), (None, "C")])
+    assert len(index) == 2
+    assert index.pop_due(0, 49) == ["B"] and index.pop_due(0, 50) == ["A"]
