@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
+import itertools
 import logging
 import time
 from dataclasses import dataclass
-import itertools
 from typing import Any, Awaitable, Callable, Iterable, Iterator, NamedTuple
 
 import faust
