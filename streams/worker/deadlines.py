@@ -27,10 +27,11 @@ class DeadlineIndex:
     def is_loaded(self, partition: int) -> bool:
         return partition in self._heaps
 
-    def load(self, partition: int, entries: Iterable[tuple[int, str]]) -> None:
-        current = {member_id: deadline for deadline, member_id in entries}
-        self._current[partition] = current
-        self._heaps[partition] = _heap_of(current)
+    def open_partition(self, partition: int) -> None:
+        """The partition's heap, empty and loaded from now on; `add_stored` fills it from the
+        stored states, `push` with every state stored since."""
+        self._current[partition] = {}
+        self._heaps[partition] = []
 
     def add_stored(self, partition: int, entries: Iterable[tuple[int | None, str]]) -> None:
         """Deadlines read from stored states while the partition's heap is rebuilt. A member

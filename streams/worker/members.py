@@ -483,10 +483,12 @@ class MemberProcessor:
         must not depend on how far a rebuild got. On the wall clock it is read a step at a
         time (`load_deadlines`) while events go on, so a fresh worker answers at once; a
         deadline that falls due meanwhile fires when it is read, a little late."""
-        self.deadlines.load(partition, [])
-        self._loading[partition] = self._stored_deadlines(partition)
+        self.deadlines.open_partition(partition)
+        stored = self._stored_deadlines(partition)
         if self.clocks.mode == "event":
-            self.deadlines.add_stored(partition, self._loading.pop(partition))
+            self.deadlines.add_stored(partition, stored)
+        else:
+            self._loading[partition] = stored
 
     def _stored_deadlines(self, partition: int) -> Iterator[tuple[int | None, str]]:
         for key, raw_state in self.store.partition_items(partition, self._partition_of):

@@ -8,7 +8,8 @@ from streams.worker.deadlines import COMPACT_SLACK, DeadlineIndex
 
 def test_due_members_come_out_in_deadline_order_and_only_once() -> None:
     index = DeadlineIndex()
-    index.load(0, [(30, "C"), (10, "A"), (20, "B")])
+    index.open_partition(0)
+    index.add_stored(0, [(30, "C"), (10, "A"), (20, "B")])
     assert index.pop_due(0, 20) == ["A", "B"]
     assert index.pop_due(0, 20) == [] and len(index) == 1
     assert index.pop_due(0, 30) == ["C"] and len(index) == 0
@@ -69,7 +70,7 @@ def test_a_stored_deadline_does_not_replace_a_newer_one() -> None:
     """While a heap is rebuilt from the store, a member already pushed (a newer state) keeps
     its own deadline; members with none in the store add nothing."""
     index = DeadlineIndex()
-    index.load(0, [])
+    index.open_partition(0)
     index.push(0, 50, "A")
     index.add_stored(0, [(10, "A"), (20, "B"), (None, "C")])
     assert len(index) == 2
