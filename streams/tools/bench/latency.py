@@ -44,7 +44,6 @@ async def measure_latency(run: _Run, rate: float, seconds: float, watched: list[
     await producer.start()
     await consumer.start()
     sent_at: dict[bytes, float] = {}  # event_id -> perf_counter when sent
-    latencies: list[float] = []
     samples: list[tuple[float, float, int]] = []  # (sent, ms after the start), ms, partition
     done = asyncio.Event()
     sending = True
@@ -68,8 +67,7 @@ async def measure_latency(run: _Run, rate: float, seconds: float, watched: list[
                         event_id = str(cause.get("event_id", "")).encode()
                         sent = sent_at.pop(event_id, None)
                         if sent is not None:
-                            latencies.append((received - sent) * 1000)
-                            samples.append(((sent - started) * 1000, latencies[-1],
+                            samples.append(((sent - started) * 1000, (received - sent) * 1000,
                                             message.partition))
                 if not sending and not sent_at:
                     done.set()
@@ -106,7 +104,7 @@ async def measure_latency(run: _Run, rate: float, seconds: float, watched: list[
     samples_path = run.workdir / f"latency-{rate:g}-per-second.csv"
     samples_path.write_text("sent_ms,latency_ms,partition\n" + "".join(
         f"{sent:.1f},{ms:.1f},{partition}\n" for sent, ms, partition in sorted(samples)))
-    ordered = sorted(latencies)
+    ordered = sorted(ms for _, ms, _ in samples)
     summary = {
         "p50": _round(_quantile(ordered, 0.5)), "p90": _round(_quantile(ordered, 0.9)),
         "p99": _round(_quantile(ordered, 0.99)), "max": _round(ordered[-1] if ordered else None),
