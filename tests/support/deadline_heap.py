@@ -17,6 +17,7 @@ from pathlib import Path
 
 import orjson
 
+from schemas.events import TOPIC_BY_EVENT_TYPE
 from streams.platform.partitioning import partition_for
 from streams.worker import deadlines
 from tests.worker.test_member_processor import PARTITIONS, Harness, Message, _delivered
@@ -49,10 +50,8 @@ async def measure(path: Path) -> dict[str, int]:
 
         for events, line in enumerate(path.read_bytes().splitlines(), start=1):
             body = orjson.loads(line)
-            event_type, member_id = body["event_type"], body["member_id"]
-            topic = (h.names.orders if event_type.startswith("order")
-                     else h.names.scans if event_type.startswith("scan")
-                     else h.names.interactions)
+            member_id = body["member_id"]
+            topic = h.names.actual(TOPIC_BY_EVENT_TYPE[body["event_type"]])
             partition = partition_for(member_id, PARTITIONS)
             offset = offsets.get((topic, partition), 0)
             offsets[(topic, partition)] = offset + 1
