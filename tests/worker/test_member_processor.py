@@ -210,10 +210,18 @@ async def test_event_clock_holds_events_until_every_topic_has_passed_them(namesp
     assert join.offset in h.acked and order.offset in h.acked
 
 
-async def test_deadline_fires_on_tick_with_no_event_in_wall_mode() -> None:
+async def repeat_buyers(members: list[str]) -> Harness:
+    """Each member holds repeat_buyer until 2025-01-01 (wall clock just after the second order)."""
     h = Harness("wall", wall=datetime.fromisoformat("2024-03-02T10:00:01+08:00").timestamp())
-    for at in ("2024-01-02T10:00:00+08:00", "2024-03-02T10:00:00+08:00"):
-        await h.event(h.names.orders, raw_event("order.paid", at, amount_fen=300_000))
+    for member in members:
+        for at in ("2024-01-02T10:00:00+08:00", "2024-03-02T10:00:00+08:00"):
+            await h.event(h.names.orders, raw_event("order.paid", at, member=member,
+                                                    amount_fen=300_000))
+    return h
+
+
+async def test_deadline_fires_on_tick_with_no_event_in_wall_mode() -> None:
+    h = await repeat_buyers(["M1"])
     assert ("repeat_buyer", "added") in h.changes()
     h.wall = datetime.fromisoformat("2025-01-01T00:00:00+08:00").timestamp()
     h.processor.tick([partition_for("M1", PARTITIONS)])
@@ -229,9 +237,7 @@ async def test_deadline_fires_on_tick_with_no_event_in_wall_mode() -> None:
 async def test_a_deadline_fired_by_a_tick_is_shipped_after_the_linger_not_the_next_tick():
     """Regression: the tick shipped only a batch already due, so a deadline's changes waited
     for the following tick (the live deadline -> tags.changes delay went to ~0.5 s)."""
-    h = Harness("wall", wall=datetime.fromisoformat("2024-03-02T10:00:01+08:00").timestamp())
-    for at in ("2024-01-02T10:00:00+08:00", "2024-03-02T10:00:00+08:00"):
-        await h.event(h.names.orders, raw_event("order.paid", at, amount_fen=300_000))
+    h = await repeat_buyers(["M1"])
     shipped = h.sender.shipments
     shipper = BatchShipper(h.processor, on_failure=pytest.fail, linger_s=0.005)
     h.wall = datetime.fromisoformat("2025-01-01T00:00:00+08:00").timestamp()
@@ -249,16 +255,6 @@ def fresh_worker_on(table: FakeTable, wall: float) -> Harness:
     fresh = Harness("wall", wall=wall)
     fresh.table.update(table)
     return fresh
-
-
-async def repeat_buyers(members: list[str]) -> Harness:
-    """Each member holds repeat_buyer until 2025-01-01, the same partition for all."""
-    h = Harness("wall", wall=datetime.fromisoformat("2024-03-02T10:00:01+08:00").timestamp())
-    for member in members:
-        for at in ("2024-01-02T10:00:00+08:00", "2024-03-02T10:00:00+08:00"):
-            await h.event(h.names.orders, raw_event("order.paid", at, member=member,
-                                                    amount_fen=300_000))
-    return h
 
 
 def same_partition_members(count: int) -> list[str]:
