@@ -63,8 +63,10 @@ class DeadlineIndex:
         """The members whose current deadline is at or before `now`, each once, in deadline
         order; they have no deadline here until pushed again."""
         heap = self._heaps.get(partition)
-        current = self._current.get(partition, {})
         due: list[str] = []
+        if not heap or heap[0][0] > now:
+            return due  # the usual case: it runs after every event on the wall clock
+        current = self._current[partition]  # a partition with a heap has its current deadlines
         while heap and heap[0][0] <= now:
             deadline, member_id = heapq.heappop(heap)
             if current.get(member_id) == deadline:
