@@ -18,7 +18,9 @@ from streams.tools.bench.common import (
     _unused_ports, cpu_seconds,
 )
 from streams.tools.bench.latency import measure_latency
-from streams.tools.bench.pauses import pauses_between, read_pauses
+from streams.platform.metrics import render_metrics
+from streams.tools.bench.pauses import parse_pauses, pauses_between, read_pauses
+from streams.worker.pauses import PauseMonitor
 from streams.tools.bench.pipeline import _start_workers
 from streams.tools.bench.profiling import _start_py_spy, _stop_py_spy
 
@@ -72,11 +74,19 @@ async def _restart_and_latency(run: _Run) -> None:
                 "bench (producer and reader)": os.getpid()}
     web_ports = [w.web_port for w in workers if w.web_port is not None]
     pauses_before = await read_pauses(web_ports)
+    # The bench's own loop stamps each order's send and receipt: a pause of it would show
+    # as latency of the worker, so it is timed the way the workers time theirs.
+    own_pauses = PauseMonitor()
+    own_pauses.start()
+    own_before = parse_pauses(render_metrics()[0].decode())
     cpu_before = {name: cpu_seconds(pid) for name, pid in cpu_pids.items()}
     cpu_from = time.time()
     run.result["latency_ms"] = await measure_latency(run, rate, options.latency_s, workers,
                                                      first=floor["sent"])
     cpu_window = time.time() - cpu_from
+    await own_pauses.stop()
+    bench_paused = pauses_between(own_before, parse_pauses(render_metrics()[0].decode()))
+    run.result["details"]["latency_bench_pauses"] = bench_paused
     pauses = [pauses_between(before, after) for before, after
               in zip(pauses_before, await read_pauses(web_ports))]
     run.result["details"]["latency_pauses"] = pauses
@@ -86,6 +96,9 @@ async def _restart_and_latency(run: _Run) -> None:
                 f"(over 100 ms {lag['over_100ms']}); collections: " + (", ".join(
                     f"gen {g} x{c['count']} ({c['seconds']} s)"
                     for g, c in paused["gc"].items()) or "none"))
+    run.say(f"latency: the bench's own loop woke over 50 ms late "
+            f"{bench_paused['loop_lag']['over_50ms']} times (longest at most "
+            f"{bench_paused['loop_lag']['longest_at_most_s']} s)")
     run.result["details"]["latency_cpu_pct_of_one_core"] = {
         name: round(100 * (cpu_seconds(pid) - cpu_before[name]) / cpu_window, 1)
         for name, pid in cpu_pids.items()}
