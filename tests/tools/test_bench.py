@@ -141,3 +141,18 @@ def test_pauses_between_two_readings_of_a_workers_metrics():
     # a worker that paused nothing in the phase
     assert pauses_between(after, after)["loop_lag"] == {
         "wakes": 0, "over_50ms": 0, "over_100ms": 0, "longest_at_most_s": None}
+
+
+def test_the_bench_does_not_collect_garbage_while_it_measures_latency():
+    import gc
+
+    from streams.tools.bench.latency import not_collecting
+
+    assert gc.isenabled()
+    with not_collecting():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError):  # a failed measure leaves the collector on
+        with not_collecting():
+            raise RuntimeError("the worker died")
+    assert gc.isenabled()

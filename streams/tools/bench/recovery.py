@@ -17,7 +17,7 @@ from streams.tools.bench.common import (
     START_TABLE, WORKER_READY, _Run, _TABLE_ROW, _count, _slowest, _stack_pids, _topic_records,
     _unused_ports, cpu_seconds,
 )
-from streams.tools.bench.latency import measure_latency
+from streams.tools.bench.latency import measure_latency, not_collecting
 from streams.platform.metrics import render_metrics
 from streams.tools.bench.pauses import parse_pauses, pauses_between, read_pauses
 from streams.worker.pauses import PauseMonitor
@@ -63,17 +63,11 @@ async def _restart_and_latency(run: _Run) -> None:
     run.say(f"restart on an empty disk: ready after {restart['fresh_disk_s']} s, "
             f"{_count(restart['fresh_disk_records'])} changelog records read")
 
-    # The bench's own loop stamps each order's send and receipt: a pause of it would show
-    # as latency of the worker. So it is timed the way the workers time theirs, and what it
-    # holds by now (the expected changes of the whole history) is frozen out of the
-    # collector's walks, as a worker freezes its own after recovery: a collection of the
-    # oldest generation otherwise stopped it for up to 250 ms mid-phase.
-    own_pauses = PauseMonitor()
-    own_pauses.freeze_survivors()
     # Latency on the workers that rebuilt from the changelog: first a trickle, for the floor
     # with no queueing; then half the measured maximum rate.
-    floor = await measure_latency(run, FLOOR_RATE, min(FLOOR_SECONDS, options.latency_s),
-                                  workers, first=0)
+    with not_collecting():
+        floor = await measure_latency(run, FLOOR_RATE, min(FLOOR_SECONDS, options.latency_s),
+                                      workers, first=0)
     rate = options.latency_rate or max(1.0, run.result["pipeline_eps"] * 0.5)
     spies = _start_py_spy(run, workers, "latency") if options.profile == "py-spy" else []
     cpu_pids = {**{w.name: w.pid for w in workers}, **_stack_pids(run),
@@ -81,17 +75,20 @@ async def _restart_and_latency(run: _Run) -> None:
                 "bench (producer and reader)": os.getpid()}
     web_ports = [w.web_port for w in workers if w.web_port is not None]
     pauses_before = await read_pauses(web_ports)
-    own_pauses.start()
-    own_before = parse_pauses(render_metrics()[0].decode())
-    cpu_before = {name: cpu_seconds(pid) for name, pid in cpu_pids.items()}
-    cpu_from = time.time()
-    run.result["latency_ms"] = await measure_latency(run, rate, options.latency_s, workers,
-                                                     first=floor["sent"])
-    cpu_window = time.time() - cpu_from
-    await own_pauses.stop()
-    bench_paused = pauses_between(own_before, parse_pauses(render_metrics()[0].decode()))
-    run.result["details"]["latency_bench_pauses"] = {**bench_paused,
-                                                      "frozen_objects": own_pauses.frozen}
+    # The bench's own loop stamps each order's send and receipt: it is timed the way the
+    # workers time theirs.
+    own_pauses = PauseMonitor()
+    with not_collecting():
+        own_pauses.start()
+        own_before = parse_pauses(render_metrics()[0].decode())
+        cpu_before = {name: cpu_seconds(pid) for name, pid in cpu_pids.items()}
+        cpu_from = time.time()
+        run.result["latency_ms"] = await measure_latency(run, rate, options.latency_s, workers,
+                                                         first=floor["sent"])
+        cpu_window = time.time() - cpu_from
+        await own_pauses.stop()
+        bench_paused = pauses_between(own_before, parse_pauses(render_metrics()[0].decode()))
+    run.result["details"]["latency_bench_pauses"] = bench_paused
     pauses = [pauses_between(before, after) for before, after
               in zip(pauses_before, await read_pauses(web_ports))]
     run.result["details"]["latency_pauses"] = pauses
