@@ -34,7 +34,7 @@ from schemas.control import encode_watermark
 from schemas.events import TOPIC_BY_EVENT_TYPE
 from streams.platform.admin import ensure_topics
 from streams.platform.batches import PartitionBatches, ReadyBatch
-from streams.platform.kafka_clients import kafka_producer
+from streams.platform.kafka_clients import UPSTREAM_LINGER_MS, kafka_producer
 from streams.platform.partitioning import partition_for
 from streams.platform.topics import TopicNames
 
@@ -177,7 +177,7 @@ async def replay(bootstrap: str, path: Path, *, names: TopicNames, speed: float 
     line_no = 0
     # Idempotent: a batch retried after its acknowledgement was lost (its partition leader
     # killed mid-request) is otherwise written twice, and the copy is behind its topic's clock.
-    producer = kafka_producer(bootstrap, acks="all", linger_ms=5,
+    producer = kafka_producer(bootstrap, acks="all", linger_ms=UPSTREAM_LINGER_MS,
                               enable_idempotence=True,
                               max_batch_size=BATCH_BYTES, max_request_size=MAX_MESSAGE_BYTES,
                               client_id="tagstream-replay", **(security or {}))
@@ -375,7 +375,7 @@ async def produce_raw(bootstrap: str, topic: str, items: Iterable[tuple[bytes | 
     For tests that need arbitrary bytes on a topic. With `partition=None` a keyed message goes
     where the Kafka default partitioner (murmur2, as `partition_for`) puts it.
     """
-    producer = kafka_producer(bootstrap, acks="all", linger_ms=5,
+    producer = kafka_producer(bootstrap, acks="all", linger_ms=UPSTREAM_LINGER_MS,
                               enable_idempotence=True,
                               client_id="tagstream-produce-raw", **(security or {}))
     await producer.start()

@@ -14,6 +14,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
 CLIENT_ID = "tagstream"  # how the broker's logs and quotas name our clients
+# How long the producers that stand for upstream systems (replay, the bench's loads) let a
+# batch collect: the Java client's default since Kafka 4.0 (KIP-1030). At 0 every record is
+# its own produce request, which costs the broker and the sender more than the records do.
+UPSTREAM_LINGER_MS = 5
 
 
 def kafka_consumer(bootstrap: str, *topics: str, **options: Any) -> AIOKafkaConsumer:

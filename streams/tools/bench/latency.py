@@ -12,21 +12,13 @@ from typing import Any, Iterator
 import orjson
 from aiokafka import TopicPartition
 
-from streams.platform.kafka_clients import kafka_consumer, kafka_producer
+from streams.platform.kafka_clients import UPSTREAM_LINGER_MS, kafka_consumer, kafka_producer
 from streams.platform.partitioning import partition_for
 from streams.tools.bench.children import Child
 from streams.tools.generate import CST
 from streams.tools.bench.common import (
     BenchError, LATENCY_GRACE_S, LIVE_MEMBER_PREFIX, _Run, _quantile, _round,
 )
-
-
-# The live orders' producer batches as an upstream system's would: 5 ms is the Java client's
-# default linger since Kafka 4.0 (KIP-1030) and what `tagstream replay` uses. A linger of 0
-# makes each order its own produce request, and on the 2 cores the broker and the bench
-# share with the worker those requests would take the CPU the measured worker needs. An
-# order's latency still counts from its send, linger included.
-UPSTREAM_LINGER_MS = 5
 
 
 @contextlib.contextmanager
@@ -61,6 +53,9 @@ async def measure_latency(run: _Run, rate: float, seconds: float, watched: list[
     """Paced live orders -> their first tag change read back; latencies in ms."""
     partitions = run.options.partitions
     run.say(f"latency: live first orders at {rate:,.0f}/s for {seconds:.0f} s")
+    # Batched as an upstream system's producer would be: on the 2 cores the broker and the
+    # bench share with the worker, a request per order would take the CPU the measured worker
+    # needs. An order's latency still counts from its send, linger included.
     producer = kafka_producer(run.bootstrap, acks="all", linger_ms=UPSTREAM_LINGER_MS,
                               **run.security)
     consumer = kafka_consumer(run.bootstrap, enable_auto_commit=False,

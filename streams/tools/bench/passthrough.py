@@ -8,7 +8,7 @@ import time
 
 import orjson
 
-from streams.platform.kafka_clients import kafka_consumer, kafka_producer
+from streams.platform.kafka_clients import UPSTREAM_LINGER_MS, kafka_consumer, kafka_producer
 from streams.tools.bench.children import Child
 from streams.tools.processes import free_ports
 from streams.tools.bench.common import (
@@ -21,7 +21,7 @@ async def raw_passthrough(run: _Run) -> float:
     run.say("raw passthrough: aiokafka consume -> orjson -> produce")
     consumer = kafka_consumer(run.bootstrap, enable_auto_commit=False,
                               **run.security)
-    producer = kafka_producer(run.bootstrap, acks="all", linger_ms=5,
+    producer = kafka_producer(run.bootstrap, acks="all", linger_ms=UPSTREAM_LINGER_MS,
                               max_batch_size=256 * 1024, **run.security)
     await consumer.start()
     await producer.start()

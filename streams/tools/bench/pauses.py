@@ -1,8 +1,10 @@
-"""The workers' pauses over a phase: their `/metrics` read before and after it.
+"""The workers' pauses over a phase (and the bench's own): their `/metrics` read before and
+after it.
 
 Each worker exports how long its garbage collections took and how late its event loop
 woke (streams/worker/pauses.py); the difference of two readings is what happened in the
-phase, which is what a latency tail in that phase is made of."""
+phase, which is what a latency tail in that phase is made of. The bench, which stamps the
+latency phase's sends and receipts, runs the same monitor and reads its own registry."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from streams.platform.metrics import render_metrics
 from streams.tools.bench.common import BenchError
 
 GC = "tagstream_worker_gc_pause_seconds"
@@ -33,6 +36,11 @@ async def read_pauses(web_ports: list[int]) -> list[Reading]:
                 raise BenchError(f"could not read the worker's metrics at {url}: {exc}") from exc
             readings.append(parse_pauses(text))
     return readings
+
+
+def read_own_pauses() -> Reading:
+    """This process's pause histograms now (a PauseMonitor started here fills them)."""
+    return parse_pauses(render_metrics()[0].decode())
 
 
 def parse_pauses(exposition: str) -> Reading:

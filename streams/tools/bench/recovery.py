@@ -18,11 +18,10 @@ from streams.tools.bench.common import (
     _unused_ports, cpu_seconds,
 )
 from streams.tools.bench.latency import measure_latency, not_collecting
-from streams.platform.metrics import render_metrics
-from streams.tools.bench.pauses import parse_pauses, pauses_between, read_pauses
-from streams.worker.pauses import PauseMonitor
+from streams.tools.bench.pauses import pauses_between, read_own_pauses, read_pauses
 from streams.tools.bench.pipeline import _start_workers
 from streams.tools.bench.profiling import _start_py_spy, _stop_py_spy
+from streams.worker.pauses import PauseMonitor
 
 
 async def _restart_and_latency(run: _Run) -> None:
@@ -80,14 +79,14 @@ async def _restart_and_latency(run: _Run) -> None:
     own_pauses = PauseMonitor()
     with not_collecting():
         own_pauses.start()
-        own_before = parse_pauses(render_metrics()[0].decode())
+        own_before = read_own_pauses()
         cpu_before = {name: cpu_seconds(pid) for name, pid in cpu_pids.items()}
         cpu_from = time.time()
         run.result["latency_ms"] = await measure_latency(run, rate, options.latency_s, workers,
                                                          first=floor["sent"])
         cpu_window = time.time() - cpu_from
         await own_pauses.stop()
-        bench_paused = pauses_between(own_before, parse_pauses(render_metrics()[0].decode()))
+        bench_paused = pauses_between(own_before, read_own_pauses())
     run.result["details"]["latency_bench_pauses"] = bench_paused
     pauses = [pauses_between(before, after) for before, after
               in zip(pauses_before, await read_pauses(web_ports))]
