@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
@@ -65,8 +65,12 @@ def event_hash(event_id: str) -> int:
 class Engine:
     """Applies one compiled `RulePack`. Stateless between calls: all memory is MemberState."""
 
-    def __init__(self, pack: RulePack, allowed_lateness_s: int = 7 * DAY) -> None:
+    def __init__(self, pack: RulePack, allowed_lateness_s: int = 7 * DAY,
+                 skip_inert_units: bool = True) -> None:
         self.pack = pack
+        # False: a new member's first evaluation runs every unit (the oracle the tests
+        # compare the skipping with; see _first_units).
+        self.skip_inert_units = skip_inert_units
         self.allowed_lateness_s = allowed_lateness_s
         self.calendar = pack.calendar
         self.loyalty = pack.loyalty
@@ -310,7 +314,7 @@ class Engine:
         ctx = EvalContext(state, event, now, self.calendar)
         pack = self.pack
         full = state.rules_version != pack.version or (event is None and due is None)
-        if full and event is not None and _never_evaluated(state):
+        if full and event is not None and self.skip_inert_units and _never_evaluated(state):
             indexes: Any = self._first_units(event.event_type, now)
         elif full:
             indexes = range(len(pack.units))
@@ -411,8 +415,9 @@ class Engine:
         active = [i for i in others if not self._inert_for_new_member(i, now)]
         if active:
             return self.pack.with_dependents({*affected, *active})
+        # every other unit is inert here, so each has the instant it became so
         self._others_inert_since[event_type] = max(
-            (self._inert_since[i] for i in others), default=now)  # type: ignore[type-var]
+            (since for i in others if (since := self._inert_since[i]) is not None), default=now)
         return affected
 
     def _inert_for_new_member(self, index: int, now: int) -> bool:
@@ -585,7 +590,8 @@ class Engine:
             keys = state.pending.get(tracker.name)
             if keys:
                 horizon = now - tracker.keep_s
-                keys[:] = [v for i in range(0, len(keys), 2) if keys[i + 1] > horizon
+                # pending is [key, time, ...]: every odd item is an epoch second
+                keys[:] = [v for i in range(0, len(keys), 2) if cast(int, keys[i + 1]) > horizon
                            for v in (keys[i], keys[i + 1])]
                 if not keys:
                     del state.pending[tracker.name]

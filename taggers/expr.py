@@ -563,12 +563,14 @@ class _Compiler:
         reaches, const, get = left.reaches, right.const, left.eval
         if op in ("==", "!=") and reaches is not None and left.monotone > 0 \
                 and isinstance(const, int):
+            reach = reaches  # narrowed to not None, which a closure does not see
+
             # a growing value equals K from the instant it reaches K until it reaches K + 1
             def equality_change(ctx: Any) -> int | None:
                 value = get(ctx)
                 if value is None or value > const:
                     return None
-                return reaches(ctx, const if value < const else const + 1)
+                return reach(ctx, const if value < const else const + 1)
 
             return equality_change
         if op in (">", ">="):
@@ -585,15 +587,15 @@ class _Compiler:
             target = {">=": right.const, ">": right.const + 1,
                       "<": right.const, "<=": right.const + 1}[op]
 
-            def next_change(ctx: Any) -> int | None:
+            def when_target_reached(ctx: Any) -> int | None:
                 return reaches(ctx, target) if fn(ctx) == flips_when else None
 
-            return next_change
+            return when_target_reached
 
-        def next_change(ctx: Any) -> int | None:
+        def when_inner_changes(ctx: Any) -> int | None:
             return inner(ctx) if fn(ctx) == flips_when else None
 
-        return next_change
+        return when_inner_changes
 
     @staticmethod
     def _want(node: Compiled, kind: str, what: str) -> None:

@@ -516,7 +516,8 @@ def _pairs(series: list[int]) -> dict[int, int]:
 
 
 def _flat(pairs: dict[int, int]) -> list[int]:
-    series, last = [], 0
+    series: list[int] = []
+    last = 0
     for day in sorted(pairs):
         series.extend((day - last, pairs[day]))
         last = day

@@ -146,4 +146,4 @@ def decode_state(raw: bytes) -> MemberState:
 
 def decode_next_deadline(raw: bytes) -> int | None:
     """`decode_state(raw).next_deadline`, without decoding the rest of the state."""
-    return _deadline_decoder.decode(raw).next_deadline
+    return _deadline_decoder.decode(raw).next_deadline  # type: ignore[attr-defined]
