@@ -10,7 +10,7 @@ validation pass), and its errors name the offending path, e.g. "Expected `int`, 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal, Union
+from typing import Annotated, ClassVar, Literal, Union
 
 import msgspec
 from msgspec import Meta
@@ -57,10 +57,10 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, gc=False, tag_field="even
     occurred_at: AwareTime
     channel: Channel
     schema_version: Literal[1]
-
-    @property
-    def event_type(self) -> str:
-        return type(self).__struct_config__.tag  # type: ignore[return-value]
+    # The type's tag, set on each event class below: a plain class attribute, because reading
+    # __struct_config__ builds a new config object on every access (the engine reads the
+    # type several times per event).
+    event_type: ClassVar[str]
 
 
 # --- events.orders -------------------------------------------------------------------------
@@ -241,6 +241,10 @@ FAMILY_BY_TOPIC: dict[str, object] = {
 def _members(union: object) -> tuple[type[Event], ...]:
     return tuple(union.__args__)  # type: ignore[attr-defined]
 
+
+for _family in FAMILY_BY_TOPIC.values():
+    for _event_class in _members(_family):
+        _event_class.event_type = _event_class.__struct_config__.tag  # type: ignore[misc]
 
 EVENT_TYPES_BY_TOPIC: dict[str, tuple[str, ...]] = {
     topic: tuple(cls.__struct_config__.tag for cls in _members(family))  # type: ignore[misc]
