@@ -23,6 +23,13 @@ COPY taggers ./taggers
 COPY streams ./streams
 RUN pip install --no-deps . && rm -rf build *.egg-info
 
+# The engine's hot modules compiled with mypyc into the installed package (taggers/compiled.py);
+# the compiler leaves the image once they are built.
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && python -m streams.tools.engine_build \
+    && python -c 'import sys, taggers; sys.exit(taggers.ENGINE_BUILD != "mypyc")' \
+    && apt-get purge -y gcc libc6-dev && apt-get autoremove -y && rm -rf /var/lib/apt/lists/*
+
 # Not root; a home for Faust's local table state (TAGSTREAM_DATA_DIR).
 RUN useradd --system --uid 10001 --create-home --home-dir /var/lib/tagstream tagstream
 USER tagstream

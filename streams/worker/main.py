@@ -21,6 +21,7 @@ from streams.worker.members import MemberProcessor, recovering, register_member_
 from streams.worker.outbox import KafkaRecordSender
 from streams.worker.pauses import PauseMonitor
 from streams.worker.rules_watch import RulesWatcher
+import taggers
 from taggers.engine import Engine
 from taggers.rules import RulePack, load_rules
 
@@ -78,8 +79,8 @@ def build_worker(settings: Settings, pack: RulePack | None = None) -> WorkerPart
         watcher = RulesWatcher(settings.rules_path, pack, lambda new: processor.use_rules(
             Engine(new, settings.allowed_lateness_s)))
         app.timer(settings.rules_reload_s)(_as_coroutine(watcher.check))
-    log.info("rules %s loaded from %s: %d tags", pack.version, settings.rules_path,
-             len(pack.tags))
+    log.info("rules %s loaded from %s: %d tags; engine %s", pack.version, settings.rules_path,
+             len(pack.tags), taggers.ENGINE_BUILD)
     return WorkerParts(app, processor)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+import taggers
 from streams.tools.kafka_server import kafka_version
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -23,7 +24,7 @@ MEMBERS = 200
 EVENTS = 2_000
 TOP_LEVEL = ("events", "members", "partitions", "workers", "raw_passthrough_eps",
              "faust_floor_eps", "ratio_ceiling", "pipeline_eps", "ratio", "matches_dry_run",
-             "latency_ms", "rss_mb", "state_bytes_per_member", "restart", "broker", "machine",
+             "latency_ms", "rss_mb", "state_bytes_per_member", "restart", "broker", "engine_build", "machine",
              "versions", "command", "workdir", "details", "elapsed_s")
 RESTART = ("with_store_s", "with_store_records", "fresh_disk_s", "fresh_disk_records",
            "changelog_records")
@@ -47,6 +48,7 @@ def test_bench_runs_and_its_json_has_every_field(tmp_path):
     assert not missing, missing
     assert result["members"] == MEMBERS and result["partitions"] == 2 and result["workers"] == 1
     assert result["broker"] == f"Apache Kafka {kafka_version()}, 1 node"
+    assert result["engine_build"] == taggers.ENGINE_BUILD
     assert isinstance(result["matches_dry_run"], bool)
     assert result["details"]["pipeline"]["matches_dry_run"] == result["matches_dry_run"]
     for name in ("raw_passthrough_eps", "faust_floor_eps", "pipeline_eps", "rss_mb",

@@ -10,6 +10,8 @@ from pathlib import Path
 import orjson
 import pytest
 
+import taggers
+
 from streams.tools.bench.engine_compare import EngineCompareError, compare_engines
 from streams.tools.generate import generate_events
 
@@ -30,6 +32,10 @@ def test_the_checkout_against_its_own_head_is_identical(events: Path) -> None:
     assert report["members"] == 60 and report["changes"] > 0
     assert report["identical_changes"] and report["identical_profiles"]
     assert report["pinned_us_per_event"] > 0 and report["speedup"] > 0
+    # an exported tree has no build: under ./dev this compares the compiled engine with the
+    # interpreted one of the same sources
+    assert report["pinned_build"].startswith("interpreted")
+    assert report["current_build"] == taggers.ENGINE_BUILD
 
 
 def test_an_unknown_commit_is_a_clear_error(events: Path) -> None:

@@ -25,6 +25,7 @@ _RUNNER = r"""
 import hashlib, sys, time
 from pathlib import Path
 import orjson
+import taggers
 from schemas.changes import encode_change
 from schemas.profile import encode_profile
 from taggers.dryrun import dry_run
@@ -54,6 +55,7 @@ for member_id in sorted(result.states):
 print(orjson.dumps({"seconds": seconds, "events": len(lines), "changes": len(result.changes),
                     "tier_changes": len(result.tier_changes), "members": len(result.states),
                     "changes_sha256": changes.hexdigest(),
+                    "build": getattr(taggers, "ENGINE_BUILD", "interpreted"),
                     "profiles_sha256": profiles.hexdigest()}).decode())
 """
 
@@ -71,6 +73,7 @@ class EngineRun:
     members: int
     changes_sha256: str
     profiles_sha256: str
+    build: str  # "mypyc" or why interpreted (taggers/compiled.py); a pinned commit's may predate it
 
 
 def export_commit(repo: Path, commit: str, into: Path) -> Path:
@@ -115,6 +118,7 @@ def compare_engines(repo: Path, commit: str, events: Path, rounds: int) -> dict[
         "pinned_us_per_event": round(old_s / old.events * 1e6, 1),
         "current_us_per_event": round(new_s / new.events * 1e6, 1),
         "speedup": round(old_s / new_s, 2),
+        "pinned_build": old.build, "current_build": new.build,
         "changes": new.changes, "tier_changes": new.tier_changes,
         "identical_changes": old.changes_sha256 == new.changes_sha256
         and all(r.changes_sha256 == new.changes_sha256 for r in current),

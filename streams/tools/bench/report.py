@@ -7,7 +7,7 @@ import platform
 from pathlib import Path
 from typing import Any, Mapping
 
-
+import taggers
 from streams.tools.bench.common import BenchOptions
 
 
@@ -26,6 +26,8 @@ def _header(options: BenchOptions, workdir: Path) -> dict[str, Any]:
         "clock": {"pipeline": "event", "restart": "wall", "latency": "wall"},
         "redis_sink": "on: tagstream redis-sink, its own process",
         "broker": None,  # "Apache Kafka <version>, N node(s)", once the cluster answered
+        # "mypyc", or why the workers' engine runs interpreted (taggers/compiled.py)
+        "engine_build": taggers.ENGINE_BUILD,
         "profile": None, "seed": options.seed,
         "machine": {"nproc": os.cpu_count(), "python": platform.python_version(),
                     "platform": platform.platform(), "cpu": _cpu_model(),
