@@ -85,9 +85,9 @@ def run_decoded(engine: Engine, rows: list[tuple[int, int, int, Event]], result:
 def _run_decoded(engine: Engine, rows: list[tuple[int, int, int, Event]], result: DryRunResult,
                  as_of: int | None) -> DryRunResult:
     states = result.states
-    for _, _, number, event in rows:
+    for occurred, _, number, event in rows:
         try:
-            outcome = engine.apply(states.get(event.member_id), event)
+            outcome = engine.apply(states.get(event.member_id), event, occurred)
         except EventRejected as rejected:
             result.rejected.append((number, rejected.reason))
             continue

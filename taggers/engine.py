@@ -15,7 +15,6 @@ Order of work for an event of member X at time t (DESIGN.md "Time"):
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
 from typing import Any, cast
 
 import msgspec
@@ -45,17 +44,29 @@ REMOVED_FROM_PACK = "__rule_removed__"
 _MARKED_EVENTS = (WecomFriendAdded, WecomFriendRemoved, ConsentChanged, TagMarked)
 
 
-@dataclass
 class Outcome:
+    """What one call of the engine did. A plain class, not a dataclass: one is made per
+    event, and a dataclass's generated __init__ stays interpreted under mypyc."""
+
     state: MemberState
-    changes: list[TagChange] = field(default_factory=list)
-    tier_changes: list[TierChange] = field(default_factory=list)  # for tiers.changes
-    marks: list[WecomMarks] = field(default_factory=list)  # for wecom.marks
-    duplicate: bool = False
+    changes: list[TagChange]
+    tier_changes: list[TierChange]  # for tiers.changes
+    marks: list[WecomMarks]  # for wecom.marks
+    duplicate: bool
     # The member was erased: the state must be deleted (tombstones), this is the record.
-    erasure: Erasure | None = None
-    tasks: list[TaskRecord] = field(default_factory=list)  # for tasks.changes
-    task_cursor: tuple[int, int] = (0, 0)  # changes, tier_changes the tasks have followed
+    erasure: Erasure | None
+    tasks: list[TaskRecord]  # for tasks.changes
+    task_cursor: tuple[int, int]  # changes, tier_changes the tasks have followed
+
+    def __init__(self, state: MemberState, duplicate: bool = False) -> None:
+        self.state = state
+        self.changes = []
+        self.tier_changes = []
+        self.marks = []
+        self.duplicate = duplicate
+        self.erasure = None
+        self.tasks = []
+        self.task_cursor = (0, 0)
 
 
 def event_hash(event_id: str) -> int:
@@ -96,12 +107,15 @@ class Engine:
         """The event's id is among the member's remembered ones: a redelivery."""
         return state is not None and _seen(state, event_hash(event.event_id))
 
-    def apply(self, state: MemberState | None, event: Event) -> Outcome:
+    def apply(self, state: MemberState | None, event: Event,
+              occurred: int | None = None) -> Outcome:
+        """`occurred`: the event's occurred_at in epoch seconds, when the caller has it."""
         if isinstance(event, ErasureRequested):
             return self.erase(state, event)
         if state is None:
             state = MemberState(member_id=event.member_id)
-        occurred = to_epoch(event.occurred_at)
+        if occurred is None:
+            occurred = to_epoch(event.occurred_at)
         digest = event_hash(event.event_id)
         if _seen(state, digest):
             return Outcome(state, duplicate=True)
