@@ -47,17 +47,24 @@ def source_digest(package_dir: Path = PACKAGE_DIR) -> str:
     return digest.hexdigest()
 
 
+def built_from(build_dir: Path = BUILD_DIR) -> str | None:
+    """The digest of the sources a complete build in `build_dir` was made from; None when
+    there is no build, or its library is missing."""
+    try:
+        digest = (build_dir / DIGEST_FILE).read_text().strip()
+    except FileNotFoundError:
+        return None
+    return digest if any(build_dir.glob(f"{GROUP}__mypyc.*")) else None
+
+
 def build_status(build_dir: Path = BUILD_DIR, package_dir: Path = PACKAGE_DIR) -> str:
     """What `use_compiled_build` would run: COMPILED, or why the modules stay interpreted."""
     if os.environ.get(FORCE_INTERPRETED, "") not in ("", "0"):
         return FORCED
-    try:
-        built_from = (build_dir / DIGEST_FILE).read_text().strip()
-    except FileNotFoundError:
+    digest = built_from(build_dir)
+    if digest is None:
         return NO_BUILD
-    if not any(build_dir.glob(f"{GROUP}__mypyc.*")):
-        return NO_BUILD
-    return COMPILED if built_from == source_digest(package_dir) else STALE_BUILD
+    return COMPILED if digest == source_digest(package_dir) else STALE_BUILD
 
 
 def use_compiled_build(package_path: list[str], build_dir: Path = BUILD_DIR,

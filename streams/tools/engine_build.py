@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from taggers.compiled import (BUILD_DIR, COMPILED_MODULES, DIGEST_FILE, GROUP, PACKAGE_DIR,
-                              source_digest)
+                              built_from, source_digest)
 
 # mypy checks the compiled modules strictly enough for mypyc; schemas' msgspec Structs are
 # read as dataclasses by mypy, which misjudges their frozen inheritance, so it only reads them.
@@ -43,10 +43,7 @@ class EngineBuildError(Exception):
 
 
 def is_current(build_dir: Path = BUILD_DIR) -> bool:
-    try:
-        return (build_dir / DIGEST_FILE).read_text().strip() == source_digest()
-    except FileNotFoundError:
-        return False
+    return built_from(build_dir) == source_digest()
 
 
 def build_engine(build_dir: Path = BUILD_DIR, force: bool = False) -> bool:
@@ -81,7 +78,7 @@ def main() -> None:
         return
     print("==> compiling the engine with mypyc (about a minute)", file=sys.stderr)
     try:
-        build_engine(force=force)
+        build_engine(force=True)  # found not current just above
     except EngineBuildError as exc:
         sys.exit(str(exc))
 

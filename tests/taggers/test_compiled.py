@@ -117,3 +117,14 @@ for change in [*result.changes, *result.tier_changes]:
                           env={"PATH": "/usr/bin:/bin", FORCE_INTERPRETED: "1"},
                           capture_output=True, check=True)
     assert done.stdout.splitlines() == ours
+
+
+def test_a_build_without_its_library_is_built_again(tmp_path: Path) -> None:
+    """A digest beside no library (a build cut short) is not current, so ./dev rebuilds."""
+    from streams.tools.engine_build import is_current
+
+    half = tmp_path / "half"
+    half.mkdir()
+    (half / DIGEST_FILE).write_text(source_digest() + "\n")
+    assert not is_current(half)
+    assert is_current(built(half, source_digest()))
