@@ -247,7 +247,7 @@ for _family in FAMILY_BY_TOPIC.values():
         _event_class.event_type = _event_class.__struct_config__.tag  # type: ignore[misc]
 
 EVENT_TYPES_BY_TOPIC: dict[str, tuple[str, ...]] = {
-    topic: tuple(cls.__struct_config__.tag for cls in _members(family))  # type: ignore[misc]
+    topic: tuple(cls.event_type for cls in _members(family))
     for topic, family in FAMILY_BY_TOPIC.items()
 }
 TOPIC_BY_EVENT_TYPE: dict[str, str] = {

@@ -24,8 +24,8 @@ MEMBERS = 200
 EVENTS = 2_000
 TOP_LEVEL = ("events", "members", "partitions", "workers", "raw_passthrough_eps",
              "faust_floor_eps", "ratio_ceiling", "pipeline_eps", "ratio", "matches_dry_run",
-             "latency_ms", "rss_mb", "state_bytes_per_member", "restart", "broker", "engine_build", "machine",
-             "versions", "command", "workdir", "details", "elapsed_s")
+             "latency_ms", "rss_mb", "state_bytes_per_member", "restart", "broker", "engine_build",
+             "machine", "versions", "command", "workdir", "details", "elapsed_s")
 RESTART = ("with_store_s", "with_store_records", "fresh_disk_s", "fresh_disk_records",
            "changelog_records")
 

@@ -11,7 +11,6 @@ import orjson
 import pytest
 
 import taggers
-
 from streams.tools.bench.engine_compare import EngineCompareError, compare_engines
 from streams.tools.generate import generate_events
 
