@@ -281,8 +281,10 @@ def _remove_key(keys: list[Any], value: str) -> None:
 # --- reading them in conditions ----------------------------------------------------------------
 
 
-def _memoized(counter: str, days: int, compute: Callable[[Any], Any],
-              is_value: bool) -> Callable[[Any], Any]:
+def memoized(counter: str, days: int, compute: Callable[[Any], Any],
+             is_value: bool) -> Callable[[Any], Any]:
+    """`compute` once per evaluation (EvalContext.memo): a window's value or next change,
+    or a named definition's (`counter` ":name", days 0), however many rules read it."""
     key = (counter, days, is_value)
 
     def memoized(ctx: Any) -> Any:
@@ -317,8 +319,8 @@ def daily_window(counter: str, days: int, inputs: frozenset[str]) -> Field:
         return None
 
     # Counters only add positive amounts, so with no new event a window only loses buckets.
-    return Field(NUM, _memoized(counter, days, value, True),
-                 next_change=_memoized(counter, days, next_change, False), monotone=-1,
+    return Field(NUM, memoized(counter, days, value, True),
+                 next_change=memoized(counter, days, next_change, False), monotone=-1,
                  inputs=inputs)
 
 
@@ -340,8 +342,8 @@ def distinct_window(counter: str, days: int, inputs: frozenset[str]) -> Field:
         seen = [series[i] for i in range(1, len(series), 2) if series[i] >= low]
         return ctx.calendar.day_start(min(seen) + days) if seen else None
 
-    return Field(NUM, _memoized(counter, days, value, True),
-                 next_change=_memoized(counter, days, next_change, False), monotone=-1,
+    return Field(NUM, memoized(counter, days, value, True),
+                 next_change=memoized(counter, days, next_change, False), monotone=-1,
                  inputs=inputs)
 
 

@@ -132,13 +132,16 @@ class Engine:
         cause = {"event_id": event.event_id}
         self._remember(state, digest, occurred)
         self._record(state, event, occurred)
+        level_moved = True
         if self.loyalty is not None:
+            level = state.loyalty.level if state.loyalty is not None else None
             state.loyalty, tier_changes = self.loyalty.apply(
                 state.loyalty, event, occurred, state.member_id, cause)
+            level_moved = level is None or state.loyalty is None or state.loyalty.level != level
             outcome.tier_changes.extend(_guided(state, tier_changes))
         if isinstance(event, TagMarked):
             self._apply_mark(state, event, now, cause, outcome.changes)
-        self._evaluate(state, event, now, cause, outcome.changes)
+        self._evaluate(state, event, now, cause, outcome.changes, level_moved=level_moved)
         if outcome.changes or isinstance(event, _MARKED_EVENTS):
             self._mark(before, outcome, cause)
         self.tasks.after_event(state, event, now, outcome)
@@ -317,9 +320,9 @@ class Engine:
 
     def _evaluate(self, state: MemberState, event: Event | None, now: int,
                   cause: dict[str, str] | None, changes: list[TagChange],
-                  due: tuple[int, ...] | None = None) -> None:
+                  due: tuple[int, ...] | None = None, level_moved: bool = True) -> None:
         """Evaluate rules at `now`: after an event, the units reading what that event type
-        writes; at a deadline, the units due then (`due`); everything for a backfill or a
+        writes (and the tier tags if it moved the loyalty level); at a deadline, the units due then (`due`); everything for a backfill or a
         new rules version. Units left out cannot have changed: every deadline up to `now`
         has fired, and nothing they read was written. A None cause means a deadline."""
         if state.watermark is None or self.calendar.day_of(now) != \
@@ -333,7 +336,7 @@ class Engine:
         elif full:
             indexes = range(len(pack.units))
         elif event is not None:
-            indexes = pack.units_affected_by(event.event_type)
+            indexes = pack.units_affected_by(event.event_type, level_moved)
         else:
             indexes = due
         held = state.tags
@@ -421,7 +424,8 @@ class Engine:
         and any other that holds or has a deadline for a member with no state at `now`
         (with the units reading its tag). The rest, left out, find nothing, as they would
         for a member with no state at all: they read nothing the event wrote."""
-        affected = self.pack.units_affected_by(event_type)
+        # a new member's level has just been set
+        affected = self.pack.units_affected_by(event_type, level_moved=True)
         since = self._others_inert_since.get(event_type)
         if since is not None and now >= since:
             return affected

@@ -274,9 +274,14 @@ class Field:
     # Event types that can change this value ("*": any event). Rules untouched by an event
     # type need no evaluation for it: the engine skips them.
     inputs: frozenset[str] = frozenset()
+    # The rule tags a named definition reads through has_tag/had_tag: a condition using the
+    # definition reads them too (evaluation order, and re-evaluation when they change).
+    reads_tags: tuple[str, ...] = ()
 
 
 ANY_EVENT = "*"
+# Not an event type: the member's loyalty level moved (the tier tags read only that).
+LEVEL_MOVED = "loyalty.level_moved"
 
 
 @dataclass
@@ -285,6 +290,8 @@ class Scope:
     windows: Callable[[str, int], Field] | None = None  # counter[Nd] resolver
     window_names: Iterable[str] = ()
     functions: dict[str, Callable[..., "Compiled"]] = field(default_factory=dict)
+    # Where the rule tags a condition reads are collected (has_tag/had_tag append to it too).
+    tag_reads: list[str] = field(default_factory=list)
 
     def suggest(self, name: str) -> str | None:
         candidates = list(self.fields) + list(self.window_names) + list(self.functions)
@@ -412,6 +419,7 @@ class _Compiler:
                                 hint=f"write {node.path}[30d] or {node.path}[365d]")
             raise ExprError(f"unknown name {node.path!r}", hint=self.scope.suggest(node.path))
         leaves = spec.leaves if spec.leaves is not None else ((node.path, spec.get, spec.kind),)
+        self.scope.tag_reads.extend(spec.reads_tags)
         return Compiled(spec.kind, spec.get, spec.nullable, spec.next_change, spec.monotone,
                         spec.reaches, leaves=leaves, inputs=spec.inputs)
 

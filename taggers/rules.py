@@ -23,10 +23,12 @@ from taggers.counters import (
     daily_window,
     event_types_of,
     distinct_window,
+    memoized,
     parse_duration,
 )
 from taggers.expr import (
     ANY_EVENT,
+    LEVEL_MOVED,
     BOOL,
     NUM,
     STR,
@@ -37,7 +39,7 @@ from taggers.expr import (
     compile_expression,
 )
 from taggers.loyalty_compiler import compile_loyalty
-from taggers.marked import MarkedTag, compile_marked_tags
+from taggers.marked import TAG_MARKED, MarkedTag, compile_marked_tags
 from taggers.tasks_compiler import CHANGE_EVIDENCE, TaskDef, compile_tasks
 from taggers.scope import (
     EVENT_FIELDS,
@@ -89,6 +91,9 @@ class RulePack:
     tasks: tuple[TaskDef, ...] = ()  # guide tasks (客户SOP), in file order
     _by_type: dict[str, tuple[Any, ...]] = field(default_factory=dict, repr=False)
     _affected: dict[str, tuple[int, ...]] = field(default_factory=dict, repr=False)
+    # the same, for an event that also moved the member's loyalty level
+    _affected_level_moved: dict[str, tuple[int, ...]] = field(default_factory=dict,
+                                                               repr=False)
     _by_id: dict[str, TagRule] = field(default_factory=dict, repr=False)
     _dependents: dict[int, frozenset[int]] = field(default_factory=dict, repr=False)
 
@@ -100,6 +105,10 @@ class RulePack:
                 by_type.setdefault(event_type, []).append(recorder)
         self._by_type.update({k: tuple(v) for k, v in by_type.items()})
         self._affected.update(self._units_affected_by_event_type())
+        level_readers = self._affected.pop(LEVEL_MOVED)
+        self._affected_level_moved.update(
+            (event_type, self.with_dependents({*units, *level_readers}))
+            for event_type, units in self._affected.items())
 
     def _units_affected_by_event_type(self) -> dict[str, tuple[int, ...]]:
         """For each event type, the units whose result it can change: those reading what it
@@ -119,7 +128,7 @@ class RulePack:
                         frontier.append(dependent)
             self._dependents[i] = frozenset(closure)
         affected: dict[str, tuple[int, ...]] = {}
-        for event_type in TOPIC_BY_EVENT_TYPE:
+        for event_type in (*TOPIC_BY_EVENT_TYPE, LEVEL_MOVED):
             chosen = {i for i, unit in enumerate(self.units)
                       if any(event_type in r.condition.inputs or ANY_EVENT in r.condition.inputs
                              for r in unit)}
@@ -138,7 +147,11 @@ class RulePack:
         """The unit of the tier_<level> tags (evaluated when a loyalty deadline fires)."""
         return next((i for i, unit in enumerate(self.units) if unit[0].group == "tier"), None)
 
-    def units_affected_by(self, event_type: str) -> tuple[int, ...]:
+    def units_affected_by(self, event_type: str, level_moved: bool = False) -> tuple[int, ...]:
+        """The units an event of this type can change; `level_moved`: the event also moved
+        the member's loyalty level (the tier tags change only then, or at a review)."""
+        if level_moved:
+            return self._affected_level_moved.get(event_type, ())
         return self._affected.get(event_type, ())
 
     @property
@@ -215,7 +228,7 @@ def compile_rules(text: str, source: str = "<rules>") -> RulePack:
                  "pending": pending_function({t.name: (t.keep_s, t.event_types)
                                               for t in trackers})}
     scope = Scope(fields=state_fields(), windows=windows, window_names=list(kinds),
-                  functions=functions)
+                  functions=functions, tag_reads=dependencies)
     _compile_definitions(definition_specs, document.get("definitions") or {}, scope, source)
 
     tags = [_compile_tag(spec, source, scope, dependencies) for spec in tag_specs]
@@ -235,7 +248,8 @@ def compile_rules(text: str, source: str = "<rules>") -> RulePack:
 def _tier_tags(program: Any, tag_ids: list[str], source: str,
                at: int | None) -> list[TagRule]:
     """The member's tier shown as a tag (tier_gold...), one at a time, for guides and WeCom.
-    Tiers move on events and on review deadlines, both of which evaluate this group."""
+    The level moves only by an event or a review deadline: an event evaluates this group
+    only when it moved the level (`LEVEL_MOVED`); a loyalty deadline always does."""
 
     def level(ctx: EvalContext) -> str:
         return program.level_tag(ctx.state.loyalty)
@@ -251,7 +265,7 @@ def _tier_tags(program: Any, tag_ids: list[str], source: str,
                                       path=source, line=at)
         condition = Compiled(BOOL, (lambda t: lambda ctx: level(ctx) == t)(tag_id),
                              leaves=(("tier", level, STR), ("growth", growth, NUM)),
-                             inputs=frozenset({ANY_EVENT}))
+                             inputs=frozenset({LEVEL_MOVED}))
         rules.append(TagRule(tag_id, name_zh, "tier", condition, at, (), "tier",
                              tag_id.removeprefix("tier_")))
     return rules
@@ -290,14 +304,24 @@ def _compile_definitions(specs: dict[str, Any], section: dict[str, Any], scope: 
         if name in scope.fields or name in scope.functions:
             raise RuleDefinitionError(f"definition {name!r} hides a built-in name",
                                       path=source, line=at)
+        start = len(scope.tag_reads)
         try:
             compiled = compile_expression(str(text), scope)
         except ExprError as exc:
             raise RuleDefinitionError(f"definition {name!r}: {exc}", path=source, line=at,
                                       hint=exc.hint) from None
-        scope.fields[name] = Field(compiled.kind, compiled.eval, compiled.nullable,
-                                   compiled.next_change, compiled.monotone, compiled.reaches,
-                                   leaves=compiled.leaves, inputs=compiled.inputs)
+        reads_tags = tuple(dict.fromkeys(scope.tag_reads[start:]))
+        del scope.tag_reads[start:]  # a tag reads them where it uses the definition
+        get, next_change = compiled.eval, compiled.next_change
+        if not reads_tags and TAG_MARKED not in compiled.inputs:
+            # Reads no tag, so nothing an evaluation changes: one value (and next change)
+            # per evaluation serves every rule using it (the eight RFM tags read r_high...).
+            get = memoized(":" + name, 0, get, True)
+            if next_change is not None:
+                next_change = memoized(":" + name, 0, next_change, False)
+        scope.fields[name] = Field(compiled.kind, get, compiled.nullable, next_change,
+                                   compiled.monotone, compiled.reaches, leaves=compiled.leaves,
+                                   inputs=compiled.inputs, reads_tags=reads_tags)
 
 
 def _compile_tag(spec: Any, source: str, scope: Scope, dependencies: list[str]) -> TagRule:

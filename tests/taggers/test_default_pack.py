@@ -723,3 +723,21 @@ def test_tier_changes_name_the_members_guides_too(engine: Engine) -> None:
     # a member with no guide: the field is still there, empty
     lone = engine.apply(None, paid(d(1), 5_000_000, member="M2")).tier_changes
     assert lone and orjson.loads(msgspec.json.encode(lone[0]))["guides"] == []
+
+
+def test_the_tier_tag_follows_the_level_on_the_event_that_moves_it(engine: Engine) -> None:
+    """The tier tags are evaluated after an event only when it moved the level: the events
+    that move it must still move the tag, at once, and a sign-in that does not, leaves it."""
+    held = []
+    state = None
+    # growth 1 per yuan: silver at 1,000, gold at 5,000
+    for ev in [joined(d(0)), paid(d(1), 60_000), event("interaction.sign_in", d(2)),
+               paid(d(3), 50_000), paid(d(4), 400_000), event("interaction.sign_in", d(5))]:
+        outcome = engine.apply(state, ev)
+        state = outcome.state
+        held.append(sorted(t for t in state.tags if t.startswith("tier_")))
+        moved = [(c.tag, c.op) for c in outcome.changes if c.tag.startswith("tier_")]
+        if ev.event_type == "interaction.sign_in":
+            assert moved == []
+    assert held == [["tier_normal"], ["tier_normal"], ["tier_normal"], ["tier_silver"],
+                    ["tier_gold"], ["tier_gold"]]

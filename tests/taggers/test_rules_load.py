@@ -152,3 +152,31 @@ def test_default_pack_loads_with_windows_sized_by_rules() -> None:
     pack = load_rules(DEFAULT_RULES)
     assert {t.id for t in pack.tags} >= {"member", "first_purchase", "repeat_buyer", "high_value"}
     assert {c.name: c.retention_days for c in pack.counters}["paid_orders"] == 365
+
+
+# A tag reading a definition that reads another tag (has_tag/had_tag) reads that tag too.
+TAG_THROUGH_DEFINITION = """\
+version: "t.2"
+timezone: "+08:00"
+definitions:
+  big_spender: has_tag(high_value)
+tags:
+  - {id: follow_up, name_zh: 跟进, family: model, when: big_spender}
+  - {id: high_value, name_zh: 高价值, family: transaction, when: orders.spend_fen >= 100}
+"""
+
+
+def test_a_tag_read_through_a_definition_orders_and_reevaluates_its_reader() -> None:
+    # Regression: the definition's has_tag was recorded for no tag, so follow_up ran before
+    # high_value and no order re-evaluated it (it has no event input of its own).
+    from taggers.engine import Engine
+    from tests.factories import paid
+
+    pack = compile_rules(TAG_THROUGH_DEFINITION, "r.yaml")
+    assert [unit[0].id for unit in pack.units] == ["high_value", "follow_up"]
+    assert pack.tag("follow_up").depends_on == ("high_value",)
+    engine = Engine(pack)
+    state = engine.apply(None, paid("2024-01-02T10:00:00+08:00", 50)).state
+    outcome = engine.apply(state, paid("2024-01-03T10:00:00+08:00", 60))
+    assert [(c.tag, c.op) for c in outcome.changes] == [("high_value", "added"),
+                                                        ("follow_up", "added")]
