@@ -158,7 +158,8 @@ class Engine:
         before = self._view(state)
         outcome = Outcome(state)
         self.tasks.erase(state, to_epoch(event.occurred_at), outcome.tasks)
-        cleared = before._replace(pairs={pair: frozenset() for pair in before.pairs})
+        cleared = WecomView({pair: frozenset() for pair in before.pairs}, before.names,
+                            before.marketing)
         marks = plan_marks(member_id, before, cleared, self._name_of,
                            cause, self.calendar.render(to_epoch(event.occurred_at)),
                            reason="erasure")

@@ -12,7 +12,7 @@ pair that left gets nothing (the contact is gone; WeCom drops its tags with it).
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Mapping, NamedTuple
+from typing import Callable, Iterable, Mapping
 
 from schemas.wecom import MarkReason, PairMark, WecomMarks, mark_id_for
 from taggers.marked import MarkedTag, is_marked, marked_guides, marked_name, share_of
@@ -21,19 +21,29 @@ from taggers.state import MemberState
 Pair = tuple[str, str]  # (guide userid, customer external_userid)
 
 
-class SyncedTag(NamedTuple):
-    """One held tag as the sync sees it."""
+class SyncedTag:
+    """One held tag as the sync sees it. Plain classes, not NamedTuples, here: a few are made
+    per event, and a NamedTuple's constructor stays interpreted under mypyc."""
 
-    id: str
-    source: str = "rule"
-    guides: tuple[str, ...] = ()  # who marked it (marked tags)
-    share: str = "all"  # "all" guides' customers, or "own": the marking guide's only
+    __slots__ = ("id", "source", "guides", "share")
+
+    def __init__(self, id: str, source: str = "rule", guides: tuple[str, ...] = (),
+                 share: str = "all") -> None:
+        self.id = id
+        self.source = source
+        self.guides = guides  # who marked it (marked tags)
+        self.share = share  # "all" guides' customers, or "own": the marking guide's only
 
 
-class WecomView(NamedTuple):
-    pairs: dict[Pair, frozenset[str]]  # each customer's synced tags
-    names: dict[str, str]  # name_zh of the marked tags among them (rule tags: from the pack)
-    marketing: bool = True
+class WecomView:
+    __slots__ = ("pairs", "names", "marketing")
+
+    def __init__(self, pairs: dict[Pair, frozenset[str]], names: dict[str, str],
+                 marketing: bool = True) -> None:
+        self.pairs = pairs  # each customer's synced tags
+        # name_zh of the marked tags among them (rule tags: from the pack)
+        self.names = names
+        self.marketing = marketing
 
 
 def pair_tags(pairs: Iterable[Pair], tags: Iterable[SyncedTag],
