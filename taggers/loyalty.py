@@ -134,9 +134,9 @@ class LoyaltyProgram:
             changes = self.advance(state, occurred, member_id)
         day = self.calendar.day_of(occurred)
         self._prune(state, day)
-        if isinstance(event, OrderPaid):
+        if type(event) is OrderPaid:  # exact classes: see taggers/engine.py
             earned = self._paid(state, event, day)
-        elif isinstance(event, OrderRefunded):
+        elif type(event) is OrderRefunded:
             self._refunded(state, event)
             earned = 0
         else:

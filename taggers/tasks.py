@@ -20,7 +20,7 @@ Invariants:
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 from schemas.changes import TagChange, TierChange
 from schemas.errors import EventRejected
@@ -28,20 +28,12 @@ from schemas.events import ConsentChanged, Event, OrderPaid, TaskDone
 from schemas.tasks import (CLOSED_BY_CONSENT, CLOSED_BY_ERASURE, CLOSED_BY_EXPIRY,
                            CLOSED_BY_RULE, TaskRecord, task_id_for)
 from taggers.clock import LocalCalendar, to_epoch
+from taggers.outcome import Outcome
 from taggers.state import HeldTask, MemberState
 from taggers.tasks_compiler import TaskDef
 
 _TIER_EVIDENCE = ("from_", "to", "growth", "points", "balance", "expires_at", "needed_growth",
                   "review_at")
-
-
-class TaskOutcome(Protocol):
-    """What the engine's Outcome gives this module."""
-
-    changes: list[TagChange]
-    tier_changes: list[TierChange]
-    tasks: list[TaskRecord]
-    task_cursor: tuple[int, int]
 
 
 class TaskBook:
@@ -61,7 +53,7 @@ class TaskBook:
 
     # --- engine hooks ------------------------------------------------------------------------
 
-    def follow(self, state: MemberState, outcome: TaskOutcome, until: int) -> None:
+    def follow(self, state: MemberState, outcome: Outcome, until: int) -> None:
         """Take the changes the outcome gained since the last call, and the expiries, up to
         `until`, in time order."""
         changes, tier_changes = outcome.changes, outcome.tier_changes
@@ -104,7 +96,7 @@ class TaskBook:
         for a long time) or for another guide's task. `state_at(state, t)` is a copy of the
         state with its deadlines up to `t` fired: a task a timer opens just before the done
         is known then, whichever way the caller's calls split the timeline."""
-        if not isinstance(event, TaskDone):
+        if type(event) is not TaskDone:
             return
         occurred = to_epoch(event.occurred_at)
         task = _known(state, event.task_id, occurred)
@@ -119,13 +111,13 @@ class TaskBook:
                                 f"{event.guide_id!r}")
 
     def after_event(self, state: MemberState, event: Event, now: int,
-                    outcome: TaskOutcome) -> None:
+                    outcome: Outcome) -> None:
         """What the event itself does to tasks, then the tasks its changes open or lapse."""
-        if isinstance(event, TaskDone):
+        if type(event) is TaskDone:  # exact classes: see taggers/engine.py
             self._done(state, event, now, outcome.tasks)
-        elif isinstance(event, ConsentChanged) and not event.marketing:
+        elif type(event) is ConsentChanged and not event.marketing:
             self._cancel(state, now, CLOSED_BY_CONSENT, outcome.tasks)
-        elif isinstance(event, OrderPaid):
+        elif type(event) is OrderPaid:
             self._convert(state, now, outcome.tasks)
         self.follow(state, outcome, now)
 

@@ -488,3 +488,11 @@ def test_any_corruption_of_a_valid_event_decodes_or_is_rejected(data, cut, topic
     valid = raw(event("order.paid"))
     cut = min(cut, len(valid))
     assert_event_or_rejected(valid[:cut] + data + valid[cut:], topic)
+
+
+def test_no_event_class_is_subclassed() -> None:
+    """The engine tells events apart by their exact class (`type(event) is OrderPaid`,
+    taggers/engine.py): a subclass of an event class would pass as none of them."""
+    classes = [cls for family in ev.FAMILY_BY_TOPIC.values() for cls in family.__args__]
+    assert len(classes) == len(ev.TOPIC_BY_EVENT_TYPE)
+    assert [cls.__name__ for cls in classes if cls.__subclasses__()] == []
