@@ -361,21 +361,28 @@ class Engine:
         series = state.unit_deadlines
         now = ctx.now
         evaluated, timed = self._units_of(indexes)
-        if full or not series:
-            kept = []
-        else:
-            kept = [v for i in range(0, len(series), 2)
-                    if series[i] not in evaluated and series[i + 1] > now
-                    for v in (series[i], series[i + 1])]
+        kept: list[int] = []
+        best: int | None = None  # the earliest of kept's deadlines
+        if not full:
+            # a loop, not a comprehension over (unit, at) tuples: this runs on every event
+            for i in range(0, len(series), 2):
+                unit, until = series[i], series[i + 1]
+                if until > now and unit not in evaluated:
+                    kept.append(unit)
+                    kept.append(until)
+                    if best is None or until < best:
+                        best = until
         for index in timed:
-            at = self._unit_deadline(ctx, index)
-            if at is not None:
-                kept.extend((index, at))
+            found = self._unit_deadline(ctx, index)
+            if found is not None:
+                kept.append(index)
+                kept.append(found)
+                if best is None or found < best:
+                    best = found
         state.unit_deadlines = kept
         # the earliest of the units', the marked tags' and the tasks' expiries, and loyalty's
         loyalty_due = (self.loyalty.next_deadline(state.loyalty)
                        if self.loyalty is not None else None)
-        best = min(kept[1::2], default=None)
         for at in (next_expiry(state), next_task_expiry(state, now) if state.tasks else None,
                    loyalty_due if loyalty_due is not None and loyalty_due > now else None):
             if at is not None and (best is None or at < best):
