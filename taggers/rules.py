@@ -231,7 +231,7 @@ def compile_rules(text: str, source: str = "<rules>") -> RulePack:
                   functions=functions, tag_reads=dependencies)
     _compile_definitions(definition_specs, document.get("definitions") or {}, scope, source)
 
-    tags = [_compile_tag(spec, source, scope, dependencies) for spec in tag_specs]
+    tags = [_compile_tag(spec, source, scope) for spec in tag_specs]
     counters = tuple(compile_counter(name, spec, source, retention.get(name, 0))
                      for name, spec in counter_specs.items())
     loyalty = None
@@ -324,8 +324,8 @@ def _compile_definitions(specs: dict[str, Any], section: dict[str, Any], scope: 
                                    inputs=compiled.inputs, reads_tags=reads_tags)
 
 
-def _compile_tag(spec: Any, source: str, scope: Scope, dependencies: list[str]) -> TagRule:
-    """`dependencies` is the list has_tag/had_tag append to while a condition compiles."""
+def _compile_tag(spec: Any, source: str, scope: Scope) -> TagRule:
+    """The tags its condition reads are what `scope.tag_reads` gains while it compiles."""
     if not isinstance(spec, dict):
         raise RuleDefinitionError("each tag rule is a mapping with id, name_zh, family, when",
                                   path=source)
@@ -354,7 +354,7 @@ def _compile_tag(spec: Any, source: str, scope: Scope, dependencies: list[str]) 
     if not isinstance(when, str) or not when.strip():
         raise RuleDefinitionError(f"tag {tag_id!r} needs a condition 'when'", path=source,
                                   line=line(spec))
-    start = len(dependencies)
+    start = len(scope.tag_reads)
     try:
         condition = compile_expression(when, scope)
     except ExprError as exc:
@@ -384,7 +384,8 @@ def _compile_tag(spec: Any, source: str, scope: Scope, dependencies: list[str]) 
         raise RuleDefinitionError(f"tag {tag_id!r}: 'value' is the text a group shows and "
                                   f"needs a 'group'", path=source, line=line(spec, "value"))
     return TagRule(tag_id, name_zh.strip(), family, condition, line(spec, "when"),
-                   tuple(dict.fromkeys(dependencies[start:])), group, value, ttl_s, reads_event)
+                   tuple(dict.fromkeys(scope.tag_reads[start:])), group, value, ttl_s,
+                   reads_event)
 
 
 def _evaluation_units(tags: list[TagRule], source: str) -> tuple[tuple[TagRule, ...], ...]:
