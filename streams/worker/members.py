@@ -623,12 +623,17 @@ class BatchShipper:
 
     def _idle(self) -> bool:
         """No batch is in flight."""
-        return all(task.done() for task in self._in_flight)
+        return self._in_flight_count() == 0
 
     def _slot_free(self) -> bool:
+        return self._in_flight_count() < MAX_BATCHES_IN_FLIGHT
+
+    def _in_flight_count(self) -> int:
+        """Batches not yet delivered. Delivered ones leave from the front only: a batch
+        behind an undelivered one counts as in flight until that one is delivered too."""
         while self._in_flight and self._in_flight[0].done():
             self._in_flight.popleft()
-        return len(self._in_flight) < MAX_BATCHES_IN_FLIGHT
+        return len(self._in_flight)
 
     def _arm(self) -> None:
         if self._timer is None and self.processor.batch_open():
