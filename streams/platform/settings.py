@@ -59,9 +59,8 @@ class Settings:
     # dead-lettered as late (the replay tool writes each topic in order, so 0 suffices).
     reorder_window_s: int = 0
     timer_interval_s: float = 0.25
-    # How long the member agent's open batch collects before it is shipped; with no batch in
-    # flight and the last one sealed this long ago it ships at once (a quiet stream adds no
-    # wait; a busy one ships a batch this often, or at 5,000 events).
+    # How long the member agent's open batch collects before it is shipped (the latency a
+    # quiet stream adds; a busy one ships every batch this often, or at 5,000 events).
     batch_linger_ms: int = 20
     # How long a worker's fetch may wait at the broker for a message: the longest a message
     # can sit behind a fetch of quiet partitions (streams/worker/compat.py, item 4).

@@ -11,7 +11,6 @@ import collections
 import functools
 import itertools
 import logging
-import math
 import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Iterable, Iterator, NamedTuple
@@ -60,11 +59,9 @@ class Counters:
     erased: int = 0
 
 
-# A batch is shipped this long after its first record or acknowledgement, or sooner when
-# the last one was sealed this long ago and nothing is in flight (a quiet stream waits for
-# nothing), or at once when this many events or changed members are waiting (the memory a
-# busy stream holds). Per batch, each changed member costs one changelog and one profile
-# record: a busy stream still ships at most one batch per linger time unless they fill.
+# A batch is shipped this long after its first record or acknowledgement (the latency a quiet
+# stream adds), or at once when this many events or changed members are waiting (the memory a
+# busy one holds). Per batch, each changed member costs one changelog and one profile record.
 FLUSH_LINGER_S = 0.02
 FLUSH_EVENTS = 5000
 FLUSH_MEMBERS = 2000
@@ -124,7 +121,6 @@ class MemberProcessor:
         self.counters = Counters()
         self.tally = metrics.Tally()  # added to the Prometheus metrics once per batch
         self._monotonic = clock
-        self._sealed_at = -math.inf  # when the last batch was sealed
         self.linger_s = linger_s
         # the next offset per topic-partition; `rewind` is set by the agent's registration
         self.sequence = DeliverySequence(rewind=_cannot_rewind)
@@ -158,14 +154,11 @@ class MemberProcessor:
     def batch_full(self) -> bool:
         return len(self._acks) >= FLUSH_EVENTS or len(self._dirty) >= FLUSH_MEMBERS
 
-    def batch_due(self, idle: bool = False) -> bool:
-        """Something waits and it has waited the linger time (or the batch is full); or, with
-        no batch in flight (`idle`), the last batch was sealed at least the linger time ago."""
+    def batch_due(self) -> bool:
+        """Something waits and it has waited the linger time (or the batch is full)."""
         if self._opened_at is None:
             return False
-        now = self._monotonic()
-        return (self.batch_full() or now - self._opened_at >= self.linger_s
-                or (idle and now - self._sealed_at >= self.linger_s))
+        return self.batch_full() or self._monotonic() - self._opened_at >= self.linger_s
 
     # --- messages -----------------------------------------------------------------------------
 
@@ -373,7 +366,6 @@ class MemberProcessor:
             return None
         outputs, acks, dirty = self._records, self._acks, self._dirty
         self._records, self._acks, self._dirty, self._opened_at = [], [], {}, None
-        self._sealed_at = self._monotonic()
         pack = self.engine.pack
         states: StagedStates = []
         changelog: list[Record] = []
@@ -576,15 +568,8 @@ def _once(ack: Ack) -> Ack:
 
 class BatchShipper:
     """When the member agent's batches are sealed and shipped: once the open batch is due
-    (its linger time passed, or it is full; with nothing in flight, also once the last batch
-    was sealed a linger time ago) and, on a quiet stream, by a timer. Up to
+    (its linger time passed, or it is full) and, on a quiet stream, by a timer. Up to
     MAX_BATCHES_IN_FLIGHT batches are delivered while the next fills.
-
-    So an event on a quiet stream ships as it comes (the linger put 20 ms on every one: 40 ms
-    on an idle worker), while a busy stream still ships a batch per linger time: shipping
-    each batch as soon as the one before was delivered made many more, smaller batches, and
-    more work for the broker and the Redis sink on 2 cores the worker, broker, sink and bench
-    already took 1.7 of at half the max rate (p50 48 -> 124 ms at 20,000 members, one run).
 
     Under load the batches grow instead of the agent waiting: a batch due while as many
     batches are in flight as allowed keeps taking events and is shipped the moment one of
@@ -613,7 +598,7 @@ class BatchShipper:
         """After a message or a tick: ship the open batch if it is due (or, with every slot
         taken, as soon as one frees; at once if it is full), else make sure the linger timer
         ships it when it is."""
-        if self.processor.batch_due(idle=self._idle()) and not self.paused():
+        if self.processor.batch_due() and not self.paused():
             if self._slot_free() or self.processor.batch_full():
                 await self.ship_open_batch()
             elif self._waiting_for_slot is None or self._waiting_for_slot.done():
@@ -621,19 +606,10 @@ class BatchShipper:
         else:
             self._arm()
 
-    def _idle(self) -> bool:
-        """No batch is in flight."""
-        return self._in_flight_count() == 0
-
     def _slot_free(self) -> bool:
-        return self._in_flight_count() < MAX_BATCHES_IN_FLIGHT
-
-    def _in_flight_count(self) -> int:
-        """Batches not yet delivered. Delivered ones leave from the front only: a batch
-        behind an undelivered one counts as in flight until that one is delivered too."""
         while self._in_flight and self._in_flight[0].done():
             self._in_flight.popleft()
-        return len(self._in_flight)
+        return len(self._in_flight) < MAX_BATCHES_IN_FLIGHT
 
     def _arm(self) -> None:
         if self._timer is None and self.processor.batch_open():
