@@ -73,6 +73,10 @@ class Settings:
     log_level: str = "info"
     # Embedded stack (tagstream stack up): where the broker binary and logs live
     stack_dir: Path = Path(".tagstream/stack")
+    # How the local stack's Kafka nodes compile: "full" (the JVM's default, as in production)
+    # or "client" (C1 only: less compiling for short-lived brokers, as the tests run them);
+    # streams/tools/kafka_server/__init__.py gives the measurements.
+    stack_broker_jit: str = "full"
     # WeCom sync (tagstream wecom-sync). The secret stays out of repr and logs. The call limit
     # applies per API; WeCom allows 10,000/min and 150,000/h per API per corp, so the default
     # (2,000/min = 120,000/h) keeps under both, with room for other apps of the same corp.
@@ -136,6 +140,9 @@ class Settings:
             raise SettingsError("TAGSTREAM_WECOM_CALLS_PER_MINUTE must be at least 10")
         if settings.wecom_coalesce_ms < 0:
             raise SettingsError("TAGSTREAM_WECOM_COALESCE_MS must not be negative")
+        if settings.stack_broker_jit not in ("full", "client"):
+            raise SettingsError("TAGSTREAM_STACK_BROKER_JIT must be 'full' or 'client', not "
+                                f"{settings.stack_broker_jit!r}")
         if settings.consumer_fetch_max_wait_ms < 0:
             raise SettingsError("TAGSTREAM_CONSUMER_FETCH_MAX_WAIT_MS must not be negative")
         check_topic_namespace(settings.topic_namespace)
@@ -172,6 +179,7 @@ ENV_NAMES: dict[str, str] = {
     "data_dir": "TAGSTREAM_DATA_DIR",
     "log_level": "TAGSTREAM_LOG_LEVEL",
     "stack_dir": "TAGSTREAM_STACK_DIR",
+    "stack_broker_jit": "TAGSTREAM_STACK_BROKER_JIT",
     "wecom_base_url": "TAGSTREAM_WECOM_BASE_URL",
     "wecom_corp_id": "TAGSTREAM_WECOM_CORP_ID",
     "wecom_secret": "TAGSTREAM_WECOM_SECRET",

@@ -251,7 +251,7 @@ class LocalStack:
             for node in layout.nodes:
                 components.append(_Component(
                     f"broker-{node.node_id}", "127.0.0.1", node.port, ENV_NAMES["broker"],
-                    node_argv(node, self.cache),
+                    node_argv(node, self.cache, self.settings.stack_broker_jit),
                     _broker_answers(f"127.0.0.1:{node.port}", expected)))
         if self.with_redis:
             host, port, db = _redis_address(self.settings)

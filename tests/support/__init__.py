@@ -27,4 +27,5 @@ def private_stack_settings(tmp_path: Path, brokers: int = 1) -> Settings:
         web_port=web_port,
         data_dir=tmp_path / "data",
         stack_dir=tmp_path / "stack",
+        stack_broker_jit="client",  # brokers living minutes (streams/tools/kafka_server)
     )

@@ -111,7 +111,7 @@ def sasl_kafka(directory: Path, username: str, password: str,
                  extra=sasl_properties(client_port, internal_port, controller_port,
                                        username, password),
                  format_args=scram_format_args(username, password))
-    record = start_process(node_argv(node), directory / "kafka.log")
+    record = start_process(node_argv(node, jit="client"), directory / "kafka.log")
     try:
         kafka = SaslKafka(f"{HOST}:{client_port}", f"{HOST}:{internal_port}", username,
                           password, record)

@@ -6,9 +6,12 @@ import base64
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 
-from streams.tools.kafka_server import NodeConfig, kafka_version, new_cluster_id, server_properties
+from streams.platform.settings import Settings, SettingsError
+from streams.tools.kafka_server import (KafkaServerError, NodeConfig, kafka_version, lib_dir,
+                                        new_cluster_id, node_argv, server_properties)
 
 from tests.support import REPO_ROOT
 
@@ -90,3 +93,29 @@ def test_a_cluster_id_is_a_uuid_in_url_safe_base64() -> None:
     for cluster_id in ids:
         assert re.fullmatch(r"[A-Za-z0-9_-]{22}", cluster_id), cluster_id
         assert len(base64.urlsafe_b64decode(cluster_id + "==")) == 16
+
+
+def fetched_cache(tmp_path: Path) -> Path:
+    """A jar cache that counts as fetched (node_argv only names its lib dir)."""
+    cache = tmp_path / "cache"
+    lib_dir(cache).mkdir(parents=True)
+    (lib_dir(cache).parent / "fetched").write_text(kafka_version())
+    return cache
+
+
+def test_a_node_runs_the_jvms_full_jit_unless_the_client_one_is_asked_for(tmp_path: Path) -> None:
+    node, cache = nodes(1, tmp_path)[0], fetched_cache(tmp_path)
+    assert "-XX:TieredStopAtLevel=1" not in node_argv(node, cache)
+    assert "-XX:TieredStopAtLevel=1" not in node_argv(node, cache, jit="full")
+    client = node_argv(node, cache, jit="client")
+    assert "-XX:TieredStopAtLevel=1" in client
+    assert client.index("-XX:TieredStopAtLevel=1") < client.index("kafka.Kafka")
+    with pytest.raises(KafkaServerError, match="unknown broker JIT 'c2'"):
+        node_argv(node, cache, jit="c2")
+
+
+def test_the_stack_broker_jit_setting_is_full_or_client() -> None:
+    assert Settings().stack_broker_jit == "full"
+    assert Settings.from_env({"TAGSTREAM_STACK_BROKER_JIT": "client"}).stack_broker_jit == "client"
+    with pytest.raises(SettingsError, match="TAGSTREAM_STACK_BROKER_JIT must be 'full' or 'client'"):
+        Settings.from_env({"TAGSTREAM_STACK_BROKER_JIT": "server"})

@@ -134,6 +134,8 @@ def test_stack_up_status_partial_restart_down_up_and_fresh(
         cli(settings, "stack", "up")
         started = pids(local)
         assert set(started) == {"broker-1", "redis"}
+        # the tests' settings ask for the client JIT (TAGSTREAM_STACK_BROKER_JIT)
+        assert "-XX:TieredStopAtLevel=1" in records(local)["broker-1"].argv
         bootstrap = settings.broker_bootstrap
         asyncio.run(ensure_topics(bootstrap, {"smoke": 1}))
         asyncio.run(produce(bootstrap, "smoke", b"M000001", b"hello"))

@@ -33,11 +33,14 @@ DEFAULT_CACHE = CHECKOUT / ".kafka"
 INSTALL_JAVA = "install them as root with: apt-get install -y openjdk-17-jre-headless maven"
 # A local node's heap: the tests run up to four nodes at once on a 24 GiB, 2-core machine.
 HEAP = ("-Xms128m", "-Xmx768m")
-# The client JIT only (C1): these loopback brokers live minutes to an hour beside the
+# How a local node's JVM compiles Kafka's code (TAGSTREAM_STACK_BROKER_JIT).
+# "full": the JVM's default, tiered up to C2, as docker-compose.yml's production brokers run.
+# For a node that works for minutes on end (the bench, `tagstream stack up`): at 20,000
+# members and 500 live orders/s the broker took 31-34% of a core instead of 41-43% with C1.
+# "client": C1 only, for the tests' brokers, which live minutes and mostly idle beside the
 # workers on a few cores, where C2's compiling costs more CPU than its faster code saves
-# (measured: the 3-node leader-kill test 161 s -> 134 s, the run's CPU 3:53 -> 2:59).
-# docker-compose.yml's production brokers keep the JVM's defaults.
-JIT = ("-XX:TieredStopAtLevel=1",)
+# (the 3-node leader-kill test 161 s -> 134 s, the run's CPU 3:53 -> 2:59).
+JIT_FLAGS: dict[str, tuple[str, ...]] = {"full": (), "client": ("-XX:TieredStopAtLevel=1",)}
 
 
 class KafkaServerError(TagstreamError):
@@ -179,9 +182,13 @@ def server_properties(node: NodeConfig, voters: list[NodeConfig],
     return "".join(f"{key}={value}\n" for key, value in settings.items())
 
 
-def node_argv(node: NodeConfig, cache: Path = DEFAULT_CACHE) -> tuple[str, ...]:
+def node_argv(node: NodeConfig, cache: Path = DEFAULT_CACHE,
+              jit: str = "full") -> tuple[str, ...]:
+    """The command that runs `node`; `jit` is a key of JIT_FLAGS."""
     lib = require_fetched(cache)
-    return (java_binary(), *HEAP, *JIT, "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+    if jit not in JIT_FLAGS:
+        raise KafkaServerError(f"unknown broker JIT {jit!r}: one of {', '.join(JIT_FLAGS)}")
+    return (java_binary(), *HEAP, *JIT_FLAGS[jit], "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
             "-Djava.awt.headless=true", f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
             "-cp", f"{lib}/*", "kafka.Kafka", str(node.properties_path))
 
