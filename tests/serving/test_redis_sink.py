@@ -9,10 +9,11 @@ from typing import Any
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from streams.platform.topics import topic_names
-from streams.serving.redis_sink import run_redis_sink
+from streams.serving.redis_sink import RedisSink, group_id, run_redis_sink
 from streams.serving.redis_store import RedisProfileStore
 from streams.tools.processes import read_record, stop_process
 from tests.support.kafka import create_topics
@@ -209,3 +210,54 @@ async def test_sink_keeps_the_highest_version_of_every_task_and_erasure_deletes_
                                  key=lambda i: (newest[i]["due_at"], i)) for g in GUIDES}
     assert await store.tasks.member_task_ids("M0012") == set()
     assert not sink.done()
+
+
+async def committed_and_ends(settings: Any) -> tuple[dict[int, int], dict[int, int]]:
+    """The sink group's committed offsets and the end offsets of the profiles topic, by
+    partition (partitions with no record left out of both)."""
+    topic = topic_names(settings).profiles
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.broker_bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.broker_bootstrap)
+    await admin.start()
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in range(settings.partitions)]
+        ends = {tp.partition: end for tp, end in (await consumer.end_offsets(partitions)).items()
+                if end}
+        committed = {tp.partition: meta.offset for tp, meta in
+                     (await admin.list_consumer_group_offsets(group_id(settings))).items()
+                     if tp.topic == topic and tp.partition in ends}
+        return committed, ends
+    finally:
+        await consumer.stop()
+        await admin.close()
+
+
+async def test_the_kafka_commit_follows_redis_once_an_interval_and_at_stop(stack, producer, store):
+    """Redis is the sink's own record; the group's Kafka commit (for lag monitoring) is made at
+    most once per interval, on the sink's clock, and when the sink stops."""
+    now = [0.0]
+    sink = RedisSink(stack, store, commit_interval_s=10, clock=lambda: now[0])
+    stop = asyncio.Event()
+    task = asyncio.create_task(sink.run(stop))
+    try:
+        expected: dict[str, Any] = {}
+        await produce(producer, [version(m, 0) for m in range(40)], expected)
+        await wait_converged(store, expected)
+        committed, ends = await committed_and_ends(stack)
+        assert ends and committed == {}  # the clock has not moved: nothing committed yet
+
+        now[0] = 10.0
+        deadline = time.monotonic() + 60
+        while (committed := (await committed_and_ends(stack))[0]) != ends:
+            assert time.monotonic() < deadline, (committed, ends)
+            await asyncio.sleep(0.2)
+
+        await produce(producer, [version(m, 1) for m in range(40)], expected)
+        await wait_converged(store, expected)
+        committed, newer_ends = await committed_and_ends(stack)
+        assert committed == ends != newer_ends  # written to Redis, not yet committed
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+    assert (await committed_and_ends(stack)) == (newer_ends, newer_ends)  # committed at stop
