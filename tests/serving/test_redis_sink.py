@@ -16,7 +16,7 @@ from streams.platform.topics import topic_names
 from streams.serving.redis_sink import RedisSink, group_id, run_redis_sink
 from streams.serving.redis_store import RedisProfileStore
 from streams.tools.processes import read_record, stop_process
-from tests.support.kafka import create_topics
+from tests.support.kafka import committed_to_the_end, create_topics
 from tests.support.profiles import make_profile
 from tests.support.task_records import closed, make_task
 
@@ -248,10 +248,8 @@ async def test_the_kafka_commit_follows_redis_once_an_interval_and_at_stop(stack
         assert ends and committed == {}  # the clock has not moved: nothing committed yet
 
         now[0] = 10.0
-        deadline = time.monotonic() + 60
-        while (committed := (await committed_and_ends(stack))[0]) != ends:
-            assert time.monotonic() < deadline, (committed, ends)
-            await asyncio.sleep(0.2)
+        await committed_to_the_end(stack.broker_bootstrap, group_id(stack),
+                                   [topic_names(stack).profiles], timeout=60)
 
         await produce(producer, [version(m, 1) for m in range(40)], expected)
         await wait_converged(store, expected)
