@@ -532,10 +532,13 @@ def tail(topic: str | None, from_beginning: bool, idle: float, limit: int) -> No
 
     settings = _settings()
     topic = topic or topic_names(settings).tag_changes
-    count = asyncio.run(tail_topic(settings.broker_bootstrap, topic,
-                                   from_beginning=from_beginning, idle_s=idle or None,
-                                   limit=limit or None, out=sys.stdout,
-                                   security=_kafka_security(settings)))
+    try:
+        count = asyncio.run(tail_topic(settings.broker_bootstrap, topic,
+                                       from_beginning=from_beginning, idle_s=idle or None,
+                                       limit=limit or None, out=sys.stdout,
+                                       security=_kafka_security(settings)))
+    except TagstreamError as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo(f"{count} records from {topic}", err=True)
 
 

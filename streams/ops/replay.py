@@ -215,7 +215,7 @@ async def replay(bootstrap: str, path: Path, *, names: TopicNames, speed: float 
 
         last_event_time, watermarks = timeline.last, timeline.watermarks
         if last_event_time is not None:
-            watermarks += await _write_watermarks(producer, names.events, last_event_time)
+            watermarks += await write_watermarks(producer, names.events, last_event_time)
         await producer.flush()
     finally:
         await producer.stop()
@@ -335,7 +335,7 @@ class _Batches:
             self.previous, self.in_flight = self.in_flight, []
 
 
-async def _write_watermarks(producer: AIOKafkaProducer, event_topics: tuple[str, ...],
+async def write_watermarks(producer: AIOKafkaProducer, event_topics: tuple[str, ...],
                             at: datetime) -> int:
     """A watermark marker for `at` on every partition of every event topic."""
     value, headers = encode_watermark(at)

@@ -6,9 +6,8 @@ import asyncio
 from typing import Any, Mapping, TextIO
 
 import orjson
-from aiokafka import TopicPartition
 
-from streams.platform.kafka_clients import kafka_consumer
+from streams.platform.kafka_clients import kafka_consumer, partitions_of
 
 
 def format_record(value: bytes) -> str:
@@ -38,16 +37,7 @@ async def tail_topic(bootstrap: str, topic: str, *, from_beginning: bool = False
     await consumer.start()
     count = 0
     try:
-        partitions = None
-        for _ in range(50):
-            partitions = consumer.partitions_for_topic(topic)
-            if partitions:
-                break
-            await consumer._client.force_metadata_update()  # noqa: SLF001 - topic may be new
-            await asyncio.sleep(0.1)
-        if not partitions:
-            raise RuntimeError(f"topic {topic!r} does not exist")
-        assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
+        assigned = await partitions_of(consumer, [topic])
         consumer.assign(assigned)
         if from_beginning:
             await consumer.seek_to_beginning(*assigned)

@@ -15,8 +15,8 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from schemas.control import encode_watermark
 from schemas.events import MAX_EVENT_BYTES, TOPIC_BY_EVENT_TYPE
+from streams.ops.replay import write_watermarks
 from streams.platform.partitioning import partition_for
 from streams.platform.topics import TopicNames, topic_names
 from streams.tools.generate import generate_events
@@ -114,10 +114,7 @@ async def produce_mixed(settings, valid: list[bytes], invalid: list[tuple[bytes,
         for payload, expect in pending_invalid:
             futures.append((expect, await producer.send(names.orders, value=payload)))
         last = max(datetime.fromisoformat(orjson.loads(line)["occurred_at"]) for line in valid)
-        marker, headers = encode_watermark(last)
-        for topic in names.events:
-            for partition in range(settings.partitions):
-                await producer.send(topic, value=marker, partition=partition, headers=headers)
+        await write_watermarks(producer, names.events, last)
         for expect, future in futures:
             metadata = await future
             if expect is not None:

@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 import orjson
 import pytest
 
-from streams.ops.replay import route
+from streams.ops.replay import route, write_watermarks
 from streams.platform.kafka_clients import kafka_producer
 from streams.platform.partitioning import partition_for
 from streams.platform.topics import topic_names
@@ -125,6 +125,15 @@ async def produce_in_random_topic_order(settings, events: list[dict], rng: rando
             fake.expire_tokens()
 
     await asyncio.gather(*(one_topic(t, items) for t, items in by_topic.items()))
+    # the end of the history, as the replay tool marks it: the event-time clock releases the
+    # events it still holds, so the worker can commit every partition to its end
+    producer = kafka_producer(settings.broker_bootstrap)
+    await producer.start()
+    try:
+        await write_watermarks(producer, names.events, max(
+            datetime.fromisoformat(event["occurred_at"]) for event in events))
+    finally:
+        await producer.stop()
     while injections:  # what the bursts left: while the sync still works through the backlog
         inject(injections.pop())
         await asyncio.sleep(1.0)

@@ -7,10 +7,13 @@ import io
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
+from click.testing import CliRunner
 
 from schemas.control import BACKFILL, control_kind
 from streams.ops.backfill import request_backfill
+from streams.ops.cli import main
 from streams.ops.tail import format_record, tail_topic
+from streams.platform.kafka_clients import UnknownTopics
 from streams.platform.topics import topic_names
 from tests.support.kafka import at_least, create_topics, read_topic
 
@@ -50,9 +53,18 @@ async def test_tail_prints_every_record_from_the_beginning_then_stops_when_idle(
 
 
 async def test_tail_of_a_missing_topic_is_a_clear_error(stack_settings) -> None:
-    with pytest.raises(RuntimeError, match="does not exist"):
+    with pytest.raises(UnknownTopics, match="does not exist"):
         await tail_topic(stack_settings.broker_bootstrap,
                          f"{stack_settings.topic_namespace}no.such.topic", idle_s=0.5)
+
+
+def test_tagstream_tail_of_a_missing_topic_says_so_without_a_traceback(stack_settings) -> None:
+    topic = f"{stack_settings.topic_namespace}no.such.topic"
+    result = CliRunner().invoke(main, ["tail", "--topic", topic, "--idle", "0.5"],
+                                env=stack_settings.to_env())
+    assert result.exit_code == 1, result.output
+    assert f"Error: topic '{topic}' does not exist" in result.output
+    assert "Traceback" not in result.output
 
 
 async def test_backfill_puts_one_marker_on_every_partition_of_the_reroute_topic(

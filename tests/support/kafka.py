@@ -13,9 +13,11 @@ from typing import Any, Callable, Iterable, Iterator
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import CoordinatorLoadInProgressError, GroupCoordinatorNotAvailableError
 
 from schemas.changes import encode_change
 from streams.platform.admin import ensure_tagstream_topics
+from streams.platform.kafka_clients import partitions_of
 from streams.platform.settings import Settings
 from streams.tools.processes import ChildProcess, tagstream_command
 
@@ -98,11 +100,7 @@ async def read_topic(bootstrap: str, topic: str, *, until: Callable[[list[Any]],
     await consumer.start()
     records: list[Any] = []
     try:
-        partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
-            await consumer._client.force_metadata_update()  # noqa: SLF001
-            partitions = consumer.partitions_for_topic(topic) or set()
-        assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
+        assigned = await partitions_of(consumer, [topic])
         consumer.assign(assigned)
         await consumer.seek_to_beginning(*assigned)
         deadline = time.monotonic() + timeout
@@ -134,12 +132,13 @@ async def committed_to_the_end(bootstrap: str, group: str, topics: Iterable[str]
     await consumer.start()
     await admin.start()
     try:
-        partitions = [TopicPartition(topic, p) for topic in topics
-                      for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        ends = await consumer.end_offsets(partitions)
+        ends = await consumer.end_offsets(await partitions_of(consumer, topics))
         deadline = time.monotonic() + timeout
         while True:
-            committed = await admin.list_consumer_group_offsets(group)
+            try:
+                committed = await admin.list_consumer_group_offsets(group)
+            except (GroupCoordinatorNotAvailableError, CoordinatorLoadInProgressError):
+                committed = {}  # the offsets topic is still being created or loaded
             behind = {tp: (committed[tp].offset if tp in committed else None, end)
                       for tp, end in ends.items()
                       if end and (tp not in committed or committed[tp].offset < end)}

@@ -30,7 +30,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.platform.backoff import backoff_delay
-from streams.platform.kafka_clients import kafka_consumer
+from streams.platform.kafka_clients import UnknownTopics, kafka_consumer, partitions_of
 from streams.platform.topics import (TAG_CHANGES_TOPIC, TASK_CHANGES_TOPIC, TIER_CHANGES_TOPIC,
                                      TopicNames)
 
@@ -307,12 +307,8 @@ class FeedHub:
 
 
 async def _feed_partitions(consumer: AIOKafkaConsumer, names: TopicNames) -> list[TopicPartition]:
-    for _ in range(100):
-        found = {topic: consumer.partitions_for_topic(topic)
-                 for topic in (names.tag_changes, names.tier_changes, names.task_changes)}
-        if all(found.values()):
-            return [TopicPartition(topic, p) for topic, parts in sorted(found.items())
-                    for p in sorted(parts)]
-        await consumer._client.force_metadata_update()  # noqa: SLF001 - topics may be new
-        await asyncio.sleep(0.1)
-    raise RuntimeError("the change topics do not exist yet (tagstream stack up creates them)")
+    try:
+        return await partitions_of(
+            consumer, (names.tag_changes, names.tier_changes, names.task_changes))
+    except UnknownTopics as exc:
+        raise RuntimeError(f"{exc} (tagstream stack up creates the change topics)") from None

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable
 from aiokafka import TopicPartition
 
 from schemas.errors import TagstreamError
-from streams.platform.kafka_clients import kafka_consumer
+from streams.platform.kafka_clients import UnknownTopics, kafka_consumer, partitions_of
 from streams.platform.security import kafka_client_kwargs
 from streams.platform.settings import Settings
 from streams.platform.topics import TopicNames, topic_names
@@ -227,12 +227,9 @@ async def _topic_records(run: _Run, topic: str) -> int:
     consumer = kafka_consumer(run.bootstrap, **run.security)
     await consumer.start()
     try:
-        partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
-            await consumer._client.force_metadata_update()  # noqa: SLF001 - no public way
-            partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in partitions]
-        if not tps:
+        try:
+            tps = await partitions_of(consumer, [topic])
+        except UnknownTopics:
             return 0
         begins = await consumer.beginning_offsets(tps)
         ends = await consumer.end_offsets(tps)

@@ -27,9 +27,10 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 import aiohttp
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
 from streams.platform.event_writer import EventWriter, build_event
+from streams.platform.kafka_clients import partitions_of
 from streams.platform.partitioning import partition_for
 from streams.platform.security import kafka_client_kwargs
 from streams.platform.settings import Settings
@@ -675,10 +676,7 @@ class Tail:
     async def __aenter__(self) -> "Tail":
         await self.consumer.start()
         try:
-            await self.consumer._client.force_metadata_update()  # noqa: SLF001 - as read_topic
-            partitions = [TopicPartition(self.topic, p)
-                          for p in sorted(self.consumer.partitions_for_topic(self.topic) or ())]
-            assert partitions, f"{self.topic} has no partitions"
+            partitions = await partitions_of(self.consumer, [self.topic])
             self.consumer.assign(partitions)
             await self.consumer.seek_to_end(*partitions)
             for tp in partitions:
