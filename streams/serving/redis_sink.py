@@ -149,7 +149,7 @@ class RedisSink:
         self._clock = clock
         # Written to Redis, not yet committed to Kafka: the next offset per partition.
         self.uncommitted: dict[TopicPartition, int] = {}
-        self._committed_at = -float("inf")
+        self._committed_at = clock()  # the first commit comes an interval after the start
         self.need_sync = True
         # Redis holds what the topics held a moment ago (nothing waiting, or under a batch
         # behind on every partition) since the last resync: the daily snapshot of the audience
