@@ -21,8 +21,8 @@ from pathlib import Path
 
 # Pure modules on the engine's path. state.py (msgspec Structs, which mypyc cannot compile)
 # and the pack's compilers, run once at load, stay interpreted.
-COMPILED_MODULES = ("clock", "counters", "dryrun", "engine", "expr", "loyalty", "marked",
-                    "outcome", "profile", "rules", "scope", "series", "tasks", "wecom")
+COMPILED_MODULES = ("clock", "context", "counters", "dryrun", "engine", "expr", "loyalty",
+                    "marked", "outcome", "profile", "rules", "scope", "series", "tasks", "wecom")
 PACKAGE_DIR = Path(__file__).resolve().parent
 BUILD_DIR = PACKAGE_DIR / "_build"
 DIGEST_FILE = "SOURCES.sha256"

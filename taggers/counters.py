@@ -24,6 +24,7 @@ from typing import Any, Callable
 from schemas.errors import RuleDefinitionError
 from schemas.events import TOPIC_BY_EVENT_TYPE
 from taggers.clock import DAY
+from taggers.context import UNSET, EvalContext, memo_slot
 from taggers.expr import BOOL, NUM, STR, Compiled, ExprError, Field, Scope, compile_expression
 from taggers.series import add_to_bucket, touch_key
 from taggers.yamlsrc import check_keys, line, suggest
@@ -285,13 +286,14 @@ def memoized(counter: str, days: int, compute: Callable[[Any], Any],
              is_value: bool) -> Callable[[Any], Any]:
     """`compute` once per evaluation (EvalContext.memo): a window's value or next change,
     or a named definition's (`counter` ":name", days 0), however many rules read it."""
-    key = (counter, days, is_value)
+    slot = memo_slot((counter, days, is_value))
 
-    def memoized(ctx: Any) -> Any:
+    def memoized(ctx: EvalContext) -> Any:
         memo = ctx.memo
-        if key in memo:
-            return memo[key]
-        result = memo[key] = compute(ctx)
+        found = memo[slot]
+        if found is not UNSET:
+            return found
+        result = memo[slot] = compute(ctx)
         return result
 
     return memoized
@@ -302,14 +304,14 @@ def daily_window(counter: str, days: int, inputs: frozenset[str]) -> Field:
 
     # A long window of a daily-active member holds hundreds of buckets: the window's first
     # bucket is found by bisection and the values summed by slicing, both in C.
-    def value(ctx: Any) -> int:
+    def value(ctx: EvalContext) -> int:
         series = ctx.state.counters.get(counter)
         if not series:
             return 0
         first = bisect_left(series[0::2], ctx.today - days + 1)
         return sum(series[2 * first + 1::2])
 
-    def next_change(ctx: Any) -> int | None:
+    def next_change(ctx: EvalContext) -> int | None:
         series = ctx.state.counters.get(counter)
         if not series:
             return None
@@ -327,14 +329,14 @@ def daily_window(counter: str, days: int, inputs: frozenset[str]) -> Field:
 def distinct_window(counter: str, days: int, inputs: frozenset[str]) -> Field:
     """counter[Nd] of a distinct counter: keys last seen in the last N local days."""
 
-    def value(ctx: Any) -> int:
+    def value(ctx: EvalContext) -> int:
         series = ctx.state.distinct.get(counter)
         if not series:
             return 0
         low = ctx.today - days + 1
         return sum(1 for i in range(1, len(series), 2) if series[i] >= low)
 
-    def next_change(ctx: Any) -> int | None:
+    def next_change(ctx: EvalContext) -> int | None:
         series = ctx.state.distinct.get(counter)
         if not series:
             return None
@@ -351,15 +353,15 @@ def pending_field(tracker: str, age_s: int, keep_s: int) -> tuple[Field, Field]:
     """pending(tracker, Nd): keys started at least N days ago and not stopped since; and the
     list of those keys, for evidence."""
 
-    def keys_due(ctx: Any) -> list[str]:
+    def keys_due(ctx: EvalContext) -> list[str]:
         keys = ctx.state.pending.get(tracker) or ()
         return [keys[i] for i in range(0, len(keys), 2)
                 if ctx.now - age_s >= keys[i + 1] > ctx.now - keep_s]
 
-    def value(ctx: Any) -> int:
+    def value(ctx: EvalContext) -> int:
         return len(keys_due(ctx))
 
-    def next_change(ctx: Any) -> int | None:
+    def next_change(ctx: EvalContext) -> int | None:
         keys = ctx.state.pending.get(tracker) or ()
         moments = []
         for i in range(1, len(keys), 2):

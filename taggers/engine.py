@@ -28,6 +28,7 @@ from schemas.events import (ConsentChanged, ErasureRequested, TagMarked, WecomFr
 from taggers.clock import DAY, to_epoch
 from taggers.counters import TrackerDef
 from taggers.expr import TIME
+from taggers.loyalty import LoyaltyProgram
 from taggers.outcome import Outcome
 from taggers.marked import (MARKED_FAMILY, TAG_MARKED, expired, is_marked, marked_guides,
                             marked_name, next_expiry)
@@ -62,7 +63,7 @@ class Engine:
         self.skip_inert_units = skip_inert_units
         self.allowed_lateness_s = allowed_lateness_s
         self.calendar = pack.calendar
-        self.loyalty = pack.loyalty
+        self.loyalty: LoyaltyProgram | None = pack.loyalty
         self._retention = {c.name: c.retention_days for c in pack.counters}
         # Units that can change by time alone (a timer or a ttl); the others have no deadline.
         self._timed_units = frozenset(
@@ -324,7 +325,7 @@ class Engine:
         settled = ctx.held
         units = pack.units
         for index in indexes:
-            unit = units[index]
+            unit: tuple[TagRule, ...] = units[index]
             if unit[0].group is None:
                 rule = unit[0]
                 holds = self._holds(rule, ctx, held.get(rule.id))

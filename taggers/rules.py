@@ -14,6 +14,7 @@ from typing import Any
 from schemas.errors import RuleDefinitionError
 from schemas.events import TOPIC_BY_EVENT_TYPE
 from taggers.clock import LocalCalendar
+from taggers.context import EvalContext
 from taggers.counters import (
     CounterDef,
     TrackerDef,
@@ -43,7 +44,6 @@ from taggers.marked import TAG_MARKED, MarkedTag, compile_marked_tags
 from taggers.tasks_compiler import CHANGE_EVIDENCE, TaskDef, compile_tasks
 from taggers.scope import (
     EVENT_FIELDS,
-    EvalContext,
     base_functions,
     pending_function,
     state_fields,

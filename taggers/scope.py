@@ -9,31 +9,19 @@ from datetime import date
 from typing import Any, Callable
 
 from taggers.clock import DAY
+from taggers.context import EvalContext
 from taggers.counters import pending_field
 from taggers.expr import ANY_EVENT, BOOL, NUM, STR, TIME, Compiled, Days, ExprError, Field, Name
 from taggers.marked import TAG_MARKED
 from taggers.yamlsrc import suggest
 
 
-class EvalContext:
-    """What a condition sees: the member's state, the current event (None on a timer), now."""
-
-    __slots__ = ("state", "event", "now", "today", "calendar", "held", "memo")
-
-    def __init__(self, state: Any, event: Any, now: int, calendar: Any) -> None:
-        self.state = state
-        self.event = event
-        self.now = now
-        self.today = calendar.day_of(now)
-        self.calendar = calendar
-        self.held: dict[str, bool] = {}
-        # window values and their next changes, computed once per evaluation however many
-        # rules read them
-        self.memo: dict[tuple[str, int, bool], Any] = {}
-
-
 def _event_attr(attr: str) -> Callable[[EvalContext], Any]:
-    return lambda ctx: getattr(ctx.event, attr, None) if ctx.event is not None else None
+    def read(ctx: EvalContext) -> Any:
+        event = ctx.event
+        return getattr(event, attr, None) if event is not None else None
+
+    return read
 
 
 _JOIN = frozenset({"interaction.member_joined"})
@@ -46,8 +34,15 @@ _CONSENT = frozenset({"interaction.consent_changed"})
 _ANY = frozenset({ANY_EVENT})
 
 
+def _orders_attr(attr: str) -> Callable[[EvalContext], Any]:
+    def read(ctx: EvalContext) -> Any:
+        return getattr(ctx.state.orders, attr)
+
+    return read
+
+
 def state_fields() -> dict[str, Field]:
-    orders = lambda attr: lambda ctx: getattr(ctx.state.orders, attr)  # noqa: E731
+    orders = _orders_attr
     fields = {
         "joined": Field(BOOL, lambda ctx: ctx.state.joined_at is not None, inputs=_JOIN),
         "joined_at": Field(TIME, lambda ctx: ctx.state.joined_at, nullable=True, inputs=_JOIN),
