@@ -23,7 +23,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 MEMBERS = 200
 EVENTS = 2_000
 TOP_LEVEL = ("events", "members", "partitions", "workers", "raw_passthrough_eps",
-             "faust_floor_eps", "ratio_ceiling", "pipeline_eps", "ratio", "matches_dry_run",
+             "faust_floor_eps", "ratio_ceiling", "pipeline_eps", "ratio", "of_faust_floor",
+             "matches_dry_run",
              "latency_ms", "rss_mb", "state_bytes_per_member", "restart", "broker", "engine_build",
              "machine", "versions", "command", "workdir", "details", "elapsed_s")
 RESTART = ("with_store_s", "with_store_records", "fresh_disk_s", "fresh_disk_records",
@@ -54,6 +55,9 @@ def test_bench_runs_and_its_json_has_every_field(tmp_path):
     for name in ("raw_passthrough_eps", "faust_floor_eps", "pipeline_eps", "rss_mb",
                  "state_bytes_per_member"):
         assert isinstance(result[name], (int, float)), name
+    # the measure, next to the ratio against raw passthrough
+    assert result["of_faust_floor"] == pytest.approx(
+        result["pipeline_eps"] / result["faust_floor_eps"], abs=0.002)
     for name in RESTART:
         assert isinstance(result["restart"][name], (int, float)), name
     for case in ("with_store", "fresh_disk"):

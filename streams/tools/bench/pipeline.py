@@ -135,6 +135,9 @@ async def _pipeline(run: _Run, expected: Expected, start_sink: bool = True,
         out["pipeline_eps"] = round(eps)
         raw = run.result["raw_passthrough_eps"]
         out["ratio"] = round(eps / raw, 3) if raw else None
+        # issue 14's measure: the pipeline against a Faust agent that does nothing
+        floor = run.result["faust_floor_eps"]
+        out["of_faust_floor"] = round(eps / floor, 3) if floor else None
         tiers = await _read_all(run, run.names.tier_changes, tier_baseline)
         dead = await _read_all(run, run.names.deadletter, dead_baseline)
         peaks = [w.peak_rss_mb() for w in workers]
@@ -163,7 +166,8 @@ async def _pipeline(run: _Run, expected: Expected, start_sink: bool = True,
                        f"{len(seen.missing)} missing, {seen.unexpected} unexpected "
                        "(see details.pipeline)")
         run.say(f"pipeline: {run.result['events']:,} events in {seconds:.2f} s = {eps:,.0f}/s "
-                f"(ratio {out['ratio']}); worker peak RSS {out['rss_mb']} MB")
+                f"(ratio {out['ratio']}, {out['of_faust_floor']} of the Faust floor); "
+                f"worker peak RSS {out['rss_mb']} MB")
         if spies:
             out["profile"] = await _stop_py_spy(
                 spies, "pipeline phase (event clock), all threads, CPU only (idle excluded)")

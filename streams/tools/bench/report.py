@@ -18,7 +18,8 @@ def _header(options: BenchOptions, workdir: Path) -> dict[str, Any]:
         "events": None, "events_requested": options.events, "members": options.members,
         "partitions": options.partitions, "workers": options.workers,
         "raw_passthrough_eps": None, "faust_floor_eps": None, "ratio_ceiling": None,
-        "pipeline_eps": None, "ratio": None, "matches_dry_run": None, "latency_ms": None,
+        "pipeline_eps": None, "ratio": None, "of_faust_floor": None, "matches_dry_run": None,
+        "latency_ms": None,
         "rss_mb": None, "state_bytes_per_member": None,
         # seconds from process start to "Worker ready", and changelog records read
         "restart": {"with_store_s": None, "with_store_records": None, "fresh_disk_s": None,
@@ -85,7 +86,8 @@ def format_summary(result: Mapping[str, Any]) -> str:
         f"  Faust, agent idle    {number(result.get('faust_floor_eps'), ' events/s')}"
         f"  (ratio ceiling {number(result.get('ratio_ceiling'))})",
         f"  pipeline             {number(result.get('pipeline_eps'), ' events/s')}"
-        f"  (ratio {number(result.get('ratio'))}, matches the dry run: "
+        f"  (ratio {number(result.get('ratio'))}, {number(result.get('of_faust_floor'))} of the "
+        f"Faust floor, matches the dry run: "
         f"{number(result.get('matches_dry_run'))})",
         f"  latency at {number(latency.get('rate_eps'), '/s')}  p50 {number(latency.get('p50'))} ms, "
         f"p99 {number(latency.get('p99'))} ms ({number(latency.get('received'))} of "
