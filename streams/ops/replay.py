@@ -336,7 +336,7 @@ class _Batches:
 
 
 async def write_watermarks(producer: AIOKafkaProducer, event_topics: tuple[str, ...],
-                            at: datetime) -> int:
+                           at: datetime) -> int:
     """A watermark marker for `at` on every partition of every event topic."""
     value, headers = encode_watermark(at)
     futures = []

@@ -48,7 +48,7 @@ class UnknownTopics(TagstreamError):
 
 
 async def partitions_of(consumer: AIOKafkaConsumer, topics: Iterable[str], *,
-                           wait_s: float = TOPIC_METADATA_WAIT_S) -> list[TopicPartition]:
+                        wait_s: float = TOPIC_METADATA_WAIT_S) -> list[TopicPartition]:
     """Every partition of `topics`, sorted, for a started consumer that may be subscribed to
     nothing. Such a consumer bootstraps with the metadata of no topic at all, so
     `partitions_for_topic` alone says None, which a caller must never read as "no partitions".

@@ -30,6 +30,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from streams.ops.replay import produce_raw
+from streams.platform.kafka_clients import partitions_of
 from streams.platform.security import kafka_client_kwargs, redis_client_kwargs
 from streams.platform.settings import Settings
 from streams.platform.topics import topic_names
@@ -139,10 +140,7 @@ async def first_record(settings: Settings, topic: str, worker: WorkerProcess) ->
                                 enable_auto_commit=False, **kafka_client_kwargs(settings))
     await consumer.start()
     try:
-        cluster = await consumer._client.fetch_all_metadata()  # noqa: SLF001 - as all_records
-        partitions = [TopicPartition(topic, p)
-                      for p in sorted(cluster.partitions_for_topic(topic) or ())]
-        assert partitions, f"{topic} is not in the metadata"
+        partitions = await partitions_of(consumer, [topic])
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         deadline = time.monotonic() + 120
