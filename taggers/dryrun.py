@@ -40,7 +40,8 @@ class DryRunResult:
 
 
 def decode_lines(lines: Iterable[bytes], result: DryRunResult) -> list[tuple[int, int, int, Event]]:
-    """Decode every line (rejects are recorded with their line number) into sortable rows."""
+    """Decode every line (rejects are recorded with their line number) into rows in the order
+    they apply: by time, then topic rank, then line."""
     rows = []
     for number, line in enumerate(lines, start=1):
         line = line.strip()
@@ -53,19 +54,19 @@ def decode_lines(lines: Iterable[bytes], result: DryRunResult) -> list[tuple[int
             continue
         rank = TIE_RANK_BY_TOPIC[TOPIC_BY_EVENT_TYPE[event.event_type]]
         rows.append((to_epoch(event.occurred_at), rank, number, event))
+    rows.sort()  # line numbers are unique, so comparing two rows never reaches their events
     return rows
 
 
 def dry_run(engine: Engine, lines: Iterable[bytes], as_of: int | None = None) -> DryRunResult:
     result = DryRunResult()
     rows = decode_lines(lines, result)
-    rows.sort(key=lambda row: row[:3])
     return run_decoded(engine, rows, result, as_of)
 
 
 def run_decoded(engine: Engine, rows: list[tuple[int, int, int, Event]], result: DryRunResult,
                 as_of: int | None = None) -> DryRunResult:
-    """The dry run over rows `decode_lines` made, already sorted: one decoding can feed
+    """The dry run over rows `decode_lines` made (sorted): one decoding can feed
     several rule packs (`tagstream impact`). Events are frozen, so runs cannot disturb
     each other through them.
 

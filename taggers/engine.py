@@ -14,7 +14,7 @@ Order of work for an event of member X at time t (DESIGN.md "Time"):
 
 from __future__ import annotations
 
-import hashlib
+from hashlib import blake2b
 from typing import Any, cast
 
 import msgspec
@@ -26,7 +26,6 @@ from schemas.erasure import Erasure, erasure_id_for, member_hash
 from schemas.events import (ConsentChanged, ErasureRequested, TagMarked, WecomFriendAdded,
                             WecomFriendRemoved)
 from taggers.clock import DAY, to_epoch
-from taggers.counters import TrackerDef
 from taggers.expr import TIME
 from taggers.loyalty import LoyaltyProgram
 from taggers.outcome import Outcome
@@ -49,7 +48,7 @@ _MARKED_EVENTS = frozenset({WecomFriendAdded, WecomFriendRemoved, ConsentChanged
 
 
 def event_hash(event_id: str) -> int:
-    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "big")
+    return int.from_bytes(blake2b(event_id.encode(), digest_size=8).digest(), "big")
 
 
 class Engine:
@@ -287,8 +286,11 @@ class Engine:
             state.guides = [g for g in state.guides if not (
                 g.userid == event.guide_id and g.external_userid in (event.external_userid, None))]
 
-        for recorder in self.pack.recorders_for(event.event_type):
-            recorder.record(state, event, occurred if isinstance(recorder, TrackerDef) else day)
+        # boxed once here, not once per recorder call
+        by_day: Any = day
+        by_instant: Any = occurred
+        for record, instant in self.pack.recorders_for(event.event_type):
+            record(state, event, by_instant if instant else by_day)
 
     @staticmethod
     def _bind_guide(state: MemberState, userid: str, external_userid: str | None) -> None:
@@ -361,11 +363,13 @@ class Engine:
     def _schedule(self, state: MemberState, ctx: EvalContext, indexes: Any,
                   full: bool) -> None:
         """Recompute the deadlines of the evaluated units; the others keep theirs."""
-        series = state.unit_deadlines
-        now = ctx.now
+        # Deadlines stay Python ints (Any) here: as mypyc ints every kept epoch second was
+        # unboxed to compare and boxed again (a new int object) to keep, on every event.
+        series: list[Any] = state.unit_deadlines
+        now: Any = ctx.now
         evaluated, timed = self._units_of(indexes)
-        kept: list[int] = []
-        best: int | None = None  # the earliest of kept's deadlines
+        kept: list[Any] = []
+        best: Any = None  # the earliest of kept's deadlines
         if not full:
             # a loop, not a comprehension over (unit, at) tuples: this runs on every event
             for i in range(0, len(series), 2):
@@ -376,7 +380,7 @@ class Engine:
                     if best is None or until < best:
                         best = until
         for index in timed:
-            found = self._unit_deadline(ctx, index)
+            found: Any = self._unit_deadline(ctx, index)
             if found is not None:
                 kept.append(index)
                 kept.append(found)

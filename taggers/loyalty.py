@@ -433,13 +433,18 @@ class LoyaltyProgram:
         return self._level_indexes.get(state.level, 0)
 
     def _prune(self, state: LoyaltyState, day: int) -> None:
-        state.growth = _drop_growth_before(state.growth,
-                                           self.window_start(day) - LATE_SLACK_DAYS)
-        for event_type, awarded in list(state.caps.items()):
-            for old in [d for d in awarded if d <= day - CAP_MEMORY_DAYS]:
-                del awarded[old]
-            if not awarded:
-                del state.caps[event_type]
+        # runs on every event: writes only what changed, and skips the caps most members lack
+        growth = state.growth
+        kept = _drop_growth_before(growth, self.window_start(day) - LATE_SLACK_DAYS)
+        if kept is not growth:
+            state.growth = kept
+        caps = state.caps
+        if caps:
+            for event_type, awarded in list(caps.items()):
+                for old in [d for d in awarded if d <= day - CAP_MEMORY_DAYS]:
+                    del awarded[old]
+                if not awarded:
+                    del caps[event_type]
         rows = state.orders
         cut = 0
         while cut < len(rows) and rows[cut + 1] <= day - self.refund_window_days:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from schemas.errors import RuleDefinitionError
 from schemas.events import TOPIC_BY_EVENT_TYPE
@@ -77,6 +77,10 @@ class TagRule:
     instant: bool = False
 
 
+# a counter's or tracker's record(state, event, day or instant), and whether it takes the instant
+Recorder = tuple[Callable[[Any, Any, int], None], bool]
+
+
 @dataclass(frozen=True)
 class RulePack:
     version: str
@@ -89,7 +93,8 @@ class RulePack:
     loyalty: Any = None
     marked: dict[str, MarkedTag] = field(default_factory=dict)  # tags people set
     tasks: tuple[TaskDef, ...] = ()  # guide tasks (客户SOP), in file order
-    _by_type: dict[str, tuple[Any, ...]] = field(default_factory=dict, repr=False)
+    # event type -> (record, by_instant) of each counter and tracker it feeds
+    _by_type: dict[str, tuple[Recorder, ...]] = field(default_factory=dict, repr=False)
     _affected: dict[str, tuple[int, ...]] = field(default_factory=dict, repr=False)
     # the same, for an event that also moved the member's loyalty level
     _affected_level_moved: dict[str, tuple[int, ...]] = field(default_factory=dict,
@@ -99,10 +104,13 @@ class RulePack:
 
     def __post_init__(self) -> None:
         self._by_id.update((rule.id, rule) for unit in self.units for rule in unit)
-        by_type: dict[str, list[Any]] = {}
-        for recorder in self.counters + self.trackers:
-            for event_type in recorder.event_types:
-                by_type.setdefault(event_type, []).append(recorder)
+        by_type: dict[str, list[Recorder]] = {}
+        for counter in self.counters:  # counters record by day, trackers by instant
+            for event_type in counter.event_types:
+                by_type.setdefault(event_type, []).append((counter.record, False))
+        for tracker in self.trackers:
+            for event_type in tracker.event_types:
+                by_type.setdefault(event_type, []).append((tracker.record, True))
         self._by_type.update({k: tuple(v) for k, v in by_type.items()})
         self._affected.update(self._units_affected_by_event_type())
         level_readers = self._affected.pop(LEVEL_MOVED)
@@ -158,7 +166,7 @@ class RulePack:
     def tags(self) -> tuple[TagRule, ...]:
         return tuple(self._by_id.values())
 
-    def recorders_for(self, event_type: str) -> tuple[Any, ...]:
+    def recorders_for(self, event_type: str) -> tuple[Recorder, ...]:
         return self._by_type.get(event_type, ())
 
     def tag(self, tag_id: str) -> TagRule | None:

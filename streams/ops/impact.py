@@ -39,7 +39,6 @@ def preview(events_path: Path, old_rules: Path, new_rules: Path, *, as_of: int |
     decoded = DryRunResult()
     with events_path.open("rb") as lines:
         rows = decode_lines(lines, decoded)
-    rows.sort(key=lambda row: row[:3])
     runs = [run_decoded(Engine(pack, allowed_lateness_s), rows,
                         DryRunResult(rejected=list(decoded.rejected)), as_of)
             for pack in (old_pack, new_pack)]

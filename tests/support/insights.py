@@ -129,7 +129,6 @@ def history_by_day(members: int, days: int, seed: int, last_days: int,
     if tasks_done_every is not None:
         lines = with_tasks_done(Engine(pack), lines, tasks_done_every)
     rows = decode_lines(lines, DryRunResult())
-    rows.sort(key=lambda row: row[:3])
     last = pack.calendar.day_of(rows[-1][0]) + 1
     states: dict[str, Any] = {}
     previous: dict[str, dict[str, Any]] = {}

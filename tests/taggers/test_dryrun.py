@@ -1,5 +1,6 @@
 """The dry run pauses the cyclic collector, which is sound only while the engine makes no
-reference cycles: a run must leave nothing that reference counting cannot free."""
+reference cycles: a run must leave nothing that reference counting cannot free. And the rows
+it applies come in time order, ties by topic rank, then by line."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 
 from streams.platform.settings import DEFAULT_RULES
 from streams.tools.generate import generate_events
-from taggers.dryrun import dry_run
+from taggers.dryrun import DryRunResult, decode_lines, dry_run
 from taggers.engine import Engine
 from taggers.rules import load_rules
 from tests.factories import raw_event
@@ -51,3 +52,23 @@ def test_a_dry_run_leaves_the_collector_as_it_found_it(lines: list[bytes],
         assert gc.isenabled() == collecting
     finally:
         gc.enable()
+
+
+def test_rows_come_in_time_then_topic_rank_then_line_order() -> None:
+    at, later = "2026-03-01T10:00:00+08:00", "2026-03-01T10:00:01+08:00"
+    lines = [orjson.dumps(raw_event(event_type, when, event_id=event_id,
+                                    **({"amount_fen": 100} if event_type == "order.paid" else {})))
+             for event_id, event_type, when in [
+                 ("scan", "scan.cap_opened", at),
+                 ("order-late", "order.paid", later),
+                 ("order-1", "order.paid", at),
+                 ("order-2", "order.paid", at),  # same instant and topic: line order
+                 ("joined", "interaction.member_joined", at)]]
+    result = DryRunResult()
+    rows = decode_lines(lines, result)
+    assert result.rejected == []
+    # interactions rank before orders before scans at one instant; rows equal in time and
+    # rank differ by line, so sorting never compares two events (which cannot be ordered)
+    assert [row[3].event_id for row in rows] == ["joined", "order-1", "order-2", "scan",
+                                                 "order-late"]
+    assert [row[2] for row in rows] == [5, 3, 4, 1, 2]
