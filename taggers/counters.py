@@ -137,14 +137,27 @@ def key_hash(value: Any) -> int:
 # --- definitions -------------------------------------------------------------------------------
 
 
+class Recorder:
+    """What one counter or tracker folds into a member's state from one event. Classes, not
+    closures: the engine records on every event, and a compiled method call is direct where
+    a closure goes through Python's calling convention (its arguments parsed and boxed)."""
+
+    def __init__(self, name: str, by_instant: bool) -> None:
+        self.name = name
+        self.by_instant = by_instant  # `when` is the event's instant, else its local day
+
+    def record(self, state: Any, event: Any, when: int) -> None:
+        raise NotImplementedError
+
+
 @dataclass(frozen=True)
 class CounterDef:
-    """A daily or distinct counter. `record` folds one event into the member's state."""
+    """A daily or distinct counter. `recorder` folds one event into the member's state."""
 
     name: str
     kind: str  # "daily" or "distinct"
     event_types: frozenset[str]
-    record: Callable[[Any, Any, int], None]  # (state, event, day) -> None
+    recorder: Recorder  # records by local day
     retention_days: int
 
 
@@ -152,7 +165,7 @@ class CounterDef:
 class TrackerDef:
     name: str
     event_types: frozenset[str]
-    record: Callable[[Any, Any, int], None]  # (state, event, instant) -> None
+    recorder: Recorder  # records by instant
     keep_s: int
 
 
@@ -182,21 +195,30 @@ def compile_counter(name: str, spec: Any, source: str, retention_days: int) -> C
                             line(spec, "distinct")).eval
         per_item = _uses_items(spec.get("distinct"), spec.get("where"))
         return CounterDef(name, "distinct", types,
-                          _record_distinct(name, key, where, per_item), retention_days)
+                          DistinctRecorder(name, key, where, per_item), retention_days)
     total = spec.get("sum")
     measure = None
     if total is not None:
         measure = _compile_part(total, f"{what} 'sum'", NUM, source, line(spec, "sum")).eval
     per_item = _uses_items(total, spec.get("where"))
-    return CounterDef(name, "daily", types, _record_daily(name, measure, where, per_item),
+    return CounterDef(name, "daily", types, DailyRecorder(name, measure, where, per_item),
                       retention_days)
 
 
-def _record_daily(name: str, measure: Callable[[Any], Any] | None,
-                  where: Callable[[Any], Any] | None, per_item: bool):
-    def record(state: Any, event: Any, day: int) -> None:
+class DailyRecorder(Recorder):
+    """Adds the event's amount (or 1 for counting) to the bucket of its local day."""
+
+    def __init__(self, name: str, measure: Callable[[Any], Any] | None,
+                 where: Callable[[Any], Any] | None, per_item: bool) -> None:
+        super().__init__(name, False)
+        self.measure = measure
+        self.where = where
+        self.per_item = per_item
+
+    def record(self, state: Any, event: Any, when: int) -> None:
+        measure, where = self.measure, self.where
         amount = 0
-        for ctx in _contexts(event, per_item):
+        for ctx in _contexts(event, self.per_item):
             if where is not None and not where(ctx):
                 continue
             if measure is None:
@@ -206,24 +228,29 @@ def _record_daily(name: str, measure: Callable[[Any], Any] | None,
             if value:
                 amount += value
         if amount > 0:
-            add_to_bucket(state.counters.setdefault(name, []), day, amount)
-
-    return record
+            add_to_bucket(state.counters.setdefault(self.name, []), when, amount)
 
 
-def _record_distinct(name: str, key: Callable[[Any], Any], where: Callable[[Any], Any] | None,
-                     per_item: bool):
-    def record(state: Any, event: Any, day: int) -> None:
-        for ctx in _contexts(event, per_item):
+class DistinctRecorder(Recorder):
+    """Notes the local day each key was last seen."""
+
+    def __init__(self, name: str, key: Callable[[Any], Any],
+                 where: Callable[[Any], Any] | None, per_item: bool) -> None:
+        super().__init__(name, False)
+        self.key = key
+        self.where = where
+        self.per_item = per_item
+
+    def record(self, state: Any, event: Any, when: int) -> None:
+        key, where = self.key, self.where
+        for ctx in _contexts(event, self.per_item):
             if where is not None and not where(ctx):
                 continue
             value = key(ctx)
             if value is None:
                 continue
-            series = state.distinct.setdefault(name, [])
-            touch_key(series, key_hash(value), day, MAX_DISTINCT_KEYS)
-
-    return record
+            series = state.distinct.setdefault(self.name, [])
+            touch_key(series, key_hash(value), when, MAX_DISTINCT_KEYS)
 
 
 def compile_tracker(name: str, spec: Any, source: str) -> TrackerDef:
@@ -251,14 +278,30 @@ def compile_tracker(name: str, spec: Any, source: str) -> TrackerDef:
                             line(spec, "keep"))
     per_item = _uses_items(spec["key"], spec["start_when"], spec.get("stop_when"))
 
-    def record(state: Any, event: Any, instant: int) -> None:
+    return TrackerDef(name, types, TrackerRecorder(name, key, start, stop, per_item), keep_s)
+
+
+class TrackerRecorder(Recorder):
+    """Starts the keys `start` holds for, at the event's instant, then stops those `stop`
+    holds for."""
+
+    def __init__(self, name: str, key: Callable[[Any], Any], start: Callable[[Any], Any],
+                 stop: Callable[[Any], Any] | None, per_item: bool) -> None:
+        super().__init__(name, True)
+        self.key = key
+        self.start = start
+        self.stop = stop
+        self.per_item = per_item
+
+    def record(self, state: Any, event: Any, when: int) -> None:
+        key, start, stop, name = self.key, self.start, self.stop, self.name
         # Starts first, then stops: a trial and the regular size in one order is a conversion.
-        contexts = [(str(value), ctx) for ctx in _contexts(event, per_item)
+        contexts = [(str(value), ctx) for ctx in _contexts(event, self.per_item)
                     if (value := key(ctx)) is not None]
         keys = state.pending.setdefault(name, [])
         for value, ctx in contexts:
             if start(ctx) and value not in keys[0::2]:
-                keys.extend((value, instant))
+                keys.extend((value, when))
                 if len(keys) > 2 * MAX_TRACKED_KEYS:
                     oldest = min(range(0, len(keys), 2), key=lambda i: keys[i + 1])
                     del keys[oldest:oldest + 2]
@@ -268,8 +311,6 @@ def compile_tracker(name: str, spec: Any, source: str) -> TrackerDef:
                     _remove_key(keys, value)
         if not keys:
             del state.pending[name]
-
-    return TrackerDef(name, types, record, keep_s)
 
 
 def _remove_key(keys: list[Any], value: str) -> None:
@@ -284,8 +325,9 @@ def _remove_key(keys: list[Any], value: str) -> None:
 
 def memoized(counter: str, days: int, compute: Callable[[Any], Any],
              is_value: bool) -> Callable[[Any], Any]:
-    """`compute` once per evaluation (EvalContext.memo): a window's value or next change,
-    or a named definition's (`counter` ":name", days 0), however many rules read it."""
+    """`compute` once per evaluation (EvalContext.memo): a named definition's value or next
+    change (`counter` ":name", days 0), however many rules read it. Windows have their own,
+    MemoizedWindow, in the same slots' space."""
     slot = memo_slot((counter, days, is_value))
 
     def memoized(ctx: EvalContext) -> Any:
@@ -299,54 +341,98 @@ def memoized(counter: str, days: int, compute: Callable[[Any], Any],
     return memoized
 
 
-def daily_window(counter: str, days: int, inputs: frozenset[str]) -> Field:
-    """counter[Nd]: the sum of the daily buckets of the last N local days, today included."""
+class Window:
+    """A counter's window `counter[Nd]`: its value, and the next instant time alone changes
+    it. Read through MemoizedWindow, once per evaluation however many rules read it."""
 
-    # A long window of a daily-active member holds hundreds of buckets: the window's first
-    # bucket is found by bisection and the values summed by slicing, both in C.
-    def value(ctx: EvalContext) -> int:
-        series = ctx.state.counters.get(counter)
+    def __init__(self, counter: str, days: int) -> None:
+        self.counter = counter
+        self.days = days
+
+    def value(self, ctx: EvalContext) -> int:
+        raise NotImplementedError
+
+    def next_change(self, ctx: EvalContext) -> int | None:
+        raise NotImplementedError
+
+
+class MemoizedWindow:
+    """`memoized` for a window, calling it as a compiled method (no closure in between)."""
+
+    def __init__(self, window: Window, is_value: bool) -> None:
+        self.window = window
+        self.is_value = is_value
+        self.slot = memo_slot((window.counter, window.days, is_value))
+
+    def __call__(self, ctx: EvalContext) -> Any:
+        memo = ctx.memo
+        slot = self.slot
+        found = memo[slot]
+        if found is not UNSET:
+            return found
+        window = self.window
+        result: Any = window.value(ctx) if self.is_value else window.next_change(ctx)
+        memo[slot] = result
+        return result
+
+
+def _window_field(window: Window, inputs: frozenset[str]) -> Field:
+    # Counters only add positive amounts, so with no new event a window only loses what it
+    # holds: its value can only fall (monotone -1).
+    return Field(NUM, MemoizedWindow(window, True),
+                 next_change=MemoizedWindow(window, False), monotone=-1, inputs=inputs)
+
+
+class DailyWindow(Window):
+    """counter[Nd]: the sum of the daily buckets of the last N local days, today included.
+
+    A long window of a daily-active member holds hundreds of buckets: the window's first
+    bucket is found by bisection and the values summed by slicing, both in C."""
+
+    def value(self, ctx: EvalContext) -> int:
+        series = ctx.state.counters.get(self.counter)
         if not series:
             return 0
-        first = bisect_left(series[0::2], ctx.today - days + 1)
+        first = bisect_left(series[0::2], ctx.today - self.days + 1)
         return sum(series[2 * first + 1::2])
 
-    def next_change(ctx: EvalContext) -> int | None:
-        series = ctx.state.counters.get(counter)
+    def next_change(self, ctx: EvalContext) -> int | None:
+        series = ctx.state.counters.get(self.counter)
         if not series:
             return None
+        days = self.days
         first = 2 * bisect_left(series[0::2], ctx.today - days + 1)
         if first < len(series):
             return ctx.calendar.day_start(series[first] + days)
         return None
 
-    # Counters only add positive amounts, so with no new event a window only loses buckets.
-    return Field(NUM, memoized(counter, days, value, True),
-                 next_change=memoized(counter, days, next_change, False), monotone=-1,
-                 inputs=inputs)
 
-
-def distinct_window(counter: str, days: int, inputs: frozenset[str]) -> Field:
+class DistinctWindow(Window):
     """counter[Nd] of a distinct counter: keys last seen in the last N local days."""
 
-    def value(ctx: EvalContext) -> int:
-        series = ctx.state.distinct.get(counter)
+    def value(self, ctx: EvalContext) -> int:
+        series = ctx.state.distinct.get(self.counter)
         if not series:
             return 0
-        low = ctx.today - days + 1
+        low = ctx.today - self.days + 1
         return sum(1 for i in range(1, len(series), 2) if series[i] >= low)
 
-    def next_change(ctx: EvalContext) -> int | None:
-        series = ctx.state.distinct.get(counter)
+    def next_change(self, ctx: EvalContext) -> int | None:
+        series = ctx.state.distinct.get(self.counter)
         if not series:
             return None
+        days = self.days
         low = ctx.today - days + 1
         seen = [series[i] for i in range(1, len(series), 2) if series[i] >= low]
         return ctx.calendar.day_start(min(seen) + days) if seen else None
 
-    return Field(NUM, memoized(counter, days, value, True),
-                 next_change=memoized(counter, days, next_change, False), monotone=-1,
-                 inputs=inputs)
+
+def daily_window(counter: str, days: int, inputs: frozenset[str]) -> Field:
+    return _window_field(DailyWindow(counter, days), inputs)
+
+
+def distinct_window(counter: str, days: int, inputs: frozenset[str]) -> Field:
+    return _window_field(DistinctWindow(counter, days), inputs)
 
 
 def pending_field(tracker: str, age_s: int, keep_s: int) -> tuple[Field, Field]:

@@ -286,11 +286,8 @@ class Engine:
             state.guides = [g for g in state.guides if not (
                 g.userid == event.guide_id and g.external_userid in (event.external_userid, None))]
 
-        # boxed once here, not once per recorder call
-        by_day: Any = day
-        by_instant: Any = occurred
-        for record, instant in self.pack.recorders_for(event.event_type):
-            record(state, event, by_instant if instant else by_day)
+        for recorder in self.pack.recorders_for(event.event_type):
+            recorder.record(state, event, occurred if recorder.by_instant else day)
 
     @staticmethod
     def _bind_guide(state: MemberState, userid: str, external_userid: str | None) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from schemas.errors import RuleDefinitionError
 from schemas.events import TOPIC_BY_EVENT_TYPE
@@ -17,6 +17,7 @@ from taggers.clock import LocalCalendar
 from taggers.context import EvalContext
 from taggers.counters import (
     CounterDef,
+    Recorder,
     TrackerDef,
     compile_counter,
     compile_tracker,
@@ -77,10 +78,6 @@ class TagRule:
     instant: bool = False
 
 
-# a counter's or tracker's record(state, event, day or instant), and whether it takes the instant
-Recorder = tuple[Callable[[Any, Any, int], None], bool]
-
-
 @dataclass(frozen=True)
 class RulePack:
     version: str
@@ -93,7 +90,7 @@ class RulePack:
     loyalty: Any = None
     marked: dict[str, MarkedTag] = field(default_factory=dict)  # tags people set
     tasks: tuple[TaskDef, ...] = ()  # guide tasks (客户SOP), in file order
-    # event type -> (record, by_instant) of each counter and tracker it feeds
+    # event type -> the recorders of the counters and trackers it feeds
     _by_type: dict[str, tuple[Recorder, ...]] = field(default_factory=dict, repr=False)
     _affected: dict[str, tuple[int, ...]] = field(default_factory=dict, repr=False)
     # the same, for an event that also moved the member's loyalty level
@@ -105,12 +102,9 @@ class RulePack:
     def __post_init__(self) -> None:
         self._by_id.update((rule.id, rule) for unit in self.units for rule in unit)
         by_type: dict[str, list[Recorder]] = {}
-        for counter in self.counters:  # counters record by day, trackers by instant
-            for event_type in counter.event_types:
-                by_type.setdefault(event_type, []).append((counter.record, False))
-        for tracker in self.trackers:
-            for event_type in tracker.event_types:
-                by_type.setdefault(event_type, []).append((tracker.record, True))
+        for recorded in self.counters + self.trackers:
+            for event_type in recorded.event_types:
+                by_type.setdefault(event_type, []).append(recorded.recorder)
         self._by_type.update({k: tuple(v) for k, v in by_type.items()})
         self._affected.update(self._units_affected_by_event_type())
         level_readers = self._affected.pop(LEVEL_MOVED)
