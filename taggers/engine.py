@@ -360,38 +360,40 @@ class Engine:
     def _schedule(self, state: MemberState, ctx: EvalContext, indexes: Any,
                   full: bool) -> None:
         """Recompute the deadlines of the evaluated units; the others keep theirs."""
-        # Deadlines stay Python ints (Any) here: as mypyc ints every kept epoch second was
-        # unboxed to compare and boxed again (a new int object) to keep, on every event.
+        # Each deadline is compared unboxed but kept as the int object it already is: as a
+        # mypyc int it was boxed again (a new int object) to be kept, on every event.
         series: list[Any] = state.unit_deadlines
-        now: Any = ctx.now
+        now = ctx.now
         evaluated, timed = self._units_of(indexes)
         kept: list[Any] = []
-        best: Any = None  # the earliest of kept's deadlines
+        best = 0  # the earliest of kept's deadlines (best_at as an int), once there is one
+        best_at: Any = None
         if not full:
             # a loop, not a comprehension over (unit, at) tuples: this runs on every event
             for i in range(0, len(series), 2):
-                unit, until = series[i], series[i + 1]
-                if until > now and unit not in evaluated:
-                    kept.append(unit)
-                    kept.append(until)
-                    if best is None or until < best:
-                        best = until
+                unit_at: Any = series[i + 1]
+                until: int = unit_at
+                if until > now and series[i] not in evaluated:
+                    kept.append(series[i])
+                    kept.append(unit_at)
+                    if best_at is None or until < best:
+                        best, best_at = until, unit_at
         for index in timed:
-            found: Any = self._unit_deadline(ctx, index)
+            found = self._unit_deadline(ctx, index)
             if found is not None:
                 kept.append(index)
                 kept.append(found)
-                if best is None or found < best:
-                    best = found
+                if best_at is None or found < best:
+                    best, best_at = found, found
         state.unit_deadlines = kept
         # the earliest of the units', the marked tags' and the tasks' expiries, and loyalty's
         loyalty_due = (self.loyalty.next_deadline(state.loyalty)
                        if self.loyalty is not None else None)
         for at in (next_expiry(state), next_task_expiry(state, now) if state.tasks else None,
                    loyalty_due if loyalty_due is not None and loyalty_due > now else None):
-            if at is not None and (best is None or at < best):
-                best = at
-        state.next_deadline = best
+            if at is not None and (best_at is None or at < best):
+                best, best_at = at, at
+        state.next_deadline = best_at
 
     def _unit_deadline(self, ctx: EvalContext, index: int) -> int | None:
         best = None
