@@ -8,11 +8,14 @@ import msgspec
 
 from schemas.errors import EventRejected
 from schemas.events import (
+    CODE_NAME_PATTERN,
     FAMILY_BY_TOPIC,
     MAX_EVENT_BYTES,
+    MEMBER_ID_PATTERN,
     TOPIC_BY_EVENT_TYPE,
     AnyEvent,
     Event,
+    Item,
 )
 
 _DECODERS = {topic: msgspec.json.Decoder(family) for topic, family in FAMILY_BY_TOPIC.items()}
@@ -52,11 +55,62 @@ def decode_event(raw: bytes | None, topic: str | None = None, *, namespace: str 
         raise EventRejected(f"not valid UTF-8 JSON: {exc}") from None
     except RecursionError:
         raise EventRejected("JSON nested too deeply") from None
+    _check_patterns(event)
     first, last = OCCURRED_AT_YEARS
     if not first <= event.occurred_at.year <= last:
         raise EventRejected(f"occurred_at {event.occurred_at.isoformat()} is outside the "
                             f"supported years {first}-{last}")
     return event
+
+
+class _Pattern:
+    """One pattern of schemas/events.py, matched as msgspec would (re.search), each distinct
+    value once: the values it accepted are remembered (at most MAX_REMEMBERED, then forgotten
+    all at once), so a value is accepted exactly when the pattern matches it."""
+
+    MAX_REMEMBERED = 100_000
+
+    def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
+        self.search = re.compile(pattern).search
+        self.accepted: set[str] = set()
+
+    def check(self, value: str, path: str) -> None:
+        accepted = self.accepted
+        if value in accepted:
+            return
+        if self.search(value) is None:
+            # msgspec's own wording, as when it checked the pattern itself
+            raise EventRejected(f"invalid event: Expected `str` matching regex "
+                                f"{self.pattern!r} - at `$.{path}`")
+        if len(accepted) >= self.MAX_REMEMBERED:
+            accepted.clear()
+        accepted.add(value)
+
+
+_MEMBER_ID = _Pattern(MEMBER_ID_PATTERN)
+_CODE_NAME = _Pattern(CODE_NAME_PATTERN)
+# per event class: whether it has `items` and a `category` of its own (Category fields)
+_SHAPES = {cls: ("items" in cls.__struct_fields__, "category" in cls.__struct_fields__)
+           for family in FAMILY_BY_TOPIC.values() for cls in family.__args__}
+
+
+def _check_patterns(event: Event) -> None:
+    """The patterns msgspec leaves to the decoder (schemas/events.py): member_id, channel
+    and every category. A remembered value costs one set lookup here (this runs per event)."""
+    member_ids, names = _MEMBER_ID.accepted, _CODE_NAME.accepted
+    if event.member_id not in member_ids:
+        _MEMBER_ID.check(event.member_id, "member_id")
+    if event.channel not in names:
+        _CODE_NAME.check(event.channel, "channel")
+    has_items, has_category = _SHAPES[type(event)]
+    if has_items:
+        items: tuple[Item, ...] = event.items or ()  # type: ignore[attr-defined]
+        for i, item in enumerate(items):
+            if item.category not in names:
+                _CODE_NAME.check(item.category, f"items[{i}].category")
+    if has_category and event.category not in names:  # type: ignore[attr-defined]
+        _CODE_NAME.check(event.category, "category")  # type: ignore[attr-defined]
 
 
 def _json_depth(raw: bytes) -> int:

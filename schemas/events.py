@@ -19,15 +19,24 @@ from msgspec import Meta
 # enough that one hostile message cannot bloat a member's state or the dead-letter topic.
 MAX_EVENT_BYTES = 256 * 1024
 
-# Patterns end in `$(?!\n)`, not `$`: msgspec matches with Python's re.search, where `$` also
+EventId = Annotated[str, Meta(min_length=1, max_length=128)]
+# Patterns end in `$(?!\n)`, not `$`: they are matched with Python's re.search, where `$` also
 # matches before a final "\n", so "M000123\n" passed as a member_id. The lookahead closes that
 # gap and is a no-op in ECMA-262, the regex dialect of the exported JSON Schema.
-EventId = Annotated[str, Meta(min_length=1, max_length=128)]
-MemberId = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[^\s]+$(?!\n)")]
+# The three patterns every event carries (MemberId, Channel, Category) are in the exported
+# JSON Schema but checked by schemas/decode.py, not by msgspec: msgspec calls the regex's
+# `search` through a generic method call per field, a twentieth of a dry run's instructions,
+# and these values repeat, so the decoder matches each distinct one once.
+MEMBER_ID_PATTERN = r"^[^\s]+$(?!\n)"
+CODE_NAME_PATTERN = r"^[a-z0-9_]+$(?!\n)"
+MemberId = Annotated[str, Meta(min_length=1, max_length=64,
+                               extra_json_schema={"pattern": MEMBER_ID_PATTERN})]
 ShortName = Annotated[str, Meta(min_length=1, max_length=64)]
 Code = Annotated[str, Meta(min_length=1, max_length=128)]
-Channel = Annotated[str, Meta(min_length=1, max_length=32, pattern=r"^[a-z0-9_]+$(?!\n)")]
-Category = Annotated[str, Meta(min_length=1, max_length=32, pattern=r"^[a-z0-9_]+$(?!\n)")]
+Channel = Annotated[str, Meta(min_length=1, max_length=32,
+                              extra_json_schema={"pattern": CODE_NAME_PATTERN})]
+Category = Annotated[str, Meta(min_length=1, max_length=32,
+                               extra_json_schema={"pattern": CODE_NAME_PATTERN})]
 Fen = Annotated[int, Meta(ge=0, le=10**12)]  # money is integer fen; floats are rejected
 AwareTime = Annotated[datetime, Meta(tz=True)]  # naive timestamps are rejected
 MonthDay = Annotated[str, Meta(pattern=r"^(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$(?!\n)")]

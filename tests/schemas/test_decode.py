@@ -496,3 +496,63 @@ def test_no_event_class_is_subclassed() -> None:
     classes = [cls for family in ev.FAMILY_BY_TOPIC.values() for cls in family.__args__]
     assert len(classes) == len(ev.TOPIC_BY_EVENT_TYPE)
     assert [cls.__name__ for cls in classes if cls.__subclasses__()] == []
+
+
+# --- the patterns the decoder checks itself (schemas/events.py, MemberId, Channel, Category) ---
+
+
+@pytest.mark.parametrize(("topic", "body", "where"), [
+    (ORDERS_TOPIC, event(member_id="M 123"), "member_id"),
+    (ORDERS_TOPIC, event(member_id="M\u3000123"), "member_id"),  # a Unicode space
+    (ORDERS_TOPIC, event(items=[ITEM, ITEM, {**ITEM, "category": "bai jiu"}]),
+     "items[2].category"),
+    (SCANS_TOPIC, event("scan.cap_opened", **{**SCAN, "category": "Baijiu"}), "category"),
+], ids=["member-space", "member-unicode-space", "third-item", "scan-category"])
+def test_pattern_rejections_read_as_msgspec_wrote_them(topic, body, where):
+    pattern = ev.MEMBER_ID_PATTERN if where == "member_id" else ev.CODE_NAME_PATTERN
+    expected = f"invalid event: Expected `str` matching regex {pattern!r} - at `$.{where}`"
+    for _ in range(2):  # a rejected value is not remembered as accepted
+        with pytest.raises(EventRejected) as rejected:
+            decode_event(raw(body), topic)
+        assert rejected.value.reason == expected
+
+
+def test_accepted_values_are_remembered_within_a_bound(monkeypatch: pytest.MonkeyPatch):
+    from schemas import decode
+    monkeypatch.setattr(decode._MEMBER_ID, "accepted", set())
+    monkeypatch.setattr(decode._MEMBER_ID, "MAX_REMEMBERED", 3)
+    for n in range(7):
+        decode_event(raw(event(member_id=f"M{n}")), ORDERS_TOPIC)
+        assert 1 <= len(decode._MEMBER_ID.accepted) <= 3
+    assert "M6" in decode._MEMBER_ID.accepted
+    with pytest.raises(EventRejected, match="member_id"):
+        decode_event(raw(event(member_id="M6 ")), ORDERS_TOPIC)
+
+
+def _decoder_pattern_paths(info: Any, path: str) -> set[str]:
+    """Paths under `info` whose pattern is only in the JSON Schema (extra_json_schema), so
+    msgspec does not check it."""
+    import msgspec.inspect as mi
+    if isinstance(info, mi.Metadata):
+        if "pattern" in (info.extra_json_schema or {}):
+            return {path}
+        return _decoder_pattern_paths(info.type, path)
+    if isinstance(info, mi.UnionType):
+        return set().union(*(_decoder_pattern_paths(t, path) for t in info.types))
+    if isinstance(info, mi.VarTupleType):
+        return _decoder_pattern_paths(info.item_type, path + "[]")
+    if isinstance(info, mi.StructType):
+        return set().union(*(_decoder_pattern_paths(f.type, f"{path}.{f.name}".lstrip("."))
+                             for f in info.fields))
+    return set()
+
+
+def test_every_pattern_msgspec_leaves_is_checked_by_the_decoder():
+    import msgspec.inspect as mi
+    from schemas import decode
+    for family in ev.FAMILY_BY_TOPIC.values():
+        for cls in family.__args__:
+            has_items, has_category = decode._SHAPES[cls]
+            checked = ({"member_id", "channel"} | ({"items[].category"} if has_items else set())
+                       | ({"category"} if has_category else set()))
+            assert _decoder_pattern_paths(mi.type_info(cls), "") == checked, cls
