@@ -76,9 +76,9 @@ class _Pattern:
         self.accepted: set[str] = set()
 
     def check(self, value: str, path: str) -> None:
+        """Match a value not accepted yet (the caller looked it up in `accepted` first) and
+        remember it, or reject the event naming `path`."""
         accepted = self.accepted
-        if value in accepted:
-            return
         if self.search(value) is None:
             # msgspec's own wording, as when it checked the pattern itself
             raise EventRejected(f"invalid event: Expected `str` matching regex "

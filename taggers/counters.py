@@ -142,9 +142,10 @@ class Recorder:
     closures: the engine records on every event, and a compiled method call is direct where
     a closure goes through Python's calling convention (its arguments parsed and boxed)."""
 
-    def __init__(self, name: str, by_instant: bool) -> None:
+    def __init__(self, name: str, by_instant: bool, per_item: bool) -> None:
         self.name = name
         self.by_instant = by_instant  # `when` is the event's instant, else its local day
+        self.per_item = per_item  # reads each item of the event, else the event once
 
     def record(self, state: Any, event: Any, when: int) -> None:
         raise NotImplementedError
@@ -210,10 +211,9 @@ class DailyRecorder(Recorder):
 
     def __init__(self, name: str, measure: Callable[[Any], Any] | None,
                  where: Callable[[Any], Any] | None, per_item: bool) -> None:
-        super().__init__(name, False)
+        super().__init__(name, False, per_item)
         self.measure = measure
         self.where = where
-        self.per_item = per_item
 
     def record(self, state: Any, event: Any, when: int) -> None:
         measure, where = self.measure, self.where
@@ -236,10 +236,9 @@ class DistinctRecorder(Recorder):
 
     def __init__(self, name: str, key: Callable[[Any], Any],
                  where: Callable[[Any], Any] | None, per_item: bool) -> None:
-        super().__init__(name, False)
+        super().__init__(name, False, per_item)
         self.key = key
         self.where = where
-        self.per_item = per_item
 
     def record(self, state: Any, event: Any, when: int) -> None:
         key, where = self.key, self.where
@@ -287,11 +286,10 @@ class TrackerRecorder(Recorder):
 
     def __init__(self, name: str, key: Callable[[Any], Any], start: Callable[[Any], Any],
                  stop: Callable[[Any], Any] | None, per_item: bool) -> None:
-        super().__init__(name, True)
+        super().__init__(name, True, per_item)
         self.key = key
         self.start = start
         self.stop = stop
-        self.per_item = per_item
 
     def record(self, state: Any, event: Any, when: int) -> None:
         key, start, stop, name = self.key, self.start, self.stop, self.name
