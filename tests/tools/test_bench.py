@@ -156,3 +156,15 @@ def test_the_bench_does_not_collect_garbage_while_it_measures_latency():
         with not_collecting():
             raise RuntimeError("the worker died")
     assert gc.isenabled()
+
+
+def test_the_summary_counts_the_latency_seconds_over_the_target_with_the_machine() -> None:
+    from streams.tools.bench.report import format_summary
+
+    seconds = {"over_100_ms": [{"second": 6}, {"second": 7}],
+               "machine_pct_of_one_core": {"busy": 171.5, "idle": 20.0, "steal": 8.5}}
+    shown = format_summary({"events": 1000, "machine": {"nproc": 2},
+                            "details": {"latency_seconds": seconds}})
+    assert "seconds over 100 ms  2 (the machine over the phase: busy 171.5, stolen 8.5 of 200)" \
+        in shown
+    assert "seconds over 100 ms  - " in format_summary({"events": 1000})

@@ -79,6 +79,18 @@ def test_bench_runs_and_its_json_has_every_field(tmp_path):
     own = result["details"]["latency_bench_pauses"]
     assert own["loop_lag"]["wakes"] > 0 and own["loop_lag"]["over_50ms"] >= 0
     assert own["gc"] == {}  # it does not collect while it stamps sends and receipts
+    # the latency phase second by second: each watched process and the machine (steal too),
+    # and the seconds that missed the p99 target with what ran in them
+    seconds = result["details"]["latency_seconds"]
+    timeline = Path(seconds["cpu_per_second"]).read_text().splitlines()
+    assert timeline[0].split(",")[:3] == ["at", "seconds", "fresh-disk worker 1"]
+    assert timeline[0].endswith("machine_busy,machine_idle,machine_steal")
+    assert len(timeline) >= 3  # a 2-second phase sampled each second, and its last part
+    assert set(seconds["machine_pct_of_one_core"]) == {"busy", "idle", "steal"}
+    assert isinstance(seconds["over_100_ms"], list)
+    for phase in ("pipeline", "faust_floor"):
+        machine = result["details"][phase]["machine_pct_of_one_core"]
+        assert set(machine) == {"busy", "idle", "steal"} and machine["busy"] > 0, phase
     # the second pass, two workers, against the first in the same run
     compare = result["workers_compare"]
     assert compare["workers"] == 2 and compare["one_pass_workers"] == 1

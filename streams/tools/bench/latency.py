@@ -7,6 +7,7 @@ import contextlib
 import gc
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Iterator
 
 import orjson
@@ -92,6 +93,7 @@ async def measure_latency(run: _Run, rate: float, seconds: float, watched: list[
                     done.set()
 
         started = time.perf_counter()
+        started_at = time.time()  # the same instant on the wall clock, for the CPU timeline
         reader = asyncio.create_task(read())
         deliveries: list[asyncio.Future] = []
         number = 0
@@ -130,10 +132,17 @@ async def measure_latency(run: _Run, rate: float, seconds: float, watched: list[
         "rate_eps": round(number / sent_seconds, 1) if sent_seconds else 0.0,
         "target_rate_eps": round(rate, 1), "sent": number, "received": len(ordered),
         "missing": number - len(ordered), "seconds": round(sent_seconds, 1),
-        "per_order": str(samples_path), "producer_linger_ms": UPSTREAM_LINGER_MS}
+        "started_at": round(started_at, 3), "per_order": str(samples_path),
+        "producer_linger_ms": UPSTREAM_LINGER_MS}
     run.say(f"latency: p50 {summary['p50']} ms, p99 {summary['p99']} ms over "
             f"{len(ordered):,} of {number:,} live orders")
     return summary
+
+
+def read_orders(per_order: str) -> list[tuple[float, float]]:
+    """(sent, ms after the phase started; latency, ms) of each order in a `per_order` file."""
+    lines = Path(per_order).read_text().splitlines()[1:]
+    return [(float(sent), float(ms)) for sent, ms, _ in (line.split(",") for line in lines)]
 
 
 def _require_alive(watched: list[Child]) -> None:

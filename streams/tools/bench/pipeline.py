@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.platform.kafka_clients import kafka_consumer
 from streams.tools.bench.children import Child, wait_for_log
+from streams.tools.bench.cpu_timeline import machine_pct, machine_times
 from streams.tools.processes import free_ports
 from streams.tools.bench.common import (
     BenchError, READY_TIMEOUT_S, WORKER_READY, _Run, _offset_ranges, _quantile, _stack_pids, _warn,
@@ -123,6 +124,7 @@ async def _pipeline(run: _Run, expected: Expected, start_sink: bool = True,
         started = min(ready)
         cpu_pids = {**{w.name: w.pid for w in workers}, sink.name: sink.pid, **_stack_pids(run)}
         cpu_before = {name: cpu_seconds(pid) for name, pid in cpu_pids.items()}
+        machine_before = machine_times()
         cpu_from = time.time()
         run.say(f"pipeline: worker(s) ready after {started - workers[0].started:.1f} s; "
                 "measuring from here")
@@ -130,6 +132,7 @@ async def _pipeline(run: _Run, expected: Expected, start_sink: bool = True,
                                                  workers + [sink])
         cpu_window = time.time() - cpu_from
         cpu_used = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in cpu_pids.items()}
+        machine = machine_pct(machine_before, machine_times(), cpu_window)
         seconds = finished - started
         eps = run.result["events"] / seconds if seconds > 0 else 0.0
         out["pipeline_eps"] = round(eps)
@@ -160,7 +163,8 @@ async def _pipeline(run: _Run, expected: Expected, start_sink: bool = True,
             # CPU time each process used from "Worker ready" until the bench saw the last
             # change, as % of one core: ~100 for a worker means it is CPU-bound.
             "cpu_pct_of_one_core": {name: round(100 * used / cpu_window, 1)
-                                    for name, used in cpu_used.items()}}
+                                    for name, used in cpu_used.items()},
+            "machine_pct_of_one_core": machine}
         if seen.missing or seen.unexpected:
             _warn(run, f"the stream's tag changes differ from the dry run's: "
                        f"{len(seen.missing)} missing, {seen.unexpected} unexpected "

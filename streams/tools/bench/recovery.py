@@ -17,7 +17,11 @@ from streams.tools.bench.common import (
     START_TABLE, WORKER_READY, _Run, _TABLE_ROW, _count, _slowest, _stack_pids, _topic_records,
     _unused_ports, cpu_seconds,
 )
-from streams.tools.bench.latency import measure_latency, not_collecting
+from streams.tools.bench.cpu_timeline import (
+    SLOW_SECOND_P99_MS, CpuTimeline, Second, machine_pct, machine_times, slow_seconds,
+    write_timeline,
+)
+from streams.tools.bench.latency import measure_latency, not_collecting, read_orders
 from streams.tools.bench.pauses import pauses_between, read_own_pauses, read_pauses
 from streams.tools.bench.pipeline import _start_workers
 from streams.tools.bench.profiling import _start_py_spy, _stop_py_spy
@@ -77,13 +81,17 @@ async def _restart_and_latency(run: _Run) -> None:
     # The bench's own loop stamps each order's send and receipt: it is timed the way the
     # workers time theirs.
     own_pauses = PauseMonitor()
+    timeline = CpuTimeline(cpu_pids)
     with not_collecting():
         own_pauses.start()
         own_before = read_own_pauses()
         cpu_before = {name: cpu_seconds(pid) for name, pid in cpu_pids.items()}
+        machine_before = machine_times()
         cpu_from = time.time()
+        timeline.start()
         run.result["latency_ms"] = await measure_latency(run, rate, options.latency_s, workers,
                                                          first=floor["sent"])
+        seconds = await timeline.stop()
         cpu_window = time.time() - cpu_from
         await own_pauses.stop()
         bench_paused = pauses_between(own_before, read_own_pauses())
@@ -103,11 +111,32 @@ async def _restart_and_latency(run: _Run) -> None:
     run.result["details"]["latency_cpu_pct_of_one_core"] = {
         name: round(100 * (cpu_seconds(pid) - cpu_before[name]) / cpu_window, 1)
         for name, pid in cpu_pids.items()}
+    _report_seconds(run, timeline, seconds, machine_pct(machine_before, machine_times(),
+                                                        cpu_window))
     if spies:
         run.result["profile"]["latency_phase"] = await _stop_py_spy(
             spies, "latency phase at half the pipeline rate (wall clock), all threads, CPU only")
     run.result["latency_ms"]["floor"] = {k: floor[k] for k in ("p50", "p99", "rate_eps", "sent")}
     details["fresh_disk"]["rss_mb_after_latency"] = [w.peak_rss_mb() for w in workers]
+
+
+def _report_seconds(run: _Run, timeline: CpuTimeline, seconds: list[Second],
+                    machine: dict[str, float]) -> None:
+    """The latency phase second by second: its CPU timeline as a file, the seconds whose
+    orders missed the p99 target with what ran in them, and the machine over the phase."""
+    latency = run.result["latency_ms"]
+    path = run.workdir / f"latency-{latency['target_rate_eps']:g}-cpu-per-second.csv"
+    write_timeline(seconds, list(timeline.pids), path)
+    slow = slow_seconds(read_orders(latency["per_order"]), latency["started_at"], seconds)
+    run.result["details"]["latency_seconds"] = {
+        "cpu_per_second": str(path), "machine_pct_of_one_core": machine,
+        "most_steal_in_a_second": max((s.machine["steal"] for s in seconds), default=None),
+        f"over_{SLOW_SECOND_P99_MS:g}_ms": slow}
+    run.say(f"latency: the machine {machine['busy']}% busy, {machine['steal']}% stolen by the "
+            f"hypervisor (of {100 * (os.cpu_count() or 1)}); {len(slow)} second(s) with a p99 "
+            f"over {SLOW_SECOND_P99_MS:g} ms" + "".join(
+                f"; second {s['second']}: p99 {s['p99_ms']} ms, machine "
+                f"{s['machine_pct_of_one_core']}" for s in slow[:5]))
 
 
 # One recovery round: (changelog topic, partition) -> (offset reading starts after, highwater)

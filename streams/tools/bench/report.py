@@ -69,6 +69,8 @@ def format_summary(result: Mapping[str, Any]) -> str:
     with_store = restart_details.get("with_store") or {}
     fresh_disk = restart_details.get("fresh_disk") or {}
     machine = result.get("machine") or {}
+    seconds = (result.get("details") or {}).get("latency_seconds") or {}
+    phase_machine = seconds.get("machine_pct_of_one_core") or {}
 
     def number(value: Any, unit: str = "") -> str:
         if value is None:
@@ -92,6 +94,9 @@ def format_summary(result: Mapping[str, Any]) -> str:
         f"  latency at {number(latency.get('rate_eps'), '/s')}  p50 {number(latency.get('p50'))} ms, "
         f"p99 {number(latency.get('p99'))} ms ({number(latency.get('received'))} of "
         f"{number(latency.get('sent'))} live orders)",
+        f"  seconds over 100 ms  {number(len(seconds['over_100_ms']) if seconds else None)} "
+        f"(the machine over the phase: busy {number(phase_machine.get('busy'))}, stolen "
+        f"{number(phase_machine.get('steal'))} of {number(100 * (machine.get('nproc') or 1))})",
         f"  latency floor (20/s) p50 {number(floor.get('p50'))} ms, p99 {number(floor.get('p99'))} ms",
         f"  worker peak RSS      {number(result.get('rss_mb'), ' MB')}",
         f"  state per member     {number(result.get('state_bytes_per_member'), ' bytes')}",
