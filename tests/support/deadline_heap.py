@@ -3,10 +3,11 @@
     .venv/bin/tagstream generate --members 20000 --days 9 --seed 1 > history.jsonl
     .venv/bin/python -m tests.support.deadline_heap history.jsonl
 
-Feeds the history through `MemberProcessor` on the event clock (no Kafka: the harness of
-tests/worker/test_member_processor.py with a sender that discards), then prints how many
-deadlines were pushed (each was a heap entry before the heap was bounded), how many entries
-the heap holds, and how many members have a deadline.
+Feeds the history through `MemberProcessor` on the event clock with no Kafka (the replay's
+messages, watermarks included, as streams/tools/bench/agent_alone.py hands them over, a batch
+every 20 messages), then prints how many deadlines were pushed (each was a heap entry before
+the heap was bounded), how many entries the heap holds, and how many members have a
+deadline.
 """
 
 from __future__ import annotations
@@ -17,15 +18,14 @@ from pathlib import Path
 
 import orjson
 
-from schemas.events import TOPIC_BY_EVENT_TYPE
-from streams.platform.partitioning import partition_for
+from streams.platform.settings import DEFAULT_RULES, Settings
+from streams.platform.topics import TopicNames
+from streams.tools.bench.agent_alone import replayed_messages, run_agent
 from streams.worker import deadlines
-from tests.worker.test_member_processor import PARTITIONS, Harness, Message, _delivered
+from taggers.engine import Engine
+from taggers.rules import load_rules
 
-
-class _Discard:
-    async def enqueue(self, records: object) -> object:
-        return _delivered()
+PARTITIONS = 4
 
 
 async def measure(path: Path) -> dict[str, int]:
@@ -40,28 +40,12 @@ async def measure(path: Path) -> dict[str, int]:
 
     deadlines.DeadlineIndex.push = counting  # type: ignore[method-assign]
     try:
-        h = Harness("event")
-        h.processor.sender = _Discard()
-        offsets: dict[tuple[str, int], int] = {}
-        events = 0
-
-        async def ack() -> None:
-            return None
-
-        for events, line in enumerate(path.read_bytes().splitlines(), start=1):
-            body = orjson.loads(line)
-            member_id = body["member_id"]
-            topic = h.names.actual(TOPIC_BY_EVENT_TYPE[body["event_type"]])
-            partition = partition_for(member_id, PARTITIONS)
-            offset = offsets.get((topic, partition), 0)
-            offsets[(topic, partition)] = offset + 1
-            h.processor.handle(Message(topic, partition, offset, member_id.encode(), line, []),
-                               ack)
-            if events % 20 == 0:
-                await h.processor.flush()
-        await h.processor.flush()
-        index = h.processor.deadlines
-        return {"events": events, "deadline_pushes": pushes,
+        settings, names = Settings(), TopicNames.for_namespace("")
+        messages = replayed_messages(path.read_bytes().splitlines(), names, PARTITIONS)
+        run = await run_agent(Engine(load_rules(DEFAULT_RULES), settings.allowed_lateness_s),
+                              messages, settings, names, PARTITIONS, batch_events=20)
+        index = run.processor.deadlines
+        return {"events": run.events, "deadline_pushes": pushes,
                 "heap_entries": index.heap_entries(), "members_with_a_deadline": len(index)}
     finally:
         deadlines.DeadlineIndex.push = push  # type: ignore[method-assign]

@@ -111,6 +111,7 @@ class AgentRun:
     records: dict[str, int]  # topic -> records the batches held
     tag_changes: int
     dead_lettered: int
+    processor: MemberProcessor  # as the run left it (its deadlines, counters)
 
     @property
     def us_per_event(self) -> float:
@@ -151,4 +152,4 @@ async def run_agent(engine: Engine, messages: Sequence[InMemoryMessage], setting
     seconds = time.perf_counter() - started
     return AgentRun(events=events, seconds=seconds, records=dict(sender.records),
                     tag_changes=sender.records.get(names.tag_changes, 0),
-                    dead_lettered=sender.records.get(names.deadletter, 0))
+                    dead_lettered=sender.records.get(names.deadletter, 0), processor=processor)
