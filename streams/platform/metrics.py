@@ -45,6 +45,14 @@ CONSUMER_LAG = Gauge(
     "tagstream_consumer_lag", "Records behind the end of the partition, per consumed partition.",
     ["group", "topic", "partition"], registry=REGISTRY)
 
+# Where the worker's time goes: its own code, measured around it; the rest of the process's
+# CPU is Faust's per-message path, the Kafka producer, the store's writes and the event loop.
+AGENT_SECONDS = Counter(
+    "tagstream_worker_agent_seconds",
+    "Time the member agent spent in its own code, by part: handle (routing, the event clock, "
+    "loading states, the engine) and seal (encoding states and rendering profiles).",
+    ["part"], registry=REGISTRY)
+
 # The worker's pauses (streams/worker/pauses.py): what a latency tail is made of.
 GC_PAUSE_SECONDS = Histogram(
     "tagstream_worker_gc_pause_seconds",
@@ -104,11 +112,11 @@ class Tally:
     agent; counting in a dict and flushing once per batch costs a dict update."""
 
     def __init__(self) -> None:
-        self._counts: dict[tuple[Counter, tuple[str, ...]], int] = {}
+        self._counts: dict[tuple[Counter, tuple[str, ...]], float] = {}
 
-    def add(self, metric: Counter, *labels: str) -> None:
+    def add(self, metric: Counter, *labels: str, amount: float = 1) -> None:
         key = (metric, labels)
-        self._counts[key] = self._counts.get(key, 0) + 1
+        self._counts[key] = self._counts.get(key, 0) + amount
 
     def flush(self) -> None:
         counts, self._counts = self._counts, {}

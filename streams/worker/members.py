@@ -102,7 +102,8 @@ class MemberProcessor:
     def __init__(self, engine: Engine, sender: RecordSender, table: Any, changelog_topic: str,
                  clocks: PartitionClocks, partitions: int, names: TopicNames,
                  clock: Callable[[], float] = time.monotonic,
-                 linger_s: float = FLUSH_LINGER_S) -> None:
+                 linger_s: float = FLUSH_LINGER_S,
+                 timer: Callable[[], float] = time.perf_counter) -> None:
         self.engine = engine
         self.sender = sender
         self.table = table
@@ -121,6 +122,7 @@ class MemberProcessor:
         self.counters = Counters()
         self.tally = metrics.Tally()  # added to the Prometheus metrics once per batch
         self._monotonic = clock
+        self._timer = timer  # times the agent's own code (metrics.AGENT_SECONDS)
         self.linger_s = linger_s
         # the next offset per topic-partition; `rewind` is set by the agent's registration
         self.sequence = DeliverySequence(rewind=_cannot_rewind)
@@ -164,6 +166,13 @@ class MemberProcessor:
 
     def handle(self, message: Any, ack: Ack) -> None:
         """Process one message; `ack` is called once its batch is delivered (maybe later)."""
+        started = self._timer()
+        try:
+            self._handle(message, ack)
+        finally:
+            self.tally.add(metrics.AGENT_SECONDS, "handle", amount=self._timer() - started)
+
+    def _handle(self, message: Any, ack: Ack) -> None:
         partition = message.partition
         if self.sequence.admit(message.topic, partition, message.offset) is not Admission.HANDLE:
             return  # not acknowledged: it comes again, or came before (streams/worker/sequence.py)
@@ -361,6 +370,14 @@ class MemberProcessor:
         """Close the open batch (None if nothing waits); `ship` it next. Changed states are
         staged in the store now (so later events read them), written to it once delivered;
         their profile records join the batch's outputs, their changelog records follow."""
+        started = self._timer()
+        try:
+            return self._seal()
+        finally:
+            # counted in the next batch's flush
+            self.tally.add(metrics.AGENT_SECONDS, "seal", amount=self._timer() - started)
+
+    def _seal(self) -> SealedBatch | None:
         self.tally.flush()
         if self._opened_at is None:
             return None

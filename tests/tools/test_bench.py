@@ -168,3 +168,32 @@ def test_the_summary_counts_the_latency_seconds_over_the_target_with_the_machine
     assert "seconds over 100 ms  2 (the machine over the phase: busy 171.5, stolen 8.5 of 200)" \
         in shown
     assert "seconds over 100 ms  - " in format_summary({"events": 1000})
+
+
+def test_the_summary_shows_the_agents_share_of_a_pipeline_event() -> None:
+    from streams.tools.bench.report import format_summary
+
+    share = {"handle": 171.2, "seal": 41.4, "pipeline": 583.4, "rest": 370.8}
+    shown = format_summary({"events": 1000, "details": {"pipeline": {"agent_us_per_event": share}}})
+    assert "the agent's own code 171.2 + 41.4 µs (handle + seal) of 583.4 µs an event" in shown
+
+
+def test_the_agents_share_of_a_pipeline_event_is_read_from_each_workers_metrics():
+    from prometheus_client import CollectorRegistry, Counter, generate_latest
+
+    from streams.tools.bench.pauses import AGENT, parse_agent_seconds
+    from streams.tools.bench.pipeline import _agent_share
+
+    registry = CollectorRegistry()
+    agent = Counter(AGENT, "", ["part"], registry=registry)
+    agent.labels("handle").inc(2.0)
+    agent.labels("seal").inc(0.5)
+    one = parse_agent_seconds(generate_latest(registry).decode())
+    assert one == {"handle": 2.0, "seal": 0.5}
+    # 10,000 events at 2,000/s: 500 us each, 200 in handle, 50 in seal, 250 the rest
+    assert _agent_share([one], 10_000, 2_000.0) == {
+        "handle": 200.0, "seal": 50.0, "pipeline": 500.0, "rest": 250.0}
+    # two workers: their agent time adds up; the rest of a wall-clock event is not theirs
+    assert _agent_share([one, one], 10_000, 2_000.0) == {
+        "handle": 400.0, "seal": 100.0, "pipeline": 500.0}
+    assert parse_agent_seconds("") == {}

@@ -88,6 +88,11 @@ def test_bench_runs_and_its_json_has_every_field(tmp_path):
     assert len(timeline) >= 3  # a 2-second phase sampled each second, and its last part
     assert set(seconds["machine_pct_of_one_core"]) == {"busy", "idle", "steal"}
     assert isinstance(seconds["over_100_ms"], list)
+    # of the pipeline's time per event, the member agent's own code, read from /metrics
+    share = result["details"]["pipeline"]["agent_us_per_event"]
+    assert share["handle"] > 0 and share["seal"] > 0
+    assert share["rest"] == pytest.approx(share["pipeline"] - share["handle"] - share["seal"],
+                                          abs=0.2)
     for phase in ("pipeline", "faust_floor"):
         machine = result["details"][phase]["machine_pct_of_one_core"]
         assert set(machine) == {"busy", "idle", "steal"} and machine["busy"] > 0, phase

@@ -99,7 +99,7 @@ def _delivered() -> asyncio.Future[None]:
 
 class Harness:
     def __init__(self, clock: str, wall: float = 0.0, namespace: str = "",
-                 engine: Engine | None = None) -> None:
+                 engine: Engine | None = None, timer: Any = None) -> None:
         self.names = names = TopicNames.for_namespace(namespace)
         self.topics = Topics(inbound=None, reroute=FakeTopic(names.reroute),
                              deadletter=FakeTopic(names.deadletter),
@@ -121,7 +121,7 @@ class Harness:
             engine or Engine(load_rules(DEFAULT_RULES)), self.sender, self.table,
             CHANGELOG_TOPIC,
             PartitionClocks(clock, names.events, wall=lambda: self.wall), PARTITIONS, names,
-            clock=lambda: self.monotonic)
+            clock=lambda: self.monotonic, **({"timer": timer} if timer else {}))
         self.acked: list[int] = []
         # Each topic-partition's offsets run on from its own base, so that an offset names
         # one message of the harness.
@@ -976,3 +976,22 @@ async def test_a_redelivered_event_the_seen_ring_forgot_is_a_duplicate_not_a_dea
     await later.send(h.names.interactions, orjson.dumps(first), p, offset=sent.offset + 71)
     [letter] = [orjson.loads(d["value"]) for d in later.topics.deadletter.sent]
     assert "late event" in letter["error"]
+
+
+def _agent_seconds(part: str) -> float:
+    return metrics.REGISTRY.get_sample_value(
+        "tagstream_worker_agent_seconds_total", {"part": part}) or 0.0
+
+
+async def test_the_agents_own_time_is_counted_per_part_and_reaches_the_metric_a_batch_later():
+    readings = itertools.count(0, 0.25)  # each reading of the timer 0.25 s after the previous
+    h = Harness("wall", wall=datetime.fromisoformat("2024-01-01T10:05:00+08:00").timestamp(),
+                timer=lambda: next(readings))
+    handled, sealed = _agent_seconds("handle"), _agent_seconds("seal")
+    for minute in range(3):  # each sent message is handled, then its batch sealed and shipped
+        await h.event(h.names.interactions, raw_event(
+            "interaction.browse", f"2024-01-01T10:0{minute}:00+08:00"))
+    assert h.topics.tag_changes.sent  # the events were applied
+    await h.processor.flush()  # nothing open: only the tally of the third seal is flushed
+    assert _agent_seconds("handle") - handled == pytest.approx(3 * 0.25)
+    assert _agent_seconds("seal") - sealed == pytest.approx(3 * 0.25)

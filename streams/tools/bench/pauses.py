@@ -1,5 +1,5 @@
 """The workers' pauses over a phase (and the bench's own): their `/metrics` read before and
-after it.
+after it. Also the time each worker spent in the member agent's own code.
 
 Each worker exports how long its garbage collections took and how late its event loop
 woke (streams/worker/pauses.py); the difference of two readings is what happened in the
@@ -18,6 +18,7 @@ from streams.tools.bench.common import BenchError
 
 GC = "tagstream_worker_gc_pause_seconds"
 LOOP_LAG = "tagstream_worker_loop_lag_seconds"
+AGENT = "tagstream_worker_agent_seconds"
 
 # (metric, labels without "le") -> {"le" bound or "sum"/"count": value}
 Reading = dict[tuple[str, tuple[tuple[str, str], ...]], dict[str, float]]
@@ -25,17 +26,32 @@ Reading = dict[tuple[str, tuple[tuple[str, str], ...]], dict[str, float]]
 
 async def read_pauses(web_ports: list[int]) -> list[Reading]:
     """Each worker's pause histograms now."""
-    readings = []
+    return [parse_pauses(text) for text in await _expositions(web_ports)]
+
+
+async def read_agent_seconds(web_ports: list[int]) -> list[dict[str, float]]:
+    """Each worker's time in the member agent's own code so far, by part (handle, seal)."""
+    return [parse_agent_seconds(text) for text in await _expositions(web_ports)]
+
+
+def parse_agent_seconds(exposition: str) -> dict[str, float]:
+    return {sample.labels["part"]: sample.value
+            for family in text_string_to_metric_families(exposition) if family.name == AGENT
+            for sample in family.samples if sample.name == f"{AGENT}_total"}
+
+
+async def _expositions(web_ports: list[int]) -> list[str]:
+    """Each worker's /metrics page now."""
+    texts = []
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
         for port in web_ports:
             url = f"http://127.0.0.1:{port}/metrics"
             try:
                 async with http.get(url) as response:
-                    text = await response.text()
+                    texts.append(await response.text())
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise BenchError(f"could not read the worker's metrics at {url}: {exc}") from exc
-            readings.append(parse_pauses(text))
-    return readings
+    return texts
 
 
 def read_own_pauses() -> Reading:

@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from streams.platform.kafka_clients import kafka_consumer
 from streams.tools.bench.children import Child, wait_for_log
 from streams.tools.bench.cpu_timeline import machine_pct, machine_times
+from streams.tools.bench.pauses import read_agent_seconds
 from streams.tools.processes import free_ports
 from streams.tools.bench.common import (
     BenchError, READY_TIMEOUT_S, WORKER_READY, _Run, _offset_ranges, _quantile, _stack_pids, _warn,
@@ -133,6 +134,8 @@ async def _pipeline(run: _Run, expected: Expected, start_sink: bool = True,
         cpu_window = time.time() - cpu_from
         cpu_used = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in cpu_pids.items()}
         machine = machine_pct(machine_before, machine_times(), cpu_window)
+        agent_seconds = await read_agent_seconds(
+            [w.web_port for w in workers if w.web_port is not None])
         seconds = finished - started
         eps = run.result["events"] / seconds if seconds > 0 else 0.0
         out["pipeline_eps"] = round(eps)
@@ -164,7 +167,8 @@ async def _pipeline(run: _Run, expected: Expected, start_sink: bool = True,
             # change, as % of one core: ~100 for a worker means it is CPU-bound.
             "cpu_pct_of_one_core": {name: round(100 * used / cpu_window, 1)
                                     for name, used in cpu_used.items()},
-            "machine_pct_of_one_core": machine}
+            "machine_pct_of_one_core": machine,
+            "agent_us_per_event": _agent_share(agent_seconds, run.result["events"], eps)}
         if seen.missing or seen.unexpected:
             _warn(run, f"the stream's tag changes differ from the dry run's: "
                        f"{len(seen.missing)} missing, {seen.unexpected} unexpected "
@@ -235,6 +239,23 @@ class _Seen:
     last_unexpected: float | None = None
     missing: list[str] = field(default_factory=list)  # expected changes never published
     unexpected_examples: list[str] = field(default_factory=list)
+
+
+def _agent_share(agent_seconds: list[dict[str, float]], events: int,
+                 eps: float) -> dict[str, float | None]:
+    """Of the pipeline's time per event, what the member agent's own code took (summed over
+    the workers, from their start), and with one worker the rest: Faust's per-message path,
+    the Kafka producer, the store's writes and the event loop."""
+    def per_event(part: str) -> float:
+        return round(sum(seconds.get(part, 0.0) for seconds in agent_seconds)
+                     / max(events, 1) * 1e6, 1)
+
+    share: dict[str, float | None] = {
+        "handle": per_event("handle"), "seal": per_event("seal"),
+        "pipeline": round(1e6 / eps, 1) if eps else None}
+    if len(agent_seconds) == 1 and share["pipeline"] is not None:
+        share["rest"] = round(share["pipeline"] - share["handle"] - share["seal"], 1)
+    return share
 
 
 async def _wait_for_changes(run: _Run, reader: AIOKafkaConsumer, tps: list[TopicPartition],

@@ -71,6 +71,7 @@ def format_summary(result: Mapping[str, Any]) -> str:
     machine = result.get("machine") or {}
     seconds = (result.get("details") or {}).get("latency_seconds") or {}
     phase_machine = seconds.get("machine_pct_of_one_core") or {}
+    share = ((result.get("details") or {}).get("pipeline") or {}).get("agent_us_per_event") or {}
 
     def number(value: Any, unit: str = "") -> str:
         if value is None:
@@ -91,6 +92,8 @@ def format_summary(result: Mapping[str, Any]) -> str:
         f"  (ratio {number(result.get('ratio'))}, {number(result.get('of_faust_floor'))} of the "
         f"Faust floor, matches the dry run: "
         f"{number(result.get('matches_dry_run'))})",
+        f"  the agent's own code {number(share.get('handle'))} + {number(share.get('seal'))} µs "
+        f"(handle + seal) of {number(share.get('pipeline'))} µs an event",
         f"  latency at {number(latency.get('rate_eps'), '/s')}  p50 {number(latency.get('p50'))} ms, "
         f"p99 {number(latency.get('p99'))} ms ({number(latency.get('received'))} of "
         f"{number(latency.get('sent'))} live orders)",
