@@ -195,7 +195,7 @@ async def replay(bootstrap: str, path: Path, *, names: TopicNames, speed: float 
                 line = raw[:-1] if raw.endswith(b"\n") else raw
                 if line.endswith(b"\r"):
                     line = line[:-1]
-                target = _target(line, names, partitions, topic_override)
+                target = message_target(line, names, partitions, topic_override)
                 if isinstance(target, str):
                     _skip(skipped, line_no, target)
                     continue
@@ -229,8 +229,9 @@ async def replay(bootstrap: str, path: Path, *, names: TopicNames, speed: float 
                         lines=line_no)
 
 
-def _target(line: bytes, names: TopicNames, partitions: int, topic_override: str | None
-            ) -> tuple[str, bytes | None, int, datetime | None] | str:
+def message_target(line: bytes, names: TopicNames, partitions: int,
+                   topic_override: str | None
+                   ) -> tuple[str, bytes | None, int, datetime | None] | str:
     """Where a line goes: (topic, key, partition, occurred_at if an event), or why it is
     skipped."""
     routed = route(line)

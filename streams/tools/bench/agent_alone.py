@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 from schemas.control import encode_watermark
-from streams.ops.replay import WATERMARK_EVERY, _target
+from streams.ops.replay import WATERMARK_EVERY, message_target
 from streams.platform.settings import Settings
 from streams.platform.topics import TopicNames
 from streams.worker.clock import PartitionClocks
@@ -86,8 +86,9 @@ def replayed_messages(lines: Iterable[bytes], names: TopicNames,
 
     last = None
     since_watermark = 0
-    for line in lines:
-        target = _target(line.rstrip(b"\r\n"), names, partitions, None)
+    for raw in lines:
+        line = raw.rstrip(b"\r\n")
+        target = message_target(line, names, partitions, None)
         if isinstance(target, str):
             continue  # not an event: the replay skips it too
         topic, key, partition, at = target
@@ -98,7 +99,7 @@ def replayed_messages(lines: Iterable[bytes], names: TopicNames,
             if last is None or at > last:
                 last = at
             since_watermark += 1
-        append(topic, partition, key, line.rstrip(b"\r\n"), [])
+        append(topic, partition, key, line, [])
     if last is not None:
         watermarks(last)
     return messages

@@ -100,7 +100,8 @@ class CpuTimeline:
 
     def sample(self) -> None:
         """Record the interval since the previous reading."""
-        assert self._last is not None, "start() first"
+        if self._last is None:
+            raise RuntimeError("CpuTimeline.sample() before start()")
         then, processes_then, machine_then = self._last
         self._last = now, processes_now, machine_now = self._reading()
         wall_s = now - then
