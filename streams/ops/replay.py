@@ -253,6 +253,31 @@ def message_target(line: bytes, names: TopicNames, partitions: int,
     return topic, key, partition, at
 
 
+class WatermarkCadence:
+    """When the replay writes a watermark: every WATERMARK_EVERY events while the file is in
+    time order, for the newest time queued so far (the agent-alone harness follows it too)."""
+
+    def __init__(self) -> None:
+        self.last: datetime | None = None  # the newest event time queued
+        self._in_time_order = True
+        self._since_watermark = 0
+
+    def before(self, at: datetime) -> datetime | None:
+        """An event of time `at` is about to be queued: the instant to mark first, if any."""
+        last = self.last
+        due = None
+        if last is not None and at < last:
+            self._in_time_order = False  # markers could not be trusted from here on
+        if (self._in_time_order and self._since_watermark >= WATERMARK_EVERY
+                and last is not None and at > last):
+            due = last  # every event at or before `last` is already queued ahead
+            self._since_watermark = 0
+        if last is None or at > last:
+            self.last = at
+        self._since_watermark += 1
+        return due
+
+
 class _Timeline:
     """The replay's event time: watermarks while the file is in time order, and the pace."""
 
@@ -261,25 +286,19 @@ class _Timeline:
         self.batches = batches
         self.speed = speed
         self.partitions_of = partitions_of
-        self.last: datetime | None = None
+        self.cadence = WatermarkCadence()
         self.watermarks = 0
-        self._in_time_order = True
-        self._since_watermark = 0
         self._pace_from: tuple[float, float] | None = None  # (first event time, wall time then)
+
+    @property
+    def last(self) -> datetime | None:
+        return self.cadence.last
 
     async def before(self, at: datetime) -> None:
         """An event of time `at` is about to be queued."""
-        last = self.last
-        if last is not None and at < last:
-            self._in_time_order = False  # markers could not be trusted from here on
-        if (self._in_time_order and self._since_watermark >= WATERMARK_EVERY
-                and last is not None and at > last):
-            # every event at or before `last` is already queued ahead
-            self.watermarks += await self.batches.watermark(self.partitions_of, last)
-            self._since_watermark = 0
-        if last is None or at > last:
-            self.last = at
-        self._since_watermark += 1
+        mark = self.cadence.before(at)
+        if mark is not None:
+            self.watermarks += await self.batches.watermark(self.partitions_of, mark)
         if self.speed is not None:
             loop = asyncio.get_running_loop()
             ts = at.timestamp()

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 from schemas.control import encode_watermark
-from streams.ops.replay import WATERMARK_EVERY, message_target
+from streams.ops.replay import WatermarkCadence, message_target
 from streams.platform.settings import Settings
 from streams.platform.topics import TopicNames
 from streams.worker.clock import PartitionClocks
@@ -67,8 +67,8 @@ class CountingSender:
 def replayed_messages(lines: Iterable[bytes], names: TopicNames,
                       partitions: int) -> list[InMemoryMessage]:
     """The messages `tagstream replay` would write for `lines`, in the order it writes them,
-    with the offsets they would get: a watermark on every event partition after each
-    WATERMARK_EVERY events that are in time order, and one after the last event."""
+    with the offsets they would get: a watermark on every event partition when the replay's
+    cadence (WatermarkCadence) writes one, and one after the last event."""
     messages: list[InMemoryMessage] = []
     next_offset: dict[tuple[str, int], int] = {}
 
@@ -84,24 +84,18 @@ def replayed_messages(lines: Iterable[bytes], names: TopicNames,
             for partition in range(partitions):
                 append(topic, partition, None, value, list(headers))
 
-    last = None
-    since_watermark = 0
+    cadence = WatermarkCadence()
     for raw in lines:
         line = raw.rstrip(b"\r\n")
         target = message_target(line, names, partitions, None)
         if isinstance(target, str):
             continue  # not an event: the replay skips it too
         topic, key, partition, at = target
-        if at is not None:
-            if since_watermark >= WATERMARK_EVERY and last is not None and at > last:
-                watermarks(last)
-                since_watermark = 0
-            if last is None or at > last:
-                last = at
-            since_watermark += 1
+        if at is not None and (mark := cadence.before(at)) is not None:
+            watermarks(mark)
         append(topic, partition, key, line, [])
-    if last is not None:
-        watermarks(last)
+    if cadence.last is not None:
+        watermarks(cadence.last)
     return messages
 
 
@@ -138,11 +132,8 @@ async def run_agent(engine: Engine, messages: Sequence[InMemoryMessage], setting
     processor, sender = build_processor(engine, settings, names, partitions)
     events = sum(1 for message in messages if not message.headers)
 
-    async def acknowledged() -> None:
+    async def ack() -> None:
         return None
-
-    def ack() -> Any:
-        return acknowledged()
 
     started = time.perf_counter()
     for handled, message in enumerate(messages, 1):
