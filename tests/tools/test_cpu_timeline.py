@@ -62,11 +62,18 @@ async def test_each_interval_records_every_process_and_the_machine():
     timeline = CpuTimeline({"worker": 11, "broker": 22}, read_process=fake.process.__getitem__,
                            read_machine=lambda: fake.machine, wall_clock=lambda: fake.wall,
                            sleep=never)
+    assert timeline.whole() is None  # not started
     timeline.start()
     fake.advance(1.0, worker=0.9, broker=0.4, steal=0.2)
     timeline.sample()
     fake.advance(0.5, worker=0.1, broker=0.05, steal=0.0)  # the last, partial interval
+    assert timeline.whole() == Second(1000.0, 1.0, {"worker": 90.0, "broker": 40.0},
+                                      {"busy": 130.0, "idle": 50.0, "steal": 20.0})
     seconds = await timeline.stop()
+    # the phase as one interval, from start to the reading stop took
+    assert timeline.whole() == Second(
+        at=1000.0, seconds=1.5, processes={"worker": 66.7, "broker": 30.0},
+        machine={"busy": 96.7, "idle": 90.0, "steal": 13.3})
     assert seconds == [
         Second(at=1000.0, seconds=1.0, processes={"worker": 90.0, "broker": 40.0},
                machine={"busy": 130.0, "idle": 50.0, "steal": 20.0}),

@@ -26,6 +26,7 @@ from streams.platform import metrics
 from streams.platform.partitioning import partition_for
 from streams.platform.settings import DEFAULT_RULES
 from streams.platform.topics import TopicNames, Topics
+from streams.tools.bench.agent_alone import InMemoryTable
 from streams.worker.acks import OrderedAcks
 from streams.worker.clock import PartitionClocks
 from streams.worker.outbox import Record
@@ -54,14 +55,6 @@ class Message:
 
 
 CHANGELOG_TOPIC = "tagstream-members-changelog"
-
-
-class FakeTable(dict):
-    """What the processor uses of a Faust table: reads and its store."""
-
-    @property
-    def data(self) -> dict:
-        return self
 
 
 class FakeTopic:
@@ -114,7 +107,7 @@ class Harness:
             self.topics.reroute, self.topics.deadletter, self.topics.tag_changes,
             self.topics.tier_changes, self.topics.profiles, self.changelog, self.wecom_marks,
             self.erasures, self.task_changes)})
-        self.table = FakeTable()
+        self.table = InMemoryTable()
         self.wall = wall
         self.monotonic = 0.0
         self.processor = MemberProcessor(
@@ -250,7 +243,7 @@ async def test_a_deadline_fired_by_a_tick_is_shipped_after_the_linger_not_the_ne
     assert h.sender.shipments == shipped + 1 and ("repeat_buyer", "removed") in h.changes()
 
 
-def fresh_worker_on(table: FakeTable, wall: float) -> Harness:
+def fresh_worker_on(table: InMemoryTable, wall: float) -> Harness:
     """A worker that has just recovered `table` (its deadline heaps are not built yet)."""
     fresh = Harness("wall", wall=wall)
     fresh.table.update(table)

@@ -80,10 +80,11 @@ class CpuTimeline:
         self._sleep = sleep
         self.seconds: list[Second] = []
         self._task: asyncio.Task[None] | None = None
+        self._first: tuple[float, dict[str, float], MachineTimes] | None = None
         self._last: tuple[float, dict[str, float], MachineTimes] | None = None
 
     def start(self) -> None:
-        self._last = self._reading()
+        self._first = self._last = self._reading()
         self._task = asyncio.ensure_future(self._run())
 
     async def stop(self) -> list[Second]:
@@ -102,16 +103,17 @@ class CpuTimeline:
         """Record the interval since the previous reading."""
         if self._last is None:
             raise RuntimeError("CpuTimeline.sample() before start()")
-        then, processes_then, machine_then = self._last
-        self._last = now, processes_now, machine_now = self._reading()
-        wall_s = now - then
-        if wall_s <= 0:
-            return
-        self.seconds.append(Second(
-            at=then, seconds=round(wall_s, 3),
-            processes={name: round(100 * (processes_now[name] - processes_then[name]) / wall_s, 1)
-                       for name in self.pids},
-            machine=machine_pct(machine_then, machine_now, wall_s)))
+        then = self._last
+        self._last = self._reading()
+        interval = _between(then, self._last)
+        if interval is not None:
+            self.seconds.append(interval)
+
+    def whole(self) -> Second | None:
+        """From `start` to the last reading (the one `stop` took) as one interval."""
+        if self._first is None or self._last is None:
+            return None
+        return _between(self._first, self._last)
 
     def _reading(self) -> tuple[float, dict[str, float], MachineTimes]:
         return (self._wall_clock(),
@@ -122,6 +124,19 @@ class CpuTimeline:
         while True:
             await self._sleep(self.interval_s)
             self.sample()
+
+
+def _between(then: tuple[float, dict[str, float], MachineTimes],
+             now: tuple[float, dict[str, float], MachineTimes]) -> Second | None:
+    (at, processes_then, machine_then), (until, processes_now, machine_now) = then, now
+    wall_s = until - at
+    if wall_s <= 0:
+        return None
+    return Second(
+        at=at, seconds=round(wall_s, 3),
+        processes={name: round(100 * (processes_now[name] - processes_then[name]) / wall_s, 1)
+                   for name in processes_then},
+        machine=machine_pct(machine_then, machine_now, wall_s))
 
 
 def write_timeline(seconds: Iterable[Second], names: list[str], path: Path) -> None:

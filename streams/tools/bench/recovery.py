@@ -14,12 +14,12 @@ from streams.platform.kafka_clients import kafka_consumer
 from streams.tools.bench.children import Child, wait_for_log
 from streams.tools.bench.common import (
     ASSIGNED, FLOOR_RATE, FLOOR_SECONDS, HIGHWATER_TABLE, RECOVERY_COMPLETE, RECOVERY_TIMEOUT_S,
+    BenchError,
     START_TABLE, WORKER_READY, _Run, _TABLE_ROW, _count, _slowest, _stack_pids, _topic_records,
-    _unused_ports, cpu_seconds,
+    _unused_ports,
 )
 from streams.tools.bench.cpu_timeline import (
-    SLOW_SECOND_P99_MS, CpuTimeline, Second, machine_pct, machine_times, slow_seconds,
-    write_timeline,
+    SLOW_SECOND_P99_MS, CpuTimeline, Second, slow_seconds, write_timeline,
 )
 from streams.tools.bench.latency import measure_latency, not_collecting, read_orders
 from streams.tools.bench.pauses import pauses_between, read_own_pauses, read_pauses
@@ -85,14 +85,10 @@ async def _restart_and_latency(run: _Run) -> None:
     with not_collecting():
         own_pauses.start()
         own_before = read_own_pauses()
-        cpu_before = {name: cpu_seconds(pid) for name, pid in cpu_pids.items()}
-        machine_before = machine_times()
-        cpu_from = time.time()
         timeline.start()
         run.result["latency_ms"] = await measure_latency(run, rate, options.latency_s, workers,
                                                          first=floor["sent"])
         seconds = await timeline.stop()
-        cpu_window = time.time() - cpu_from
         await own_pauses.stop()
         bench_paused = pauses_between(own_before, read_own_pauses())
     run.result["details"]["latency_bench_pauses"] = bench_paused
@@ -108,11 +104,11 @@ async def _restart_and_latency(run: _Run) -> None:
     run.say(f"latency: the bench's own loop woke over 50 ms late "
             f"{bench_paused['loop_lag']['over_50ms']} times (longest at most "
             f"{bench_paused['loop_lag']['longest_at_most_s']} s)")
-    run.result["details"]["latency_cpu_pct_of_one_core"] = {
-        name: round(100 * (cpu_seconds(pid) - cpu_before[name]) / cpu_window, 1)
-        for name, pid in cpu_pids.items()}
-    _report_seconds(run, timeline, seconds, machine_pct(machine_before, machine_times(),
-                                                        cpu_window))
+    phase = timeline.whole()
+    if phase is None:
+        raise BenchError("the latency phase's CPU timeline holds no interval")
+    run.result["details"]["latency_cpu_pct_of_one_core"] = phase.processes
+    _report_seconds(run, timeline, seconds, phase.machine)
     if spies:
         run.result["profile"]["latency_phase"] = await _stop_py_spy(
             spies, "latency phase at half the pipeline rate (wall clock), all threads, CPU only")
