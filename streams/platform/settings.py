@@ -65,6 +65,11 @@ class Settings:
     # How long a worker's fetch may wait at the broker for a message: the longest a message
     # can sit behind a fetch of quiet partitions (streams/worker/compat.py, item 4).
     consumer_fetch_max_wait_ms: int = 100
+    # How the worker's producer compresses what it writes (tag, tier and task changes,
+    # profiles, WeCom marks, its changelog): "none" (Kafka's default), "lz4", "zstd",
+    # "snappy" or "gzip". lz4 shrinks its ~2.5 kB an event about fourfold, for a network or
+    # disk that is the bottleneck; on loopback it gained no throughput (README, Measured).
+    producer_compression: str = "none"
     # How often a worker checks the rule file for a new version (0: never).
     rules_reload_s: float = 5.0
     # Worker
@@ -145,9 +150,16 @@ class Settings:
                                 f"{settings.stack_broker_jit!r}")
         if settings.consumer_fetch_max_wait_ms < 0:
             raise SettingsError("TAGSTREAM_CONSUMER_FETCH_MAX_WAIT_MS must not be negative")
+        if settings.producer_compression not in PRODUCER_COMPRESSIONS:
+            raise SettingsError(f"TAGSTREAM_PRODUCER_COMPRESSION must be one of "
+                                f"{', '.join(PRODUCER_COMPRESSIONS)}, not "
+                                f"{settings.producer_compression!r}")
         check_topic_namespace(settings.topic_namespace)
         check_security(settings)
         return settings
+
+
+PRODUCER_COMPRESSIONS = ("none", "lz4", "zstd", "snappy", "gzip")
 
 
 ENV_NAMES: dict[str, str] = {
@@ -174,6 +186,7 @@ ENV_NAMES: dict[str, str] = {
     "timer_interval_s": "TAGSTREAM_TIMER_INTERVAL_S",
     "batch_linger_ms": "TAGSTREAM_BATCH_LINGER_MS",
     "consumer_fetch_max_wait_ms": "TAGSTREAM_CONSUMER_FETCH_MAX_WAIT_MS",
+    "producer_compression": "TAGSTREAM_PRODUCER_COMPRESSION",
     "rules_reload_s": "TAGSTREAM_RULES_RELOAD_S",
     "web_port": "TAGSTREAM_WEB_PORT",
     "data_dir": "TAGSTREAM_DATA_DIR",

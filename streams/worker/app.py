@@ -47,6 +47,8 @@ def create_app(settings: Settings) -> faust.App:
         # as one record batch (the broker's default message limit is 1 MiB).
         producer_max_batch_size=PRODUCE_BATCH_BYTES,
         producer_acks=-1,
+        producer_compression_type=(None if settings.producer_compression == "none"
+                                   else settings.producer_compression),
         # The member agent acknowledges events only once their state is in the changelog
         # (and holds some for the event-time clock), so "wait until every event is acked"
         # before a rebalance would wait for ever. Instead the agent flushes on revocation

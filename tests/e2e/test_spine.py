@@ -31,6 +31,7 @@ from tests.support.kafka import (
     never,
     read_topic,
     running_worker,
+    stored_codecs,
     values,
 )
 
@@ -125,7 +126,8 @@ async def produce_mixed(settings, valid: list[bytes], invalid: list[tuple[bytes,
 
 
 @pytest.mark.slow  # 10,000 valid events through a worker: ~27 s
-async def test_bad_input_is_dead_lettered_and_every_valid_event_is_processed(stack, tmp_path):
+async def test_bad_input_is_dead_lettered_and_every_valid_event_is_processed(
+        stack, shared_kafka, tmp_path):
     """1,000 malformed or invalid events mixed into 10,000 valid ones."""
     rng = random.Random(11)
     valid = [orjson.dumps(ev) for ev in generate_events(members=400, days=400, seed=3)][:10_000]
@@ -133,7 +135,8 @@ async def test_bad_input_is_dead_lettered_and_every_valid_event_is_processed(sta
     invalid = invalid_payloads(rng, 1_000)
     expected = expected_change_ids(stack, valid)
     await create_topics(stack)
-    with running_worker(stack, tmp_path, clock="event") as worker:
+    # compressing its output: the readers below decompress what it wrote
+    with running_worker(stack, tmp_path, clock="event", producer_compression="lz4") as worker:
         landed = await produce_mixed(stack, valid, invalid, rng)
         letters = await read_topic(stack.broker_bootstrap, topic_names(stack).deadletter,
                                    worker=worker, until=at_least(len(landed)), timeout=240)
@@ -150,6 +153,13 @@ async def test_bad_input_is_dead_lettered_and_every_valid_event_is_processed(sta
     found = {c["change_id"] for c in values(changes)}
     assert found == expected  # every valid event processed, nothing extra
     assert len(values(changes)) == len(found)  # and no change published twice
+    # What the worker wrote is stored lz4-compressed (TAGSTREAM_PRODUCER_COMPRESSION), what
+    # this test's own producer wrote is not: reading the segments tells them apart.
+    log_dir = shared_kafka.layout().nodes[0].log_dir
+    names = topic_names(stack)
+    for topic in (names.tag_changes, names.profiles, names.deadletter):
+        assert set(stored_codecs(log_dir, topic)) == {"lz4"}, topic
+    assert set(stored_codecs(log_dir, names.orders)) == {"none"}
 
 
 @pytest.mark.slow  # a worker stopped and started again around a redelivery: ~27 s

@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import re
+import struct
 import time
+from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -20,6 +23,35 @@ from streams.platform.admin import ensure_tagstream_topics
 from streams.platform.kafka_clients import partitions_of
 from streams.platform.settings import Settings
 from streams.tools.processes import ChildProcess, tagstream_command
+
+
+# The head of a record batch in a log segment (Kafka's message format 2): base offset,
+# batch length (of what follows the length), leader epoch, magic, CRC, attributes (whose
+# low three bits name the compression codec).
+BATCH_HEAD = struct.Struct(">qiibIh")
+CODECS = {0: "none", 1: "gzip", 2: "snappy", 3: "lz4", 4: "zstd"}
+
+
+def stored_codecs(log_dir: Path, topic: str) -> Counter[str]:
+    """How many of `topic`'s record batches, on every partition this node holds, the broker
+    stored with each compression codec: read from its segment files, since a client's fetch
+    decompresses without saying."""
+    codecs: Counter[str] = Counter()
+    partition_dir = re.compile(re.escape(topic) + r"-\d+")
+    for directory in log_dir.iterdir():
+        if not partition_dir.fullmatch(directory.name):
+            continue
+        for segment in sorted(directory.glob("*.log")):
+            data = segment.read_bytes()
+            position = 0
+            while position + BATCH_HEAD.size <= len(data):
+                _, length, _, magic, _, attributes = BATCH_HEAD.unpack_from(data, position)
+                if length <= 0:
+                    break  # the preallocated end of an active segment
+                assert magic == 2, f"{segment} at {position}: message format {magic}"
+                codecs[CODECS[attributes & 0x07]] += 1
+                position += 12 + length
+    return codecs
 
 
 async def create_topics(settings: Settings) -> None:
