@@ -41,6 +41,11 @@ TASK_CHANGES = Counter(
     "tagstream_task_changes_total",
     "Guide task records published to tasks.changes, by task kind and status.",
     ["kind", "status"], registry=REGISTRY)
+HOLD_PAUSES = Counter(
+    "tagstream_worker_hold_pauses_total",
+    "Times the event clock's hold of a topic's events reached TAGSTREAM_EVENT_HOLD_LIMIT on a "
+    "partition and its fetching was paused until the other topics caught up, by topic.",
+    ["topic"], registry=REGISTRY)
 CONSUMER_LAG = Gauge(
     "tagstream_consumer_lag", "Records behind the end of the partition, per consumed partition.",
     ["group", "topic", "partition"], registry=REGISTRY)

@@ -58,6 +58,10 @@ class Settings:
     # They are held and applied in order; an event arriving after the clock passed it is
     # dead-lettered as late (the replay tool writes each topic in order, so 0 suffices).
     reorder_window_s: int = 0
+    # TAGSTREAM_CLOCK=event: how many events of one topic-partition may wait for the clock
+    # before that topic-partition's fetching pauses (a topic read ahead of the others in event
+    # time would otherwise be held in memory whole); it resumes at half.
+    event_hold_limit: int = 5000
     timer_interval_s: float = 0.25
     # How long the member agent's open batch collects before it is shipped (the latency a
     # quiet stream adds; a busy one ships every batch this often, or at 5,000 events).
@@ -150,6 +154,8 @@ class Settings:
                                 f"{settings.stack_broker_jit!r}")
         if settings.consumer_fetch_max_wait_ms < 0:
             raise SettingsError("TAGSTREAM_CONSUMER_FETCH_MAX_WAIT_MS must not be negative")
+        if settings.event_hold_limit < 2:
+            raise SettingsError("TAGSTREAM_EVENT_HOLD_LIMIT must be at least 2")
         if settings.producer_compression not in PRODUCER_COMPRESSIONS:
             raise SettingsError(f"TAGSTREAM_PRODUCER_COMPRESSION must be one of "
                                 f"{', '.join(PRODUCER_COMPRESSIONS)}, not "
@@ -183,6 +189,7 @@ ENV_NAMES: dict[str, str] = {
     "clock": "TAGSTREAM_CLOCK",
     "allowed_lateness_s": "TAGSTREAM_ALLOWED_LATENESS_S",
     "reorder_window_s": "TAGSTREAM_REORDER_WINDOW_S",
+    "event_hold_limit": "TAGSTREAM_EVENT_HOLD_LIMIT",
     "timer_interval_s": "TAGSTREAM_TIMER_INTERVAL_S",
     "batch_linger_ms": "TAGSTREAM_BATCH_LINGER_MS",
     "consumer_fetch_max_wait_ms": "TAGSTREAM_CONSUMER_FETCH_MAX_WAIT_MS",

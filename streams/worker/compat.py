@@ -109,6 +109,43 @@ async def rewind(consumer: Any, topic: str, partition: int, offset: int) -> None
     consumer._read_offset[tp] = offset if offset else None  # noqa: SLF001
 
 
+class PausedFetching:
+    """Which partitions aiokafka itself fetches: exactly those not in the latest `wanted` set
+    handed to `sync` (the member agent's paused topic-partitions, MemberProcessor.paused).
+
+    Not Faust's `pause_partitions`: Faust drops the records it has already fetched for a
+    partition it paused (its getmany yields only active partitions) and has moved past them,
+    so they come back only through a rewind (an e2e replay lost most of its changes that
+    way). aiokafka discards a paused partition's fetched records without moving its position
+    and fetches them again once resumed. Applied in the consumer's own thread, where aiokafka
+    runs; each sync carries a snapshot and a number, so a late one never undoes a newer one.
+    A rebalance gives every partition a fresh, unpaused state; Faust never pauses in aiokafka."""
+
+    def __init__(self, consumer: Any) -> None:
+        self._consumer = consumer
+        self._version = 0
+        self._applied = 0
+
+    async def sync(self, wanted: set[tuple[str, int]]) -> None:
+        self._version += 1
+        thread = self._consumer._thread  # noqa: SLF001
+        await thread.call_thread(self._apply, thread, frozenset(wanted), self._version)
+
+    async def _apply(self, thread: Any, wanted: frozenset[tuple[str, int]],
+                     version: int) -> None:
+        if version < self._applied:
+            return
+        self._applied = version
+        aiokafka_consumer = thread._ensure_consumer()  # noqa: SLF001
+        paused = aiokafka_consumer.paused()
+        for tp in aiokafka_consumer.assignment():
+            if (tp.topic, tp.partition) in wanted:
+                if tp not in paused:
+                    aiokafka_consumer.pause(tp)
+            elif tp in paused:
+                aiokafka_consumer.resume(tp)
+
+
 def install(agent_topics: Iterable[str], fetch_max_wait_ms: int) -> None:
     """Apply the adjustments (idempotent); `agent_topics` are the topics the member agent
     consumes and acknowledges itself; `fetch_max_wait_ms` is how long the worker consumer's

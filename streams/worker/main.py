@@ -72,7 +72,7 @@ def build_worker(settings: Settings, pack: RulePack | None = None) -> WorkerPart
         table, table.changelog_topic.get_topic_name(),
         PartitionClocks(settings.clock, names.events,
                         reorder_window_s=settings.reorder_window_s), settings.partitions,
-        names, linger_s=settings.batch_linger_ms / 1000)
+        names, linger_s=settings.batch_linger_ms / 1000, hold_limit=settings.event_hold_limit)
     register_member_agent(app, processor, topics, settings.timer_interval_s)
     watch_pauses(app, PauseMonitor())
     if settings.rules_reload_s > 0:

@@ -24,6 +24,7 @@ from schemas.errors import EventRejected
 from schemas.events import TIE_RANK_BY_TOPIC
 from streams.platform import metrics
 from streams.platform.partitioning import partition_for
+from streams.platform.settings import Settings
 from streams.platform.topics import TopicNames, Topics
 from streams.worker import compat
 from streams.worker.acks import Ack, AckSlot, OrderedAcks
@@ -103,7 +104,8 @@ class MemberProcessor:
                  clocks: PartitionClocks, partitions: int, names: TopicNames,
                  clock: Callable[[], float] = time.monotonic,
                  linger_s: float = FLUSH_LINGER_S,
-                 timer: Callable[[], float] = time.perf_counter) -> None:
+                 timer: Callable[[], float] = time.perf_counter,
+                 hold_limit: int = Settings.event_hold_limit) -> None:
         self.engine = engine
         self.sender = sender
         self.table = table
@@ -119,6 +121,12 @@ class MemberProcessor:
         # partition -> its stored (deadline, member) pairs not yet read into `deadlines`
         self._loading: dict[int, Iterator[tuple[int | None, str]]] = {}
         self.pending = ReorderBuffer()
+        self.hold_limit = hold_limit
+        # Topic-partitions whose fetching this processor paused (too much of them held for the
+        # event clock); the agent's registration sets how they are paused and resumed.
+        self.paused: set[tuple[str, int]] = set()
+        self.pause_fetching: Callable[[str, int], None] = _no_flow_control
+        self.resume_fetching: Callable[[str, int], None] = _no_flow_control
         self.counters = Counters()
         self.tally = metrics.Tally()  # added to the Prometheus metrics once per batch
         self._monotonic = clock
@@ -235,9 +243,44 @@ class MemberProcessor:
         if message.topic in self.names.events:
             self.clocks.observe_event(message.topic, partition, occurred)
         rank = TIE_RANK_BY_TOPIC.get(entered, 9) if entered is not None else 9
-        self.pending.push(partition, occurred, rank,
-                          (event, origin, message, ack))
+        held = self.pending.push(partition, occurred, rank, message.topic,
+                                 (event, origin, message, ack))
+        if held >= self.hold_limit:
+            self._hold(message.topic, partition)
         self._release_and_fire(partition)
+
+    def _hold(self, topic: str, partition: int) -> None:
+        """`topic` has hold_limit events on `partition` waiting for the clock: a topic read far
+        ahead of the others in event time (a replay's orders while its interactions are still
+        being read). Its fetching is paused until the clock catches up, or the hold would grow
+        to the whole topic (a 5,000,000-event replay held 3 GB, and each full collection of
+        it stopped the loop for up to 10 s). Never the topic the clock waits for, whose own
+        completeness is the clock: pausing it would stop the clock for good."""
+        if (topic, partition) in self.paused:
+            return
+        own = self.clocks.complete_through(topic, partition)
+        now = self.clocks.now(partition)
+        if own is None or (now is not None and own <= now):
+            return
+        self.paused.add((topic, partition))
+        self.tally.add(metrics.HOLD_PAUSES, topic)
+        self.pause_fetching(topic, partition)
+
+    def fetching_reset(self) -> None:
+        """A rebalance assigned partitions afresh: nothing is paused until held again."""
+        self.paused.clear()
+
+    def _resume_caught_up(self, partition: int) -> None:
+        """Resume the partition's paused topics once the clock has drained half their hold,
+        or reached their own completeness (what they hold then waits for their own later
+        events, within the reorder window, which only fetching them brings)."""
+        now = self.clocks.now(partition)
+        for topic, paused_partition in [key for key in self.paused if key[1] == partition]:
+            own = self.clocks.complete_through(topic, partition)
+            caught_up = now is not None and own is not None and own <= now
+            if caught_up or self.pending.held_from(topic, partition) <= self.hold_limit // 2:
+                self.paused.discard((topic, partition))
+                self.resume_fetching(topic, partition)
 
     def _passed(self, topic: str, partition: int) -> int | None:
         """The instant an arriving event must lie after: the partition's clock, or its own
@@ -260,6 +303,8 @@ class MemberProcessor:
             for event, origin, message, ack in self.pending.pop_ready(partition, now):
                 self._apply(event, origin, message)
                 self._owe(ack)
+            if self.paused:
+                self._resume_caught_up(partition)
         self._fire_due(partition)
 
     def _apply(self, event: Any, origin: tuple[str, int, int], message: Any) -> None:
@@ -540,10 +585,15 @@ class MemberProcessor:
             self.clocks.forget(partition)
             self.pending.drop(partition)
         self.acks.drop(partitions)
+        self.paused = {key for key in self.paused if key[1] not in partitions}
         self._dirty = {key: entry for key, entry in self._dirty.items()
                        if entry[0] not in partitions}
         self._records = [r for r in self._records
                          if r.topic not in self._member_outputs or r.partition not in partitions]
+
+
+def _no_flow_control(topic: str, partition: int) -> None:
+    return None
 
 
 def _cannot_rewind(topic: str, partition: int, offset: int) -> None:
@@ -687,6 +737,17 @@ def register_member_agent(app: faust.App, processor: MemberProcessor, topics: To
 
     processor.sequence.rewind = rewind
 
+    paused_fetching: compat.PausedFetching | None = None
+
+    def sync_paused(*_: Any) -> None:
+        """aiokafka fetches every partition but those the processor paused now."""
+        nonlocal paused_fetching
+        if paused_fetching is None:
+            paused_fetching = compat.PausedFetching(app.consumer)
+        asyncio.ensure_future(paused_fetching.sync(set(processor.paused)))
+
+    processor.pause_fetching = processor.resume_fetching = sync_paused
+
     @app.agent(topics.inbound, name="members")
     async def members(stream: Any) -> None:
         # Manual acks: an event is acknowledged (and so its offset committed) only once its
@@ -738,6 +799,11 @@ def register_member_agent(app: faust.App, processor: MemberProcessor, topics: To
     async def on_revoked(app: faust.App, revoked: set[Any], **_: Any) -> None:
         await shipper.drain()
         processor.forget({tp.partition for tp in revoked if tp.topic in event_topics})
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(app: faust.App, assigned: set[Any], **_: Any) -> None:
+        processor.fetching_reset()
+        sync_paused()
 
     @app.on_before_shutdown.connect
     async def on_shutdown(app: faust.App, **_: Any) -> None:

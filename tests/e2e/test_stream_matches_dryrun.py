@@ -13,6 +13,7 @@ import os
 import time
 from collections import defaultdict
 
+import aiohttp
 import msgspec
 import orjson
 import pytest
@@ -73,7 +74,10 @@ async def test_stream_and_dryrun_agree_on_tags_tiers_points_and_profiles(stack, 
 
     names = topic_names(stack)
     await create_topics(stack)
-    with running_worker(stack, tmp_path, clock="event") as worker:
+    # A hold limit far below what a fetch brings makes the worker pause and resume the topics
+    # that run ahead of the others in event time all through the replay (the default, 5,000,
+    # only bounds a topic read whole ahead of the rest): exactness must not change.
+    with running_worker(stack, tmp_path, clock="event", event_hold_limit=25) as worker:
         started = time.perf_counter()
         result = await replay(stack.broker_bootstrap, path, names=names,
                               partitions=stack.partitions, progress=False)
@@ -93,10 +97,13 @@ async def test_stream_and_dryrun_agree_on_tags_tiers_points_and_profiles(stack, 
         mark_records = await read_topic(
             stack.broker_bootstrap, names.wecom_marks, worker=worker, timeout=120,
             until=lambda new: False, idle_s=5)
+        hold_pauses = await hold_pauses_of(stack)
     print(f"\n{result.events} events, {MEMBERS} members, {DAYS} days: dry run {dryrun_s:.1f} s, "
           f"stream {stream_s:.1f} s ({result.events / stream_s:.0f} events/s), "
           f"{len(expected_tags)} tag changes, {len(expected_tiers)} tier/points changes, "
-          f"{len(expected_tasks)} tasks")
+          f"{len(expected_tasks)} tasks; fetching paused {sum(hold_pauses.values())} times "
+          f"for the hold ({hold_pauses})")
+    assert hold_pauses, "no topic was ever paused: the hold limit was not exercised"
 
     found_tags = [c["change_id"] for c in values(tag_records)]
     assert_same_ids(found_tags, expected_tags, "tag change ids")
@@ -119,6 +126,16 @@ async def test_stream_and_dryrun_agree_on_tags_tiers_points_and_profiles(stack, 
     # (none while the member refuses marketing)
     assert pairs and {p: wecom[p] for p in pairs} == {
         p: shown_on_pair(p[0], s.marketing, state_tags(s, pack)) for p, s in pairs.items()}
+
+
+async def hold_pauses_of(settings) -> dict[str, float]:
+    """The worker's tagstream_worker_hold_pauses_total by topic, from its /metrics."""
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"http://127.0.0.1:{settings.web_port}/metrics") as response:
+            exposition = await response.text()
+    prefix = "tagstream_worker_hold_pauses_total{topic=\""
+    return {line[len(prefix):].split('"')[0]: float(line.split()[-1])
+            for line in exposition.splitlines() if line.startswith(prefix)}
 
 
 def _latest(records) -> dict:
