@@ -6,7 +6,6 @@ orders first, and honours the processor's pauses stands in for Faust's."""
 
 from __future__ import annotations
 
-import asyncio
 from collections import deque
 
 import orjson
@@ -14,7 +13,12 @@ import orjson
 from schemas.control import encode_watermark
 from streams.platform.settings import DEFAULT_RULES, Settings
 from streams.platform.topics import TopicNames
-from streams.tools.bench.agent_alone import InMemoryMessage, build_processor, replayed_messages
+from streams.tools.bench.agent_alone import (
+    CountingSender,
+    InMemoryMessage,
+    build_processor,
+    replayed_messages,
+)
 from streams.worker.outbox import Record
 from streams.tools.generate import generate_events
 from taggers.dryrun import dry_run
@@ -25,15 +29,16 @@ from tests.factories import raw_event
 PARTITIONS = 2
 
 
-class RecordingSender:
+class RecordingSender(CountingSender):
+    """Keeps the records themselves too."""
+
     def __init__(self) -> None:
-        self.records: list[Record] = []
+        super().__init__()
+        self.kept: list[Record] = []
 
     async def enqueue(self, records):
-        self.records.extend(records)
-        delivered = asyncio.get_running_loop().create_future()
-        delivered.set_result({})
-        return delivered
+        self.kept.extend(records)
+        return await super().enqueue(records)
 
 
 async def ack() -> None:
@@ -50,11 +55,7 @@ async def fetch_greedily(processor, messages: list[InMemoryMessage], topics: lis
     paused: set[tuple[str, int]] = set()
     processor.pause_fetching = lambda topic, partition: paused.add((topic, partition))
 
-    def resume(topic: str, partition: int) -> bool:
-        paused.discard((topic, partition))
-        return True
-
-    processor.resume_fetching = resume
+    processor.resume_fetching = lambda topic, partition: paused.discard((topic, partition))
     most_held = handled = 0
     order = sorted(queues, key=lambda key: (topics.index(key[0]), key[1]))
     while True:
@@ -72,7 +73,7 @@ async def fetch_greedily(processor, messages: list[InMemoryMessage], topics: lis
 
 
 def change_ids(sender: RecordingSender, topic: str) -> set[str]:
-    return {orjson.loads(r.value)["change_id"] for r in sender.records if r.topic == topic}
+    return {orjson.loads(r.value)["change_id"] for r in sender.kept if r.topic == topic}
 
 
 async def test_a_topic_read_ahead_is_paused_at_the_limit_and_the_changes_are_the_dry_runs():
@@ -118,7 +119,7 @@ async def test_the_topic_the_clock_waits_for_is_never_paused():
     processor.pause_fetching = lambda topic, partition: pauses.append((topic, partition))
     # the other topics are complete far ahead; orders come within one window
     value, headers = encode_watermark("2024-06-30T00:00:00+08:00")
-    for offset, topic in enumerate([names.interactions, names.scans]):
+    for topic in (names.interactions, names.scans):
         processor.handle(InMemoryMessage(topic, 0, 0, None, value, list(headers)), ack)
     for n in range(8):
         event = raw_event("order.paid", f"2024-06-01T10:{n:02d}:00+08:00", member="M1",
