@@ -618,19 +618,25 @@ def _safe_origin(message: Any, reroute_topic: str) -> tuple[str, int, int]:
         return message.topic, message.partition, message.offset
 
 
-def _once(ack: Ack) -> Ack:
-    """The agent's acknowledgement of a message, to Faust (which counts only those given
-    inside `compat.acknowledging`); it may be called again harmlessly."""
-    done = False
+class StreamAck:
+    """The agent's acknowledgement of one event to its Faust stream, which counts only those
+    given inside `compat.acknowledging`; calling it again does nothing. One slotted object
+    an event rather than a closure with its two cells, a partial and a bound method: an event
+    held for the clock keeps its acknowledgement alive, and what is held is what each
+    collection of the oldest generation walks."""
 
-    async def once() -> None:
-        nonlocal done
-        if not done:
-            done = True
+    __slots__ = ("_stream", "_event", "_done")
+
+    def __init__(self, stream: Any, event: Any) -> None:
+        self._stream = stream
+        self._event = event
+        self._done = False
+
+    async def __call__(self) -> None:
+        if not self._done:
+            self._done = True
             with compat.acknowledging():
-                await ack()
-
-    return once
+                await self._stream.ack(self._event)
 
 
 class BatchShipper:
@@ -755,7 +761,7 @@ def register_member_agent(app: faust.App, processor: MemberProcessor, topics: To
         # Faust commits up to the first unacknowledged offset.
         manual = stream.noack()
         async for event in manual.events():
-            processor.handle(event.message, _once(functools.partial(manual.ack, event)))
+            processor.handle(event.message, StreamAck(manual, event))
             await shipper.ship_when_due()
 
     @app.timer(timer_interval_s)

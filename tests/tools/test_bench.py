@@ -118,7 +118,8 @@ def test_the_summary_shows_the_workers_comparison_only_when_it_ran() -> None:
 def test_pauses_between_two_readings_of_a_workers_metrics():
     from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-    from streams.tools.bench.pauses import GC, LOOP_LAG, parse_pauses, pauses_between
+    from streams.tools.bench.pauses import (
+        GC, LOOP_LAG, describe_pauses, parse_pauses, pauses_between)
 
     registry = CollectorRegistry()
     buckets = (0.001, 0.01, 0.05, 0.1, 0.25)
@@ -141,6 +142,10 @@ def test_pauses_between_two_readings_of_a_workers_metrics():
     # a worker that paused nothing in the phase
     assert pauses_between(after, after)["loop_lag"] == {
         "wakes": 0, "over_50ms": 0, "over_100ms": 0, "longest_at_most_s": None}
+    assert describe_pauses("worker 1", pauses_between(before, after)) == (
+        "worker 1's loop woke over 50 ms late 2 times (over 100 ms 1); "
+        "collections: gen 0 x2 (0.001 s), gen 2 x1 (0.07 s)")
+    assert describe_pauses("worker 1", pauses_between(after, after)).endswith("collections: none")
 
 
 def test_the_bench_does_not_collect_garbage_while_it_measures_latency():

@@ -93,6 +93,10 @@ def test_bench_runs_and_its_json_has_every_field(tmp_path):
     assert share["handle"] > 0 and share["seal"] > 0
     assert share["rest"] == pytest.approx(share["pipeline"] - share["handle"] - share["seal"],
                                           abs=0.2)
+    # and each pipeline worker's collections and loop lag over the phase, from /metrics
+    [pipeline_pauses] = result["details"]["pipeline"]["pauses"]
+    assert pipeline_pauses["loop_lag"]["wakes"] > 0
+    assert set(pipeline_pauses["gc"]) <= {"0", "1", "2"}
     for phase in ("pipeline", "faust_floor"):
         machine = result["details"][phase]["machine_pct_of_one_core"]
         assert set(machine) == {"busy", "idle", "steal"} and machine["busy"] > 0, phase

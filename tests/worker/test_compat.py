@@ -17,6 +17,7 @@ from faust.types import TP
 import pytest
 
 from streams.worker import compat
+from streams.worker.members import StreamAck
 
 
 AGENT_TOPICS = ("events.orders", "tagstream-events.reroute")
@@ -155,6 +156,27 @@ def test_the_agents_own_ack_is_committed() -> None:
         for offset in range(3):
             assert Consumer.ack(consumer, FetchedMessage("events.orders", offset)) is True
     assert Consumer._new_offset(consumer, tp) == 3
+
+
+async def test_the_agents_stream_ack_counts_and_is_given_once() -> None:
+    """The member agent hands the processor a StreamAck per event: given inside
+    `acknowledging`, so Faust commits it, and to the stream once however often it is called
+    (a slot may be owed twice after an error)."""
+    consumer, tp = bookkeeping_consumer(), TP("events.orders", 0)
+
+    class Stream:
+        acks = 0
+
+        async def ack(self, event: FetchedMessage) -> bool:
+            self.acks += 1
+            return Consumer.ack(consumer, event)
+
+    stream = Stream()
+    ack = StreamAck(stream, FetchedMessage("events.orders", 0))
+    await ack()
+    await ack()
+    assert stream.acks == 1
+    assert Consumer._new_offset(consumer, tp) == 1
 
 
 def test_other_topics_are_acknowledged_as_faust_does() -> None:

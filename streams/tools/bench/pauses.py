@@ -108,3 +108,12 @@ def pauses_between(before: Reading, after: Reading) -> dict[str, Any]:
             "loop_lag": {"wakes": round(lag.get("count", 0.0)),
                          "over_50ms": over(lag, "0.05"), "over_100ms": over(lag, "0.1"),
                          "longest_at_most_s": longest(lag)}}
+
+
+def describe_pauses(name: str, paused: dict[str, Any]) -> str:
+    """One line of `pauses_between`'s result for the bench's progress output."""
+    lag = paused["loop_lag"]
+    collections = ", ".join(f"gen {generation} x{c['count']} ({c['seconds']} s)"
+                            for generation, c in paused["gc"].items())
+    return (f"{name}'s loop woke over 50 ms late {lag['over_50ms']} times (over 100 ms "
+            f"{lag['over_100ms']}); collections: {collections or 'none'}")

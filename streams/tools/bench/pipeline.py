@@ -17,7 +17,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from streams.platform.kafka_clients import kafka_consumer
 from streams.tools.bench.children import Child, wait_for_log
 from streams.tools.bench.cpu_timeline import machine_pct, machine_times
-from streams.tools.bench.pauses import read_agent_seconds
+from streams.tools.bench.pauses import (
+    describe_pauses, pauses_between, read_agent_seconds, read_pauses)
 from streams.tools.processes import free_ports
 from streams.tools.bench.common import (
     BenchError, READY_TIMEOUT_S, WORKER_READY, _Run, _offset_ranges, _quantile, _stack_pids, _warn,
@@ -123,6 +124,8 @@ async def _pipeline(run: _Run, expected: Expected, start_sink: bool = True,
         # Attached once the interpreter is up (py-spy cannot attach to one still starting).
         spies = _start_py_spy(run, workers, "pipeline") if options.profile == "py-spy" else []
         started = min(ready)
+        web_ports = [w.web_port for w in workers if w.web_port is not None]
+        pauses_before = await read_pauses(web_ports)
         cpu_pids = {**{w.name: w.pid for w in workers}, sink.name: sink.pid, **_stack_pids(run)}
         cpu_before = {name: cpu_seconds(pid) for name, pid in cpu_pids.items()}
         machine_before = machine_times()
@@ -134,8 +137,9 @@ async def _pipeline(run: _Run, expected: Expected, start_sink: bool = True,
         cpu_window = time.time() - cpu_from
         cpu_used = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in cpu_pids.items()}
         machine = machine_pct(machine_before, machine_times(), cpu_window)
-        agent_seconds = await read_agent_seconds(
-            [w.web_port for w in workers if w.web_port is not None])
+        agent_seconds = await read_agent_seconds(web_ports)
+        pauses = [pauses_between(before, after) for before, after
+                  in zip(pauses_before, await read_pauses(web_ports))]
         seconds = finished - started
         eps = run.result["events"] / seconds if seconds > 0 else 0.0
         out["pipeline_eps"] = round(eps)
@@ -168,7 +172,9 @@ async def _pipeline(run: _Run, expected: Expected, start_sink: bool = True,
             "cpu_pct_of_one_core": {name: round(100 * used / cpu_window, 1)
                                     for name, used in cpu_used.items()},
             "machine_pct_of_one_core": machine,
-            "agent_us_per_event": _agent_share(agent_seconds, run.result["events"], eps)}
+            "agent_us_per_event": _agent_share(agent_seconds, run.result["events"], eps),
+            # each worker's collections and loop lag from "Worker ready" to the last change
+            "pauses": pauses}
         if seen.missing or seen.unexpected:
             _warn(run, f"the stream's tag changes differ from the dry run's: "
                        f"{len(seen.missing)} missing, {seen.unexpected} unexpected "
@@ -176,6 +182,8 @@ async def _pipeline(run: _Run, expected: Expected, start_sink: bool = True,
         run.say(f"pipeline: {run.result['events']:,} events in {seconds:.2f} s = {eps:,.0f}/s "
                 f"(ratio {out['ratio']}, {out['of_faust_floor']} of the Faust floor); "
                 f"worker peak RSS {out['rss_mb']} MB")
+        for worker, paused in zip(workers, pauses):
+            run.say(f"pipeline: {describe_pauses(worker.name, paused)}")
         if spies:
             out["profile"] = await _stop_py_spy(
                 spies, "pipeline phase (event clock), all threads, CPU only (idle excluded)")

@@ -22,7 +22,8 @@ from streams.tools.bench.cpu_timeline import (
     SLOW_SECOND_P99_MS, CpuTimeline, Second, slow_seconds, write_timeline,
 )
 from streams.tools.bench.latency import measure_latency, not_collecting, read_orders
-from streams.tools.bench.pauses import pauses_between, read_own_pauses, read_pauses
+from streams.tools.bench.pauses import (
+    describe_pauses, pauses_between, read_own_pauses, read_pauses)
 from streams.tools.bench.pipeline import _start_workers
 from streams.tools.bench.profiling import _start_py_spy, _stop_py_spy
 from streams.worker.pauses import PauseMonitor
@@ -96,11 +97,7 @@ async def _restart_and_latency(run: _Run) -> None:
               in zip(pauses_before, await read_pauses(web_ports))]
     run.result["details"]["latency_pauses"] = pauses
     for worker, paused in zip(workers, pauses):
-        lag = paused["loop_lag"]
-        run.say(f"latency: {worker.name}'s loop woke over 50 ms late {lag['over_50ms']} times "
-                f"(over 100 ms {lag['over_100ms']}); collections: " + (", ".join(
-                    f"gen {g} x{c['count']} ({c['seconds']} s)"
-                    for g, c in paused["gc"].items()) or "none"))
+        run.say(f"latency: {describe_pauses(worker.name, paused)}")
     run.say(f"latency: the bench's own loop woke over 50 ms late "
             f"{bench_paused['loop_lag']['over_50ms']} times (longest at most "
             f"{bench_paused['loop_lag']['longest_at_most_s']} s)")
