@@ -86,7 +86,8 @@ def build_worker(settings: Settings, pack: RulePack | None = None) -> WorkerPart
 
 def watch_pauses(app: faust.App, monitor: PauseMonitor) -> None:
     """The monitor runs while the worker does; once the worker has first recovered its
-    tables, what it holds then is frozen out of the garbage collector's walks."""
+    tables, what it holds then is frozen out of the garbage collector's walks, and the
+    collector runs less often from then on."""
 
     @app.task
     async def start_pause_monitor() -> None:
@@ -97,6 +98,7 @@ def watch_pauses(app: faust.App, monitor: PauseMonitor) -> None:
         if monitor.frozen is None and not recovering(app):
             log.info("froze %d objects alive after recovery out of the garbage collector's "
                      "walks", monitor.freeze_survivors())
+            monitor.collect_less_often()
 
     @app.on_before_shutdown.connect
     async def stop_pause_monitor(app: faust.App, **_: Any) -> None:

@@ -10,7 +10,7 @@ import gc
 import pytest
 
 from streams.platform.metrics import REGISTRY
-from streams.worker.pauses import PauseMonitor
+from streams.worker.pauses import STARTED_WORKER_GC_THRESHOLDS, PauseMonitor
 
 
 def _bucket(name: str, le: str, **labels: str) -> float:
@@ -83,3 +83,14 @@ def test_freeze_survivors_takes_what_is_alive_out_of_the_collections() -> None:
         assert not any(obj is survivor for obj in gc.get_objects())  # no longer walked
     finally:
         gc.unfreeze()
+
+
+def test_a_started_worker_collects_less_often_than_python_would() -> None:
+    python_default = gc.get_threshold()
+    try:
+        PauseMonitor.collect_less_often()
+        assert gc.get_threshold() == STARTED_WORKER_GC_THRESHOLDS
+        assert all(ours > python for ours, python in
+                   zip(STARTED_WORKER_GC_THRESHOLDS[::2], python_default[::2]))
+    finally:
+        gc.set_threshold(*python_default)

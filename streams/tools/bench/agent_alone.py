@@ -25,6 +25,7 @@ from streams.platform.topics import TopicNames
 from streams.worker.clock import PartitionClocks
 from streams.worker.members import MemberProcessor
 from streams.worker.outbox import DeliveredOffsets, Record
+from streams.worker.pauses import PauseMonitor
 from taggers.engine import Engine
 
 CHANGELOG_TOPIC = "agent-alone-members-changelog"
@@ -109,6 +110,7 @@ class AgentRun:
     dead_lettered: int
     processor: MemberProcessor  # as the run left it (its deadlines, counters)
     frozen_objects: int  # held out of the collector's reach while it ran (the messages...)
+    gc_thresholds: tuple[int, int, int]  # the collector's while it ran
 
     @property
     def us_per_event(self) -> float:
@@ -132,10 +134,11 @@ async def run_agent(engine: Engine, messages: Sequence[InMemoryMessage], setting
     """Every message through the processor, a batch sealed and shipped every
     `batch_events` messages and at the end.
 
-    Everything alive when it starts (the messages above all) is frozen for the run, as a
-    started worker freezes what it holds (streams/worker/pauses.py): otherwise each collection
-    of the oldest generation walks the harness's own million messages, which a worker never
-    holds, and counts that as the agent's time. Nothing stays frozen afterwards."""
+    Everything alive when it starts (the messages above all) is frozen for the run, and the
+    collector runs as seldom, as in a started worker (streams/worker/pauses.py): otherwise
+    each collection of the oldest generation walks the harness's own million messages, which
+    a worker never holds, and counts that as the agent's time. Nothing stays frozen
+    afterwards, and the thresholds are put back."""
     processor, sender = build_processor(engine, settings, names, partitions)
     events = sum(1 for message in messages if not message.headers)
 
@@ -145,6 +148,9 @@ async def run_agent(engine: Engine, messages: Sequence[InMemoryMessage], setting
     gc.collect()
     gc.freeze()
     frozen = gc.get_freeze_count()
+    thresholds = gc.get_threshold()
+    PauseMonitor.collect_less_often()
+    running_thresholds = gc.get_threshold()
     try:
         started = time.perf_counter()
         for handled, message in enumerate(messages, 1):
@@ -155,7 +161,8 @@ async def run_agent(engine: Engine, messages: Sequence[InMemoryMessage], setting
         seconds = time.perf_counter() - started
     finally:
         gc.unfreeze()
+        gc.set_threshold(*thresholds)
     return AgentRun(events=events, seconds=seconds, records=dict(sender.records),
                     tag_changes=sender.records.get(names.tag_changes, 0),
                     dead_lettered=sender.records.get(names.deadletter, 0), processor=processor,
-                    frozen_objects=frozen)
+                    frozen_objects=frozen, gc_thresholds=running_thresholds)
