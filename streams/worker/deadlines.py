@@ -59,20 +59,27 @@ class DeadlineIndex:
         if len(heap) > 2 * len(current) + COMPACT_SLACK:
             self._heaps[partition] = _heap_of(current)
 
-    def pop_due(self, partition: int, now: int) -> list[str]:
+    def pop_due(self, partition: int, now: int, limit: int | None = None) -> list[str]:
         """The members whose current deadline is at or before `now`, each once, in deadline
-        order; they have no deadline here until pushed again."""
+        order, at most `limit` of them (the earliest); they have no deadline here until
+        pushed again. Those beyond `limit` stay due."""
         heap = self._heaps.get(partition)
         due: list[str] = []
         if not heap or heap[0][0] > now:
             return due  # the usual case: it runs after every event on the wall clock
         current = self._current[partition]  # a partition with a heap has its current deadlines
-        while heap and heap[0][0] <= now:
+        wanted = len(heap) if limit is None else limit
+        while heap and heap[0][0] <= now and len(due) < wanted:
             deadline, member_id = heapq.heappop(heap)
             if current.get(member_id) == deadline:
                 del current[member_id]
                 due.append(member_id)
         return due
+
+    def any_due(self, partition: int, now: int) -> bool:
+        """Something may be due at `now` (the earliest entry, perhaps a stale one)."""
+        heap = self._heaps.get(partition)
+        return bool(heap) and heap[0][0] <= now
 
     def drop(self, partition: int) -> None:
         self._heaps.pop(partition, None)

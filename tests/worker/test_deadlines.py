@@ -15,6 +15,16 @@ def test_due_members_come_out_in_deadline_order_and_only_once() -> None:
     assert index.pop_due(0, 30) == ["C"] and len(index) == 0
 
 
+def test_a_limited_pop_takes_the_earliest_and_leaves_the_rest_due() -> None:
+    index = DeadlineIndex()
+    index.open_partition(0)
+    index.add_stored(0, [(30, "C"), (10, "A"), (20, "B"), (50, "D")])
+    index.push(0, 40, "C")  # C's entry at 30 is stale: it neither fires nor counts
+    assert index.pop_due(0, 45, limit=1) == ["A"] and index.any_due(0, 45)
+    assert index.pop_due(0, 45, limit=5) == ["B", "C"] and not index.any_due(0, 45)
+    assert index.any_due(0, 50) and not index.any_due(1, 50)
+
+
 def test_partitions_are_apart_and_a_dropped_one_must_be_loaded_again() -> None:
     index = DeadlineIndex()
     index.push(1, 5, "X")

@@ -243,6 +243,58 @@ async def test_a_deadline_fired_by_a_tick_is_shipped_after_the_linger_not_the_ne
     assert h.sender.shipments == shipped + 1 and ("repeat_buyer", "removed") in h.changes()
 
 
+async def test_a_cluster_of_deadlines_fires_a_step_at_a_time_and_all_of_it() -> None:
+    """Regression: every deadline due at one instant fired in one call, which stopped the
+    worker's loop for 3-8 s at 1,000,000 members and made one batch of them all."""
+    members = same_partition_members(7)
+    stepped, at_once = await repeat_buyers(members), await repeat_buyers(members)
+    stepped.processor.fire_step = 3
+    # (the two harnesses' orders had event ids of their own: only what follows is compared)
+    before_tick = {h: len(h.topics.tag_changes.sent) for h in (stepped, at_once)}
+    new_year = datetime.fromisoformat("2025-01-01T00:00:00+08:00").timestamp()
+    stepped.wall = at_once.wall = new_year
+    fired, more = [], True
+    while more:
+        before = stepped.processor.counters.timers_fired
+        more = stepped.processor.tick([0])
+        fired.append(stepped.processor.counters.timers_fired - before)
+    assert fired == [3, 3, 1]
+    assert at_once.processor.tick([0]) is False and at_once.processor.counters.timers_fired == 7
+    for h in (stepped, at_once):
+        await h.processor.flush()
+    fired_changes = [h.topics.tag_changes.sent[before_tick[h]:] for h in (stepped, at_once)]
+    assert fired_changes[0] == fired_changes[1]
+    made = [orjson.loads(sent["value"]) for sent in fired_changes[0]]
+    assert sum(1 for c in made if (c["tag"], c["op"]) == ("repeat_buyer", "removed")) == 7
+
+
+async def test_an_event_of_a_member_still_due_fires_its_deadline_first() -> None:
+    """A deadline a step left due is not lost or reordered: the member's next event fires it
+    before it is applied, stamped as if the tick had fired it."""
+    members = same_partition_members(3)
+    stepped, at_once = await repeat_buyers(members), await repeat_buyers(members)
+    stepped.processor.fire_step = 1
+    before_tick = {h: len(h.topics.tag_changes.sent) for h in (stepped, at_once)}
+    new_year = datetime.fromisoformat("2025-01-01T00:00:00+08:00").timestamp()
+    stepped.wall = at_once.wall = new_year + 1
+    assert stepped.processor.tick([0]) is True  # one fired, two still due
+    at_once.processor.tick([0])
+    order = raw_event("order.paid", "2025-01-01T00:00:01+08:00", member=members[2],
+                      amount_fen=300_000)
+    for h in (stepped, at_once):
+        await h.event(h.names.orders, order)
+    while stepped.processor.tick([0]):
+        pass
+    await stepped.processor.flush()
+
+    def ids(h: Harness) -> list[str]:
+        return sorted(orjson.loads(sent["value"])["change_id"]
+                      for sent in h.topics.tag_changes.sent[before_tick[h]:])
+
+    assert ids(stepped) == ids(at_once) and len(ids(stepped)) >= 3
+    assert stepped.processor.counters.timers_fired == 2  # the third member's fired with its order
+
+
 def fresh_worker_on(table: InMemoryTable, wall: float) -> Harness:
     """A worker that has just recovered `table` (its deadline heaps are not built yet)."""
     fresh = Harness("wall", wall=wall)

@@ -157,6 +157,9 @@ async def run_agent(engine: Engine, messages: Sequence[InMemoryMessage], setting
             processor.handle(message, ack)
             if handled % batch_events == 0:
                 await processor.flush()
+        # what is still due fires as the worker's tick fires it, a step at a time
+        while processor.tick(range(partitions)):
+            await processor.flush()
         await processor.flush()
         seconds = time.perf_counter() - started
     finally:
