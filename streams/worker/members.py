@@ -71,15 +71,17 @@ MAX_BATCHES_IN_FLIGHT = 4
 # Stored states read per loop turn while a deadline heap is rebuilt on the wall clock
 # (~6 us each: about 30 ms of the loop per step).
 DEADLINE_LOAD_STEP = 5000
-# Deadlines fired per partition per call (after an event, or per step of a tick). Deadlines
-# cluster: every member whose window rolls at the same midnight, or whose dormancy falls due
-# 90 days after the same sale day, is due at one instant. Fired all at once they stopped the
-# worker's loop for 3-8 s at a time at 1,000,000 members (on the event clock of a replay,
-# where each event-day's midnight comes every minute), and made one batch of them all. A step
-# costs ~10-50 ms; what is left stays due and fires on the next call, and an event of a
-# member still due fires that member's deadlines itself first (Engine.apply), so what is
-# fired, and when it is stamped, does not depend on the step.
-DEADLINE_FIRE_STEP = 500
+# Deadlines fired per partition per step of a tick, which yields to the loop between steps,
+# and after each message, where nothing yields between the messages Faust has buffered.
+# Deadlines cluster: every member whose window rolls at the same midnight, or whose dormancy
+# falls due 90 days after the same sale day, is due at one instant. Fired all at once they
+# stopped the worker's loop for 3-8 s at a time at 1,000,000 members (on the event clock of a
+# replay, where an event-day's midnight comes every minute). A tick's step costs ~10-50 ms,
+# a message's a few; what is left stays due for the next, and an event of a member still due
+# fires that member's deadlines itself first (Engine.apply), so what is fired, and when it
+# is stamped, does not depend on the steps.
+DEADLINE_TICK_STEP = 500
+DEADLINE_MESSAGE_STEP = 20
 
 
 class SealedBatch(NamedTuple):
@@ -115,9 +117,11 @@ class MemberProcessor:
                  linger_s: float = FLUSH_LINGER_S,
                  timer: Callable[[], float] = time.perf_counter,
                  hold_limit: int = Settings.event_hold_limit,
-                 fire_step: int = DEADLINE_FIRE_STEP) -> None:
+                 tick_step: int = DEADLINE_TICK_STEP,
+                 message_step: int = DEADLINE_MESSAGE_STEP) -> None:
         self.engine = engine
-        self.fire_step = fire_step
+        self.tick_step = tick_step
+        self.message_step = message_step
         self.sender = sender
         self.table = table
         self.store = MemberStore(table, changelog_topic)
@@ -362,12 +366,14 @@ class MemberProcessor:
             self.reject(f"unknown control message {kind!r}",
                         _origin(message, self.names.reroute), message)
 
-    def _fire_due(self, partition: int) -> bool:
-        """Fire up to `fire_step` of the partition's due deadlines; True if more may be due."""
+    def _fire_due(self, partition: int, step: int | None = None) -> bool:
+        """Fire up to `step` (default: `message_step`) of the partition's due deadlines; True
+        if more may be due."""
         now = self.clocks.now(partition)
         if now is None:
             return False
-        for member_id in self.deadlines.pop_due(partition, now, self.fire_step):
+        limit = self.message_step if step is None else step
+        for member_id in self.deadlines.pop_due(partition, now, limit):
             key = member_id.encode()
             state = self._load(key, partition)
             if state is None:
@@ -517,7 +523,7 @@ class MemberProcessor:
         for partition in partitions:
             if not self.deadlines.is_loaded(partition):
                 self._load_deadlines(partition)
-            more = self._fire_due(partition) or more
+            more = self._fire_due(partition, self.tick_step) or more
         return more
 
     # --- rule versions ------------------------------------------------------------------------
