@@ -268,6 +268,13 @@ async def test_a_cluster_of_deadlines_fires_a_step_at_a_time_and_all_of_it() -> 
     assert sum(1 for c in made if (c["tag"], c["op"]) == ("repeat_buyer", "removed")) == 7
 
 
+async def test_the_cluster_measure_fires_every_member_in_the_steps_it_is_given() -> None:
+    from tests.support.deadline_cluster import fire_cluster
+
+    assert len(await fire_cluster(30, step=7)) == 5  # 7, 7, 7, 7, 2
+    assert len(await fire_cluster(30, step=30)) == 1  # all at once (it checks all fired)
+
+
 async def test_an_event_of_a_member_still_due_fires_its_deadline_first() -> None:
     """A deadline a step left due is not lost or reordered: the member's next event fires it
     before it is applied, stamped as if the tick had fired it."""
