@@ -237,7 +237,7 @@ class MemberProcessor:
         if self.clocks.mode == "wall":
             self._apply(event, origin, message)
             self._owe(ack)
-            self._fire_due(partition)
+            self._fire_due(partition, self.message_step)
             return
         occurred = to_epoch(event.occurred_at)
         passed = self._passed(message.topic, partition)
@@ -321,7 +321,7 @@ class MemberProcessor:
                 self._owe(ack)
             if self.paused:
                 self._resume_caught_up(partition)
-        self._fire_due(partition)
+        self._fire_due(partition, self.message_step)
 
     def _apply(self, event: Any, origin: tuple[str, int, int], message: Any) -> None:
         key = event.member_id.encode()
@@ -367,14 +367,12 @@ class MemberProcessor:
             self.reject(f"unknown control message {kind!r}",
                         _origin(message, self.names.reroute), message)
 
-    def _fire_due(self, partition: int, step: int | None = None) -> bool:
-        """Fire up to `step` (default: `message_step`) of the partition's due deadlines; True
-        if more may be due."""
+    def _fire_due(self, partition: int, step: int) -> bool:
+        """Fire up to `step` of the partition's due deadlines; True if more may be due."""
         now = self.clocks.now(partition)
         if now is None:
             return False
-        limit = self.message_step if step is None else step
-        for member_id in self.deadlines.pop_due(partition, now, limit):
+        for member_id in self.deadlines.pop_due(partition, now, step):
             key = member_id.encode()
             state = self._load(key, partition)
             if state is None:
@@ -787,6 +785,11 @@ def register_member_agent(app: faust.App, processor: MemberProcessor, topics: To
             processor.handle(event.message, StreamAck(manual, event))
             await shipper.ship_when_due()
 
+    def owned_partitions() -> list[int]:
+        """The event partitions this worker owns now (read again after each yield)."""
+        return sorted({tp.partition for tp in app.assignor.assigned_actives()
+                       if tp.topic in event_topics})
+
     @app.timer(timer_interval_s)
     async def tick() -> None:
         """Deadlines fire with no event needed."""
@@ -811,11 +814,6 @@ def register_member_agent(app: faust.App, processor: MemberProcessor, topics: To
         # Regression: this shipped only a batch already due, so the changes of a deadline
         # fired here waited for the next tick (deadline -> tags.changes: median 525 ms).
         await shipper.ship_when_due()
-
-    def owned_partitions() -> list[int]:
-        """The event partitions this worker owns now (read again after each yield)."""
-        return sorted({tp.partition for tp in app.assignor.assigned_actives()
-                       if tp.topic in event_topics})
 
     @app.timer(5.0)
     async def report_lag() -> None:

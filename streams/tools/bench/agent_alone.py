@@ -145,10 +145,8 @@ async def run_agent(engine: Engine, messages: Sequence[InMemoryMessage], setting
     async def ack() -> None:
         return None
 
-    gc.collect()
-    gc.freeze()
-    frozen = gc.get_freeze_count()
     thresholds = gc.get_threshold()
+    frozen = PauseMonitor().freeze_survivors()
     PauseMonitor.collect_less_often()
     running_thresholds = gc.get_threshold()
     try:
