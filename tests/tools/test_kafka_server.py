@@ -119,3 +119,12 @@ def test_the_stack_broker_jit_setting_is_full_or_client() -> None:
     assert Settings.from_env({"TAGSTREAM_STACK_BROKER_JIT": "client"}).stack_broker_jit == "client"
     with pytest.raises(SettingsError, match="TAGSTREAM_STACK_BROKER_JIT must be 'full' or 'client'"):
         Settings.from_env({"TAGSTREAM_STACK_BROKER_JIT": "server"})
+
+
+def test_a_node_logs_its_collections_to_its_own_data_dir(tmp_path: Path) -> None:
+    node, cache = nodes(1, tmp_path)[0], fetched_cache(tmp_path)
+    argv = node_argv(node, cache)
+    [gc_log] = [arg for arg in argv if arg.startswith("-Xlog:gc")]
+    assert f"file={node.data_dir / 'gc.log'}:" in gc_log
+    assert gc_log.split(":")[3] == "time,uptime"  # the bench reads the wall-clock stamp
+    assert argv.index(gc_log) < argv.index("kafka.Kafka")

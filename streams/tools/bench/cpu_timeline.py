@@ -151,11 +151,14 @@ def write_timeline(seconds: Iterable[Second], names: list[str], path: Path) -> N
 
 
 def slow_seconds(orders: Iterable[tuple[float, float]], started_at: float,
-                 timeline: list[Second], threshold_ms: float = SLOW_SECOND_P99_MS
+                 timeline: list[Second], threshold_ms: float = SLOW_SECOND_P99_MS,
+                 brokers: Callable[[float, float], dict[str, Any]] | None = None
                  ) -> list[dict[str, Any]]:
     """The whole seconds of a latency phase whose orders' p99 exceeded `threshold_ms`, each
-    with the CPU of the timeline interval it overlaps most. `orders` are (sent, ms after
-    `started_at` (epoch s); latency, ms)."""
+    with the CPU of the timeline interval it overlaps most and, given `brokers`
+    (BrokerActivity.between), what the brokers did from the second's start until its
+    slowest order arrived. `orders` are (sent, ms after `started_at` (epoch s); latency,
+    ms)."""
     by_second: dict[int, list[float]] = {}
     for sent_ms, latency_ms in orders:
         by_second.setdefault(int(sent_ms // 1000), []).append(latency_ms)
@@ -171,7 +174,9 @@ def slow_seconds(orders: Iterable[tuple[float, float]], started_at: float,
             "second": second, "orders": len(ordered), "p50_ms": _round(_quantile(ordered, 0.5)),
             "p99_ms": _round(p99),
             "cpu_pct_of_one_core": None if interval is None else interval.processes,
-            "machine_pct_of_one_core": None if interval is None else interval.machine})
+            "machine_pct_of_one_core": None if interval is None else interval.machine,
+            **({} if brokers is None
+               else {"brokers": brokers(start, start + 1.0 + ordered[-1] / 1000)})})
     return slow
 
 

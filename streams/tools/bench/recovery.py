@@ -11,6 +11,7 @@ from typing import Any, Iterable, Mapping
 from aiokafka import TopicPartition
 
 from streams.platform.kafka_clients import kafka_consumer
+from streams.tools.bench.broker_activity import stack_activity
 from streams.tools.bench.children import Child, wait_for_log
 from streams.tools.bench.common import (
     ASSIGNED, FLOOR_RATE, FLOOR_SECONDS, HIGHWATER_TABLE, RECOVERY_COMPLETE, RECOVERY_TIMEOUT_S,
@@ -120,7 +121,9 @@ def _report_seconds(run: _Run, timeline: CpuTimeline, seconds: list[Second],
     latency = run.result["latency_ms"]
     path = run.workdir / f"latency-{latency['target_rate_eps']:g}-cpu-per-second.csv"
     write_timeline(seconds, list(timeline.pids), path)
-    slow = slow_seconds(read_orders(latency["per_order"]), latency["started_at"], seconds)
+    activity = stack_activity(run.stack)
+    slow = slow_seconds(read_orders(latency["per_order"]), latency["started_at"], seconds,
+                        brokers=None if activity is None else activity.between)
     run.result["details"]["latency_seconds"] = {
         "cpu_per_second": str(path), "machine_pct_of_one_core": machine,
         "most_steal_in_a_second": max((s.machine["steal"] for s in seconds), default=None),
@@ -129,7 +132,15 @@ def _report_seconds(run: _Run, timeline: CpuTimeline, seconds: list[Second],
             f"hypervisor (of {100 * (os.cpu_count() or 1)}); {len(slow)} second(s) with a p99 "
             f"over {SLOW_SECOND_P99_MS:g} ms" + "".join(
                 f"; second {s['second']}: p99 {s['p99_ms']} ms, machine "
-                f"{s['machine_pct_of_one_core']}" for s in slow[:5]))
+                f"{s['machine_pct_of_one_core']}" + _broker_note(s) for s in slow[:5]))
+
+
+def _broker_note(slow: dict[str, Any]) -> str:
+    brokers = slow.get("brokers")
+    if brokers is None:
+        return ""
+    return (f", broker GC pauses {brokers['gc_pause_ms']} ms, broker log lines "
+            f"{sum(len(lines) for lines in brokers['log'].values())}")
 
 
 # One recovery round: (changelog topic, partition) -> (offset reading starts after, highwater)

@@ -135,6 +135,11 @@ class NodeConfig:
     def log_dir(self) -> Path:
         return self.data_dir / "logs"
 
+    @property
+    def gc_log_path(self) -> Path:
+        """The JVM's log of its collections: each pause, stamped with the wall clock."""
+        return self.data_dir / "gc.log"
+
 
 def server_properties(node: NodeConfig, voters: list[NodeConfig],
                       extra: Mapping[str, object] | None = None) -> str:
@@ -189,6 +194,8 @@ def node_argv(node: NodeConfig, cache: Path = DEFAULT_CACHE,
     if jit not in JIT_FLAGS:
         raise KafkaServerError(f"unknown broker JIT {jit!r}: one of {', '.join(JIT_FLAGS)}")
     return (java_binary(), *HEAP, *JIT_FLAGS[jit], "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+            # as Kafka's own start script does: a stall can be told from a collection
+            f"-Xlog:gc:file={node.gc_log_path}:time,uptime:filecount=2,filesize=20m",
             "-Djava.awt.headless=true", f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
             "-cp", f"{lib}/*", "kafka.Kafka", str(node.properties_path))
 
