@@ -11,6 +11,7 @@ from schemas.changes import TagChange
 from schemas.decode import decode_event
 from schemas.events import Event
 from schemas.wecom import PairMark, WecomMarks
+from streams.platform.partitioning import partition_for
 
 _ids = itertools.count(1)
 
@@ -28,6 +29,13 @@ def raw_event(event_type: str, at: str, member: str = "M1", **fields: Any) -> di
         body.update(code_id=f"c-{body['event_id']}", sku="sku-1", category="baijiu")
     body.update(fields)
     return body
+
+
+def members_of_partition(count: int, partitions: int, partition: int = 0) -> list[str]:
+    """The first `count` ids "M0", "M1", ... whose members live on `partition`."""
+    ids = (f"M{n}" for n in itertools.count())
+    return list(itertools.islice((m for m in ids if partition_for(m, partitions) == partition),
+                                 count))
 
 
 def event(event_type: str, at: str, member: str = "M1", **fields: Any) -> Event:

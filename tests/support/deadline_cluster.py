@@ -21,7 +21,6 @@ from datetime import datetime
 
 import orjson
 
-from streams.platform.partitioning import partition_for
 from streams.platform.settings import DEFAULT_RULES
 from streams.platform.topics import TopicNames
 from streams.tools.bench.agent_alone import CountingSender, InMemoryMessage, InMemoryTable
@@ -29,7 +28,7 @@ from streams.worker.clock import PartitionClocks
 from streams.worker.members import DEADLINE_TICK_STEP, MemberProcessor
 from taggers.engine import Engine
 from taggers.rules import load_rules
-from tests.factories import raw_event
+from tests.factories import members_of_partition, raw_event
 
 PARTITIONS = 4
 ORDERS_AT = ("2024-01-02T10:00:00+08:00", "2024-03-02T10:00:00+08:00")
@@ -44,14 +43,12 @@ async def fire_cluster(members: int, step: int) -> list[float]:
         Engine(load_rules(DEFAULT_RULES)), CountingSender(), InMemoryTable(),
         "deadline-cluster-changelog", PartitionClocks("wall", names.events, wall=lambda: wall[0]),
         PARTITIONS, names, tick_step=step)
-    ids = (f"M{n}" for n in itertools.count())
     offset = itertools.count()
 
     async def ack() -> None:
         return None
 
-    for member in itertools.islice((m for m in ids if partition_for(m, PARTITIONS) == 0),
-                                   members):
+    for member in members_of_partition(members, PARTITIONS):
         for at in ORDERS_AT:
             body = orjson.dumps(raw_event("order.paid", at, member=member, amount_fen=300_000))
             processor.handle(InMemoryMessage(names.orders, 0, next(offset), None, body), ack)

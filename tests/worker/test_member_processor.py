@@ -36,7 +36,7 @@ from taggers.engine import Engine
 from taggers.profile import render_profile
 from taggers.rules import compile_rules, load_rules
 from taggers.state import decode_state
-from tests.factories import raw_event
+from tests.factories import members_of_partition, raw_event
 
 PARTITIONS = 4
 # Tests sharing one broker each get a namespace like this (TAGSTREAM_TOPIC_NAMESPACE).
@@ -311,9 +311,7 @@ def fresh_worker_on(table: InMemoryTable, wall: float) -> Harness:
 
 
 def same_partition_members(count: int) -> list[str]:
-    members = (f"M{n}" for n in itertools.count())
-    return list(itertools.islice((m for m in members if partition_for(m, PARTITIONS) == 0),
-                                 count))
+    return members_of_partition(count, PARTITIONS)
 
 
 async def test_a_fresh_worker_rebuilds_its_deadline_heap_a_step_at_a_time() -> None:
