@@ -35,14 +35,23 @@ def test_each_pause_is_read_with_when_it_ended_and_how_long_it_took():
     assert {p.broker for p in pauses} == {"broker-1"}
 
 
-def test_log_lines_are_read_with_their_offset_and_continuations_are_skipped():
+def test_log_lines_are_read_with_their_offset_and_their_continuations():
     lines = read_log_lines([
-        "[2026-12-05 17:34:17,500 +0000] INFO Log cleaner thread 0 cleaned log x (kafka.log)",
-        "\tat org.apache.kafka.Something(Something.java:1)",
+        # the cleaner's summary, as Kafka 4.1.1 logs it
+        "[2026-12-05 17:34:17,500 +0000] INFO [kafka-log-cleaner-thread-0]: ",
+        "\tLog cleaner thread 0 cleaned log c-0 (dirty section = [0, 800])",
+        "\t0.1 MB of log processed in 0.1 seconds (1.6 MB/sec).",
+        " (org.apache.kafka.storage.internals.log.LogCleaner$CleanerThread)",
         "[2026-12-05 19:34:18,000 +0200] WARN two hours east, the same instant plus 1 s (x)",
+        "\tat org.apache.kafka.Something(Something.java:1)" + "x" * 1000,
     ])
-    assert lines == [(T0 + 0.5, "INFO Log cleaner thread 0 cleaned log x (kafka.log)"),
-                     (T0 + 1.0, "WARN two hours east, the same instant plus 1 s (x)")]
+    assert lines[0] == (T0 + 0.5, "INFO [kafka-log-cleaner-thread-0]: Log cleaner thread 0 "
+                        "cleaned log c-0 (dirty section = [0, 800]) 0.1 MB of log processed "
+                        "in 0.1 seconds (1.6 MB/sec). "
+                        "(org.apache.kafka.storage.internals.log.LogCleaner$CleanerThread)")
+    assert lines[1][0] == T0 + 1.0
+    assert lines[1][1].startswith("WARN two hours east, the same instant plus 1 s (x) at org")
+    assert len(lines[1][1]) == 600 and len(lines) == 2
 
 
 def test_a_window_holds_the_pauses_that_overlap_it_and_the_lines_inside_it():

@@ -18,6 +18,7 @@ _GC_PAUSE = re.compile(r"^\[(?P<time>[^\]]+)\](?:\[[^\]]*\])* GC\(\d+\) (?P<kind
 # "[2026-12-05 17:34:17,277 +0000] INFO ..." (streams/tools/kafka_server/log4j2.properties)
 _LOG_LINE = re.compile(r"^\[(?P<time>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [+-]\d{4})\] (?P<rest>.*)$")
 _MAX_LINES = 10  # per broker and window: the first few say what it was doing
+_MAX_TEXT = 600  # characters of one entry, its continuation lines included
 
 
 @dataclass(frozen=True)
@@ -43,13 +44,17 @@ def read_gc_pauses(broker: str, lines: Iterable[str]) -> list[BrokerPause]:
 
 
 def read_log_lines(lines: Iterable[str]) -> list[tuple[float, str]]:
-    """(epoch s, line) of each stamped line; continuation lines (stack traces) are skipped."""
-    stamped = []
+    """(epoch s, text) of each stamped line, with the lines that continue it (the cleaner's
+    summary, a stack trace) joined on, up to _MAX_TEXT characters."""
+    stamped: list[tuple[float, str]] = []
     for line in lines:
         found = _LOG_LINE.match(line.rstrip())
         if found is not None:
             at = datetime.strptime(found["time"], "%Y-%m-%d %H:%M:%S,%f %z").timestamp()
             stamped.append((at, found["rest"]))
+        elif stamped and line.strip():
+            at, text = stamped[-1]
+            stamped[-1] = (at, f"{text} {line.strip()}"[:_MAX_TEXT])
     return stamped
 
 
