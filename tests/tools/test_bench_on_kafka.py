@@ -88,6 +88,13 @@ def test_bench_runs_and_its_json_has_every_field(tmp_path):
     assert len(timeline) >= 3  # a 2-second phase sampled each second, and its last part
     assert set(seconds["machine_pct_of_one_core"]) == {"busy", "idle", "steal"}
     assert isinstance(seconds["over_100_ms"], list)
+    for slow in seconds["over_100_ms"]:  # the private broker's side of each slow second
+        assert set(slow["brokers"]) == {"gc_pauses", "gc_pause_ms", "log"}
+    # its collection pauses over the phase, read from its gc.log (none in a short phase is
+    # an empty summary; a broker with pauses has all three figures)
+    assert set(seconds["broker_gc"]) <= {"broker-1"}
+    for summary in seconds["broker_gc"].values():
+        assert summary["pauses"] >= 1 and summary["ms"] >= summary["longest_ms"] >= 0
     # of the pipeline's time per event, the member agent's own code, read from /metrics
     share = result["details"]["pipeline"]["agent_us_per_event"]
     assert share["handle"] > 0 and share["seal"] > 0

@@ -96,3 +96,15 @@ def test_the_shared_brokers_logs_are_read_as_the_bench_reads_them(shared_kafka: 
     assert layout is not None and layout.nodes[0].gc_log_path.exists()
     # The JVM's collection log: its first line names the collector, whatever has run since.
     assert "Using G1" in layout.nodes[0].gc_log_path.read_text()
+
+
+def test_the_phase_sums_each_brokers_pauses():
+    activity = BrokerActivity(
+        [BrokerPause("broker-1", T0 + 1, 0.02, "Pause Young"),
+         BrokerPause("broker-1", T0 + 2, 0.05, "Pause Young"),
+         BrokerPause("broker-2", T0 + 3, 0.01, "Pause Remark"),
+         BrokerPause("broker-2", T0 + 30, 0.5, "Pause Full")],  # after the phase
+        {})
+    assert activity.gc_summary(T0, T0 + 25) == {
+        "broker-1": {"pauses": 2, "ms": 70.0, "longest_ms": 50.0},
+        "broker-2": {"pauses": 1, "ms": 10.0, "longest_ms": 10.0}}

@@ -90,6 +90,20 @@ class BrokerActivity:
         }
 
 
+    def gc_summary(self, start: float, end: float) -> dict[str, dict[str, float]]:
+        """Per broker, its collection pauses overlapping [start, end): how many, how long in
+        all, the longest (ms)."""
+        summary: dict[str, dict[str, float]] = {}
+        for pause in self.pauses:
+            if pause.started_at < end and pause.ended_at > start:
+                entry = summary.setdefault(pause.broker, {"pauses": 0, "ms": 0.0,
+                                                          "longest_ms": 0.0})
+                entry["pauses"] += 1
+                entry["ms"] = round(entry["ms"] + pause.seconds * 1000, 1)
+                entry["longest_ms"] = max(entry["longest_ms"], round(pause.seconds * 1000, 1))
+        return summary
+
+
 def stack_activity(stack: Any) -> BrokerActivity | None:
     """The private stack's nodes (a LocalStack), None without one (`--use-stack`)."""
     layout = stack.layout() if stack is not None else None
