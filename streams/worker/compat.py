@@ -24,7 +24,10 @@ kill-a-worker run). On the agent's topics an ack counts only when the agent give
 committed offsets" leaves such a partition wherever the fetcher is, so messages fetched and
 skipped at a generation change are never read again; and since the agent's acknowledgements
 then start after them, the first commit passes them. With auto_offset_reset "earliest" the
-beginning is where a commit would point, so this only makes the reset explicit.
+beginning is where a commit would point, so this only makes the reset explicit. Where each of
+the agent's partitions was sought to (its commit, or its beginning) is handed to the callback
+`on_agent_partitions_sought` registered, so the agent can tell that the first message it is
+handed is not the first one there (streams/worker/sequence.py).
 
 4. The worker consumer's fetch wait is a setting. Faust builds it with fetch_max_wait_ms=1500,
 hard-coded. aiokafka leaves a partition out of its next fetch while records fetched for it
@@ -41,7 +44,7 @@ from __future__ import annotations
 
 import contextvars
 from contextlib import contextmanager
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from faust.tables import recovery as faust_recovery
 from faust.transport import consumer as faust_consumer
@@ -54,6 +57,8 @@ _create_worker_consumer = faust_aiokafka.AIOKafkaConsumerThread._create_worker_c
 
 _agent_topics: frozenset[str] = frozenset()
 _fetch_max_wait_ms = 1500  # Faust's own, until install() sets the worker's
+SoughtCallback = Callable[[dict[tuple[str, int], int]], None]
+_on_sought: SoughtCallback | None = None
 _agent_acknowledging: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "tagstream_agent_acknowledging", default=False)
 
@@ -86,11 +91,26 @@ def _ack_given_by_the_agent(self: Any, message: Any) -> bool:
 
 async def _perform_seek_uncommitted_from_the_beginning(self: Any) -> None:
     await _perform_seek(self)
-    uncommitted = [tp for tp in self.assignment()
-                   if tp.topic in _agent_topics and not self._committed_offset.get(tp)]
+    agent_partitions = [tp for tp in self.assignment() if tp.topic in _agent_topics]
+    uncommitted = [self._new_topicpartition(tp.topic, tp.partition) for tp in agent_partitions
+                   if not self._committed_offset.get(tp)]
     if uncommitted:
-        await self._thread.seek_to_beginning(
-            *(self._new_topicpartition(tp.topic, tp.partition) for tp in uncommitted))
+        await self._thread.seek_to_beginning(*uncommitted)
+    if _on_sought is None or not agent_partitions:
+        return
+    starts = {(tp.topic, tp.partition): self._committed_offset[tp] for tp in agent_partitions
+              if self._committed_offset.get(tp)}
+    if uncommitted:
+        earliest = await self._thread.earliest_offsets(*uncommitted)
+        starts.update({(tp.topic, tp.partition): offset for tp, offset in earliest.items()})
+    _on_sought(starts)
+
+
+def on_agent_partitions_sought(callback: SoughtCallback | None) -> None:
+    """`callback` gets, after each seek, (topic, partition) -> the offset each of the agent's
+    assigned partitions was sought to (one member agent per process)."""
+    global _on_sought
+    _on_sought = callback
 
 
 def _create_worker_consumer_waiting_less(self: Any, transport: Any) -> Any:

@@ -763,6 +763,7 @@ def register_member_agent(app: faust.App, processor: MemberProcessor, topics: To
         asyncio.ensure_future(compat.rewind(app.consumer, topic, partition, offset))
 
     processor.sequence.rewind = rewind
+    compat.on_agent_partitions_sought(processor.sequence.start_at)
 
     paused_fetching: compat.PausedFetching | None = None
 

@@ -16,15 +16,20 @@ was dead-lettered. The agent therefore checks the offsets it is handed per topic
   again after the rewind, nothing lies between (a transactional producer's markers take
   offsets too) and it is handled.
 
-Positions start afresh with each assignment (`forget` at revocation): the first message after
-one is wherever Faust sought the partition to.
+Positions start afresh with each assignment (`forget` at revocation), at the offset the
+consumer was sought to (`start_at`: the partition's commit, or its beginning): a first message
+past it is a jump like any other. Faust drops a message it fetched while its flow was
+suspended and still records it as read, so the partition's first message after an assignment
+can be the second one: a two-worker run lost a member's first order that way (its second was
+applied as the first), when the first message after an assignment was taken as it came. A
+partition with no known start still takes its first message as it comes.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +77,15 @@ class DeliverySequence:
         if jumped_to is not None and offset >= jumped_to:
             del self._jumped_to[key]
         return Admission.HANDLE
+
+    def start_at(self, starts: Mapping[tuple[str, int], int]) -> None:
+        """(topic, partition) -> the offset the consumer was sought to after an assignment. A
+        partition that has handled a message since keeps its own position."""
+        for key, offset in starts.items():
+            self.next_offsets.setdefault(key, offset)
+        log.info("the assigned partitions were sought to %s",
+                 ", ".join(f"{topic}[{partition}]@{offset}"
+                           for (topic, partition), offset in sorted(starts.items())))
 
     def forget(self, partitions: Iterable[int]) -> None:
         """Revoked partitions: the next owner (maybe this worker) starts where Faust seeks."""

@@ -35,6 +35,7 @@ def adjusted(monkeypatch: pytest.MonkeyPatch) -> None:
                         AIOKafkaConsumerThread._create_worker_consumer)
     monkeypatch.setattr(compat, "_agent_topics", compat._agent_topics)
     monkeypatch.setattr(compat, "_fetch_max_wait_ms", compat._fetch_max_wait_ms)
+    monkeypatch.setattr(compat, "_on_sought", compat._on_sought)
     compat.install(AGENT_TOPICS, FETCH_MAX_WAIT_MS)
 
 
@@ -205,10 +206,17 @@ class SeekingConsumer:
         self.to_beginning: list[tuple[str, int]] = []
         self._read_offset: dict[TP, int | None] = {}
         self._committed_offset: dict[TP, int | None] = defaultdict(lambda: None)
-        self._thread = SimpleNamespace(seek_to_beginning=self._seek_to_beginning)
+        self.earliest: dict[TP, int] = {}
+        self.earliest_asked: list[tuple[str, int]] = []
+        self._thread = SimpleNamespace(seek_to_beginning=self._seek_to_beginning,
+                                       earliest_offsets=self._earliest_offsets)
 
     async def _seek_to_beginning(self, *partitions: tuple[str, int]) -> None:
         self.to_beginning.extend(partitions)
+
+    async def _earliest_offsets(self, *partitions: tuple[str, int]) -> dict[TP, int]:
+        self.earliest_asked.extend(partitions)
+        return {TP(*tp): self.earliest.get(TP(*tp), 0) for tp in partitions}
 
     async def seek_to_committed(self) -> dict[TP, int | None]:
         return dict(self.committed)
@@ -231,6 +239,33 @@ async def test_an_uncommitted_agent_partition_is_sought_to_its_beginning() -> No
     await Consumer.perform_seek(consumer)
     assert consumer.to_beginning == [("events.orders", 0)]
     assert consumer._committed_offset[TP("events.orders", 1)] == 120
+
+
+async def test_where_each_agent_partition_was_sought_to_is_handed_to_the_agent(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    handed: list[dict] = []
+    monkeypatch.setattr(compat, "_on_sought", None)
+    compat.on_agent_partitions_sought(handed.append)
+    consumer = SeekingConsumer({
+        TP("events.orders", 0): None,  # its beginning, read from the broker
+        TP("events.orders", 1): 120,  # its commit
+        TP("tagstream-events.reroute", 2): 0,  # a commit of 0 is Faust's "none": the beginning
+        TP("tagstream-members-changelog", 0): None,  # not the agent's
+    })
+    consumer.earliest = {TP("events.orders", 0): 7}
+    await Consumer.perform_seek(consumer)
+    assert handed == [{("events.orders", 0): 7, ("events.orders", 1): 120,
+                       ("tagstream-events.reroute", 2): 0}]
+    assert sorted(consumer.earliest_asked) == [("events.orders", 0),
+                                               ("tagstream-events.reroute", 2)]
+
+
+async def test_without_a_callback_no_beginning_is_asked_for(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(compat, "_on_sought", None)
+    consumer = SeekingConsumer({TP("events.orders", 0): None})
+    await Consumer.perform_seek(consumer)
+    assert consumer.to_beginning == [("events.orders", 0)] and consumer.earliest_asked == []
 
 
 async def test_faust_alone_leaves_an_uncommitted_partition_where_it_is(

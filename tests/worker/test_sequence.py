@@ -46,3 +46,30 @@ def test_forget_starts_revoked_partitions_afresh_on_every_topic() -> None:
     seq.forget({0})
     assert seq.admit("t", 0, 90) is HANDLE and seq.admit("u", 0, 91) is HANDLE
     assert seq.admit("t", 1, 2) is WAIT and len(rewinds) == 2
+
+
+def test_a_first_message_past_where_the_partition_was_sought_to_rewinds_to_it() -> None:
+    """Regression: the first message after an assignment was taken as it came, so a member's
+    first order that Faust dropped (fetched while its flow was suspended) was never applied
+    and its second was applied as the first (a two-worker run on one host)."""
+    seq, rewinds = sequence()
+    seq.start_at({("t", 0): 0, ("t", 1): 120})
+    assert [seq.admit("t", 0, o) for o in (1, 2)] == [WAIT, WAIT] and rewinds == [("t", 0, 0)]
+    assert [seq.admit("t", 0, o) for o in (0, 1, 2)] == [HANDLE] * 3
+    assert seq.admit("t", 1, 120) is HANDLE and seq.admit("u", 0, 57) is HANDLE  # no start known
+
+
+def test_a_start_does_not_move_a_partition_that_has_handled_since_its_assignment() -> None:
+    seq, rewinds = sequence()
+    assert seq.admit("t", 0, 10) is HANDLE
+    seq.start_at({("t", 0): 4})  # Faust's second seek, after messages flowed
+    assert seq.admit("t", 0, 11) is HANDLE and rewinds == []
+
+
+def test_a_revoked_partition_takes_the_start_of_its_next_assignment() -> None:
+    seq, rewinds = sequence()
+    seq.start_at({("t", 0): 0})
+    assert seq.admit("t", 0, 0) is HANDLE
+    seq.forget({0})
+    seq.start_at({("t", 0): 30})
+    assert seq.admit("t", 0, 31) is WAIT and rewinds == [("t", 0, 30)]
