@@ -26,6 +26,7 @@ from streams.platform.topics import TopicNames
 from streams.tools.bench.agent_alone import CountingSender, InMemoryMessage, InMemoryTable
 from streams.worker.clock import PartitionClocks
 from streams.worker.members import DEADLINE_TICK_STEP, MemberProcessor
+from streams.worker.pauses import PauseMonitor
 from taggers.engine import Engine
 from taggers.rules import load_rules
 from tests.factories import members_of_partition, raw_event
@@ -54,8 +55,7 @@ async def fire_cluster(members: int, step: int) -> list[float]:
             processor.handle(InMemoryMessage(names.orders, 0, next(offset), None, body), ack)
         await processor.flush()
     wall[0] = datetime.fromisoformat(LAPSES_AT).timestamp()
-    gc.collect()
-    gc.freeze()  # as a started worker holds what it has (streams/worker/pauses.py)
+    PauseMonitor().freeze_survivors()  # as a started worker holds what it has
     try:
         calls, more = [], True
         while more:

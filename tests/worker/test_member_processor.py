@@ -246,7 +246,7 @@ async def test_a_deadline_fired_by_a_tick_is_shipped_after_the_linger_not_the_ne
 async def test_a_cluster_of_deadlines_fires_a_step_at_a_time_and_all_of_it() -> None:
     """Regression: every deadline due at one instant fired in one call, which stopped the
     worker's loop for 3-8 s at 1,000,000 members and made one batch of them all."""
-    members = same_partition_members(7)
+    members = members_of_partition(7, PARTITIONS)
     stepped, at_once = await repeat_buyers(members), await repeat_buyers(members)
     stepped.processor.tick_step = 3
     # (the two harnesses' orders had event ids of their own: only what follows is compared)
@@ -278,7 +278,7 @@ async def test_the_cluster_measure_fires_every_member_in_the_steps_it_is_given()
 async def test_an_event_of_a_member_still_due_fires_its_deadline_first() -> None:
     """A deadline a step left due is not lost or reordered: the member's next event fires it
     before it is applied, stamped as if the tick had fired it."""
-    members = same_partition_members(3)
+    members = members_of_partition(3, PARTITIONS)
     stepped, at_once = await repeat_buyers(members), await repeat_buyers(members)
     stepped.processor.tick_step = stepped.processor.message_step = 1
     before_tick = {h: len(h.topics.tag_changes.sent) for h in (stepped, at_once)}
@@ -310,14 +310,10 @@ def fresh_worker_on(table: InMemoryTable, wall: float) -> Harness:
     return fresh
 
 
-def same_partition_members(count: int) -> list[str]:
-    return members_of_partition(count, PARTITIONS)
-
-
 async def test_a_fresh_worker_rebuilds_its_deadline_heap_a_step_at_a_time() -> None:
     """Regression: the first tick read every stored state at once, so a fresh worker's first
     orders waited behind it (1.2 s at 100,000 members, 8 s at 1,000,000)."""
-    members = same_partition_members(5)
+    members = members_of_partition(5, PARTITIONS)
     after = datetime.fromisoformat("2025-01-02T00:00:00+08:00").timestamp()
     fresh = fresh_worker_on((await repeat_buyers(members)).table, after)
     fresh.processor.tick([0])  # starts the rebuild; nothing read yet, nothing fires
@@ -332,7 +328,7 @@ async def test_a_fresh_worker_rebuilds_its_deadline_heap_a_step_at_a_time() -> N
 
 
 async def test_a_member_changed_during_the_rebuild_keeps_its_new_deadline() -> None:
-    first, second = same_partition_members(2)
+    first, second = members_of_partition(2, PARTITIONS)
     h = await repeat_buyers([first, second])
     fresh = fresh_worker_on(h.table, h.wall)
     fresh.processor.tick([0])
@@ -350,7 +346,7 @@ async def test_a_member_changed_during_the_rebuild_keeps_its_new_deadline() -> N
 
 
 async def test_a_revoked_partition_stops_its_rebuild() -> None:
-    fresh = fresh_worker_on((await repeat_buyers(same_partition_members(3))).table, 2e9)
+    fresh = fresh_worker_on((await repeat_buyers(members_of_partition(3, PARTITIONS))).table, 2e9)
     fresh.processor.tick([0])
     fresh.processor.forget({0})
     assert not fresh.processor.load_deadlines() and not fresh.processor.deadlines.is_loaded(0)
@@ -358,7 +354,7 @@ async def test_a_revoked_partition_stops_its_rebuild() -> None:
 
 async def test_on_the_event_clock_the_heap_is_rebuilt_at_once() -> None:
     """What fires, and in which order, must not depend on how far a rebuild got."""
-    h = await repeat_buyers(same_partition_members(3))
+    h = await repeat_buyers(members_of_partition(3, PARTITIONS))
     fresh = Harness("event")
     fresh.table.update(h.table)
     fresh.processor.tick([0])
