@@ -145,7 +145,7 @@ class LocalStack:
         started: list[tuple[_Component, ProcessRecord]] = []
         try:
             for component in to_start:
-                record = start_process(component.argv, self.stack_dir / f"{component.name}.log")
+                record = start_process(component.argv, self.log_path(component.name))
                 write_record(self._record_path(component.name), record)
                 records[component.name] = record
                 started.append((component, record))
@@ -179,7 +179,7 @@ class LocalStack:
                     "port": node.port, "alive": alive,
                     "answering": alive and _run(_broker_answers(
                         f"127.0.0.1:{node.port}", 1)(2.0)),
-                    "log": str(self.stack_dir / f"broker-{node.node_id}.log")})
+                    "log": str(self.log_path(f"broker-{node.node_id}"))})
             result["brokers"] = brokers
             result["bootstrap"] = (f"kafka://{layout.bootstrap}" if layout
                                    else self.settings.broker)
@@ -191,8 +191,13 @@ class LocalStack:
             result["redis"] = {"pid": record.pid if alive else None, "port": port,
                                "alive": alive,
                                "answering": _run(_redis_answers(host, port, db)(2.0)),
-                               "log": str(self.stack_dir / "redis.log")}
+                               "log": str(self.log_path("redis"))}
         return result
+
+    def log_path(self, name: str) -> Path:
+        """Where the process `name` ("broker-1", "redis") started by this stack writes its
+        output."""
+        return self.stack_dir / f"{name}.log"
 
     def layout(self) -> ClusterLayout | None:
         try:

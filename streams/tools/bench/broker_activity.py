@@ -78,30 +78,30 @@ class BrokerActivity:
 
     def between(self, start: float, end: float) -> dict[str, Any]:
         """The pauses that overlap [start, end) and the log lines stamped inside it."""
-        pauses = [p for p in self.pauses if p.started_at < end and p.ended_at > start]
+        pauses = self._overlapping(start, end)
+        inside = {broker: [text for at, text in stamped if start <= at < end]
+                  for broker, stamped in self.lines.items()}
         return {
             "gc_pauses": [{"broker": p.broker, "ms": round(p.seconds * 1000, 1),
                            "ended_s": round(p.ended_at - start, 3), "kind": p.kind}
                           for p in pauses],
             "gc_pause_ms": round(sum(p.seconds for p in pauses) * 1000, 1),
-            "log": {broker: [text for at, text in stamped if start <= at < end][:_MAX_LINES]
-                    for broker, stamped in self.lines.items()
-                    if any(start <= at < end for at, _ in stamped)},
+            "log": {broker: texts[:_MAX_LINES] for broker, texts in inside.items() if texts},
         }
-
 
     def gc_summary(self, start: float, end: float) -> dict[str, dict[str, float]]:
         """Per broker, its collection pauses overlapping [start, end): how many, how long in
         all, the longest (ms)."""
         summary: dict[str, dict[str, float]] = {}
-        for pause in self.pauses:
-            if pause.started_at < end and pause.ended_at > start:
-                entry = summary.setdefault(pause.broker, {"pauses": 0, "ms": 0.0,
-                                                          "longest_ms": 0.0})
-                entry["pauses"] += 1
-                entry["ms"] = round(entry["ms"] + pause.seconds * 1000, 1)
-                entry["longest_ms"] = max(entry["longest_ms"], round(pause.seconds * 1000, 1))
+        for pause in self._overlapping(start, end):
+            entry = summary.setdefault(pause.broker, {"pauses": 0, "ms": 0.0, "longest_ms": 0.0})
+            entry["pauses"] += 1
+            entry["ms"] = round(entry["ms"] + pause.seconds * 1000, 1)
+            entry["longest_ms"] = max(entry["longest_ms"], round(pause.seconds * 1000, 1))
         return summary
+
+    def _overlapping(self, start: float, end: float) -> list[BrokerPause]:
+        return [p for p in self.pauses if p.started_at < end and p.ended_at > start]
 
 
 def stack_activity(stack: Any) -> BrokerActivity | None:
@@ -109,10 +109,9 @@ def stack_activity(stack: Any) -> BrokerActivity | None:
     layout = stack.layout() if stack is not None else None
     if layout is None:
         return None
-    return BrokerActivity.read({
-        f"broker-{node.node_id}": (node.gc_log_path,
-                                   stack.stack_dir / f"broker-{node.node_id}.log")
-        for node in layout.nodes})
+    names = {f"broker-{node.node_id}": node for node in layout.nodes}
+    return BrokerActivity.read({name: (node.gc_log_path, stack.log_path(name))
+                                for name, node in names.items()})
 
 
 def _lines(path: Path) -> list[str]:
