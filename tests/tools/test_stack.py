@@ -28,7 +28,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from schemas.errors import TagstreamError
 from streams.platform.admin import TopicError, ensure_topics
 from streams.platform.settings import Settings
-from streams.tools.kafka_server import kafka_version
+from streams.tools.kafka_server import CLEANER_IO_BYTES_PER_S, kafka_version
 from streams.tools.processes import ProcessRecord, is_running, stop_process, write_record
 from streams.tools.stack import LocalStack, StackError
 from tests.support import REPO_ROOT, free_port, private_stack_settings
@@ -426,24 +426,44 @@ def test_missing_redis_server_says_how_to_install_it(
 # --- topics on the shared Kafka ------------------------------------------------------------------
 
 
+async def configs(bootstrap: str, resource: ConfigResource) -> dict[str, Any]:
+    """The named configs of a topic or broker as the cluster reports them."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        [response] = await admin.describe_configs([resource])
+    finally:
+        await admin.close()
+    found: dict[str, Any] = {}
+    for described in response.to_object()["resources"]:
+        assert described["error_code"] == 0, described
+        found.update({entry["config_names"]: entry["config_value"]
+                      for entry in described["config_entries"]})
+    return found
+
+
 async def describe(bootstrap: str, topic: str) -> tuple[list[int], str]:
     """(replication factor of each partition, the topic's min.insync.replicas)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
         [found] = await admin.describe_topics([topic])
-        [response] = await admin.describe_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, topic, {"min.insync.replicas": None})])
     finally:
         await admin.close()
     replicas = [len(p["replicas"]) for p in sorted(found["partitions"],
                                                    key=lambda p: p["partition"])]
-    configs: dict[str, Any] = {}
-    for resource in response.to_object()["resources"]:
-        assert resource["error_code"] == 0, resource
-        configs.update({entry["config_names"]: entry["config_value"]
-                        for entry in resource["config_entries"]})
-    return replicas, configs["min.insync.replicas"]
+    topic_configs = await configs(bootstrap, ConfigResource(
+        ConfigResourceType.TOPIC, topic, {"min.insync.replicas": None}))
+    return replicas, topic_configs["min.insync.replicas"]
+
+
+async def test_the_local_brokers_log_cleaner_is_throttled(stack_settings: Settings) -> None:
+    """Asked of the running broker: a misspelt key is ignored with a warning, and the cleaner
+    would again take a whole core in bursts beside the workers."""
+    first_node = "1"  # a local stack numbers its nodes from 1
+    found = await configs(stack_settings.broker_bootstrap, ConfigResource(
+        ConfigResourceType.BROKER, first_node, {"log.cleaner.io.max.bytes.per.second": None}))
+    assert float(found["log.cleaner.io.max.bytes.per.second"]) == CLEANER_IO_BYTES_PER_S
 
 
 async def test_topics_on_three_nodes_are_replicated_three_times_with_min_isr_2(

@@ -33,6 +33,8 @@ DEFAULT_CACHE = CHECKOUT / ".kafka"
 INSTALL_JAVA = "install them as root with: apt-get install -y openjdk-17-jre-headless maven"
 # A local node's heap: the tests run up to four nodes at once on a 24 GiB, 2-core machine.
 HEAP = ("-Xms128m", "-Xmx768m")
+# What the local broker's log cleaner may read and write a second, all its threads together.
+CLEANER_IO_BYTES_PER_S = 40 * 1024 * 1024
 # How a local node's JVM compiles Kafka's code (TAGSTREAM_STACK_BROKER_JIT).
 # "full": the JVM's default, tiered up to C2, as docker-compose.yml's production brokers run.
 # For a node that works for minutes on end (the bench, `tagstream stack up`): at 20,000
@@ -179,6 +181,13 @@ def server_properties(node: NodeConfig, voters: list[NodeConfig],
         "log.cleaner.backoff.ms": 5000,
         "log.cleaner.min.cleanable.ratio": 0.2,
         "log.cleaner.dedupe.buffer.size": 32 * 1024 * 1024,
+        # The local broker shares its cores with the workers. Unthrottled, the cleaner copied
+        # 64 MB of members.profiles in 0.2-0.5 s at a whole core, and the orders waited behind
+        # it (bench run Y3: one latency second at 146 ms). Throttled, a 105 MB pass takes 4-8 s
+        # and none of run T1's seconds was over 100 ms; the cleaner lags further behind at the
+        # end of a burst, so a worker on a fresh disk reads more of the changelog (150,466
+        # records for 100,000 members against 112,895).
+        "log.cleaner.io.max.bytes.per.second": CLEANER_IO_BYTES_PER_S,
         "num.network.threads": 2,
         "num.io.threads": 4,
         "num.recovery.threads.per.data.dir": 2,
