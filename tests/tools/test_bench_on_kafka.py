@@ -95,6 +95,10 @@ def test_bench_runs_and_its_json_has_every_field(tmp_path):
     assert set(seconds["broker_gc"]) <= {"broker-1"}
     for summary in seconds["broker_gc"].values():
         assert summary["pauses"] >= 1 and summary["ms"] >= summary["longest_ms"] >= 0
+    # its log cleaner's passes over the phase, read from its own log
+    assert set(seconds["broker_cleaner"]) <= {"broker-1"}
+    for cleaner in seconds["broker_cleaner"].values():
+        assert cleaner["passes"] >= 1 and cleaner["mb"] > 0
     # of the pipeline's time per event, the member agent's own code, read from /metrics
     share = result["details"]["pipeline"]["agent_us_per_event"]
     assert share["handle"] > 0 and share["seal"] > 0

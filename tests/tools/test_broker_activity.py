@@ -108,3 +108,20 @@ def test_the_phase_sums_each_brokers_pauses():
     assert activity.gc_summary(T0, T0 + 25) == {
         "broker-1": {"pauses": 2, "ms": 70.0, "longest_ms": 50.0},
         "broker-2": {"pauses": 1, "ms": 10.0, "longest_ms": 10.0}}
+
+
+def test_the_phase_sums_each_brokers_cleaner_passes_that_overlap_it():
+    def summary(at: float, log: str, mb: str, seconds: str) -> tuple[float, str]:
+        return at, (f"INFO [kafka-log-cleaner-thread-0]: Log cleaner thread 0 cleaned log {log} "
+                    f"(dirty section = [0, 800]) {mb} MB of log processed in {seconds} seconds "
+                    "(1.6 MB/sec). Indexed 32.0 MB in 0.0 seconds")
+
+    activity = BrokerActivity([], {
+        "broker-1": [summary(T0 - 1, "a-0", "50.0", "0.5"),  # ended before the phase
+                     summary(T0 + 2, "b-0", "105.0", "6.8"),  # began before, ended inside
+                     (T0 + 3, "INFO Cleaner 0: Beginning cleaning of log c-0"),
+                     summary(T0 + 9, "c-0", "1,040.3", "0.1")],
+        "broker-2": [summary(T0 + 40, "d-0", "7.0", "10.0")],  # began after the phase ended
+    })
+    assert activity.cleaner_summary(T0, T0 + 25) == {
+        "broker-1": {"passes": 2, "mb": 1145.3, "seconds": 6.9}}

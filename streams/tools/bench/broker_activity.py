@@ -17,6 +17,9 @@ _GC_PAUSE = re.compile(r"^\[(?P<time>[^\]]+)\](?:\[[^\]]*\])* GC\(\d+\) (?P<kind
                        r"\d+[KMG]->\d+[KMG]\(\d+[KMG]\) (?P<ms>[\d.]+)ms$")
 # "[2026-12-05 17:34:17,277 +0000] INFO ..." (streams/tools/kafka_server/log4j2.properties)
 _LOG_LINE = re.compile(r"^\[(?P<time>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [+-]\d{4})\] (?P<rest>.*)$")
+# The summary the log cleaner logs at the end of each pass (its continuation lines joined).
+_CLEANER_PASS = re.compile(r"cleaned log (?P<log>\S+) .*? (?P<mb>[\d,.]+) MB of log processed "
+                           r"in (?P<seconds>[\d,.]+) seconds")
 _MAX_LINES = 10  # per broker and window: the first few say what it was doing
 _MAX_TEXT = 600  # characters of one entry, its continuation lines included
 
@@ -98,6 +101,24 @@ class BrokerActivity:
             entry["pauses"] += 1
             entry["ms"] = round(entry["ms"] + pause.seconds * 1000, 1)
             entry["longest_ms"] = max(entry["longest_ms"], round(pause.seconds * 1000, 1))
+        return summary
+
+    def cleaner_summary(self, start: float, end: float) -> dict[str, dict[str, float]]:
+        """Per broker, its log cleaner's passes that overlap [start, end): how many, the MB they
+        processed and their seconds (whole passes, as logged at their end)."""
+        summary: dict[str, dict[str, float]] = {}
+        for broker, stamped in self.lines.items():
+            for ended, text in stamped:
+                found = _CLEANER_PASS.search(text)
+                if found is None:
+                    continue
+                seconds = float(found["seconds"].replace(",", ""))
+                if not (ended - seconds < end and ended >= start):
+                    continue
+                entry = summary.setdefault(broker, {"passes": 0, "mb": 0.0, "seconds": 0.0})
+                entry["passes"] += 1
+                entry["mb"] = round(entry["mb"] + float(found["mb"].replace(",", "")), 1)
+                entry["seconds"] = round(entry["seconds"] + seconds, 1)
         return summary
 
     def _overlapping(self, start: float, end: float) -> list[BrokerPause]:

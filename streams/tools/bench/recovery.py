@@ -130,8 +130,9 @@ def _report_seconds(run: _Run, timeline: CpuTimeline, seconds: list[Second],
         f"over_{SLOW_SECOND_P99_MS:g}_ms": slow}
     if activity is not None:
         phase_end = latency["started_at"] + latency["seconds"] + (latency["max"] or 0) / 1000
-        run.result["details"]["latency_seconds"]["broker_gc"] = activity.gc_summary(
-            latency["started_at"], phase_end)
+        phase = run.result["details"]["latency_seconds"]
+        phase["broker_gc"] = activity.gc_summary(latency["started_at"], phase_end)
+        phase["broker_cleaner"] = activity.cleaner_summary(latency["started_at"], phase_end)
     run.say(f"latency: the machine {machine['busy']}% busy, {machine['steal']}% stolen by the "
             f"hypervisor (of {100 * (os.cpu_count() or 1)}); {len(slow)} second(s) with a p99 "
             f"over {SLOW_SECOND_P99_MS:g} ms" + "".join(
