@@ -9,9 +9,9 @@ import re
 import struct
 import time
 from collections import Counter
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, AsyncIterator, Callable, Iterable, Iterator
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -152,6 +152,17 @@ async def read_topic(bootstrap: str, topic: str, *, until: Callable[[list[Any]],
         return records
     finally:
         await consumer.stop()
+
+
+@asynccontextmanager
+async def admin_client(bootstrap: str) -> AsyncIterator[AIOKafkaAdminClient]:
+    """A started admin client, closed on the way out."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        yield admin
+    finally:
+        await admin.close()
 
 
 async def committed_to_the_end(bootstrap: str, group: str, topics: Iterable[str], *,

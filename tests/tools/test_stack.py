@@ -22,7 +22,6 @@ import pytest
 import redis
 import redis.asyncio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from schemas.errors import TagstreamError
@@ -32,6 +31,7 @@ from streams.tools.kafka_server import CLEANER_IO_BYTES_PER_S, kafka_version
 from streams.tools.processes import ProcessRecord, is_running, stop_process, write_record
 from streams.tools.stack import LocalStack, StackError
 from tests.support import REPO_ROOT, free_port, private_stack_settings
+from tests.support.kafka import admin_client
 
 pytestmark = pytest.mark.e2e
 
@@ -104,12 +104,8 @@ async def first_message(bootstrap: str, topic: str) -> tuple[bytes | None, bytes
 
 
 async def topic_names(bootstrap: str) -> set[str]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
+    async with admin_client(bootstrap) as admin:
         return {name for name in await admin.list_topics() if not name.startswith("__")}
-    finally:
-        await admin.close()
 
 
 def redis_set_get(settings: Settings, key: str, value: str) -> bytes | None:
@@ -428,12 +424,8 @@ def test_missing_redis_server_says_how_to_install_it(
 
 async def configs(bootstrap: str, resource: ConfigResource) -> dict[str, Any]:
     """The named configs of a topic or broker as the cluster reports them."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
+    async with admin_client(bootstrap) as admin:
         [response] = await admin.describe_configs([resource])
-    finally:
-        await admin.close()
     found: dict[str, Any] = {}
     for described in response.to_object()["resources"]:
         assert described["error_code"] == 0, described
@@ -444,12 +436,8 @@ async def configs(bootstrap: str, resource: ConfigResource) -> dict[str, Any]:
 
 async def describe(bootstrap: str, topic: str) -> tuple[list[int], str]:
     """(replication factor of each partition, the topic's min.insync.replicas)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
+    async with admin_client(bootstrap) as admin:
         [found] = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
     replicas = [len(p["replicas"]) for p in sorted(found["partitions"],
                                                    key=lambda p: p["partition"])]
     topic_configs = await configs(bootstrap, ConfigResource(
@@ -490,12 +478,8 @@ async def test_ensure_topics_creates_the_requested_partitions(stack: Settings) -
     await ensure_topics(stack.broker_bootstrap, wanted)
     await ensure_topics(stack.broker_bootstrap, wanted)  # existing topics are fine
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=stack.broker_bootstrap)
-    await admin.start()
-    try:
+    async with admin_client(stack.broker_bootstrap) as admin:
         found = {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics()}
-    finally:
-        await admin.close()
     assert {name: count for name, count in found.items() if name.startswith(ns)} == wanted
 
 
