@@ -18,7 +18,7 @@ _GC_PAUSE = re.compile(r"^\[(?P<time>[^\]]+)\](?:\[[^\]]*\])* GC\(\d+\) (?P<kind
 # "[2026-12-05 17:34:17,277 +0000] INFO ..." (streams/tools/kafka_server/log4j2.properties)
 _LOG_LINE = re.compile(r"^\[(?P<time>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [+-]\d{4})\] (?P<rest>.*)$")
 # The summary the log cleaner logs at the end of each pass (its continuation lines joined).
-_CLEANER_PASS = re.compile(r"cleaned log (?P<log>\S+) .*? (?P<mb>[\d,.]+) MB of log processed "
+_CLEANER_PASS = re.compile(r"cleaned log \S+ .*? (?P<mb>[\d,.]+) MB of log processed "
                            r"in (?P<seconds>[\d,.]+) seconds")
 _MAX_LINES = 10  # per broker and window: the first few say what it was doing
 _MAX_TEXT = 600  # characters of one entry, its continuation lines included

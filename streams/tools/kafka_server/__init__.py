@@ -181,12 +181,11 @@ def server_properties(node: NodeConfig, voters: list[NodeConfig],
         "log.cleaner.backoff.ms": 5000,
         "log.cleaner.min.cleanable.ratio": 0.2,
         "log.cleaner.dedupe.buffer.size": 32 * 1024 * 1024,
-        # The local broker shares its cores with the workers. Unthrottled, the cleaner copied
-        # 64 MB of members.profiles in 0.2-0.5 s at a whole core, and the orders waited behind
-        # it (bench run Y3: one latency second at 146 ms). Throttled, a 105 MB pass takes 4-8 s
-        # and none of run T1's seconds was over 100 ms; the cleaner lags further behind at the
-        # end of a burst, so a worker on a fresh disk reads more of the changelog (150,466
-        # records for 100,000 members against 112,895).
+        # The local broker shares its cores with the workers: unthrottled, the cleaner copies
+        # a segment of members.profiles at a whole core for a fraction of a second, and the
+        # orders queued behind it show in the p99. The price: after a burst of writes it lags
+        # further behind, so a worker on a fresh disk reads more of the changelog (README,
+        # fifteenth session, has both measured).
         "log.cleaner.io.max.bytes.per.second": CLEANER_IO_BYTES_PER_S,
         "num.network.threads": 2,
         "num.io.threads": 4,
