@@ -78,6 +78,12 @@ class EngineRun:
 
 def export_commit(repo: Path, commit: str, into: Path) -> Path:
     """The commit's tree, as files (git archive): no worktree, nothing left in the repo."""
+    known = subprocess.run(["git", "-C", str(repo), "rev-parse", "--verify", "--quiet",
+                            f"{commit}^{{commit}}"], capture_output=True, text=True)
+    if known.returncode != 0:
+        raise EngineCompareError(
+            f"cannot export {commit!r}: no such commit or tag in {repo}. A clone has none of "
+            f"the local tags; README.md (Measured) shows how engine-unoptimised is rebuilt")
     archive = into / "tree.tar"
     done = subprocess.run(["git", "-C", str(repo), "archive", "--format=tar", "-o", str(archive),
                            commit], capture_output=True, text=True)
