@@ -12,7 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import NewTopic
 
 from schemas.control import control_kind, decode_watermark, WATERMARK
 from schemas.events import TOPIC_BY_EVENT_TYPE
@@ -22,6 +22,7 @@ from streams.platform.partitioning import partition_for
 from streams.platform.settings import Settings
 from streams.platform.topics import topic_names
 from streams.tools.generate import generate_events, write_jsonl
+from tests.support.kafka import admin_client
 
 pytestmark = pytest.mark.e2e
 
@@ -44,12 +45,8 @@ INVALID_BUT_ROUTABLE = (b'{"event_type": "order.paid", "member_id": "M0000003", 
 
 
 async def create_topics(bootstrap: str, topics: dict[str, int]) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
+    async with admin_client(bootstrap) as admin:
         await admin.create_topics([NewTopic(t, n, 1) for t, n in topics.items()])
-    finally:
-        await admin.close()
 
 
 async def consume_all(bootstrap: str, topics: dict[str, int]) -> dict[tuple[str, int], list]:

@@ -20,7 +20,7 @@ from aiokafka.errors import CoordinatorLoadInProgressError, GroupCoordinatorNotA
 
 from schemas.changes import encode_change
 from streams.platform.admin import ensure_tagstream_topics
-from streams.platform.kafka_clients import partitions_of
+from streams.platform.kafka_clients import kafka_admin, partitions_of
 from streams.platform.settings import Settings
 from streams.tools.processes import ChildProcess, tagstream_command
 
@@ -157,7 +157,7 @@ async def read_topic(bootstrap: str, topic: str, *, until: Callable[[list[Any]],
 @asynccontextmanager
 async def admin_client(bootstrap: str) -> AsyncIterator[AIOKafkaAdminClient]:
     """A started admin client, closed on the way out."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = kafka_admin(bootstrap)
     await admin.start()
     try:
         yield admin

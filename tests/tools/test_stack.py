@@ -22,6 +22,7 @@ import pytest
 import redis
 import redis.asyncio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from schemas.errors import TagstreamError
@@ -422,10 +423,9 @@ def test_missing_redis_server_says_how_to_install_it(
 # --- topics on the shared Kafka ------------------------------------------------------------------
 
 
-async def configs(bootstrap: str, resource: ConfigResource) -> dict[str, Any]:
+async def configs(admin: AIOKafkaAdminClient, resource: ConfigResource) -> dict[str, Any]:
     """The named configs of a topic or broker as the cluster reports them."""
-    async with admin_client(bootstrap) as admin:
-        [response] = await admin.describe_configs([resource])
+    [response] = await admin.describe_configs([resource])
     found: dict[str, Any] = {}
     for described in response.to_object()["resources"]:
         assert described["error_code"] == 0, described
@@ -438,10 +438,10 @@ async def describe(bootstrap: str, topic: str) -> tuple[list[int], str]:
     """(replication factor of each partition, the topic's min.insync.replicas)."""
     async with admin_client(bootstrap) as admin:
         [found] = await admin.describe_topics([topic])
+        topic_configs = await configs(admin, ConfigResource(
+            ConfigResourceType.TOPIC, topic, {"min.insync.replicas": None}))
     replicas = [len(p["replicas"]) for p in sorted(found["partitions"],
                                                    key=lambda p: p["partition"])]
-    topic_configs = await configs(bootstrap, ConfigResource(
-        ConfigResourceType.TOPIC, topic, {"min.insync.replicas": None}))
     return replicas, topic_configs["min.insync.replicas"]
 
 
@@ -449,8 +449,10 @@ async def test_the_local_brokers_log_cleaner_is_throttled(stack_settings: Settin
     """Asked of the running broker: a misspelt key is ignored with a warning, and the cleaner
     would again take a whole core in bursts beside the workers."""
     first_node = "1"  # a local stack numbers its nodes from 1
-    found = await configs(stack_settings.broker_bootstrap, ConfigResource(
-        ConfigResourceType.BROKER, first_node, {"log.cleaner.io.max.bytes.per.second": None}))
+    async with admin_client(stack_settings.broker_bootstrap) as admin:
+        found = await configs(admin, ConfigResource(
+            ConfigResourceType.BROKER, first_node,
+            {"log.cleaner.io.max.bytes.per.second": None}))
     assert float(found["log.cleaner.io.max.bytes.per.second"]) == CLEANER_IO_BYTES_PER_S
 
 
