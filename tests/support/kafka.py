@@ -171,12 +171,13 @@ async def committed_to_the_end(bootstrap: str, group: str, topics: Iterable[str]
     worker commits an event only after everything it caused (changes, dead letters) is
     delivered, so after this the outputs of every event written so far are in Kafka."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await consumer.start()
-    await admin.start()
     try:
         ends = await consumer.end_offsets(await partitions_of(consumer, topics))
-        deadline = time.monotonic() + timeout
+    finally:
+        await consumer.stop()
+    deadline = time.monotonic() + timeout
+    async with admin_client(bootstrap) as admin:
         while True:
             try:
                 committed = await admin.list_consumer_group_offsets(group)
@@ -192,9 +193,6 @@ async def committed_to_the_end(bootstrap: str, group: str, topics: Iterable[str]
             if time.monotonic() > deadline:
                 raise AssertionError(f"group {group} not committed to the end: {behind}")
             await asyncio.sleep(0.5)
-    finally:
-        await admin.close()
-        await consumer.stop()
 
 
 def values(records: list[Any]) -> list[dict[str, Any]]:
