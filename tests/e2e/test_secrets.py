@@ -27,7 +27,6 @@ import pytest
 import redis.asyncio
 import redis.exceptions
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 from streams.ops.replay import produce_raw
 from streams.platform.kafka_clients import partitions_of
@@ -38,8 +37,8 @@ from streams.serving.redis_store import RedisProfileStore
 from streams.tools.processes import ChildProcess
 from tests.factories import raw_event
 from tests.support import free_port
-from tests.support.kafka import (WorkerProcess, at_least, create_topics, read_topic,
-                                 running_worker)
+from tests.support.kafka import (WorkerProcess, admin_client, at_least, create_topics,
+                                 read_topic, running_worker)
 from tests.support.sasl_kafka import MECHANISMS, SaslKafka, sasl_kafka
 
 pytestmark = pytest.mark.e2e
@@ -157,13 +156,8 @@ async def first_record(settings: Settings, topic: str, worker: WorkerProcess) ->
 
 async def sasl_topics(settings: Settings) -> set[str]:
     """Every topic's name, listed by a client that logs in like the worker."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.broker_bootstrap,
-                                **kafka_client_kwargs(settings))
-    await admin.start()
-    try:
+    async with admin_client(settings.broker_bootstrap, **kafka_client_kwargs(settings)) as admin:
         return set(await admin.list_topics())
-    finally:
-        await admin.close()
 
 
 @pytest.mark.parametrize("mechanism", MECHANISMS)

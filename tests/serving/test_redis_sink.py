@@ -10,13 +10,12 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 from streams.platform.topics import topic_names
 from streams.serving.redis_sink import RedisSink, group_id, run_redis_sink
 from streams.serving.redis_store import RedisProfileStore
 from streams.tools.processes import read_record, stop_process
-from tests.support.kafka import committed_to_the_end, create_topics
+from tests.support.kafka import admin_client, committed_to_the_end, create_topics
 from tests.support.profiles import make_profile
 from tests.support.task_records import closed, make_task
 
@@ -216,21 +215,19 @@ async def committed_and_ends(settings: Any) -> tuple[dict[int, int], dict[int, i
     """The sink group's committed offsets and the end offsets of the profiles topic, by
     partition (partitions with no record left out of both)."""
     topic = topic_names(settings).profiles
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.broker_bootstrap)
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.broker_bootstrap)
-    await admin.start()
     await consumer.start()
     try:
         partitions = [TopicPartition(topic, p) for p in range(settings.partitions)]
         ends = {tp.partition: end for tp, end in (await consumer.end_offsets(partitions)).items()
                 if end}
+    finally:
+        await consumer.stop()
+    async with admin_client(settings.broker_bootstrap) as admin:
         committed = {tp.partition: meta.offset for tp, meta in
                      (await admin.list_consumer_group_offsets(group_id(settings))).items()
                      if tp.topic == topic and tp.partition in ends}
-        return committed, ends
-    finally:
-        await consumer.stop()
-        await admin.close()
+    return committed, ends
 
 
 async def test_the_kafka_commit_follows_redis_once_an_interval_and_at_stop(stack, producer, store):

@@ -155,9 +155,10 @@ async def read_topic(bootstrap: str, topic: str, *, until: Callable[[list[Any]],
 
 
 @asynccontextmanager
-async def admin_client(bootstrap: str) -> AsyncIterator[AIOKafkaAdminClient]:
-    """A started admin client, closed on the way out."""
-    admin = kafka_admin(bootstrap)
+async def admin_client(bootstrap: str, **options: Any) -> AsyncIterator[AIOKafkaAdminClient]:
+    """A started admin client (`options` as aiokafka takes them: security, ...), closed on
+    the way out."""
+    admin = kafka_admin(bootstrap, **options)
     await admin.start()
     try:
         yield admin
