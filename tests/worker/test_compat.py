@@ -31,6 +31,7 @@ def adjusted(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(Recovery, "on_recovery_completed", Recovery.on_recovery_completed)
     monkeypatch.setattr(Consumer, "ack", Consumer.ack)
     monkeypatch.setattr(Consumer, "perform_seek", Consumer.perform_seek)
+    monkeypatch.setattr(Consumer, "wait_first", Consumer.wait_first)
     monkeypatch.setattr(AIOKafkaConsumerThread, "_create_worker_consumer",
                         AIOKafkaConsumerThread._create_worker_consumer)
     monkeypatch.setattr(compat, "_agent_topics", compat._agent_topics)
@@ -325,3 +326,141 @@ async def test_faust_alone_waits_a_second_and_a_half(monkeypatch: pytest.MonkeyP
         assert consumer._fetch_max_wait_ms == 1500
     finally:
         await consumer.stop()
+
+
+def worker_consumer() -> Any:
+    """Faust's consumer of a worker app (not started: nothing connects)."""
+    from streams.platform.settings import Settings
+    from streams.worker.app import create_app
+
+    return create_app(Settings(broker="kafka://127.0.0.1:9")).consumer
+
+
+class HandOff:
+    """The conductor's side of the fetcher's hand-off: takes a message, waiting for room
+    first when `room` is given (a future: the stream's queue is full until it is done)."""
+
+    def __init__(self, room: asyncio.Future[None] | None = None) -> None:
+        self.room = room
+        self.handed: list[str] = []
+        self.cancelled = False
+
+    async def __call__(self, message: str) -> str:
+        if self.room is not None:
+            try:
+                await self.room
+            except asyncio.CancelledError:
+                self.cancelled = True
+                raise
+        self.handed.append(message)
+        return f"handed {message}"
+
+
+async def hand_over(consumer: Any, hand_off: HandOff, message: str) -> Any:
+    """The fetcher's call, as `Consumer._drain_messages` makes it."""
+    return await consumer.wait_first(hand_off(message), consumer.suspend_flow.wait())
+
+
+async def test_a_message_the_stream_has_room_for_is_handed_over_without_a_loop_turn() -> None:
+    consumer, hand_off, turns = worker_consumer(), HandOff(), []
+    asyncio.get_running_loop().call_soon(turns.append, "a loop turn")
+    results = await hand_over(consumer, hand_off, "m1")
+    assert hand_off.handed == ["m1"] and results.results == ["handed m1"]
+    assert not results.stopped
+    assert turns == []  # nothing else ran: no task was made for it
+
+
+async def test_faust_alone_hands_every_message_over_after_a_loop_turn(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the adjustment is for: Faust's own race makes tasks and waits for them."""
+    monkeypatch.setattr(Consumer, "wait_first", compat._wait_first)
+    consumer, hand_off, turns = worker_consumer(), HandOff(), []
+    asyncio.get_running_loop().call_soon(turns.append, "a loop turn")
+    await hand_over(consumer, hand_off, "m1")
+    assert hand_off.handed == ["m1"] and turns == ["a loop turn"]
+
+
+async def test_a_hand_over_that_waits_for_room_finishes_once_there_is_room() -> None:
+    room: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    consumer, hand_off = worker_consumer(), HandOff(room)
+    handing = asyncio.ensure_future(hand_over(consumer, hand_off, "m1"))
+    await asyncio.sleep(0.01)
+    assert not handing.done() and hand_off.handed == []
+    room.set_result(None)
+    results = await asyncio.wait_for(handing, 5)
+    assert hand_off.handed == ["m1"] and "handed m1" in results.results
+
+
+async def test_a_hand_over_waiting_for_room_gives_way_when_flow_is_suspended() -> None:
+    """A rebalance suspends flow while the stream's queue is full: the fetcher is not stuck
+    in the put, and the waiting hand-off is cancelled, as in Faust's own race."""
+    room: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    consumer, hand_off = worker_consumer(), HandOff(room)
+    handing = asyncio.ensure_future(hand_over(consumer, hand_off, "m1"))
+    await asyncio.sleep(0.01)
+    consumer.suspend_flow.set()
+    results = await asyncio.wait_for(handing, 5)
+    await asyncio.sleep(0)  # the cancelled hand-off's task runs its cancellation
+    assert hand_off.handed == [] and hand_off.cancelled
+    assert results.results == [True]  # the suspension won
+
+
+async def test_while_flow_is_suspended_fausts_own_race_hands_over() -> None:
+    consumer, hand_off, turns = worker_consumer(), HandOff(), []
+    consumer.suspend_flow.set()
+    asyncio.get_running_loop().call_soon(turns.append, "a loop turn")
+    await hand_over(consumer, hand_off, "m1")
+    assert turns == ["a loop turn"]  # Faust's path: tasks, and a turn of the loop
+
+
+async def test_a_hand_over_that_fails_raises_and_leaves_no_coroutine_unawaited() -> None:
+    consumer = worker_consumer()
+
+    async def failing(message: str) -> None:
+        raise ValueError(f"cannot decode {message}")
+
+    suspension = consumer.suspend_flow.wait()
+    with pytest.raises(ValueError, match="cannot decode m1"):
+        await consumer.wait_first(failing("m1"), suspension)
+    assert suspension.cr_frame is None  # closed, never left to warn "never awaited"
+
+
+async def test_other_waits_are_fausts_own() -> None:
+    consumer, hand_off, turns = worker_consumer(), HandOff(), []
+    asyncio.get_running_loop().call_soon(turns.append, "a loop turn")
+    other = asyncio.Event()
+    other.set()
+    await consumer.wait_first(hand_off("m1"), other.wait())  # not the consumer's suspend_flow
+    assert turns == ["a loop turn"]
+
+
+async def test_a_resumed_coroutine_gets_what_it_waited_for_and_its_cancellation() -> None:
+    loop = asyncio.get_running_loop()
+    first, second = loop.create_future(), loop.create_future()
+
+    async def two_waits() -> list[str]:
+        return [await first, await second]
+
+    coroutine = two_waits()
+    resumed = asyncio.ensure_future(compat.Resumed(coroutine, coroutine.send(None)))
+    first.set_result("a")
+    second.set_result("b")
+    assert await asyncio.wait_for(resumed, 5) == ["a", "b"]
+
+    never: asyncio.Future[None] = loop.create_future()
+    seen: list[str] = []
+
+    async def waits_forever() -> None:
+        try:
+            await never
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            raise
+
+    coroutine = waits_forever()
+    resumed = asyncio.ensure_future(compat.Resumed(coroutine, coroutine.send(None)))
+    await asyncio.sleep(0)
+    resumed.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await resumed
+    assert seen == ["cancelled"]
