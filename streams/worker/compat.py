@@ -44,12 +44,12 @@ hands each message to the conductor as `wait_first(callback(message), suspend_fl
 a rebalance that suspends flow while the stream's queue is full must not leave the fetcher
 stuck in a put. That race costs four tasks and an `asyncio.wait` per message, and a loop turn
 before the message moves: about 60 µs of the pipeline's ~330 µs an event (20,000 members),
-and about a fifth of the Faust floor's own time. The hand-off is now stepped once in place; if it finishes (the queue
-had room) no task is made. If it has to wait, the rest of it (the same coroutine, not a new
-hand-off) is raced against `suspend_flow` exactly as Faust races it, and while flow is
-suspended, or the consumer stopping, Faust's own path runs. Only that call of the fetcher is
-recognised (its second argument is this consumer's `suspend_flow.wait()`); every other
-`wait_first` is Faust's.
+and about a fifth of the Faust floor's own time. The hand-off is now stepped once in place;
+if it finishes (the queue had room) no task is made. If it has to wait, the rest of it (the
+same coroutine, not a new hand-off) is raced against `suspend_flow` exactly as Faust races
+it, and while flow is suspended, or the consumer stopping, Faust's own path runs. Only that
+call of the fetcher is recognised (its second argument is this consumer's
+`suspend_flow.wait()`); every other `wait_first` is Faust's.
 """
 
 from __future__ import annotations

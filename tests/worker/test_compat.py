@@ -298,12 +298,17 @@ async def test_a_rewind_seeks_in_the_consumer_thread_and_moves_fausts_read_posit
 
 # --- 4. the worker consumer's fetch wait is a setting ----------------------------------------
 
-def worker_consumer_thread() -> Any:
-    """Faust's consumer thread of a worker app (not started: nothing connects)."""
+def worker_consumer() -> Any:
+    """Faust's consumer of a worker app (not started: nothing connects)."""
     from streams.platform.settings import Settings
     from streams.worker.app import create_app
 
-    consumer = create_app(Settings(broker="kafka://127.0.0.1:9")).consumer
+    return create_app(Settings(broker="kafka://127.0.0.1:9")).consumer
+
+
+def worker_consumer_thread() -> Any:
+    """Faust's consumer thread of a worker app, and its transport."""
+    consumer = worker_consumer()
     return consumer._thread, consumer.transport
 
 
@@ -326,14 +331,6 @@ async def test_faust_alone_waits_a_second_and_a_half(monkeypatch: pytest.MonkeyP
         assert consumer._fetch_max_wait_ms == 1500
     finally:
         await consumer.stop()
-
-
-def worker_consumer() -> Any:
-    """Faust's consumer of a worker app (not started: nothing connects)."""
-    from streams.platform.settings import Settings
-    from streams.worker.app import create_app
-
-    return create_app(Settings(broker="kafka://127.0.0.1:9")).consumer
 
 
 class HandOff:
