@@ -181,11 +181,11 @@ def server_properties(node: NodeConfig, voters: list[NodeConfig],
         "log.cleaner.backoff.ms": 5000,
         "log.cleaner.min.cleanable.ratio": 0.2,
         "log.cleaner.dedupe.buffer.size": 32 * 1024 * 1024,
-        # The local broker shares its cores with the workers: unthrottled, the cleaner copies
-        # a segment of members.profiles at a whole core for a fraction of a second, and the
-        # orders queued behind it show in the p99. The price: after a burst of writes it lags
-        # further behind, so a worker on a fresh disk reads more of the changelog (README,
-        # fifteenth session, has both measured).
+        # The local broker shares its cores with the workers: this bounds the cleaner's
+        # sustained rate, not a pass shorter than the throttle's 300 ms check, which still
+        # takes a whole core (cleaner.py lowers the cleaner threads' priority for that). The
+        # price: after a burst of writes it lags further behind, so a worker on a fresh disk
+        # reads more of the changelog (docs/performance-log.md, fifteenth session).
         "log.cleaner.io.max.bytes.per.second": CLEANER_IO_BYTES_PER_S,
         "num.network.threads": 2,
         "num.io.threads": 4,
