@@ -86,9 +86,6 @@ class Settings:
     # or "client" (C1 only: less compiling for short-lived brokers, as the tests run them);
     # streams/tools/kafka_server/__init__.py gives the measurements.
     stack_broker_jit: str = "full"
-    # The CPU niceness of the local stack's Kafka log-cleaner threads (0-19; 0 leaves them as
-    # the JVM starts them); streams/tools/kafka_server/cleaner.py says why.
-    stack_cleaner_nice: int = 19
     # WeCom sync (tagstream wecom-sync). The secret stays out of repr and logs. The call limit
     # applies per API; WeCom allows 10,000/min and 150,000/h per API per corp, so the default
     # (2,000/min = 120,000/h) keeps under both, with room for other apps of the same corp.
@@ -155,9 +152,6 @@ class Settings:
         if settings.stack_broker_jit not in ("full", "client"):
             raise SettingsError("TAGSTREAM_STACK_BROKER_JIT must be 'full' or 'client', not "
                                 f"{settings.stack_broker_jit!r}")
-        if not 0 <= settings.stack_cleaner_nice <= 19:
-            raise SettingsError("TAGSTREAM_STACK_CLEANER_NICE must be from 0 to 19, not "
-                                f"{settings.stack_cleaner_nice}")
         if settings.consumer_fetch_max_wait_ms < 0:
             raise SettingsError("TAGSTREAM_CONSUMER_FETCH_MAX_WAIT_MS must not be negative")
         if settings.event_hold_limit < 2:
@@ -206,7 +200,6 @@ ENV_NAMES: dict[str, str] = {
     "log_level": "TAGSTREAM_LOG_LEVEL",
     "stack_dir": "TAGSTREAM_STACK_DIR",
     "stack_broker_jit": "TAGSTREAM_STACK_BROKER_JIT",
-    "stack_cleaner_nice": "TAGSTREAM_STACK_CLEANER_NICE",
     "wecom_base_url": "TAGSTREAM_WECOM_BASE_URL",
     "wecom_corp_id": "TAGSTREAM_WECOM_CORP_ID",
     "wecom_secret": "TAGSTREAM_WECOM_SECRET",

@@ -28,7 +28,6 @@ from schemas.errors import TagstreamError
 from streams.tools.kafka_server import (DEFAULT_CACHE, NodeConfig, format_nodes, kafka_version,
                                   new_cluster_id, node_argv)
 from streams.platform.settings import ENV_NAMES, Settings
-from streams.tools.kafka_server.cleaner import lower_cleaner_priority
 from streams.tools.processes import (ProcessRecord, free_ports, is_running, log_tail, port_taken,
                                      read_record, reap, start_process, stop_process,
                                      write_record)
@@ -153,9 +152,6 @@ class LocalStack:
             deadline = time.monotonic() + timeout
             _run(_wait_all(_wait_answering(c, records[c.name], deadline, timeout)
                            for c in components))
-            for component, record in started:
-                if component.name.startswith("broker-"):
-                    lower_cleaner_priority(record.pid, self.settings.stack_cleaner_nice)
         except BaseException:
             self._stop([(component.name, record) for component, record in started])
             raise

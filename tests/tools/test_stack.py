@@ -29,7 +29,6 @@ from schemas.errors import TagstreamError
 from streams.platform.admin import TopicError, ensure_topics
 from streams.platform.settings import Settings
 from streams.tools.kafka_server import CLEANER_IO_BYTES_PER_S, kafka_version
-from streams.tools.kafka_server.cleaner import cleaner_threads, niceness
 from streams.tools.processes import ProcessRecord, is_running, stop_process, write_record
 from streams.tools.stack import LocalStack, StackError
 from tests.support import REPO_ROOT, free_port, private_stack_settings
@@ -455,22 +454,6 @@ async def test_the_local_brokers_log_cleaner_is_throttled(stack_settings: Settin
             ConfigResourceType.BROKER, first_node,
             {"log.cleaner.io.max.bytes.per.second": None}))
     assert float(found["log.cleaner.io.max.bytes.per.second"]) == CLEANER_IO_BYTES_PER_S
-
-
-def test_the_local_brokers_log_cleaner_runs_at_the_lowest_cpu_priority(
-        shared_kafka: LocalStack) -> None:
-    """Kafka's throttle lets a pass shorter than its 300 ms check run at a whole core
-    (streams/tools/kafka_server/cleaner.py); the stack lowers the cleaner's priority instead."""
-    broker = shared_kafka.record("broker-1")
-    assert broker is not None and is_running(broker)
-
-    threads = cleaner_threads(broker.pid)
-
-    assert threads, "Kafka's log cleaner thread is running"
-    assert [niceness(thread) for thread in threads] == [19] * len(threads)
-    others = [int(task.name) for task in Path(f"/proc/{broker.pid}/task").iterdir()
-              if int(task.name) not in threads]
-    assert {niceness(thread) for thread in others} == {0}
 
 
 async def test_topics_on_three_nodes_are_replicated_three_times_with_min_isr_2(

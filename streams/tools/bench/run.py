@@ -132,10 +132,7 @@ async def _phases(run: _Run) -> None:
                         replication, security=run.security)
     run.result["details"]["broker"] = {"bootstrap": run.bootstrap, "nodes": nodes,
                                        "replication": replication,
-                                       "private": not options.use_stack,
-                                       # of a private stack's log-cleaner threads
-                                       "cleaner_nice": (None if options.use_stack else
-                                                        run.settings.stack_cleaner_nice)}
+                                       "private": not options.use_stack}
     if options.use_stack:
         await _require_empty_event_topics(run)
     path = run.workdir / "events.jsonl"

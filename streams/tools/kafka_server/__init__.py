@@ -182,10 +182,11 @@ def server_properties(node: NodeConfig, voters: list[NodeConfig],
         "log.cleaner.min.cleanable.ratio": 0.2,
         "log.cleaner.dedupe.buffer.size": 32 * 1024 * 1024,
         # The local broker shares its cores with the workers: this bounds the cleaner's
-        # sustained rate, not a pass shorter than the throttle's 300 ms check, which still
-        # takes a whole core (cleaner.py lowers the cleaner threads' priority for that). The
-        # price: after a burst of writes it lags further behind, so a worker on a fresh disk
-        # reads more of the changelog (docs/performance-log.md, fifteenth session).
+        # sustained rate. It cannot bound a pass shorter than 300 ms: Kafka's throttler checks
+        # the rate every 300 ms since its last check, and after an idle gap that first check
+        # sees a low rate, so a 40-64 MB pass still runs at ~220 MB/s. The price: after a
+        # burst of writes it lags further behind, so a worker on a fresh disk reads more of
+        # the changelog (docs/performance-log.md has both measured).
         "log.cleaner.io.max.bytes.per.second": CLEANER_IO_BYTES_PER_S,
         "num.network.threads": 2,
         "num.io.threads": 4,
