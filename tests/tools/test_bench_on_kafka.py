@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 MEMBERS = 200
 EVENTS = 2_000
 TOP_LEVEL = ("events", "members", "partitions", "workers", "raw_passthrough_eps",
-             "faust_floor_eps", "ratio_ceiling", "pipeline_eps", "ratio", "of_faust_floor",
+             "faust_floor_eps", "faust_direct_floor_eps", "ratio_ceiling", "pipeline_eps", "ratio", "of_faust_floor",
              "matches_dry_run",
              "latency_ms", "rss_mb", "state_bytes_per_member", "restart", "broker", "engine_build",
              "machine", "versions", "command", "workdir", "details", "elapsed_s")
@@ -52,7 +52,8 @@ def test_bench_runs_and_its_json_has_every_field(tmp_path):
     assert result["engine_build"] == taggers.ENGINE_BUILD
     assert isinstance(result["matches_dry_run"], bool)
     assert result["details"]["pipeline"]["matches_dry_run"] == result["matches_dry_run"]
-    for name in ("raw_passthrough_eps", "faust_floor_eps", "pipeline_eps", "rss_mb",
+    for name in ("raw_passthrough_eps", "faust_floor_eps", "faust_direct_floor_eps",
+                 "pipeline_eps", "rss_mb",
                  "state_bytes_per_member"):
         assert isinstance(result[name], (int, float)), name
     # the measure, next to the ratio against raw passthrough
@@ -108,7 +109,10 @@ def test_bench_runs_and_its_json_has_every_field(tmp_path):
     [pipeline_pauses] = result["details"]["pipeline"]["pauses"]
     assert pipeline_pauses["loop_lag"]["wakes"] > 0
     assert set(pipeline_pauses["gc"]) <= {"0", "1", "2"}
-    for phase in ("pipeline", "faust_floor"):
+    # the floor's fetch path alone, each message handed to a handler as the agent's are
+    assert result["details"]["faust_direct_floor"]["messages"] == result["details"][
+        "faust_floor"]["messages"]
+    for phase in ("pipeline", "faust_floor", "faust_direct_floor"):
         machine = result["details"][phase]["machine_pct_of_one_core"]
         assert set(machine) == {"busy", "idle", "steal"} and machine["busy"] > 0, phase
     # the second pass, two workers, against the first in the same run

@@ -6,10 +6,14 @@ import asyncio
 import logging
 from types import SimpleNamespace
 from typing import Any
+from weakref import WeakSet
 
 from collections import defaultdict
 
+from mode.utils.queues import FlowControlEvent
+
 from faust.tables.recovery import Recovery
+from faust.transport.conductor import Conductor
 from faust.transport.consumer import Consumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.types import TP
@@ -17,7 +21,7 @@ from faust.types import TP
 import pytest
 
 from streams.worker import compat
-from streams.worker.members import StreamAck
+from streams.worker.members import ConsumerAck, StreamAck
 
 
 AGENT_TOPICS = ("events.orders", "tagstream-events.reroute")
@@ -37,6 +41,8 @@ def adjusted(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(compat, "_agent_topics", compat._agent_topics)
     monkeypatch.setattr(compat, "_fetch_max_wait_ms", compat._fetch_max_wait_ms)
     monkeypatch.setattr(compat, "_on_sought", compat._on_sought)
+    monkeypatch.setattr(Conductor, "_build_handler", Conductor._build_handler)
+    monkeypatch.setattr(compat, "_direct_handlers", {})
     compat.install(AGENT_TOPICS, FETCH_MAX_WAIT_MS)
 
 
@@ -461,3 +467,95 @@ async def test_a_resumed_coroutine_gets_what_it_waited_for_and_its_cancellation(
     with pytest.raises(asyncio.CancelledError):
         await resumed
     assert seen == ["cancelled"]
+
+
+# --- 6. the fetcher hands the agent's messages to its handler --------------------------------
+
+class HandedMessage:
+    """The fields of a Faust message the direct hand-off reads (weak-referenceable, as
+    Faust's consumer tracks its unacknowledged messages in a WeakSet)."""
+
+    def __init__(self, topic: str, offset: int, generation_id: int) -> None:
+        self.topic, self.partition, self.offset = topic, 0, offset
+        self.tp = TP(topic, 0)
+        self.generation_id = generation_id
+        self.tracked = False
+        self.acked = False
+
+
+def conductor_of(generation_id: int = 7) -> Any:
+    flow = FlowControlEvent()
+    flow.resume()
+    consumer = SimpleNamespace(_unacked_messages=WeakSet())
+    return SimpleNamespace(app=SimpleNamespace(flow_control=flow, consumer=consumer,
+                                               consumer_generation_id=generation_id))
+
+
+def handing_to(handled: list[Any]) -> Any:
+    async def handler(message: Any) -> None:
+        handled.append(message)
+
+    compat.hand_directly(AGENT_TOPICS, handler)
+    return handler
+
+
+async def test_the_agents_messages_are_tracked_and_handed_to_its_handler() -> None:
+    handled: list[Any] = []
+    handing_to(handled)
+    conductor = conductor_of()
+    callback = Conductor._build_handler(conductor, TP("events.orders", 0), set())
+    message = HandedMessage("events.orders", 5, generation_id=7)
+    await callback(message)
+    assert handled == [message]
+    # tracked before the hand-off: a revocation waits for it to be acknowledged
+    assert message.tracked and message in conductor.app.consumer._unacked_messages
+
+
+async def test_a_message_of_an_earlier_generation_is_skipped_unacknowledged() -> None:
+    """As Faust's stream skips it: the seek at the rebalance brings it again."""
+    handled: list[Any] = []
+    handing_to(handled)
+    conductor = conductor_of(generation_id=8)
+    callback = Conductor._build_handler(conductor, TP("events.orders", 0), set())
+    message = HandedMessage("events.orders", 5, generation_id=7)
+    await callback(message)
+    assert handled == [] and not message.tracked and not message.acked
+
+
+async def test_nothing_is_handed_over_while_flow_is_suspended() -> None:
+    handled: list[Any] = []
+    handing_to(handled)
+    conductor = conductor_of(generation_id=7)
+    callback = Conductor._build_handler(conductor, TP("events.orders", 0), set())
+    conductor.app.flow_control.suspend()
+    waiting = asyncio.ensure_future(callback(HandedMessage("events.orders", 5, 7)))
+    await asyncio.sleep(0.01)
+    assert not waiting.done() and handled == []
+    # the rebalance ends with a new generation: the message fetched before it is skipped
+    conductor.app.consumer_generation_id = 8
+    conductor.app.flow_control.resume()
+    await waiting
+    assert handled == []
+
+
+async def test_other_topics_get_fausts_own_callback(monkeypatch: pytest.MonkeyPatch) -> None:
+    built: list[TP] = []
+    monkeypatch.setattr(compat, "_build_handler",
+                        lambda conductor, tp, channels: built.append(tp) or "faust's own")
+    handing_to([])
+    assert Conductor._build_handler(conductor_of(), TP("tables.x", 0), set()) == "faust's own"
+    compat.hand_directly(AGENT_TOPICS, None)  # handed to the streams again
+    assert Conductor._build_handler(conductor_of(), TP("events.orders", 0), set()) == (
+        "faust's own")
+    assert built == [TP("tables.x", 0), TP("events.orders", 0)]
+
+
+async def test_the_agents_consumer_ack_counts_and_counts_once() -> None:
+    """Given inside `acknowledging`, so Faust commits it; again, it changes nothing."""
+    consumer, tp = bookkeeping_consumer(), TP("events.orders", 0)
+    consumer.ack = lambda message: Consumer.ack(consumer, message)
+    ack = ConsumerAck(consumer, FetchedMessage("events.orders", 0))
+    await ack()
+    await ack()
+    assert consumer._acked[tp] == [0]
+    assert Consumer._new_offset(consumer, tp) == 1

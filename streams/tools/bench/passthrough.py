@@ -80,32 +80,47 @@ async def raw_passthrough(run: _Run) -> float:
     return round(eps)
 
 
-async def faust_floor(run: _Run) -> None:
+async def faust_floor(run: _Run, direct: bool = False) -> None:
     """A Faust agent that only acknowledges (streams/tools/bench_floor.py) over the same messages:
-    the most any Faust agent does here, so `ratio_ceiling` bounds `ratio`."""
+    the floor `of_faust_floor` is measured against. `direct`: the same worker with its
+    fetcher handing each message to a handler that only acknowledges it, as it hands the member
+    agent its messages (no stream): Faust's fetch path alone."""
     total = run.messages
-    report = run.workdir / "faust-floor.json"
+    name = "faust direct floor" if direct else "faust floor"
+    slug = name.replace(" ", "-")
+    report = run.workdir / f"{slug}.json"
     report.unlink(missing_ok=True)
-    run.say(f"faust floor: a Faust agent that only acknowledges, over the same {total:,} messages")
+    run.say(f"{name}: " + ("a Faust worker's fetcher handing each message to a handler that "
+                           "only acknowledges it" if direct else
+                           "a Faust agent that only acknowledges") +
+            f", over the same {total:,} messages")
     [port] = free_ports(1)
     machine_before, wall_from = machine_times(), time.time()
-    child = Child("faust floor", [sys.executable, "-m", "streams.tools.bench_floor", str(total),
-                                  str(report)],
-                  run.env(app_id=f"{run.settings.app_id}-floor", web_port=port),
-                  run.workdir / "faust-floor.log", run.children)
+    child = Child(name, [sys.executable, "-m", "streams.tools.bench_floor", str(total),
+                         str(report), *(["--direct"] if direct else [])],
+                  run.env(app_id=f"{run.settings.app_id}-{slug}", web_port=port),
+                  run.workdir / f"{slug}.log", run.children)
     deadline = time.monotonic() + READY_TIMEOUT_S + total / 1000  # >= 1,000 messages/s
     while not report.exists():
         if not child.alive():
-            raise BenchError(f"the Faust floor worker exited; its log ({child.log_path}):\n"
+            raise BenchError(f"the {name} worker exited; its log ({child.log_path}):\n"
                              f"{child.log_tail()}")
         if time.monotonic() > deadline:
-            raise BenchError(f"the Faust floor worker did not see {total:,} messages in time; "
+            raise BenchError(f"the {name} worker did not see {total:,} messages in time; "
                              f"its log ({child.log_path}):\n{child.log_tail()}")
         await asyncio.sleep(0.2)
     machine = machine_pct(machine_before, machine_times(), time.time() - wall_from)
     child.stop()
     floor = orjson.loads(report.read_bytes())
     eps = floor["messages"] / floor["seconds"] if floor["seconds"] > 0 else 0.0
+    if direct:
+        run.result["faust_direct_floor_eps"] = round(eps)
+        run.result["details"]["faust_direct_floor"] = {
+            "messages": floor["messages"], "seconds": round(floor["seconds"], 3),
+            "machine_pct_of_one_core": machine}
+        run.say(f"{name}: {floor['messages']:,} messages in {floor['seconds']:.2f} s = "
+                f"{eps:,.0f}/s")
+        return
     raw = run.result["raw_passthrough_eps"]
     run.result["faust_floor_eps"] = round(eps)
     run.result["ratio_ceiling"] = round(eps / raw, 3) if raw else None

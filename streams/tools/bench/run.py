@@ -147,6 +147,7 @@ async def _phases(run: _Run) -> None:
                    f"sent {replayed:,} (events and watermark markers)")
     run.result["raw_passthrough_eps"] = await raw_passthrough(run)
     await faust_floor(run)
+    await faust_floor(run, direct=True)
     expected = _dry_run(run, path)
     await _pipeline(run, expected)
     await _restart_and_latency(run)
