@@ -22,8 +22,15 @@ from streams.platform import metrics
 # almost nothing (254 objects in a 300,000-event replay), yet each full one walks every event
 # held for the event clock. Over the pipeline phase of `tagstream bench --members 100000
 # --events 300000`: 9,077 young, 825 middle and 53 full collections, 6.2 s of 78 and 43 loop
-# wakes over 50 ms late, with Python's; 347, 31 and 2, 0.5 s of 69 and 6 late, with these.
-STARTED_WORKER_GC_THRESHOLDS = (5000, 10, 100)
+# wakes over 50 ms late, with Python's; 347, 31 and 2, 0.5 s of 69 and 6 late, with (5000,
+# 10, 100). Since the fetcher hands the agent its messages, a worker under full load holds
+# about four times as many new objects per event across a collection (a faster batch's
+# events, acknowledgements and records), and at 5,000 the young ones were collected every
+# ~160 events while still held: 18 s of a 197-s phase at 100,000 members. At 20,000, four
+# runs alternated (`tagstream bench --members 100000 --events 1000000`): 14.1 and 14.8 s of
+# collections against 17.8 and 18.5, pipeline 5,161 and 5,351 ev/s against 4,956 and 5,118,
+# p99 at half rate 61.4 and 52.3 ms against 55.1 and 51.9.
+STARTED_WORKER_GC_THRESHOLDS = (20000, 10, 100)
 
 
 class PauseMonitor:
