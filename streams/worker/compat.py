@@ -58,13 +58,13 @@ sensors, and acknowledges it through the Event and the Message. That path, not t
 is what bounds a Faust agent here: on one broker and 404,001 messages, an agent that only
 acknowledges read 12,900-13,300 a second in six runs, and the same worker whose callback
 acknowledged each message itself 107,000 in the run after them (raw aiokafka on the same
-machine: about 108,000). For the topics
-handed to `hand_directly` the callback is the agent's handler. It keeps what the stream does
-that correctness rests on: a message fetched under an earlier consumer generation, or while
-flow is suspended for a rebalance, is skipped unacknowledged (Faust seeks back to the commits
-before flow resumes, so it comes again), and a message is tracked as unacknowledged before it
-is handed over (a revocation waits for those). The channel queue, the Event and the sensors
-are left out. The agent's own stream still subscribes the topics; nothing reaches it.
+machine: about 108,000). For the topics handed to `hand_directly` the callback is the
+agent's handler. It keeps what the stream does that correctness rests on: a message
+fetched under an earlier consumer generation, or while flow is suspended for a rebalance, is
+skipped unacknowledged (Faust seeks back to the commits before flow resumes, so it comes
+again), and a message is tracked as unacknowledged before it is handed over (a revocation
+waits for those). The channel queue, the Event and the sensors are left out. The agent's own
+stream still subscribes the topics; nothing reaches it.
 """
 
 from __future__ import annotations

@@ -23,8 +23,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 MEMBERS = 200
 EVENTS = 2_000
 TOP_LEVEL = ("events", "members", "partitions", "workers", "raw_passthrough_eps",
-             "faust_floor_eps", "faust_direct_floor_eps", "ratio_ceiling", "pipeline_eps", "ratio", "of_faust_floor",
-             "matches_dry_run",
+             "faust_floor_eps", "faust_direct_floor_eps", "ratio_ceiling", "pipeline_eps",
+             "ratio", "of_faust_floor", "matches_dry_run",
              "latency_ms", "rss_mb", "state_bytes_per_member", "restart", "broker", "engine_build",
              "machine", "versions", "command", "workdir", "details", "elapsed_s")
 RESTART = ("with_store_s", "with_store_records", "fresh_disk_s", "fresh_disk_records",
