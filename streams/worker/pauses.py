@@ -29,8 +29,14 @@ from streams.platform import metrics
 # ~160 events while still held: 18 s of a 197-s phase at 100,000 members. At 20,000, four
 # runs alternated (`tagstream bench --members 100000 --events 1000000`): 14.1 and 14.8 s of
 # collections against 17.8 and 18.5, pipeline 5,161 and 5,351 ev/s against 4,956 and 5,118,
-# p99 at half rate 61.4 and 52.3 ms against 55.1 and 51.9.
-STARTED_WORKER_GC_THRESHOLDS = (20000, 10, 100)
+# p99 at half rate 61.4 and 52.3 ms against 55.1 and 51.9. At 500,000 a young collection
+# comes every ~3,300 events instead of every ~670, when the batch whose objects it would
+# walk and promote is mostly freed: over the same phase 303 young, 28 middle and 3 full
+# collections took 0.7 s against 1,490, 135 and 4 taking 18.0 s (1,386, 125 and 3: 25.8 s
+# in a second run), and the pipeline ran at 4,942 ev/s against 4,479 and 3,577
+# (docs/performance-log.md, twenty-first session). A collection is still due once half a million objects more are made than freed:
+# the cycles some library makes (an exception's traceback) are still reclaimed.
+STARTED_WORKER_GC_THRESHOLDS = (500_000, 10, 100)
 
 
 class PauseMonitor:

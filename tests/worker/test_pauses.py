@@ -94,3 +94,27 @@ def test_a_started_worker_collects_less_often_than_python_would() -> None:
                    zip(STARTED_WORKER_GC_THRESHOLDS[::2], python_default[::2]))
     finally:
         gc.set_threshold(*python_default)
+
+
+def test_at_the_started_thresholds_reference_cycles_are_still_collected_on_their_own() -> None:
+    """Collections come rarely, not never: cycles some library leaves (an exception and its
+    traceback) are reclaimed once enough of them pile up, with no explicit gc.collect()."""
+    python_default = gc.get_threshold()
+    collected: list[int] = []
+
+    def note(phase: str, info: dict) -> None:
+        if phase == "stop":
+            collected.append(info["collected"])
+
+    gc.collect()
+    gc.callbacks.append(note)
+    try:
+        PauseMonitor.collect_less_often()
+        for _ in range(STARTED_WORKER_GC_THRESHOLDS[0] + 1000):
+            cycle: list = []
+            cycle.append(cycle)
+            del cycle
+        assert sum(collected) > 0
+    finally:
+        gc.callbacks.remove(note)
+        gc.set_threshold(*python_default)
