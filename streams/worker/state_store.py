@@ -21,7 +21,6 @@ from typing import Any, Callable, Iterator
 
 from faust.stores.rocksdb import Store as RocksDBStore
 from faust.types import TP
-from rocksdict import WriteBatch
 
 from streams.worker.outbox import DeliveredOffsets
 
@@ -101,24 +100,16 @@ class MemberStore:
     def _write_now(self, states: StagedStates, delivered: DeliveredOffsets) -> None:
         store = self.table.data
         if isinstance(store, RocksDBStore):
-            # One write batch per partition's database, as Faust's own recovery writes: a
-            # batch's states land together, with one write-ahead-log append each. Straight to
-            # the partition's database: the store's own __setitem__ takes the partition from
-            # the message being handled, which a batch does not have.
-            writes: dict[int, WriteBatch] = {}
-            key_index = store._key_index  # noqa: SLF001
             for key, partition, raw in states:
-                write = writes.get(partition)
-                if write is None:
-                    write = writes[partition] = WriteBatch(raw_mode=True)
+                # Straight to the partition's database: the store's own __setitem__ takes the
+                # partition from the message being handled, which a batch does not have.
+                db = store._db_for_partition(partition)  # noqa: SLF001
                 if raw is None:
-                    write.delete(key)
-                    key_index.pop(key, None)
+                    db.delete(key)
+                    store._key_index.pop(key, None)  # noqa: SLF001
                 else:
-                    write.put(key, raw)
-                    key_index[key] = partition
-            for partition, write in writes.items():
-                store._db_for_partition(partition).write(write)  # noqa: SLF001
+                    db.put(key, raw)
+                    store._key_index[key] = partition  # noqa: SLF001
             for (topic, partition), offset in delivered.items():
                 if topic == self.changelog_topic:
                     store.set_persisted_offset(TP(topic, partition), offset)
