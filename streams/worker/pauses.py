@@ -19,23 +19,13 @@ from streams.platform import metrics
 # The collector's thresholds (young, middle, oldest) once a worker is started, against
 # Python's (700, 10, 10). What the worker makes per event forms no reference cycles (states
 # are bytes; the engine makes none, tests/taggers/test_dryrun.py), so its collections free
-# almost nothing (254 objects in a 300,000-event replay), yet each full one walks every event
-# held for the event clock. Over the pipeline phase of `tagstream bench --members 100000
-# --events 300000`: 9,077 young, 825 middle and 53 full collections, 6.2 s of 78 and 43 loop
-# wakes over 50 ms late, with Python's; 347, 31 and 2, 0.5 s of 69 and 6 late, with (5000,
-# 10, 100). Since the fetcher hands the agent its messages, a worker under full load holds
-# about four times as many new objects per event across a collection (a faster batch's
-# events, acknowledgements and records), and at 5,000 the young ones were collected every
-# ~160 events while still held: 18 s of a 197-s phase at 100,000 members. At 20,000, four
-# runs alternated (`tagstream bench --members 100000 --events 1000000`): 14.1 and 14.8 s of
-# collections against 17.8 and 18.5, pipeline 5,161 and 5,351 ev/s against 4,956 and 5,118,
-# p99 at half rate 61.4 and 52.3 ms against 55.1 and 51.9. At 500,000 a young collection
-# comes every ~3,300 events instead of every ~670, when the batch whose objects it would
-# walk and promote is mostly freed: over the same phase 303 young, 28 middle and 3 full
-# collections took 0.7 s against 1,490, 135 and 4 taking 18.0 s (1,386, 125 and 3: 25.8 s
-# in a second run), and the pipeline ran at 4,942 ev/s against 4,479 and 3,577
-# (docs/performance-log.md, twenty-first session). A collection is still due once half a million objects more are made than freed:
-# the cycles some library makes (an exception's traceback) are still reclaimed.
+# almost nothing, yet each walks what is alive then: the open batch's decoded states, events
+# and records, which a young collection also promotes for the middle one to walk again. At
+# 500,000 a young collection comes every ~3,300 events at full load, when most of a batch
+# is freed: 0.7-0.9 s of a 100,000-member pipeline phase, against 18-26 s at 20,000
+# (docs/performance-log.md has every threshold tried). Collections still come on their own
+# once half a million objects more are made than freed, so cycles some library makes (an
+# exception's traceback) are reclaimed (tests/worker/test_pauses.py).
 STARTED_WORKER_GC_THRESHOLDS = (500_000, 10, 100)
 
 
