@@ -30,7 +30,9 @@ from streams.platform.redaction import redact_url
 from streams.platform.security import kafka_client_kwargs
 from streams.platform.settings import Settings
 from streams.platform.topics import topic_names
-from streams.tools.processes import ChildProcess, free_ports, port_taken, tagstream_command
+from streams.tools.processes import (
+    ChildProcess, free_ports, port_taken, tagstream_command, uninterrupted_stopping,
+)
 from streams.tools.stack import LocalStack
 
 LOOPBACK = "127.0.0.1"
@@ -79,14 +81,12 @@ def run_demo(settings: Settings, *, members: int, days: int, seed: int,
             guide = befriended.most_common(1)[0][0] if befriended else "guide"
             _serve_pages(settings, workdir, children, worker, guide, steps)
     finally:
-        # Stopping is not cut short by another Ctrl-C or SIGTERM: that would leave processes.
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda signum, frame: say("still stopping what the demo started"))
-        for child in reversed(children):
-            child.stop(20)
-        if not keep_stack and not was_running:
-            say(f"{steps}/{steps} stopping the broker and Redis we started")
-            stack.down()
+        with uninterrupted_stopping(say, "what the demo started"):
+            for child in reversed(children):
+                child.stop(20)
+            if not keep_stack and not was_running:
+                say(f"{steps}/{steps} stopping the broker and Redis we started")
+                stack.down()
         restore_signals()
 
 

@@ -21,10 +21,11 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Iterator, Mapping
 
 from schemas.errors import TagstreamError
 from streams.platform.settings import Settings
@@ -227,6 +228,21 @@ def tagstream_command(settings: Settings, *command: str) -> tuple[list[str], dic
     """argv and environment of `tagstream <command>` run with `settings`, in this interpreter."""
     env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
     return [sys.executable, "-m", "streams.ops.cli", *command], env
+
+
+@contextmanager
+def uninterrupted_stopping(say: Callable[[str], None], what: str) -> Iterator[None]:
+    """While the block stops `what`, Ctrl-C and SIGTERM only say so: an interrupt cutting the
+    stopping short would leave processes running with nobody left to stop them. The previous
+    handlers are back afterwards."""
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, lambda signum, frame: say(f"still stopping {what}"))
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _die_with_parent() -> None:

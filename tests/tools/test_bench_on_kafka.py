@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -136,6 +138,39 @@ def test_bench_runs_and_its_json_has_every_field(tmp_path):
     # Everything it started is stopped: no process is left with the bench's directory in its
     # command line (Kafka, Redis) or environment (workers, sink).
     assert not _processes_mentioning(str(workdir))
+
+
+def test_ctrl_c_again_while_the_bench_stops_does_not_leave_its_broker_running(tmp_path):
+    # Regression: a second Ctrl-C while the bench stopped its children and its private stack
+    # cut the stopping short ("Aborted!"), leaving Kafka and Redis running.
+    workdir = tmp_path / "bench"
+    err_path = tmp_path / "bench.err"
+    with err_path.open("wb") as err:
+        bench = subprocess.Popen(
+            [sys.executable, "-m", "streams.ops.cli", "bench", "--members", str(MEMBERS),
+             "--events", str(EVENTS), "--partitions", "2", "--json", "--workdir", str(workdir)],
+            env={**os.environ, "TAGSTREAM_DATA_DIR": str(tmp_path / "data")},
+            stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while "pipeline: worker(s) ready" not in err_path.read_text("utf-8"):
+            assert bench.poll() is None, err_path.read_text("utf-8")[-3000:]
+            assert time.monotonic() < deadline, err_path.read_text("utf-8")[-3000:]
+            time.sleep(0.1)
+        assert len(_processes_mentioning(str(workdir))) >= 3  # Kafka, Redis, the worker
+        # Ctrl-C, then again and again, as an operator does who finds the stopping slow.
+        while bench.poll() is None and time.monotonic() < deadline:
+            bench.send_signal(signal.SIGINT)
+            time.sleep(0.3)
+        assert bench.poll() is not None, "the bench did not stop within the test's time"
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+            bench.wait()
+    stderr = err_path.read_text("utf-8")
+    assert bench.returncode != 0, stderr[-3000:]
+    assert "still stopping what the bench started" in stderr, stderr[-3000:]
+    assert not _processes_mentioning(str(workdir)), stderr[-3000:]
 
 
 def _processes_mentioning(text: str) -> list[int]:

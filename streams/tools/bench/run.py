@@ -16,7 +16,7 @@ from schemas.errors import TagstreamError
 from streams.platform.admin import ensure_tagstream_topics, ensure_topics
 from streams.platform.settings import Settings
 from streams.tools.kafka_server import kafka_version
-from streams.tools.processes import free_ports
+from streams.tools.processes import free_ports, uninterrupted_stopping
 from streams.tools.stack import LocalStack
 from streams.tools.bench.common import (
     BenchError, BenchOptions, PASSTHROUGH_TOPIC, PROFILERS, Say, _Run, _cluster_nodes, _warn,
@@ -75,18 +75,19 @@ def run_bench(settings: Settings, options: BenchOptions, say: Say) -> dict[str, 
                                if isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError))
                                else f"{type(exc).__name__}: {exc}")
     finally:
-        for child in reversed(run.children):
-            child.stop()
-        if stack is not None:
-            if options.keep_stack and "error" not in run.result:
-                say(f"Kafka ({settings.broker}) and Redis ({settings.redis_url}) keep "
-                    f"running; stop them with: TAGSTREAM_STACK_DIR={settings.stack_dir} "
-                    "tagstream stack down")
-            else:
-                stack.down()
-                # The private cluster's log dirs: hundreds of MB at 100,000 members, and of
-                # no use once it is down (the run's logs stay beside them).
-                shutil.rmtree(stack.kafka_dir, ignore_errors=True)
+        with uninterrupted_stopping(say, "what the bench started"):
+            for child in reversed(run.children):
+                child.stop()
+            if stack is not None:
+                if options.keep_stack and "error" not in run.result:
+                    say(f"Kafka ({settings.broker}) and Redis ({settings.redis_url}) keep "
+                        f"running; stop them with: TAGSTREAM_STACK_DIR={settings.stack_dir} "
+                        "tagstream stack down")
+                else:
+                    stack.down()
+                    # The private cluster's log dirs: hundreds of MB at 100,000 members, and
+                    # of no use once it is down (the run's logs stay beside them).
+                    shutil.rmtree(stack.kafka_dir, ignore_errors=True)
         signal.signal(signal.SIGTERM, previous_sigterm)
         run.result["elapsed_s"] = round(time.perf_counter() - started, 1)
         run.result["machine"]["loadavg_1m_end"] = round(os.getloadavg()[0], 2)

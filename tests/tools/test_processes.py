@@ -1,0 +1,17 @@
+"""The process runner's signal guard, without any process started."""
+
+from __future__ import annotations
+
+import signal
+
+from streams.tools.processes import uninterrupted_stopping
+
+
+def test_interrupts_while_stopping_are_reported_not_raised_and_the_handlers_come_back() -> None:
+    said: list[str] = []
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    with uninterrupted_stopping(said.append, "the broker"):
+        signal.raise_signal(signal.SIGINT)  # its handler has run when this returns
+        signal.raise_signal(signal.SIGTERM)
+    assert said == ["still stopping the broker"] * 2
+    assert {sig: signal.getsignal(sig) for sig in before} == before
