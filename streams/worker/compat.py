@@ -63,8 +63,10 @@ agent's handler. It keeps what the stream does that correctness rests on: a mess
 fetched under an earlier consumer generation, or while flow is suspended for a rebalance, is
 skipped unacknowledged (Faust seeks back to the commits before flow resumes, so it comes
 again), and a message is tracked as unacknowledged before it is handed over (a revocation
-waits for those). The channel queue, the Event and the sensors are left out. The agent's own
-stream still subscribes the topics; nothing reaches it.
+waits for those). The channel queue, the Event and the sensors are left out, except the time each
+partition last took a message in, which Faust's livelock check reads (without it, every
+partition of the agent's was logged as a stream that never started once the worker had run
+300 s). The agent's own stream still subscribes the topics; nothing reaches it.
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from contextlib import contextmanager
+from time import monotonic
 from typing import Any, Awaitable, Callable, Coroutine, Generator, Iterable, Iterator
 
 from faust.tables import recovery as faust_recovery
@@ -272,6 +275,11 @@ def _build_handler_handing_directly(self: Any, tp: Any, channels: Any) -> Any:
 def _handing_to(app: Any, handler: MessageHandler) -> Callable[[Any], Awaitable[None]]:
     flow_control = app.flow_control
     unacknowledged = app.consumer._unacked_messages  # noqa: SLF001
+    # When each partition last had a message taken in, which a stream records through
+    # Monitor.on_stream_event_in. Faust's livelock check reads it: a partition with messages
+    # to read and no time here after stream_processing_timeout (300 s) is logged as a stream
+    # that never started, every 7 s, and its commits are then never checked.
+    inbound_times = app.monitor.stream_inbound_time
 
     async def on_message(message: Any) -> None:
         # as Faust's callback: nothing is handed over while a rebalance suspends flow
@@ -284,6 +292,7 @@ def _handing_to(app: Any, handler: MessageHandler) -> Callable[[Any], Awaitable[
         if not message.tracked:
             message.tracked = True
             unacknowledged.add(message)
+        inbound_times[message.tp] = monotonic()
         await handler(message)
 
     return on_message

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from time import monotonic
 from types import SimpleNamespace
 from typing import Any
 from weakref import WeakSet
@@ -15,7 +16,10 @@ from mode.utils.queues import FlowControlEvent
 from faust.tables.recovery import Recovery
 from faust.transport.conductor import Conductor
 from faust.transport.consumer import Consumer
-from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+from faust.transport.drivers.aiokafka import (
+    SLOW_PROCESSING_NO_RECENT_COMMIT, SLOW_PROCESSING_STREAM_IDLE_SINCE_START,
+    AIOKafkaConsumerThread,
+)
 from faust.types import TP
 
 import pytest
@@ -487,8 +491,12 @@ def conductor_of(generation_id: int = 7) -> Any:
     flow = FlowControlEvent()
     flow.resume()
     consumer = SimpleNamespace(_unacked_messages=WeakSet())
+    monitor = SimpleNamespace(stream_inbound_time={})  # what Faust's Monitor keeps per TP
     return SimpleNamespace(app=SimpleNamespace(flow_control=flow, consumer=consumer,
-                                               consumer_generation_id=generation_id))
+                                               consumer_generation_id=generation_id,
+                                               monitor=monitor,
+                                               topics=SimpleNamespace(
+                                                   acks_enabled_for=lambda topic: True)))
 
 
 def handing_to(handled: list[Any]) -> Any:
@@ -559,3 +567,59 @@ async def test_the_agents_consumer_ack_counts_and_counts_once() -> None:
     await ack()
     assert consumer._acked[tp] == [0]
     assert Consumer._new_offset(consumer, tp) == 1
+
+
+class ErrorLog:
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+
+    def error(self, message: str, *args: Any) -> None:
+        self.errors.append(message % args if args else message)
+
+
+def fausts_liveness_check(app: Any, tp: TP, *, running_s: float,
+                          last_commit_s_ago: float) -> list[str]:
+    """What Faust's own check of a partition's event path (AIOKafkaConsumerThread.
+    verify_event_path, every 7 s) logs for `tp` of a worker running `running_s`, whose
+    partition has messages past its position (fetched, not all acknowledged)."""
+    now = monotonic()
+    log = ErrorLog()
+    position = SimpleNamespace(highwater=100, position=40)
+    assignment = SimpleNamespace(state_value=lambda aiotp: position)
+    aiokafka_consumer = SimpleNamespace(_fetcher=SimpleNamespace(_subscriptions=SimpleNamespace(
+        subscription=SimpleNamespace(assignment=assignment))))
+    thread = SimpleNamespace(
+        consumer=SimpleNamespace(app=app), time_started=now - running_s, log=log,
+        _verify_aiokafka_event_path=lambda now, tp: False,  # the fetches themselves are fine
+        _ensure_consumer=lambda: aiokafka_consumer,
+        tp_stream_timeout_secs=300.0, tp_commit_timeout_secs=300.0,
+        tp_last_committed_at={tp: now - last_commit_s_ago},
+        _log_slow_processing_stream=log.error, _log_slow_processing_commit=log.error)
+    AIOKafkaConsumerThread.verify_event_path(thread, now, tp)
+    return log.errors
+
+
+async def test_fausts_liveness_check_sees_the_agent_take_its_messages_in() -> None:
+    """Regression: with the hand-off, no stream recorded taking a message in, so once a worker
+    had run 300 s Faust logged every partition of the agent's as a stream that never started,
+    every 7 s (1,066 errors in the 1,000,000-member bench's 17-minute phase)."""
+    handing_to([])
+    conductor, tp = conductor_of(), TP("events.orders", 0)
+    await Conductor._build_handler(conductor, tp, set())(HandedMessage("events.orders", 5, 7))
+    assert fausts_liveness_check(conductor.app, tp, running_s=400, last_commit_s_ago=1) == []
+
+
+def test_without_the_record_faust_reports_a_stream_that_never_started() -> None:
+    conductor, tp = conductor_of(), TP("events.orders", 0)
+    [error] = fausts_liveness_check(conductor.app, tp, running_s=400, last_commit_s_ago=1)
+    assert error.startswith(SLOW_PROCESSING_STREAM_IDLE_SINCE_START.split("%r")[0] + repr(tp))
+
+
+async def test_fausts_commit_check_now_reaches_the_agents_partitions() -> None:
+    """Past the stream check, Faust checks the partition's commits: a stalled commit on a
+    partition the agent takes messages from is reported as one."""
+    handing_to([])
+    conductor, tp = conductor_of(), TP("events.orders", 0)
+    await Conductor._build_handler(conductor, tp, set())(HandedMessage("events.orders", 5, 7))
+    [error] = fausts_liveness_check(conductor.app, tp, running_s=900, last_commit_s_ago=400)
+    assert error.startswith(SLOW_PROCESSING_NO_RECENT_COMMIT.split("%r")[0] + repr(tp))
