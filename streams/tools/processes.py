@@ -233,11 +233,13 @@ def tagstream_command(settings: Settings, *command: str) -> tuple[list[str], dic
 @contextmanager
 def uninterrupted_stopping(say: Callable[[str], None], what: str) -> Iterator[None]:
     """While the block stops `what`, Ctrl-C and SIGTERM only say so: an interrupt cutting the
-    stopping short would leave processes running with nobody left to stop them. The previous
+    stopping short would leave processes running with nobody left to stop them. A signal the
+    process ignores (a shell's background job ignores SIGINT) stays ignored. The previous
     handlers are back afterwards."""
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    for sig in previous:
-        signal.signal(sig, lambda signum, frame: say(f"still stopping {what}"))
+    for sig, handler in previous.items():
+        if handler is not signal.SIG_IGN:
+            signal.signal(sig, lambda signum, frame: say(f"still stopping {what}"))
     try:
         yield
     finally:

@@ -15,3 +15,16 @@ def test_interrupts_while_stopping_are_reported_not_raised_and_the_handlers_come
         signal.raise_signal(signal.SIGTERM)
     assert said == ["still stopping the broker"] * 2
     assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
+def test_an_ignored_signal_stays_ignored_while_stopping() -> None:
+    said: list[str] = []
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with uninterrupted_stopping(said.append, "the broker"):
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            signal.raise_signal(signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert said == []
