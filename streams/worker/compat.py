@@ -63,8 +63,8 @@ agent's handler. It keeps what the stream does that correctness rests on: a mess
 fetched under an earlier consumer generation, or while flow is suspended for a rebalance, is
 skipped unacknowledged (Faust seeks back to the commits before flow resumes, so it comes
 again), and a message is tracked as unacknowledged before it is handed over (a revocation
-waits for those). The channel queue, the Event and the sensors are left out, except the time each
-partition last took a message in, which Faust's livelock check reads (without it, every
+waits for those). The channel queue, the Event and the sensors are left out, except the time
+each partition last took a message in, which Faust's livelock check reads (without it, every
 partition of the agent's was logged as a stream that never started once the worker had run
 300 s). The agent's own stream still subscribes the topics; nothing reaches it.
 """
