@@ -1,12 +1,21 @@
 """Which members have a deadline due, per partition, without scanning the state table.
 
-A min-heap of (deadline, member_id) per partition, and each member's current deadline.
-Entries are never updated in place: a member whose deadline moves gets a new entry, and the
-old one is dropped when it surfaces, because it is no longer the member's current deadline.
-A member whose deadline did not move adds nothing, and when stale entries outnumber the
-members the heap is rebuilt from the current deadlines, so the heap stays within twice the
-members with a deadline (plus a little) instead of growing by one entry per event. A tick
-costs one heap pop per due or stale entry, never a pass over all members.
+A min-heap per partition of entries that each stand for (deadline, member), and each
+member's current deadline. Entries are never updated in place: a member whose deadline moves
+gets a new entry, and the old one is dropped when it surfaces, because it is no longer the
+member's current deadline. A member whose deadline did not move adds nothing, and when stale
+entries outnumber the members the heap is rebuilt from the current deadlines, so the heap
+stays within twice the members with a deadline (plus a little) instead of growing by one
+entry per event. A tick costs one heap pop per due or stale entry, never a pass over all
+members.
+
+An entry is one int, `deadline << ORDINAL_BITS | ordinal`, the ordinal standing for the
+member in the partition's table of members, not a (deadline, member) tuple: an int is not an
+object the garbage collector tracks. Every tuple pushed was, and the first young collection
+after it walked it: at 1,000,000 members such collections found half a million heap entries
+scattered over the worker's heap and took 0.3-0.4 s each, with nothing to free. Members due
+at the same deadline come out in an order the partition's history fixes (when each was first
+given an ordinal), not by member id; what fires is the same either way.
 """
 
 from __future__ import annotations
@@ -17,84 +26,117 @@ from typing import Iterable
 # Stale entries tolerated beyond one per member before the heap is rebuilt: a small heap is
 # never rebuilt, a large one at most once per as many pushes as it has members.
 COMPACT_SLACK = 1024
+# An entry's low bits: the member's ordinal in its partition (so up to 2**32 members a
+# partition between two rebuilds); the high bits, the deadline in epoch seconds (ordered as
+# the ints are, negative ones too).
+ORDINAL_BITS = 32
+ORDINAL_MASK = (1 << ORDINAL_BITS) - 1
+
+
+class _Partition:
+    """One partition's heap, current deadlines and the table of members its entries name."""
+
+    __slots__ = ("heap", "current", "ordinals", "members")
+
+    def __init__(self) -> None:
+        self.heap: list[int] = []
+        self.current: dict[str, int] = {}  # member -> deadline
+        self.ordinals: dict[str, int] = {}  # member -> ordinal
+        self.members: list[str] = []  # ordinal -> member
+
+    def entry(self, deadline: int, member_id: str) -> int:
+        ordinal = self.ordinals.get(member_id)
+        if ordinal is None:
+            ordinal = self.ordinals[member_id] = len(self.members)
+            self.members.append(member_id)
+        return deadline << ORDINAL_BITS | ordinal
+
+    def rebuild(self) -> None:
+        """The heap from the current deadlines, and the table of members from the members
+        that have one (a member that lost its deadline, erased perhaps, leaves it)."""
+        self.ordinals = {}
+        self.members = []
+        heap = [self.entry(deadline, member_id) for member_id, deadline in self.current.items()]
+        heapq.heapify(heap)
+        self.heap = heap
 
 
 class DeadlineIndex:
     def __init__(self) -> None:
-        self._heaps: dict[int, list[tuple[int, str]]] = {}
-        self._current: dict[int, dict[str, int]] = {}  # partition -> member -> deadline
+        self._partitions: dict[int, _Partition] = {}
 
     def is_loaded(self, partition: int) -> bool:
-        return partition in self._heaps
+        return partition in self._partitions
 
     def open_partition(self, partition: int) -> None:
         """The partition's heap, empty and loaded from now on; `add_stored` fills it from the
         stored states, `push` with every state stored since."""
-        self._current[partition] = {}
-        self._heaps[partition] = []
+        self._partitions[partition] = _Partition()
+
+    def _partition(self, partition: int) -> _Partition:
+        held = self._partitions.get(partition)
+        if held is None:
+            held = self._partitions[partition] = _Partition()
+        return held
 
     def add_stored(self, partition: int, entries: Iterable[tuple[int | None, str]]) -> None:
         """Deadlines read from stored states while the partition's heap is rebuilt. A member
         pushed since has a newer state, and keeps its own deadline."""
-        current = self._current.setdefault(partition, {})
-        heap = self._heaps.setdefault(partition, [])
+        held = self._partition(partition)
+        current, heap = held.current, held.heap
         for deadline, member_id in entries:
             if deadline is not None and member_id not in current:
                 current[member_id] = deadline
-                heapq.heappush(heap, (deadline, member_id))
+                heapq.heappush(heap, held.entry(deadline, member_id))
 
     def push(self, partition: int, deadline: int | None, member_id: str) -> None:
         """The member's deadline is now `deadline` (None: it has none)."""
         if deadline is None:
-            current = self._current.get(partition)
-            if current:
-                current.pop(member_id, None)  # its entries in the heap are stale now
+            held = self._partitions.get(partition)
+            if held is not None:
+                held.current.pop(member_id, None)  # its entries in the heap are stale now
             return
-        current = self._current.setdefault(partition, {})
+        held = self._partition(partition)
+        current = held.current
         if current.get(member_id) == deadline:
             return
         current[member_id] = deadline
-        heap = self._heaps.setdefault(partition, [])
-        heapq.heappush(heap, (deadline, member_id))
-        if len(heap) > 2 * len(current) + COMPACT_SLACK:
-            self._heaps[partition] = _heap_of(current)
+        heapq.heappush(held.heap, held.entry(deadline, member_id))
+        if len(held.heap) > 2 * len(current) + COMPACT_SLACK:
+            held.rebuild()
 
     def pop_due(self, partition: int, now: int, limit: int | None = None) -> list[str]:
         """The members whose current deadline is at or before `now`, each once, in deadline
         order, at most `limit` of them (the earliest); they have no deadline here until
         pushed again. Those beyond `limit` stay due."""
-        heap = self._heaps.get(partition)
+        held = self._partitions.get(partition)
         due: list[str] = []
-        if not heap or heap[0][0] > now:
+        # every entry of a deadline at or before `now` is below the first entry after it
+        bound = (now + 1) << ORDINAL_BITS
+        if held is None or not held.heap or held.heap[0] >= bound:
             return due  # the usual case: it runs after every event on the wall clock
-        current = self._current[partition]  # a partition with a heap has its current deadlines
+        heap, current, members = held.heap, held.current, held.members
         wanted = len(heap) if limit is None else limit
-        while heap and heap[0][0] <= now and len(due) < wanted:
-            deadline, member_id = heapq.heappop(heap)
-            if current.get(member_id) == deadline:
+        while heap and heap[0] < bound and len(due) < wanted:
+            entry = heapq.heappop(heap)
+            member_id = members[entry & ORDINAL_MASK]
+            if current.get(member_id) == entry >> ORDINAL_BITS:
                 del current[member_id]
                 due.append(member_id)
         return due
 
     def any_due(self, partition: int, now: int) -> bool:
         """Something may be due at `now` (the earliest entry, perhaps a stale one)."""
-        heap = self._heaps.get(partition)
-        return bool(heap) and heap[0][0] <= now
+        held = self._partitions.get(partition)
+        return held is not None and bool(held.heap) and held.heap[0] < (now + 1) << ORDINAL_BITS
 
     def drop(self, partition: int) -> None:
-        self._heaps.pop(partition, None)
-        self._current.pop(partition, None)
+        self._partitions.pop(partition, None)
 
     def __len__(self) -> int:
         """Members with a deadline."""
-        return sum(len(current) for current in self._current.values())
+        return sum(len(held.current) for held in self._partitions.values())
 
     def heap_entries(self) -> int:
         """Entries in the heaps, stale ones included."""
-        return sum(len(heap) for heap in self._heaps.values())
-
-
-def _heap_of(current: dict[str, int]) -> list[tuple[int, str]]:
-    heap = [(deadline, member_id) for member_id, deadline in current.items()]
-    heapq.heapify(heap)
-    return heap
+        return sum(len(held.heap) for held in self._partitions.values())
