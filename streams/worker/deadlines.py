@@ -34,31 +34,43 @@ ORDINAL_MASK = (1 << ORDINAL_BITS) - 1
 
 
 class _Partition:
-    """One partition's heap, current deadlines and the table of members its entries name."""
+    """One partition's heap, its members' current entries, and the table of members its
+    entries name. Invariant: a member's current entry is in the heap; any other entry of it
+    is stale (a deadline it no longer has, or an ordinal it was given before)."""
 
-    __slots__ = ("heap", "current", "ordinals", "members")
+    __slots__ = ("heap", "current", "members")
 
     def __init__(self) -> None:
         self.heap: list[int] = []
-        self.current: dict[str, int] = {}  # member -> deadline
-        self.ordinals: dict[str, int] = {}  # member -> ordinal
+        self.current: dict[str, int] = {}  # member -> its current entry
         self.members: list[str] = []  # ordinal -> member
 
-    def entry(self, deadline: int, member_id: str) -> int:
-        ordinal = self.ordinals.get(member_id)
-        if ordinal is None:
-            ordinal = self.ordinals[member_id] = len(self.members)
+    def set(self, member_id: str, deadline: int, previous: int | None) -> None:
+        """Make `deadline` the member's current one (`previous`, its current entry, moves)."""
+        if previous is None:
+            ordinal = len(self.members)
             self.members.append(member_id)
-        return deadline << ORDINAL_BITS | ordinal
+        else:
+            ordinal = previous & ORDINAL_MASK
+        entry = self.current[member_id] = deadline << ORDINAL_BITS | ordinal
+        heapq.heappush(self.heap, entry)
 
-    def rebuild(self) -> None:
-        """The heap from the current deadlines, and the table of members from the members
-        that have one (a member that lost its deadline, erased perhaps, leaves it)."""
-        self.ordinals = {}
-        self.members = []
-        heap = [self.entry(deadline, member_id) for member_id, deadline in self.current.items()]
+    def compact_if_stale(self) -> None:
+        """Rebuild once stale entries, or ordinals no longer current (a member given one anew
+        after it fired or lost its deadline), outnumber the members with a deadline: the heap
+        and the table of members from the current deadlines alone. A member without a
+        deadline (erased perhaps) leaves the table here."""
+        bound = 2 * len(self.current) + COMPACT_SLACK
+        if len(self.heap) <= bound and len(self.members) <= bound:
+            return
+        members: list[str] = []
+        current: dict[str, int] = {}
+        for member_id, entry in self.current.items():
+            current[member_id] = entry >> ORDINAL_BITS << ORDINAL_BITS | len(members)
+            members.append(member_id)
+        heap = list(current.values())
         heapq.heapify(heap)
-        self.heap = heap
+        self.heap, self.current, self.members = heap, current, members
 
 
 class DeadlineIndex:
@@ -83,11 +95,11 @@ class DeadlineIndex:
         """Deadlines read from stored states while the partition's heap is rebuilt. A member
         pushed since has a newer state, and keeps its own deadline."""
         held = self._partition(partition)
-        current, heap = held.current, held.heap
+        current = held.current
         for deadline, member_id in entries:
             if deadline is not None and member_id not in current:
-                current[member_id] = deadline
-                heapq.heappush(heap, held.entry(deadline, member_id))
+                held.set(member_id, deadline, None)
+        held.compact_if_stale()
 
     def push(self, partition: int, deadline: int | None, member_id: str) -> None:
         """The member's deadline is now `deadline` (None: it has none)."""
@@ -97,13 +109,11 @@ class DeadlineIndex:
                 held.current.pop(member_id, None)  # its entries in the heap are stale now
             return
         held = self._partition(partition)
-        current = held.current
-        if current.get(member_id) == deadline:
+        previous = held.current.get(member_id)
+        if previous is not None and previous >> ORDINAL_BITS == deadline:
             return
-        current[member_id] = deadline
-        heapq.heappush(held.heap, held.entry(deadline, member_id))
-        if len(held.heap) > 2 * len(current) + COMPACT_SLACK:
-            held.rebuild()
+        held.set(member_id, deadline, previous)
+        held.compact_if_stale()
 
     def pop_due(self, partition: int, now: int, limit: int | None = None) -> list[str]:
         """The members whose current deadline is at or before `now`, each once, in deadline
@@ -120,7 +130,7 @@ class DeadlineIndex:
         while heap and heap[0] < bound and len(due) < wanted:
             entry = heapq.heappop(heap)
             member_id = members[entry & ORDINAL_MASK]
-            if current.get(member_id) == entry >> ORDINAL_BITS:
+            if current.get(member_id) == entry:
                 del current[member_id]
                 due.append(member_id)
         return due
@@ -140,3 +150,7 @@ class DeadlineIndex:
     def heap_entries(self) -> int:
         """Entries in the heaps, stale ones included."""
         return sum(len(held.heap) for held in self._partitions.values())
+
+    def named_members(self) -> list[str]:
+        """The members the heaps' entries may name, those with no deadline now included."""
+        return [member for held in self._partitions.values() for member in held.members]
