@@ -33,6 +33,11 @@ ORDINAL_BITS = 32
 ORDINAL_MASK = (1 << ORDINAL_BITS) - 1
 
 
+def _first_entry_after(now: int) -> int:
+    """Every entry of a deadline at or before `now` is below this; every later one is not."""
+    return (now + 1) << ORDINAL_BITS
+
+
 class _Partition:
     """One partition's heap, its members' current entries, and the table of members its
     entries name. Invariant: a member's current entry is in the heap; any other entry of it
@@ -99,7 +104,7 @@ class DeadlineIndex:
         for deadline, member_id in entries:
             if deadline is not None and member_id not in current:
                 held.set(member_id, deadline, None)
-        held.compact_if_stale()
+        held.compact_if_stale()  # a member fired while its state was being read comes back
 
     def push(self, partition: int, deadline: int | None, member_id: str) -> None:
         """The member's deadline is now `deadline` (None: it has none)."""
@@ -121,8 +126,7 @@ class DeadlineIndex:
         pushed again. Those beyond `limit` stay due."""
         held = self._partitions.get(partition)
         due: list[str] = []
-        # every entry of a deadline at or before `now` is below the first entry after it
-        bound = (now + 1) << ORDINAL_BITS
+        bound = _first_entry_after(now)
         if held is None or not held.heap or held.heap[0] >= bound:
             return due  # the usual case: it runs after every event on the wall clock
         heap, current, members = held.heap, held.current, held.members
@@ -138,7 +142,7 @@ class DeadlineIndex:
     def any_due(self, partition: int, now: int) -> bool:
         """Something may be due at `now` (the earliest entry, perhaps a stale one)."""
         held = self._partitions.get(partition)
-        return held is not None and bool(held.heap) and held.heap[0] < (now + 1) << ORDINAL_BITS
+        return held is not None and bool(held.heap) and held.heap[0] < _first_entry_after(now)
 
     def drop(self, partition: int) -> None:
         self._partitions.pop(partition, None)
