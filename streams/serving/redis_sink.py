@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import msgspec
-import orjson
 import redis.exceptions
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
@@ -38,7 +37,7 @@ from streams.platform.settings import Settings
 from streams.platform.topics import topic_names
 from schemas.tasks import decode_task
 from streams.serving.insight_snapshots import snapshots_for
-from streams.serving.redis_store import RedisProfileStore
+from streams.serving.redis_store import RedisProfileStore, ServedProfile
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +64,7 @@ def offset_field(tp: TopicPartition) -> str:
 class Batch:
     """The newest record per member among a batch of records, and where each partition ends."""
 
-    profiles: dict[str, tuple[dict[str, Any], int]]  # member_id -> (profile, offset)
+    profiles: dict[str, tuple[ServedProfile, int]]  # member_id -> (profile, offset)
     deletes: dict[str, int]  # member_id -> offset of its tombstone
     ends: dict[TopicPartition, int]  # next offset after the batch, per partition
     skipped: int = 0
@@ -109,18 +108,15 @@ def collect(records: dict[TopicPartition, list[Any]], tasks_topic: str | None = 
                     batch.deletes[member_id] = message.offset
                 continue
             try:
-                profile = orjson.loads(message.value)
-                member_id = profile["member_id"]
-                if not isinstance(member_id, str) or not isinstance(profile.get("tags", []), list):
-                    raise ValueError("member_id must be a string and tags a list")
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                profile = ServedProfile.from_json(message.value)
+            except ValueError as exc:
                 # Only the worker writes this topic; a bad record is a bug to see, not to stall on.
                 log.error("skipping unreadable profile at %s:%s@%s: %s",
                           tp.topic, tp.partition, message.offset, exc)
                 batch.skipped += 1
                 continue
-            batch.deletes.pop(member_id, None)
-            batch.profiles[member_id] = (profile, message.offset)
+            batch.deletes.pop(profile.member_id, None)
+            batch.profiles[profile.member_id] = (profile, message.offset)
     return batch
 
 

@@ -133,6 +133,18 @@ async def test_sink_keeps_the_newest_profile_of_every_member(stack, producer, si
     assert sink.done() is False
 
 
+async def test_an_unreadable_profile_is_skipped_not_stalled_on(stack, producer, sink, store):
+    """Only the worker writes the profiles topic, so a record that is not a profile is a bug
+    to log; the members around it still converge."""
+    expected: dict[str, Any] = {}
+    await produce(producer, [version(m, 0) for m in range(5)], expected)
+    for bad in (b"{not json", b'{"member_id": 7}', b'{"member_id": "M0002", "tags": {}}'):
+        await producer.producer.send(producer.topic, key=b"M0002", value=bad)
+    await produce(producer, [version(m, 1) for m in range(5)], expected)
+    await wait_converged(store, expected)
+    assert sink.done() is False
+
+
 async def test_sink_converges_after_redis_restarts_empty_mid_run(
         stack, local_redis, producer, sink, store):
     expected: dict[str, Any] = {}

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import AsyncIterator
 
+import msgspec
 import pytest
 
 from streams.platform.settings import Settings
-from streams.serving.redis_store import RedisProfileStore
+from streams.serving.redis_store import (APPLY_CHUNK, RedisProfileStore, ServedProfile,
+                                          profile_version)
 from tests.support.profiles import make_profile
 
 pytestmark = pytest.mark.e2e
@@ -156,3 +158,44 @@ async def test_store_survives_a_script_cache_flush(store):
     await store.redis.script_flush()  # as after a Redis restart
     assert (await store.apply([make_profile("M1", tags=[], guides=[], as_of=T2)])).applied == 1
     assert await all_index_keys(store) == {}
+
+
+async def test_a_batch_over_several_script_calls_applies_in_order_and_counts_each(store):
+    """Profiles go APPLY_CHUNK to a script call: across the chunk boundaries each profile is
+    still applied or refused on its own, in the batch's order."""
+    count = 2 * APPLY_CHUNK + 7
+    ids = [f"M{i:04d}" for i in range(count)]
+    batch = [make_profile(m, tags=["member"], guides=["zhang"], as_of=T2) for m in ids]
+    # the same member again, older, at the far end of the batch: refused, counted stale
+    batch.append(make_profile(ids[0], tags=["high_value"], guides=["li"], as_of=T1))
+    # and newer, in the last chunk: applied after the first
+    batch.append(make_profile(ids[1], tags=["high_value"], guides=["zhang"],
+                              as_of="2024-03-03T12:00:00+08:00"))
+    result = await store.apply(batch)
+
+    assert (result.applied, result.stale) == (count + 1, 1)
+    assert (await store.get_profile(ids[0]))["tags"][0]["id"] == "member"
+    assert (await store.get_profile(ids[1]))["tags"][0]["id"] == "high_value"
+    assert (await store.members_for("zhang", "member", limit=500)).member_ids == \
+        [ids[0]] + ids[2:]
+    assert (await store.members_for(None, "high_value", limit=500)).member_ids == [ids[1]]
+
+
+def test_a_profile_record_is_served_as_written_and_indexed_by_its_ids():
+    profile = make_profile("M1", tags=["member", "high_value"], guides=["zhang", "li"], as_of=T2)
+    raw = msgspec.json.encode(profile)
+    served = ServedProfile.from_json(raw)
+    assert served.json == raw  # the worker's bytes, not a re-encoding
+    assert served == ServedProfile.of(profile)._replace(json=raw)
+    assert (served.member_id, served.tags, served.guides, served.contacts) == (
+        "M1", "high_value\x1fmember", "li\x1fzhang", "wmli\x1fwmzhang")
+    assert served.version == profile_version(profile)
+
+
+@pytest.mark.parametrize("raw", [b"{not json", b"[]", b'{"tags": []}', b'{"member_id": 7}',
+                                 b'{"member_id": "M1", "tags": {}}',
+                                 b'{"member_id": "M1", "as_of": "yesterday"}',
+                                 b'{"member_id": "M1", "tags": [{"id": "a\\u001fb"}]}'])
+def test_a_record_that_is_not_a_profile_is_refused_with_a_value_error(raw):
+    with pytest.raises(ValueError):
+        ServedProfile.from_json(raw)
