@@ -35,6 +35,7 @@ from streams.worker.outbox import Record, RecordSender
 from streams.worker.reorder import ReorderBuffer
 from streams.worker.sequence import Admission, DeliverySequence
 from streams.worker.state_store import MemberStore, StagedBatch, StagedStates
+from streams.worker.sweeps import Sweeper
 from taggers.clock import to_epoch
 from taggers.engine import Engine, Outcome
 from schemas.erasure import encode_erasure
@@ -816,8 +817,7 @@ def register_member_agent(app: faust.App, processor: MemberProcessor, topics: To
         return sorted({tp.partition for tp in app.assignor.assigned_actives()
                        if tp.topic in event_topics})
 
-    @app.timer(timer_interval_s)
-    async def tick() -> None:
+    async def sweep() -> None:
         """Deadlines fire with no event needed."""
         if recovering(app):
             # Mid-rebalance the table is still being restored: a deadline heap built now
@@ -840,6 +840,13 @@ def register_member_agent(app: faust.App, processor: MemberProcessor, topics: To
         # Regression: this shipped only a batch already due, so the changes of a deadline
         # fired here waited for the next tick (deadline -> tags.changes: median 525 ms).
         await shipper.ship_when_due()
+
+    sweeper = Sweeper(sweep, on_failure=app.crash)
+
+    @app.timer(timer_interval_s)
+    async def tick() -> None:
+        """A sweep each interval, unless one still runs (streams/worker/sweeps.py)."""
+        sweeper.poke()
 
     @app.timer(5.0)
     async def report_lag() -> None:
@@ -869,6 +876,7 @@ def register_member_agent(app: faust.App, processor: MemberProcessor, topics: To
 
     @app.on_before_shutdown.connect
     async def on_shutdown(app: faust.App, **_: Any) -> None:
+        await sweeper.stop()
         await shipper.drain()
 
 
