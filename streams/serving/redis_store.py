@@ -175,7 +175,7 @@ class ServedProfile(NamedTuple):
     @classmethod
     def of(cls, profile: dict[str, Any]) -> "ServedProfile":
         return cls._joined(
-            profile["member_id"], _version(profile.get("as_of")), orjson.dumps(profile),
+            profile["member_id"], profile_version(profile), orjson.dumps(profile),
             {tag["id"] for tag in profile.get("tags") or ()},
             {g["userid"] for g in profile.get("guides") or () if g.get("userid")},
             {g["external_userid"] for g in profile.get("guides") or ()
