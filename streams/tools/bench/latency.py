@@ -124,6 +124,7 @@ async def measure_latency(run: _Run, rate: float, seconds: float, watched: list[
         started_at = time.time()  # the same instant on the wall clock, for the CPU timeline
         reader = asyncio.create_task(read())
         in_flight = InFlightSends()
+        orders_topic = run.names.orders  # built afresh on each read: once here, not per order
         number = 0
         while (now := time.perf_counter()) - started < seconds:
             due = int((now - started) * rate)
@@ -131,7 +132,7 @@ async def measure_latency(run: _Run, rate: float, seconds: float, watched: list[
                 member_id, value = live_order(first + number)
                 sent_at[f"bench-live-{first + number:08d}".encode()] = time.perf_counter()
                 in_flight.add(await producer.send(
-                    run.names.orders, value, key=member_id.encode(),
+                    orders_topic, value, key=member_id.encode(),
                     partition=partition_for(member_id, partitions)))
                 number += 1
             in_flight.settle()
