@@ -26,21 +26,26 @@ class Sweeper:
         self._sweep = sweep
         self._on_failure = on_failure
         self._task: asyncio.Task[None] | None = None
+        self._stopped = False
 
     @property
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
 
     def poke(self) -> bool:
-        """Start a sweep unless one is running; True if this started one. Returns at once."""
-        if self.running:
+        """Start a sweep unless one is running or the sweeper was stopped; True if this
+        started one. Returns at once."""
+        if self._stopped or self.running:
             return False
         self._task = asyncio.ensure_future(self._run())
         return True
 
     async def stop(self) -> None:
-        """Cancel the running sweep and wait for it (before the worker's last batches ship:
-        a sweep cut short leaves its deadlines in the stored states, due again next start)."""
+        """Cancel the running sweep, wait for it, and start no more: the timer goes on
+        poking while the worker's last batches ship, and a sweep started then would add to
+        a batch after it was drained. A sweep cut short leaves its deadlines in the stored
+        states, due again at the next start."""
+        self._stopped = True
         task, self._task = self._task, None
         if task is not None and not task.done():
             task.cancel()

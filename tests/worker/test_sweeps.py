@@ -87,3 +87,15 @@ async def test_stop_cancels_the_running_sweep_and_waits_for_it():
     await sweeper.stop()
     assert cancelled.is_set() and sweeper.running is False
     await sweeper.stop()  # nothing running: nothing to do
+
+
+async def test_no_sweep_starts_after_stop():
+    """Regression: the timer still pokes while the worker's last batches ship after stop,
+    and a poke then started a sweep again."""
+    sweeps = HeldSweeps()
+    sweeper = Sweeper(sweeps, on_failure=no_failure)
+    await sweeper.stop()
+
+    assert sweeper.poke() is False
+    await asyncio.sleep(0)
+    assert (sweeps.started, sweeper.running) == (0, False)
