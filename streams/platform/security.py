@@ -1,8 +1,9 @@
-"""Connection security from settings: Kafka SSL/SASL for every aiokafka client (Faust's too), and Redis TLS and password. One place, so no client is left connecting in plain text.
+"""Connection security from settings: Kafka SSL/SASL for every aiokafka client (Faust's too) and librdkafka client, and Redis TLS and password. One place, so no client is left connecting in plain text.
 
 Kafka (streams.platform.settings: TAGSTREAM_KAFKA_*): `kafka_client_kwargs` for aiokafka
 producers, consumers and admin clients (the Faust app gets the same values from
-streams.worker.credentials). Redis: `redis_client_kwargs` for `Redis.from_url`.
+streams.worker.credentials); `librdkafka_config` for confluent-kafka's (the bench's live
+orders and their reader). Redis: `redis_client_kwargs` for `Redis.from_url`.
 """
 
 from __future__ import annotations
@@ -50,6 +51,27 @@ def kafka_client_kwargs(settings: Settings) -> dict[str, Any]:
                       sasl_plain_username=settings.kafka_sasl_username,
                       sasl_plain_password=settings.kafka_sasl_password)
     return kwargs
+
+
+def librdkafka_config(settings: Settings) -> dict[str, str]:
+    """The same security as librdkafka configuration properties, for confluent-kafka clients:
+    `Producer({"bootstrap.servers": bootstrap, **librdkafka_config(settings), ...})`.
+    librdkafka verifies the server's certificate and host name by default, as aiokafka's
+    context above does."""
+    check_security(settings)
+    protocol = settings.kafka_security_protocol
+    config = {"security.protocol": protocol.lower()}
+    if protocol in _TLS_PROTOCOLS:
+        files = {"ssl.ca.location": settings.kafka_ssl_cafile,
+                 "ssl.certificate.location": settings.kafka_ssl_certfile,
+                 "ssl.key.location": settings.kafka_ssl_keyfile,
+                 "ssl.key.password": settings.kafka_ssl_key_password}
+        config.update({key: value for key, value in files.items() if value})
+    if protocol.startswith("SASL_"):
+        config.update({"sasl.mechanism": settings.kafka_sasl_mechanism,
+                       "sasl.username": settings.kafka_sasl_username,
+                       "sasl.password": settings.kafka_sasl_password})
+    return config
 
 
 def redis_client_kwargs(settings: Settings) -> dict[str, Any]:

@@ -258,3 +258,30 @@ async def test_redis_sink_with_a_wrong_password_logs_a_redacted_error(stack, pas
     output = log_path.read_text(errors="replace")
     assert "AuthenticationError" in output or "WRONGPASS" in output, output
     assert_no_secret(output, "the Redis sink log")
+
+
+@pytest.mark.parametrize("mechanism", MECHANISMS)
+async def test_the_benchs_librdkafka_clients_log_in_with_the_same_settings(
+        sasl_broker, tmp_path, mechanism):
+    from streams.platform.admin import ensure_tagstream_topics
+    from streams.platform.security import librdkafka_config
+    from streams.tools.bench.librdkafka_clients import OrderProducer, TopicReader
+
+    settings = sasl_settings(sasl_broker, tmp_path, mechanism)
+    await ensure_tagstream_topics(settings)
+    topic = topic_names(settings).orders
+    config = librdkafka_config(settings)
+    read: list[bytes | None] = []
+    reader = TopicReader(settings.broker_bootstrap, config, topic, settings.partitions,
+                         lambda _at, _key, value, _partition: read.append(value))
+    try:
+        reader.start()
+        producer = OrderProducer(settings.broker_bootstrap, config, linger_ms=5)
+        producer.send(topic, b"an order", b"MS1", 0)
+        producer.confirm(60)
+        deadline = time.monotonic() + 60
+        while not read and time.monotonic() < deadline and reader.error is None:
+            time.sleep(0.05)
+    finally:
+        reader.stop()
+    assert read == [b"an order"], reader.error

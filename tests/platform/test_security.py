@@ -21,7 +21,7 @@ from streams.platform.redaction import (
     redact_url,
     secret_values,
 )
-from streams.platform.security import kafka_client_kwargs, redis_client_kwargs
+from streams.platform.security import kafka_client_kwargs, librdkafka_config, redis_client_kwargs
 from streams.platform.settings import ENV_NAMES, Settings, SettingsError
 from streams.worker.credentials import faust_broker_credentials
 from tests.support.tls import make_tls_files
@@ -203,6 +203,34 @@ def test_unreadable_tls_files_name_the_setting_not_the_key_password(tls, tmp_pat
         kafka_client_kwargs(wrong_password)
     assert_no_secret(str(caught.value))
     assert "not-the-password" not in str(caught.value)
+
+
+def test_librdkafka_clients_get_the_same_security():
+    assert librdkafka_config(Settings()) == {"security.protocol": "plaintext"}
+    assert librdkafka_config(secret_settings(kafka_sasl_mechanism="SCRAM-SHA-256")) == {
+        "security.protocol": "sasl_plaintext", "sasl.mechanism": "SCRAM-SHA-256",
+        "sasl.username": "tagstream", "sasl.password": SASL_PASSWORD}
+
+
+def test_librdkafka_loads_the_configured_ca_client_cert_and_key(tls):
+    from confluent_kafka import KafkaException, Producer
+
+    settings = secret_settings(
+        kafka_security_protocol="SASL_SSL", kafka_ssl_cafile=str(tls.ca),
+        kafka_ssl_certfile=str(tls.client_cert), kafka_ssl_keyfile=str(tls.client_key),
+        kafka_ssl_key_password=tls.key_password)
+    config = librdkafka_config(settings)
+    assert config == {
+        "security.protocol": "sasl_ssl", "ssl.ca.location": str(tls.ca),
+        "ssl.certificate.location": str(tls.client_cert),
+        "ssl.key.location": str(tls.client_key), "ssl.key.password": tls.key_password,
+        "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": "tagstream",
+        "sasl.password": SASL_PASSWORD}
+    # librdkafka reads the files when the client is made: a wrong key password fails there
+    Producer({"bootstrap.servers": "127.0.0.1:9", **config}).flush(0)
+    with pytest.raises(KafkaException):
+        Producer({"bootstrap.servers": "127.0.0.1:9", **config,
+                  "ssl.key.password": "not-the-password"})
 
 
 # --- Redis ---------------------------------------------------------------------------------

@@ -1,0 +1,77 @@
+"""The latency phase's librdkafka producer and reader, against the shared broker."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from streams.platform.security import librdkafka_config
+from streams.platform.topics import topic_names
+from streams.tools.bench.common import BenchError
+from streams.tools.bench.librdkafka_clients import OrderProducer, TopicReader
+from tests.support.kafka import create_topics
+
+WAIT_S = 30.0
+
+
+class Received:
+    """What a reader's callback got, for a test to wait on."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[float, bytes | None, bytes | None, int]] = []
+        self._changed = threading.Condition()
+
+    def __call__(self, at: float, key: bytes | None, value: bytes | None,
+                 partition: int) -> None:
+        with self._changed:
+            self.messages.append((at, key, value, partition))
+            self._changed.notify_all()
+
+    def wait_for(self, count: int) -> None:
+        with self._changed:
+            assert self._changed.wait_for(lambda: len(self.messages) >= count, WAIT_S), (
+                f"{len(self.messages)} of {count} messages read")
+
+
+async def test_the_reader_reads_what_is_written_after_it_starts_once_each_and_stamped(
+        stack_settings) -> None:
+    await create_topics(stack_settings)
+    topic = topic_names(stack_settings).tag_changes
+    security = librdkafka_config(stack_settings)
+    bootstrap = stack_settings.broker_bootstrap
+    producer = OrderProducer(bootstrap, security, linger_ms=5)
+    for number in range(4):  # before the reader starts: not read
+        producer.send(topic, b"early-%d" % number, b"key-%d" % number, number % 2)
+    producer.confirm(WAIT_S)
+
+    received = Received()
+    reader = TopicReader(bootstrap, security, topic, 2, received)
+    try:
+        reader.start()
+        before = time.perf_counter()
+        for number in range(10):
+            producer.send(topic, b"late-%d" % number, b"key-%d" % number, number % 2)
+            producer.serve()
+        producer.confirm(WAIT_S)
+        received.wait_for(10)
+        time.sleep(0.2)  # long enough for a duplicate or an early message to show up
+    finally:
+        reader.stop()
+    assert sorted(value for _, _, value, _ in received.messages) == sorted(
+        b"late-%d" % number for number in range(10))
+    assert {partition for _, _, _, partition in received.messages} == {0, 1}
+    assert all(at >= before for at, _, _, _ in received.messages)
+    assert reader.error is None
+
+
+async def test_an_order_that_cannot_be_delivered_fails_the_phase_with_the_reason(
+        stack_settings) -> None:
+    await create_topics(stack_settings)
+    topic = topic_names(stack_settings).orders
+    producer = OrderProducer(stack_settings.broker_bootstrap,
+                             librdkafka_config(stack_settings), linger_ms=5)
+    producer.send(topic, b"{}", b"m1", partition=stack_settings.partitions + 5)
+    with pytest.raises(BenchError, match="not delivered.*(?i:partition)"):
+        producer.confirm(WAIT_S)
