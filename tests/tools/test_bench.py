@@ -163,6 +163,39 @@ def test_the_bench_does_not_collect_garbage_while_it_measures_latency():
     assert gc.isenabled()
 
 
+async def test_the_latency_phase_lets_go_of_each_send_once_it_is_confirmed():
+    """Not all of a phase's sends held to its end: gathering them there stopped the bench's
+    loop as the last orders' tag changes arrived, and stamped them late."""
+    import asyncio
+
+    from streams.tools.bench.latency import InFlightSends
+
+    loop = asyncio.get_running_loop()
+    sends = [loop.create_future() for _ in range(3)]
+    in_flight = InFlightSends()
+    for send in sends:
+        in_flight.add(send)
+    sends[0].set_result(None)
+    sends[2].set_result(None)
+    in_flight.settle()
+    assert len(in_flight) == 2  # in send order: the third waits behind the second
+    sends[1].set_result(None)
+    in_flight.settle()
+    assert len(in_flight) == 0
+
+    failed = loop.create_future()
+    in_flight.add(failed)
+    failed.set_exception(ConnectionError("broker gone"))
+    with pytest.raises(ConnectionError, match="broker gone"):
+        in_flight.settle()
+
+    last = loop.create_future()
+    in_flight.add(last)
+    loop.call_soon(last.set_result, None)
+    await in_flight.confirm()
+    assert last.done() and len(in_flight) == 0
+
+
 def test_the_summary_counts_the_latency_seconds_over_the_target_with_the_machine() -> None:
     from streams.tools.bench.report import format_summary
 

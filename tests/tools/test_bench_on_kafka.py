@@ -71,7 +71,7 @@ def test_bench_runs_and_its_json_has_every_field(tmp_path):
     # the live orders are produced as an upstream system's client batches them (Kafka 4's
     # default linger), not one produce request per order
     assert result["latency_ms"]["producer_linger_ms"] == 5
-    assert result["latency_ms"]["client"].startswith("librdkafka ")
+    assert result["latency_ms"]["reader"].startswith("librdkafka ")
     assert result["latency_ms"]["reader_transient_errors"] == 0
     # each order's latency, for finding when the slow ones were sent
     per_order = Path(result["latency_ms"]["per_order"]).read_text().splitlines()

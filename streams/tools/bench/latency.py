@@ -1,6 +1,8 @@
 """Live latency: orders produced at a rate, each to its tag change on tags.changes.
 
-The orders' producer and the changes' reader are librdkafka's (librdkafka_clients.py says why).
+The orders go out through aiokafka's producer, which puts every partition's batch in one
+request as Kafka's own Java client does; the changes are read by librdkafka's consumer
+(librdkafka_reader.py says why).
 """
 
 from __future__ import annotations
@@ -9,17 +11,18 @@ import asyncio
 import contextlib
 import gc
 import time
+from collections import deque
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
 
 import orjson
 
-from streams.platform.kafka_clients import UPSTREAM_LINGER_MS
+from streams.platform.kafka_clients import UPSTREAM_LINGER_MS, kafka_producer
 from streams.platform.partitioning import partition_for
 from streams.platform.security import librdkafka_config
 from streams.tools.bench.children import Child
-from streams.tools.bench.librdkafka_clients import CLIENT, OrderProducer, TopicReader
+from streams.tools.bench.librdkafka_reader import READER_CLIENT, TopicReader
 from streams.tools.generate import CST
 from streams.tools.bench.common import (
     BenchError, LATENCY_GRACE_S, LIVE_MEMBER_PREFIX, _Run, _quantile, _round,
@@ -40,6 +43,33 @@ def not_collecting() -> Iterator[None]:
         gc.enable()
 
 
+class InFlightSends:
+    """The live orders' sends not yet confirmed, let go of as they are. Gathering a whole
+    phase's sends at its end (~40,000 futures, a callback each) stopped the bench's loop for
+    up to 100 ms just as the last orders' tag changes arrived: they were stamped that late,
+    and every run's last second looked slow."""
+
+    def __init__(self) -> None:
+        self._sends: deque[asyncio.Future] = deque()
+
+    def __len__(self) -> int:
+        return len(self._sends)
+
+    def add(self, send: asyncio.Future) -> None:
+        self._sends.append(send)
+
+    def settle(self) -> None:
+        """Let go of the confirmed sends at the front; a failed one raises its error."""
+        while self._sends and self._sends[0].done():
+            self._sends.popleft().result()
+
+    async def confirm(self) -> None:
+        """Wait for the rest; a failed one raises its error."""
+        self.settle()
+        await asyncio.gather(*self._sends)
+        self._sends.clear()
+
+
 def live_order(number: int) -> tuple[str, bytes]:
     """A first order of a new member: `first_purchase` (and more) is added at once."""
     member_id = f"{LIVE_MEMBER_PREFIX}{number:08d}"
@@ -58,11 +88,11 @@ async def measure_latency(run: _Run, rate: float, seconds: float, watched: list[
     """Paced live orders -> their first tag change read back; latencies in ms."""
     partitions = run.options.partitions
     run.say(f"latency: live first orders at {rate:,.0f}/s for {seconds:.0f} s")
-    security = librdkafka_config(run.settings)
     # Batched as an upstream system's producer would be: on the 2 cores the broker and the
     # bench share with the worker, a request per order would take the CPU the measured worker
     # needs. An order's latency still counts from its send, linger included.
-    producer = OrderProducer(run.bootstrap, security, UPSTREAM_LINGER_MS)
+    producer = kafka_producer(run.bootstrap, acks="all", linger_ms=UPSTREAM_LINGER_MS,
+                              **run.security)
     sent_at: dict[bytes, float] = {}  # event_id -> perf_counter when sent
     samples: list[tuple[float, float, int]] = []  # (sent, ms after the start), ms, partition
     prefix = LIVE_MEMBER_PREFIX.encode()
@@ -76,10 +106,13 @@ async def measure_latency(run: _Run, rate: float, seconds: float, watched: list[
         if sent is not None:
             samples.append(((sent - started) * 1000, (at - sent) * 1000, partition))
 
-    reader = TopicReader(run.bootstrap, security, run.names.tag_changes, partitions, received)
+    reader = TopicReader(run.bootstrap, librdkafka_config(run.settings), run.names.tag_changes,
+                         partitions, received)
     started = time.perf_counter()
     try:
+        await producer.start()
         await asyncio.to_thread(reader.start)
+        in_flight = InFlightSends()
         started = time.perf_counter()
         started_at = time.time()  # the same instant on the wall clock, for the CPU timeline
         orders_topic = run.names.orders  # built afresh on each read: once here, not per order
@@ -89,20 +122,22 @@ async def measure_latency(run: _Run, rate: float, seconds: float, watched: list[
             while number < due:
                 member_id, value = live_order(first + number)
                 sent_at[f"bench-live-{first + number:08d}".encode()] = time.perf_counter()
-                producer.send(orders_topic, value, member_id.encode(),
-                              partition_for(member_id, partitions))
+                in_flight.add(await producer.send(
+                    orders_topic, value, key=member_id.encode(),
+                    partition=partition_for(member_id, partitions)))
                 number += 1
-            producer.serve()
+            in_flight.settle()
             _require_reading(reader)
             _require_alive(watched)
             await asyncio.sleep(0.002)
         sent_seconds = time.perf_counter() - started
-        await asyncio.to_thread(producer.confirm, LATENCY_GRACE_S)
+        await in_flight.confirm()
         waited_until = time.perf_counter() + LATENCY_GRACE_S
         while sent_at and time.perf_counter() < waited_until:
             _require_reading(reader)
             await asyncio.sleep(0.01)
     finally:
+        await producer.stop()
         await asyncio.to_thread(reader.stop)
     samples_path = run.workdir / f"latency-{rate:g}-per-second.csv"
     samples_path.write_text("sent_ms,latency_ms,partition\n" + "".join(
@@ -115,7 +150,7 @@ async def measure_latency(run: _Run, rate: float, seconds: float, watched: list[
         "target_rate_eps": round(rate, 1), "sent": number, "received": len(ordered),
         "missing": number - len(ordered), "seconds": round(sent_seconds, 1),
         "started_at": round(started_at, 3), "per_order": str(samples_path),
-        "producer_linger_ms": UPSTREAM_LINGER_MS, "client": CLIENT,
+        "producer_linger_ms": UPSTREAM_LINGER_MS, "reader": READER_CLIENT,
         "reader_transient_errors": len(reader.transient_errors)}
     run.say(f"latency: p50 {summary['p50']} ms, p99 {summary['p99']} ms over "
             f"{len(ordered):,} of {number:,} live orders")

@@ -1,11 +1,12 @@
-"""The latency phase's upstream producer and downstream reader, on librdkafka (confluent-kafka).
+"""The latency phase's reader of tag changes, on librdkafka (confluent-kafka).
 
 On 2 cores the bench shares the machine with the worker it measures, so its own clients must
-cost little: at 2,000 orders/s in and 8,000 tag changes/s out, aiokafka's producer and
-reader took 29-32% of a core, librdkafka's 17-19% (docs/performance-log.md, twenty-sixth
-session). Upstream systems and downstream consumers run elsewhere in production and seldom
-in Python; what the phase measures is the worker's answer, so the bench should spend as
-little of the machine as it can on asking and listening.
+cost little. Sending 2,000 live orders/s and reading 8,000 tag changes/s took one process
+26.7-32.2% of a core with aiokafka's producer and consumer, 23.1-25.7% with this reader in
+place of the consumer (docs/performance-log.md, twenty-sixth session). The orders still go out
+through aiokafka: librdkafka sends each partition's batch in a request of its own
+(librdkafka issue #1700), four times the produce requests of aiokafka or Kafka's Java
+client at 4 partitions, which cost the broker and the worker more than the bench saved.
 
 The reader runs on a thread of its own and stamps each message when librdkafka hands it over,
 so a busy bench loop cannot make an order look slower than it was.
@@ -19,12 +20,12 @@ import uuid
 from typing import Callable
 
 import confluent_kafka
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from streams.tools.bench.common import BenchError
 
-CLIENT = (f"librdkafka {confluent_kafka.libversion()[0]} "
-          f"(confluent-kafka {confluent_kafka.version()[0]})")
+READER_CLIENT = (f"librdkafka {confluent_kafka.libversion()[0]} "
+                 f"(confluent-kafka {confluent_kafka.version()[0]})")
 # (perf_counter when received, key, value, partition) of each message read
 OnMessage = Callable[[float, bytes | None, bytes | None, int], None]
 # How long the reader waits for a first message before it looks whether it should stop.
@@ -36,49 +37,6 @@ METADATA_TIMEOUT_S = 10.0
 # not mark these retriable there.
 _NO_LEADER_YET = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
                             KafkaError.UNKNOWN_TOPIC_OR_PART})
-
-
-class OrderProducer:
-    """Sends without waiting; `serve` runs delivery reports, `confirm` waits for the rest.
-    A failed delivery raises at the next of either, naming the error."""
-
-    def __init__(self, bootstrap: str, security: dict[str, str], linger_ms: int) -> None:
-        # One request in flight per broker, as aiokafka's producer (which this replaced) and
-        # an upstream system that keeps its orders in order without idempotence send: under
-        # load the orders wait in fuller batches rather than in more requests.
-        self._producer = Producer({"bootstrap.servers": bootstrap, **security, "acks": "all",
-                                   "linger.ms": linger_ms,
-                                   "max.in.flight.requests.per.connection": 1})
-        self._failures: list[str] = []
-
-    def send(self, topic: str, value: bytes, key: bytes, partition: int) -> None:
-        while True:
-            try:
-                self._producer.produce(topic, value, key, partition=partition,
-                                       on_delivery=self._delivered)
-                return
-            except BufferError:  # its local queue is full: let deliveries drain it
-                self._producer.poll(0.01)
-
-    def serve(self) -> None:
-        self._producer.poll(0)
-        self._raise_failures()
-
-    def confirm(self, timeout_s: float) -> None:
-        """Every send delivered, or BenchError."""
-        left = self._producer.flush(timeout_s)
-        self._raise_failures()
-        if left:
-            raise BenchError(f"{left} live orders not delivered within {timeout_s:.0f} s")
-
-    def _delivered(self, error: KafkaError | None, _message: object) -> None:
-        if error is not None:
-            self._failures.append(str(error))
-
-    def _raise_failures(self) -> None:
-        if self._failures:
-            raise BenchError(f"{len(self._failures)} live order(s) not delivered: "
-                             f"{self._failures[0]}")
 
 
 class TopicReader:
