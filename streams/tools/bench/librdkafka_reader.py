@@ -25,7 +25,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from streams.tools.bench.common import BenchError
 
 READER_CLIENT = (f"librdkafka {confluent_kafka.libversion()[0]} "
-                 f"(confluent-kafka {confluent_kafka.version()[0]})")
+                 f"(confluent-kafka {confluent_kafka.__version__})")
 # (perf_counter when received, key, value, partition) of each message read
 OnMessage = Callable[[float, bytes | None, bytes | None, int], None]
 # How long the reader waits for a first message before it looks whether it should stop.
