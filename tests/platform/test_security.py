@@ -157,11 +157,16 @@ def test_sasl_plaintext_for_plain_clients_and_faust_alike(mechanism):
     assert_no_secret(repr(app.conf.broker_credentials))
 
 
-def test_sasl_ssl_verifies_the_broker_with_the_configured_ca_and_presents_a_client_cert(tls):
-    settings = secret_settings(
+def sasl_ssl_settings(tls) -> Settings:
+    """SASL over TLS with the test CA, a client certificate and its encrypted key."""
+    return secret_settings(
         kafka_security_protocol="SASL_SSL", kafka_ssl_cafile=str(tls.ca),
         kafka_ssl_certfile=str(tls.client_cert), kafka_ssl_keyfile=str(tls.client_key),
         kafka_ssl_key_password=tls.key_password)
+
+
+def test_sasl_ssl_verifies_the_broker_with_the_configured_ca_and_presents_a_client_cert(tls):
+    settings = sasl_ssl_settings(tls)
     kwargs = kafka_client_kwargs(settings)
     context = kwargs.pop("ssl_context")
     assert kwargs == {"security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512",
@@ -215,10 +220,7 @@ def test_librdkafka_clients_get_the_same_security():
 def test_librdkafka_loads_the_configured_ca_client_cert_and_key(tls):
     from confluent_kafka import KafkaException, Producer
 
-    settings = secret_settings(
-        kafka_security_protocol="SASL_SSL", kafka_ssl_cafile=str(tls.ca),
-        kafka_ssl_certfile=str(tls.client_cert), kafka_ssl_keyfile=str(tls.client_key),
-        kafka_ssl_key_password=tls.key_password)
+    settings = sasl_ssl_settings(tls)
     config = librdkafka_config(settings)
     assert config == {
         "security.protocol": "sasl_ssl", "ssl.ca.location": str(tls.ca),
