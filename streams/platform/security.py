@@ -2,8 +2,8 @@
 
 Kafka (streams.platform.settings: TAGSTREAM_KAFKA_*): `kafka_client_kwargs` for aiokafka
 producers, consumers and admin clients (the Faust app gets the same values from
-streams.worker.credentials); `librdkafka_config` for confluent-kafka's (the bench's live
-orders and their reader). Redis: `redis_client_kwargs` for `Redis.from_url`.
+streams.worker.credentials); `librdkafka_config` for confluent-kafka's (the bench's reader
+of tag changes). Redis: `redis_client_kwargs` for `Redis.from_url`.
 """
 
 from __future__ import annotations

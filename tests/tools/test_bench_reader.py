@@ -63,3 +63,29 @@ async def test_the_reader_reads_what_is_written_after_it_starts_once_each_and_st
     assert {partition for _, _, _, partition in received.messages} == {0, 1}
     assert all(at >= before for at, _, _, _ in received.messages)
     assert reader.error is None and reader.transient_errors == []
+
+
+async def test_an_error_on_the_readers_thread_is_reported_not_lost(stack_settings) -> None:
+    """A tag change the phase cannot read stops the reader with the reason, and the phase
+    asks `error` on each turn; a thread that died quietly would leave orders missing with no
+    reason given."""
+    await create_topics(stack_settings)
+    topic = topic_names(stack_settings).tag_changes
+
+    def unreadable(_at: float, _key: bytes | None, value: bytes | None, _partition: int) -> None:
+        raise ValueError(f"not a tag change: {value!r}")
+
+    reader = TopicReader(stack_settings.broker_bootstrap, librdkafka_config(stack_settings),
+                         topic, 2, unreadable)
+    producer = kafka_producer(stack_settings.broker_bootstrap)
+    await producer.start()
+    try:
+        reader.start()
+        await producer.send_and_wait(topic, b"garbage", key=b"k", partition=0)
+        deadline = time.monotonic() + WAIT_S
+        while reader.error is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        await producer.stop()
+        reader.stop()
+    assert reader.error == f"reading {topic}: ValueError: not a tag change: b'garbage'"

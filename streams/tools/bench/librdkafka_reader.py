@@ -89,6 +89,12 @@ class TopicReader:
         self._consumer.close()
 
     def _read(self) -> None:
+        try:
+            self._read_until_stopped()
+        except Exception as exc:  # noqa: BLE001 - reported to the phase, which stops on it
+            self.error = f"reading {self._topic}: {type(exc).__name__}: {exc}"
+
+    def _read_until_stopped(self) -> None:
         consumer = self._consumer
         while not self._stopping.is_set():
             first = consumer.consume(1, READ_WAIT_S)
