@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from streams.platform.kafka_clients import kafka_producer
+from streams.ops.replay import produce_raw
 from streams.platform.security import librdkafka_config
 from streams.platform.topics import topic_names
 from tests.support.kafka import create_topics
@@ -37,27 +37,22 @@ async def test_the_reader_reads_what_is_written_after_it_starts_once_each_and_st
         stack_settings) -> None:
     await create_topics(stack_settings)
     topic = topic_names(stack_settings).tag_changes
-    producer = kafka_producer(stack_settings.broker_bootstrap)
-    await producer.start()
+    for number in range(4):  # before the reader starts: not read
+        await produce_raw(stack_settings.broker_bootstrap, topic,
+                          [(b"k%d" % number, b"early-%d" % number)], partition=number % 2)
+    received = Received()
+    reader = TopicReader(stack_settings.broker_bootstrap, librdkafka_config(stack_settings),
+                         topic, 2, received)
     try:
-        for number in range(4):  # before the reader starts: not read
-            await producer.send_and_wait(topic, b"early-%d" % number, key=b"k%d" % number,
-                                         partition=number % 2)
-        received = Received()
-        reader = TopicReader(stack_settings.broker_bootstrap, librdkafka_config(stack_settings),
-                             topic, 2, received)
-        try:
-            reader.start()
-            before = time.perf_counter()
-            for number in range(10):
-                await producer.send_and_wait(topic, b"late-%d" % number, key=b"k%d" % number,
-                                             partition=number % 2)
-            received.wait_for(10)
-            time.sleep(0.2)  # long enough for a duplicate or an early message to show up
-        finally:
-            reader.stop()
+        reader.start()
+        before = time.perf_counter()
+        for number in range(10):
+            await produce_raw(stack_settings.broker_bootstrap, topic,
+                              [(b"k%d" % number, b"late-%d" % number)], partition=number % 2)
+        received.wait_for(10)
+        time.sleep(0.2)  # long enough for a duplicate or an early message to show up
     finally:
-        await producer.stop()
+        reader.stop()
     assert sorted(value for _, _, value, _ in received.messages) == sorted(
         b"late-%d" % number for number in range(10))
     assert {partition for _, _, _, partition in received.messages} == {0, 1}
@@ -77,15 +72,13 @@ async def test_an_error_on_the_readers_thread_is_reported_not_lost(stack_setting
 
     reader = TopicReader(stack_settings.broker_bootstrap, librdkafka_config(stack_settings),
                          topic, 2, unreadable)
-    producer = kafka_producer(stack_settings.broker_bootstrap)
-    await producer.start()
     try:
         reader.start()
-        await producer.send_and_wait(topic, b"garbage", key=b"k", partition=0)
+        await produce_raw(stack_settings.broker_bootstrap, topic, [(b"k", b"garbage")],
+                          partition=0)
         deadline = time.monotonic() + WAIT_S
         while reader.error is None and time.monotonic() < deadline:
             time.sleep(0.05)
     finally:
-        await producer.stop()
         reader.stop()
     assert reader.error == f"reading {topic}: ValueError: not a tag change: b'garbage'"
