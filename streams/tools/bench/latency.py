@@ -98,7 +98,8 @@ async def measure_latency(run: _Run, rate: float, seconds: float, watched: list[
     prefix = LIVE_MEMBER_PREFIX.encode()
 
     def received(at: float, key: bytes | None, value: bytes | None, partition: int) -> None:
-        # on the reader's thread; the dict's pop and the list's append are atomic
+        # on the reader's thread; the dict's pop and the list's append are atomic. `started`
+        # is read only for an order in `sent_at`, all of them sent after it is set.
         if not (key or b"").startswith(prefix) or value is None:
             return  # a history member's timer firing meanwhile
         cause = orjson.loads(value).get("cause") or {}
@@ -108,7 +109,6 @@ async def measure_latency(run: _Run, rate: float, seconds: float, watched: list[
 
     reader = TopicReader(run.bootstrap, librdkafka_config(run.settings), run.names.tag_changes,
                          partitions, received)
-    started = time.perf_counter()
     try:
         await producer.start()
         await asyncio.to_thread(reader.start)
