@@ -97,6 +97,12 @@ class SealedBatch(NamedTuple):
     turn: asyncio.Future[bool]
 
 
+class ChangedMember(NamedTuple):
+    partition: int
+    state: bytes | None  # encoded; None: the member was erased in this batch (tombstones)
+    profile: bytes | None  # the encoded profile of `state`
+
+
 class BatchAbandoned(Exception):
     """An earlier batch failed: this one's states build on it, so its changelog may not go."""
 
@@ -154,8 +160,8 @@ class MemberProcessor:
         self.positions = self.sequence.next_offsets
         # The open batch.
         self._records: list[Record] = []
-        # key -> (partition, state); None for a member erased in this batch
-        self._dirty: dict[bytes, tuple[int, MemberState | None]] = {}
+        # key -> the member's newest state and profile, as this batch changed them
+        self._dirty: dict[bytes, ChangedMember] = {}
         self._acks: list[AckSlot] = []
         self.acks = OrderedAcks()
         self._opened_at: float | None = None
@@ -393,7 +399,7 @@ class MemberProcessor:
         """The member's newest state: from the open batch, else the table."""
         dirty = self._dirty.get(key)
         if dirty is not None:
-            return dirty[1]
+            return decode_state(dirty.state) if dirty.state is not None else None
         raw_state = self.store.get(key, partition)
         return decode_state(raw_state) if raw_state else None
 
@@ -401,8 +407,12 @@ class MemberProcessor:
         state = outcome.state
         if self._opened_at is None:
             self._opened_at = self._monotonic()
-        # An erased member's entry is None: sealing writes tombstones for it.
-        self._dirty[key] = (partition, None if outcome.erasure is not None else state)
+        # Encoded and rendered now, while the state's objects are fresh in the cache, and
+        # freed: the open batch holds bytes, not up to FLUSH_MEMBERS decoded states.
+        self._dirty[key] = (
+            ChangedMember(partition, None, None) if outcome.erasure is not None else
+            ChangedMember(partition, encode_state(state),
+                          encode_profile(render_profile(state, self.engine.pack))))
         for change in outcome.changes:
             self._records.append(
                 Record(self.names.tag_changes, partition, key, encode_change(change)))
@@ -447,20 +457,17 @@ class MemberProcessor:
             return None
         outputs, acks, dirty = self._records, self._acks, self._dirty
         self._records, self._acks, self._dirty, self._opened_at = [], [], {}, None
-        pack = self.engine.pack
         states: StagedStates = []
         changelog: list[Record] = []
-        for key, (partition, state) in dirty.items():
-            if state is None:  # erased: tombstones delete it from the store and the sink
+        for key, (partition, raw, profile) in dirty.items():
+            if raw is None:  # erased: tombstones delete it from the store and the sink
                 states.append((key, partition, None))
                 changelog.append(Record(self.changelog_topic, partition, key, None))
                 outputs.append(Record(self.names.profiles, partition, key, None))
                 continue
-            raw = encode_state(state)
             states.append((key, partition, raw))
             changelog.append(Record(self.changelog_topic, partition, key, raw))
-            outputs.append(Record(self.names.profiles, partition, key,
-                                  encode_profile(render_profile(state, pack))))
+            outputs.append(Record(self.names.profiles, partition, key, profile))
         previous_turn, self._last_turn = (
             self._last_turn, asyncio.get_running_loop().create_future())
         return SealedBatch(outputs, changelog, acks, self.store.stage(states), previous_turn,

@@ -408,6 +408,27 @@ async def test_changes_state_and_acks_wait_for_the_batch_and_go_together() -> No
     assert orjson.loads(h.topics.profiles.sent[-1]["value"])["orders"]["count"] == 2
 
 
+async def test_a_member_changed_twice_in_one_batch_ships_its_newest_state_and_profile_once():
+    """The open batch keeps each changed member encoded: the second event reads the first
+    one's state back, and the batch ships one changelog record and one profile, both of the
+    state after the second event."""
+    h = Harness("wall", wall=2e9)
+    home = partition_for("M1", PARTITIONS)
+    for minute, amount in ((0, 100), (5, 250)):
+        body = raw_event("order.paid", f"2033-05-18T10:0{minute}:00+08:00", amount_fen=amount)
+        await h.send(h.names.orders, orjson.dumps(body), home, flush=False)
+    h.monotonic += FLUSH_LINGER_S
+    await h.processor.flush()
+    assert ("first_purchase", "added") in h.changes() and ("repeat_buyer", "added") in h.changes()
+    [changelog] = h.changelog.sent
+    [profile] = h.topics.profiles.sent
+    state = decode_state(changelog["value"])
+    assert state.orders.count == 2 and state.orders.spend_fen == 350
+    assert h.table[b"M1"] == changelog["value"]
+    assert orjson.loads(profile["value"]) == orjson.loads(
+        msgspec.json.encode(render_profile(state, h.processor.engine.pack)))
+
+
 async def test_a_batch_that_cannot_be_delivered_stops_the_worker_with_its_events_unacked():
     h = Harness("wall", wall=2e9)
     failures: list[BaseException] = []
