@@ -398,9 +398,7 @@ class MemberProcessor:
     def _load(self, key: bytes, partition: int) -> MemberState | None:
         """The member's newest state: from the open batch, else the table."""
         dirty = self._dirty.get(key)
-        if dirty is not None:
-            return decode_state(dirty.state) if dirty.state is not None else None
-        raw_state = self.store.get(key, partition)
+        raw_state = dirty.state if dirty is not None else self.store.get(key, partition)
         return decode_state(raw_state) if raw_state else None
 
     def _store(self, partition: int, key: bytes, outcome: Outcome) -> None:
