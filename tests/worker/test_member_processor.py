@@ -243,42 +243,6 @@ async def test_a_deadline_fired_by_a_tick_is_shipped_after_the_linger_not_the_ne
     assert h.sender.shipments == shipped + 1 and ("repeat_buyer", "removed") in h.changes()
 
 
-async def test_the_linger_timer_of_a_batch_a_message_shipped_leaves_the_next_batch_its_linger():
-    """Regression: the timer armed for a batch that a message then shipped (once due) shipped
-    the next batch when it fired, a few events a millisecond later, so a steady stream made
-    a second, tiny batch per linger: 65 batches a second at 2,400 orders/s instead of 50."""
-    h = Harness("wall", wall=2e9)
-    shipper = BatchShipper(h.processor, on_failure=pytest.fail, linger_s=0.005)
-
-    async def order(n: int) -> None:
-        await h.send(h.names.orders, orjson.dumps(raw_event(
-            "order.paid", "2033-05-18T10:00:00+08:00", member=f"L{n}", amount_fen=100)),
-            partition_for(f"L{n}", PARTITIONS), seconds_later=0.0, flush=False)
-        await shipper.ship_when_due()
-
-    async def until(condition: Any) -> None:
-        for _ in range(5000):
-            if condition():
-                return
-            await asyncio.sleep(0.001)
-        pytest.fail("the shipper's timer never ran")
-
-    await order(1)  # opens a batch and arms the timer
-    first_timer = shipper._timer  # noqa: SLF001
-    h.monotonic += FLUSH_LINGER_S
-    await order(2)  # the batch is due: this message ships it
-    await until(lambda: h.sender.shipments == 1)
-    await order(3)  # opens the next batch, which has not waited its linger
-    await until(lambda: shipper._timer is not first_timer)  # noqa: SLF001 - it fired
-    for _ in range(3):
-        await asyncio.sleep(0)  # a shipment it started would have run by now
-    assert h.sender.shipments == 1
-    h.monotonic += FLUSH_LINGER_S  # now it has: the re-armed timer ships it
-    await until(lambda: h.sender.shipments == 2)
-    await shipper.drain()
-    assert h.sender.shipments == 2 and len(h.acked) == 3
-
-
 async def test_a_cluster_of_deadlines_fires_a_step_at_a_time_and_all_of_it() -> None:
     """Regression: every deadline due at one instant fired in one call, which stopped the
     worker's loop for 3-8 s at 1,000,000 members and made one batch of them all."""
