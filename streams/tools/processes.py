@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import random
 import re
 import select
 import signal
@@ -146,15 +147,38 @@ def log_tail(record: ProcessRecord, lines: int = 20) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:]) or "(log is empty)"
 
 
-def free_ports(count: int) -> list[int]:
-    """`count` distinct loopback ports nothing listened on a moment ago (the probe sockets
-    stay bound until all are chosen, so no port is handed out twice)."""
-    probes = []
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+# Below the kernel's ephemeral range; a port here is never handed to an outgoing connection's
+# source or to a bind on port 0, so a port chosen now is still free when its server binds it.
+LOWEST_CHOSEN_PORT = 10000
+
+
+def free_ports(count: int, *, rng: random.Random | None = None,
+               ephemeral_range: Path = EPHEMERAL_RANGE) -> list[int]:
+    """`count` distinct loopback ports nothing listened on a moment ago, chosen below the
+    ephemeral range (the probe sockets stay bound until all are chosen, so no port is handed
+    out twice). A port from bind(0) would lie inside that range, where any client's next
+    connection may take it before the server that was meant to have it starts."""
+    rng = rng or random.SystemRandom()
+    first_ephemeral = int(ephemeral_range.read_text().split()[0])
+    candidates: list[int] = list(range(LOWEST_CHOSEN_PORT, first_ephemeral))
+    rng.shuffle(candidates)
+    # A machine whose ephemeral range starts this low leaves nothing below it: let bind(0) choose.
+    probes: list[socket.socket] = []
     try:
-        for _ in range(count):
+        for port in candidates or [0] * count:
+            if len(probes) == count:
+                break
             probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            probe.bind(("127.0.0.1", 0))
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                probe.close()
+                continue
             probes.append(probe)
+        if len(probes) < count:
+            raise ProcessError(f"only {len(probes)} of {count} loopback ports below the "
+                               f"ephemeral range ({first_ephemeral}) are free; stop some servers")
         return [probe.getsockname()[1] for probe in probes]
     finally:
         for probe in probes:
