@@ -92,9 +92,12 @@ def test_redis_is_redis_7():
 # --- topics --------------------------------------------------------------------------------
 
 def test_topics_service_creates_every_topic_the_code_uses():
+    from streams.platform.settings import Settings
+    from streams.platform.topics import members_changelog
+
     created = env("topics")["TOPICS"].split()
 
-    assert sorted(created) == sorted(ALL_TOPIC_NAMES)
+    assert sorted(created) == sorted(ALL_TOPIC_NAMES + (members_changelog(Settings()),))
     assert len(created) == len(set(created))
 
 
@@ -203,11 +206,14 @@ def test_file_header_says_it_is_checked_not_run():
     assert "checked, not run" in header and "no docker engine" in header
 
 
-def test_profiles_topic_is_compacted():
-    from streams.platform.topics import PROFILES_TOPIC
+def test_member_changelog_is_created_compacted():
+    from streams.platform.settings import Settings
+    from streams.platform.topics import members_changelog
 
     topics = SERVICES["topics"]
-    assert PROFILES_TOPIC in topics["environment"]["COMPACTED"].split()
+    changelog = members_changelog(Settings())
+    assert changelog in topics["environment"]["TOPICS"].split()
+    assert changelog in topics["environment"]["COMPACTED"].split()
     assert "cleanup.policy=compact" in "\n".join(topics["command"])
 
 

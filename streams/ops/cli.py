@@ -143,7 +143,7 @@ def _run_until_signalled(run: Any) -> None:
 
 @main.command("redis-sink")
 def redis_sink() -> None:
-    """Keep Redis equal to the newest profile of every member (members.profiles -> Redis)."""
+    """Keep Redis equal to each member's newest state, rendered (member changelog -> Redis)."""
     import logging
 
     from streams.serving.redis_sink import run_redis_sink

@@ -23,7 +23,8 @@ from schemas.errors import TagstreamError
 from streams.platform.kafka_clients import kafka_admin
 from streams.platform.security import kafka_client_kwargs
 from streams.platform.settings import Settings
-from streams.platform.topics import topic_names, topic_partitions
+from streams.platform.topics import (MEMBERS_CHANGELOG_CONFIG, members_changelog, topic_names,
+                                     topic_partitions)
 
 
 MAX_REPLICATION = 3
@@ -34,22 +35,28 @@ class TopicError(TagstreamError):
 
 
 async def ensure_tagstream_topics(settings: Settings) -> int:
-    """Every topic of the settings' namespace, `members.profiles` compacted; returns the
-    replication factor used. What each process calls before it touches a topic."""
-    names = topic_names(settings)
+    """Every topic of the settings' namespace, and the member table's changelog (compacted,
+    as the worker's Faust table would create it: the Redis sink reads it, and may start
+    first); returns the replication factor used. What each process calls before it touches
+    a topic."""
+    changelog = members_changelog(settings)
     return await ensure_topics(
-        settings.broker_bootstrap, topic_partitions(settings.partitions, names),
+        settings.broker_bootstrap,
+        {**topic_partitions(settings.partitions, topic_names(settings)),
+         changelog: settings.partitions},
         settings.replication, security=kafka_client_kwargs(settings),
-        compacted=(names.profiles,))
+        compacted=(changelog,), configs={changelog: MEMBERS_CHANGELOG_CONFIG})
 
 
 async def ensure_topics(bootstrap: str, topics: dict[str, int], replication: int = 0, *,
                         timeout: float = 30.0, security: Mapping[str, Any] | None = None,
-                        compacted: Collection[str] = ()) -> int:
+                        compacted: Collection[str] = (),
+                        configs: Mapping[str, Mapping[str, str]] | None = None) -> int:
     """Create the missing `topics` ({name: partitions}); return once metadata shows them all,
     with the replication factor used (0 resolved as above).
     `security`: `streams.platform.security.kafka_client_kwargs(settings)` (TLS/SASL), if any.
     `compacted`: topics that keep the newest record per key (`cleanup.policy=compact`).
+    `configs`: more topic configs, per topic.
 
     A topic that already exists with the requested partition count is fine; one with another
     count raises TopicError rather than being silently used with the wrong partitioning.
@@ -75,7 +82,8 @@ async def ensure_topics(bootstrap: str, topics: dict[str, int], replication: int
         durable = {"min.insync.replicas": "2"} if replication >= 3 else {}
         response = await admin.create_topics(
             [NewTopic(name, partitions, replication, topic_configs={
-                **durable, **({"cleanup.policy": "compact"} if name in compacted else {})})
+                **durable, **({"cleanup.policy": "compact"} if name in compacted else {}),
+                **(configs or {}).get(name, {})})
              for name, partitions in topics.items()])
         for result in response.to_object()["topic_errors"]:
             error = for_code(result["error_code"])

@@ -19,9 +19,6 @@ EVENT_TOPICS = (ORDERS_TOPIC, INTERACTIONS_TOPIC, SCANS_TOPIC)
 DEADLETTER_TOPIC = "events.deadletter"
 TAG_CHANGES_TOPIC = "tags.changes"
 TIER_CHANGES_TOPIC = "tiers.changes"
-# Each member's current profile (DESIGN.md shape), keyed by member_id, compacted: what the
-# Redis sink serves from, so a Redis outage never stalls tagging and Redis catches up after.
-PROFILES_TOPIC = "members.profiles"
 # What each member's WeCom customers must add and remove (schemas/wecom.py), keyed by
 # member_id: the WeCom sync's only input.
 WECOM_MARKS_TOPIC = "wecom.marks"
@@ -35,7 +32,7 @@ TASK_CHANGES_TOPIC = "tasks.changes"
 REROUTE_TOPIC = "tagstream-events.reroute"
 
 ALL_TOPIC_NAMES = EVENT_TOPICS + (DEADLETTER_TOPIC, TAG_CHANGES_TOPIC, TIER_CHANGES_TOPIC,
-                                  PROFILES_TOPIC, REROUTE_TOPIC, WECOM_MARKS_TOPIC, ERASURES_TOPIC,
+                                  REROUTE_TOPIC, WECOM_MARKS_TOPIC, ERASURES_TOPIC,
                                   TASK_CHANGES_TOPIC)
 
 
@@ -50,7 +47,6 @@ class TopicNames:
     deadletter: str
     tag_changes: str
     tier_changes: str
-    profiles: str
     reroute: str
     wecom_marks: str
     erasures: str
@@ -64,8 +60,8 @@ class TopicNames:
 
     def __post_init__(self) -> None:
         events = (self.orders, self.interactions, self.scans)
-        every = events + (self.deadletter, self.tag_changes, self.tier_changes, self.profiles,
-                          self.reroute, self.wecom_marks, self.erasures, self.task_changes)
+        every = events + (self.deadletter, self.tag_changes, self.tier_changes, self.reroute,
+                          self.wecom_marks, self.erasures, self.task_changes)
         object.__setattr__(self, "events", events)
         object.__setattr__(self, "inbound", events + (self.reroute,))
         object.__setattr__(self, "all", every)
@@ -91,6 +87,25 @@ def topic_names(settings: Settings) -> TopicNames:
     return TopicNames.for_namespace(settings.topic_namespace)
 
 
+# The worker's state table. Faust names its changelog `<app id>-<table>-changelog`: each
+# member's newest state keyed by member_id, compacted, written once the batch's outputs are
+# delivered. The Redis sink renders and serves profiles from it, so a Redis outage never
+# stalls tagging and Redis catches up after.
+MEMBERS_TABLE = "members"
+# The changelog is compacted (Faust's default), but Kafka compacts only closed segments and
+# the default segment is 1 GiB: at ~1,000 bytes a state, 100,000 members would never leave
+# the active segment, and a worker on a new disk or a sink rebuilding an empty Redis would
+# read every state ever written. Smaller segments keep the log near one record per member.
+MEMBERS_CHANGELOG_CONFIG = {
+    "segment.bytes": str(16 * 1024 * 1024),
+    "min.cleanable.dirty.ratio": "0.2",
+}
+
+
+def members_changelog(settings: Settings) -> str:
+    return f"{settings.app_id}-{MEMBERS_TABLE}-changelog"
+
+
 @dataclass(frozen=True)
 class Topics:
     """The app's Faust topic objects; all co-partitioned so a member's partition is the same
@@ -101,7 +116,6 @@ class Topics:
     deadletter: Any
     tag_changes: Any
     tier_changes: Any
-    profiles: Any
 
 
 def declare_topics(app: Any, partitions: int, names: TopicNames) -> Topics:
@@ -115,7 +129,6 @@ def declare_topics(app: Any, partitions: int, names: TopicNames) -> Topics:
         deadletter=topic(names.deadletter),
         tag_changes=topic(names.tag_changes),
         tier_changes=topic(names.tier_changes),
-        profiles=topic(names.profiles),
     )
 
 

@@ -1,17 +1,17 @@
-"""The Redis sink: keeps Redis equal to the newest profile of every member on `members.profiles`
-and to the newest record of every guide task on `tasks.changes`.
+"""The Redis sink: keeps Redis equal to the profile of every member's newest state on the member
+table's changelog, and to the newest record of every guide task on `tasks.changes`.
 
 It is its own consumer group (`<app_id>-redis`), decoupled from tagging: when Redis is down the
-worker keeps tagging and publishing profiles, the sink retries with backoff, and Redis converges
-once it is back. Batches are up to 500 profiles or 50 ms; within a batch only a member's newest
-profile is written, and only a task's highest version. A profile tombstone (an erasure) deletes
-the member's tasks too.
+worker keeps tagging and writing states, the sink retries with backoff, and Redis converges
+once it is back. Batches are up to 500 records or 50 ms; within a batch only a member's newest
+state is rendered (streams/serving/profiles.py) and written, and only a task's highest version.
+A changelog tombstone (an erasure) deletes the member's profile and tasks.
 
 Where to resume is kept in Redis itself, not only in Kafka: each batch's pipeline ends by
 recording the next offset per partition (RedisProfileStore.write_batch). Before every batch the
 sink checks that Redis still holds the offsets it last wrote; after any Redis error, and after a
 partition assignment, it re-reads them and seeks there. So a Redis that restarts empty (no
-persistence) or restores an older snapshot is rebuilt from the compacted topic, and nothing is
+persistence) or restores an older snapshot is rebuilt from the compacted changelog, and nothing is
 lost or left stale whatever happens between the writes. Kafka offsets are committed once Redis
 confirmed a batch, at most every COMMIT_INTERVAL_S and when the sink stops, for lag monitoring
 and tools; the sink itself trusts Redis's record.
@@ -31,13 +31,17 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from streams.platform import metrics
+from streams.platform.admin import TopicError, ensure_tagstream_topics
 from streams.platform.kafka_clients import kafka_consumer
 from streams.platform.security import kafka_client_kwargs, redis_client_kwargs
 from streams.platform.settings import Settings
-from streams.platform.topics import topic_names
+from streams.platform.topics import members_changelog, topic_names
 from schemas.tasks import decode_task
 from streams.serving.insight_snapshots import snapshots_for
+from streams.serving.profiles import ProfileRenderer
 from streams.serving.redis_store import RedisProfileStore, ServedProfile
+from streams.worker.rules_watch import RulesWatcher
+from taggers.rules import load_rules
 
 log = logging.getLogger(__name__)
 
@@ -93,30 +97,42 @@ def _collect_task(batch: Batch, tp: TopicPartition, message: Any) -> None:
         batch.tasks[record["task_id"]] = record
 
 
-def collect(records: dict[TopicPartition, list[Any]], tasks_topic: str | None = None) -> Batch:
+def collect(records: dict[TopicPartition, list[Any]], render: Callable[[bytes], ServedProfile],
+            tasks_topic: str | None = None) -> Batch:
+    """The batch's writes: the profile of each member's newest state (`render`ed once per
+    member), its tombstones, and its tasks."""
     batch = Batch({}, {}, {})
+    # member key -> (its newest state, where that record is); rendered once all are read
+    newest: dict[bytes, tuple[bytes, TopicPartition, int]] = {}
     for tp, messages in records.items():
         for message in messages:
             batch.ends[tp] = message.offset + 1
             if tp.topic == tasks_topic:
                 _collect_task(batch, tp, message)
                 continue
-            member_id = message.key.decode() if message.key else None
-            if message.value is None:  # a tombstone: the member is gone
-                if member_id:
-                    batch.profiles.pop(member_id, None)
-                    batch.deletes[member_id] = message.offset
-                continue
-            try:
-                profile = ServedProfile.from_json(message.value)
-            except ValueError as exc:
-                # Only the worker writes this topic; a bad record is a bug to see, not to stall on.
-                log.error("skipping unreadable profile at %s:%s@%s: %s",
-                          tp.topic, tp.partition, message.offset, exc)
+            if not message.key:
+                log.error("skipping a state without a member key at %s:%s@%s",
+                          tp.topic, tp.partition, message.offset)
                 batch.skipped += 1
                 continue
-            batch.deletes.pop(profile.member_id, None)
-            batch.profiles[profile.member_id] = (profile, message.offset)
+            if message.value is None:  # a tombstone: the member is gone
+                newest.pop(message.key, None)
+                batch.deletes[message.key.decode()] = message.offset
+                continue
+            newest[message.key] = (message.value, tp, message.offset)
+            batch.deletes.pop(message.key.decode(), None)
+    for raw, tp, offset in newest.values():
+        try:
+            profile = render(raw)
+        except Exception as exc:  # noqa: BLE001
+            # Only the worker writes this topic; a bad record is a bug to see, not to stall
+            # on (raised again, it would stop the sink at the same offset after every restart).
+            log.error("skipping a member state at %s:%s@%s that does not render: %s: %s",
+                      tp.topic, tp.partition, offset, type(exc).__name__, exc,
+                      exc_info=not isinstance(exc, ValueError))
+            batch.skipped += 1
+            continue
+        batch.profiles[profile.member_id] = (profile, offset)
     return batch
 
 
@@ -133,12 +149,13 @@ class _Assignments(ConsumerRebalanceListener):
 
 
 class RedisSink:
-    def __init__(self, settings: Settings, store: RedisProfileStore, *,
-                 batch_max: int = BATCH_MAX, batch_wait_s: float = BATCH_WAIT_S,
+    def __init__(self, settings: Settings, store: RedisProfileStore, renderer: ProfileRenderer,
+                 *, batch_max: int = BATCH_MAX, batch_wait_s: float = BATCH_WAIT_S,
                  commit_interval_s: float = COMMIT_INTERVAL_S,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self.store = store
+        self.renderer = renderer
         self.batch_max = batch_max
         self.batch_wait_s = batch_wait_s
         self.commit_interval_s = commit_interval_s
@@ -153,8 +170,7 @@ class RedisSink:
         self.caught_up = False
         self.written: dict[TopicPartition, int] = {}  # what Redis holds, as far as we know
         self.consumer: AIOKafkaConsumer | None = None
-        names = topic_names(settings)
-        self.topics = (names.profiles, names.task_changes)
+        self.topics = (members_changelog(settings), topic_names(settings).task_changes)
 
     async def run(self, stop: asyncio.Event) -> None:
         self.consumer = await self._start_consumer(stop)
@@ -171,7 +187,8 @@ class RedisSink:
                     if not records and not self.need_sync:
                         self.caught_up = True
                     if records and not self.need_sync:
-                        await self._write(collect(records, self.topics[1]))
+                        await self._write(collect(records, self.renderer.served,
+                                                  self.topics[1]))
                     if self._clock() - self._committed_at >= self.commit_interval_s:
                         await self._commit()
                     backoff = BACKOFF_START_S
@@ -193,6 +210,14 @@ class RedisSink:
     async def _start_consumer(self, stop: asyncio.Event) -> AIOKafkaConsumer | None:
         backoff = BACKOFF_START_S
         while not stop.is_set():
+            try:
+                # the changelog is the worker's (its Faust table's), but the sink may start first
+                await ensure_tagstream_topics(self.settings)
+            except TopicError as exc:
+                log.warning("topics not ready for the Redis sink (%s); retrying", exc)
+                await _sleep_unless(stop, backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX_S)
+                continue
             consumer = kafka_consumer(
                 self.settings.broker_bootstrap, group_id=group_id(self.settings),
                 enable_auto_commit=False,
@@ -264,6 +289,7 @@ class RedisSink:
         metrics.REDIS_PROFILES_WRITTEN.labels("applied").inc(result.applied)
         metrics.REDIS_PROFILES_WRITTEN.labels("stale").inc(result.stale)
         metrics.REDIS_PROFILES_WRITTEN.labels("deleted").inc(result.deleted)
+        metrics.REDIS_PROFILES_WRITTEN.labels("skipped").inc(batch.skipped)
         for tp in tps:
             self.written[tp] = batch.ends[tp]
             highwater = self.consumer.highwater(tp)
@@ -300,15 +326,29 @@ async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
 
 
 async def run_redis_sink(settings: Settings, stop_event: asyncio.Event) -> None:
-    """Run the sink until `stop_event` is set (the worker runs this as a task, or the CLI)."""
+    """Run the sink until `stop_event` is set (the CLI's `redis-sink`, or a test's task). A
+    rule file that does not load stops it before it reads anything, as it stops a worker."""
+    pack = load_rules(settings.rules_path)
+    renderer = ProfileRenderer(pack)
     store = RedisProfileStore(settings.redis_url, connection=redis_client_kwargs(settings))
     await store.start()
-    sink = RedisSink(settings, store)
-    snapshots = asyncio.create_task(
-        snapshots_for(settings, store).run(stop_event, ready=lambda: sink.caught_up))
+    sink = RedisSink(settings, store, renderer)
+    background = [asyncio.create_task(
+        snapshots_for(settings, store).run(stop_event, ready=lambda: sink.caught_up))]
+    if settings.rules_reload_s > 0:
+        watcher = RulesWatcher(settings.rules_path, pack, renderer.use_rules)
+        background.append(asyncio.create_task(
+            _every(settings.rules_reload_s, watcher.check, stop_event)))
     try:
         await sink.run(stop_event)
     finally:
-        snapshots.cancel()
-        await asyncio.gather(snapshots, return_exceptions=True)
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
         await store.stop()
+
+
+async def _every(seconds: float, call: Callable[[], object], stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        await _sleep_unless(stop, seconds)
+        call()

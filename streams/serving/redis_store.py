@@ -23,11 +23,11 @@ is unambiguous whatever the guide's userid holds.
 Writes: a Lua script applies up to APPLY_CHUNK profiles a call, so a profile and its index entries
 change together (Redis runs a script atomically), and reads the member's previous tags and guides
 from the hash to remove exactly the index entries that no longer hold. The sink hands it the
-profile JSON as the worker wrote it, having decoded only the ids the indexes need
-(ServedProfile.from_json). Every profile carries a version
-(`as_of` in ms, then a sequence: the Kafka offset of the profile record, since `as_of` has whole
-seconds and two updates may share one); the script keeps the newest and ignores an older or a
-replayed one, so re-applying anything is harmless and order of retries does not matter.
+profile JSON it rendered, with the ids the indexes need (ServedProfile.joined). Every profile
+carries a version (`as_of` in ms, then a sequence: the Kafka offset of the state's changelog
+record, since `as_of` has whole seconds and two updates may share one); the script keeps the
+newest and ignores an older or a replayed one, so re-applying anything is harmless and order
+of retries does not matter.
 
 Not for Redis Cluster: the script touches index keys it derives itself (one Redis, or Sentinel).
 """
@@ -174,7 +174,7 @@ class ServedProfile(NamedTuple):
 
     @classmethod
     def of(cls, profile: dict[str, Any]) -> "ServedProfile":
-        return cls._joined(
+        return cls.joined(
             profile["member_id"], profile_version(profile), orjson.dumps(profile),
             {tag["id"] for tag in profile.get("tags") or ()},
             {g["userid"] for g in profile.get("guides") or () if g.get("userid")},
@@ -183,17 +183,17 @@ class ServedProfile(NamedTuple):
 
     @classmethod
     def from_json(cls, raw: bytes) -> "ServedProfile":
-        """From a `members.profiles` record, reading only the fields the indexes need and
-        keeping the JSON as the worker wrote it. Raises ValueError for a record that is not
+        """From a profile's JSON, reading only the fields the indexes need and keeping the
+        JSON as it is. Raises ValueError for a record that is not
         a profile (msgspec's errors are ValueErrors)."""
         view = _profile_view.decode(raw)
-        return cls._joined(view.member_id, _version(view.as_of), bytes(raw),
+        return cls.joined(view.member_id, _version(view.as_of), bytes(raw),
                            {tag.id for tag in view.tags},
                            {g.userid for g in view.guides if g.userid},
                            {g.external_userid for g in view.guides if g.external_userid})
 
     @classmethod
-    def _joined(cls, member_id: str, version: int, json: bytes, tags: set[str],
+    def joined(cls, member_id: str, version: int, json: bytes, tags: set[str],
                 guides: set[str], contacts: set[str]) -> "ServedProfile":
         if any(SEP in x for x in (*tags, *guides, *contacts)):
             raise ValueError(f"member {member_id!r}: a tag, guide or contact id contains U+001F")
@@ -307,7 +307,7 @@ class RedisProfileStore:
         return await self.write_batch([ServedProfile.of(p) for p in profiles], seqs)
 
     async def forget(self, member_ids: Iterable[str]) -> int:
-        """Delete members (a tombstone on the profiles topic: an erasure), their index entries
+        """Delete members (a tombstone on the member changelog: an erasure), their index entries
         and their tasks."""
         return (await self.write_batch((), forget=list(member_ids))).deleted
 

@@ -92,7 +92,7 @@ class LocalStack:
     `kafka`/`redis` choose the parts this instance manages: the tests share one Kafka per run
     and give each test a Redis of its own. Data of the Kafka nodes lives under
     `<stack dir>/kafka` and survives `down`/`up`; `up(fresh=True)` starts empty. Redis keeps
-    nothing on disk (the Redis sink rebuilds it from the compacted profiles topic)."""
+    nothing on disk (the Redis sink rebuilds it from the compacted member changelog)."""
 
     def __init__(self, settings: Settings, *, kafka: bool = True, redis: bool = True,
                  cache: Path = DEFAULT_CACHE) -> None:

@@ -13,7 +13,8 @@ import faust
 from streams.platform.admin import ensure_tagstream_topics
 from streams.platform.redaction import install_log_redaction
 from streams.platform.settings import Settings
-from streams.platform.topics import declare_topics, topic_names
+from streams.platform.topics import (MEMBERS_CHANGELOG_CONFIG, MEMBERS_TABLE, declare_topics,
+                                     topic_names)
 from streams.worker import compat
 from streams.worker.app import create_app, kafka_producer
 from streams.worker.clock import PartitionClocks
@@ -30,14 +31,6 @@ log = logging.getLogger(__name__)
 # The member table's RocksDB, one database per partition, through rocksdict. Faust's default
 # block cache is 2 GiB per partition; states are small and read once per event, so a small
 # cache and write buffer keep a worker's memory near its state's size.
-# The changelog is compacted (Faust's default), but Kafka compacts only closed segments and
-# the default segment is 1 GiB: at ~500 bytes a state, 100,000 members would never leave
-# the active segment and a worker on a new disk would read every state ever written. Smaller
-# segments let the cleaner keep the log near one record per member.
-CHANGELOG_TOPIC_CONFIG = {
-    "segment.bytes": str(16 * 1024 * 1024),
-    "min.cleanable.dirty.ratio": "0.2",
-}
 ROCKSDB_OPTIONS = {
     "driver": "rocksdict",
     "block_cache_size": 32 * 1024 * 1024,
@@ -63,10 +56,10 @@ def build_worker(settings: Settings, pack: RulePack | None = None) -> WorkerPart
     # Keys and values are bytes stored as they are. Faust picks the changelog codec from
     # key_type/value_type (bytes -> raw); anything else falls back to JSON, and recovery then
     # fails on our msgpack values.
-    table = app.Table("members", partitions=settings.partitions, default=None,
+    table = app.Table(MEMBERS_TABLE, partitions=settings.partitions, default=None,
                       key_type=bytes, value_type=bytes,
                       options=dict(ROCKSDB_OPTIONS),  # Faust pops keys off it
-                      extra_topic_configs=CHANGELOG_TOPIC_CONFIG)
+                      extra_topic_configs=MEMBERS_CHANGELOG_CONFIG)
     processor = MemberProcessor(
         Engine(pack, settings.allowed_lateness_s), KafkaRecordSender(lambda: kafka_producer(app)),
         table, table.changelog_topic.get_topic_name(),

@@ -39,10 +39,8 @@ from streams.worker.sweeps import Sweeper
 from taggers.clock import to_epoch
 from taggers.engine import Engine, Outcome
 from schemas.erasure import encode_erasure
-from schemas.profile import encode_profile
 from schemas.tasks import encode_task
 from schemas.wecom import encode_marks
-from taggers.profile import render_profile
 from taggers.state import MemberState, decode_next_deadline, decode_state, encode_state
 
 log = logging.getLogger(__name__)
@@ -63,7 +61,8 @@ class Counters:
 
 # A batch is shipped this long after its first record or acknowledgement (the latency a quiet
 # stream adds), or at once when this many events or changed members are waiting (the memory a
-# busy one holds). Per batch, each changed member costs one changelog and one profile record.
+# busy one holds). Per batch, each changed member costs one changelog record (its profile is
+# rendered from that record by the Redis sink, on another core: streams/serving/profiles.py).
 FLUSH_LINGER_S = 0.02
 FLUSH_EVENTS = 5000
 FLUSH_MEMBERS = 2000
@@ -87,7 +86,7 @@ DEADLINE_MESSAGE_STEP = 20
 
 
 class SealedBatch(NamedTuple):
-    outputs: list[Record]  # tag, tier and profile records, dead letters, re-routes
+    outputs: list[Record]  # tag, tier, task and WeCom records, dead letters, re-routes
     changelog: list[Record]  # each changed member's state: sent once `outputs` are delivered
     acks: list[AckSlot]
     staged: StagedBatch  # its states, written to the store once `changelog` is delivered
@@ -99,8 +98,7 @@ class SealedBatch(NamedTuple):
 
 class ChangedMember(NamedTuple):
     partition: int
-    state: bytes | None  # encoded; None: the member was erased in this batch (tombstones)
-    profile: bytes | None  # the encoded profile of `state`
+    state: bytes | None  # encoded; None: the member was erased in this batch (a tombstone)
 
 
 class BatchAbandoned(Exception):
@@ -112,8 +110,8 @@ class MemberProcessor:
 
     `handle` does all the work of a message at once and awaits nothing: routing, the
     event-time clock, the engine, and the records that result go to the open batch. `flush`
-    seals the batch (each changed member's state into the table and its changelog and profile
-    records into the batch) and ships it. Crash safety: an event is acknowledged to Kafka (so
+    seals the batch (each changed member's state into the table, and its changelog record into
+    the batch) and ships it. Crash safety: an event is acknowledged to Kafka (so
     its offset may be committed) only once every record of its batch is delivered. A crash
     before that redelivers the event, which re-creates the same changes with the same ids.
 
@@ -160,7 +158,7 @@ class MemberProcessor:
         self.positions = self.sequence.next_offsets
         # The open batch.
         self._records: list[Record] = []
-        # key -> the member's newest state and profile, as this batch changed them
+        # key -> the member's newest state, as this batch changed them
         self._dirty: dict[bytes, ChangedMember] = {}
         self._acks: list[AckSlot] = []
         self.acks = OrderedAcks()
@@ -405,12 +403,10 @@ class MemberProcessor:
         state = outcome.state
         if self._opened_at is None:
             self._opened_at = self._monotonic()
-        # Encoded and rendered now, while the state's objects are fresh in the cache, and
-        # freed: the open batch holds bytes, not up to FLUSH_MEMBERS decoded states.
-        self._dirty[key] = (
-            ChangedMember(partition, None, None) if outcome.erasure is not None else
-            ChangedMember(partition, encode_state(state),
-                          encode_profile(render_profile(state, self.engine.pack))))
+        # Encoded now, while the state's objects are fresh in the cache, and freed: the open
+        # batch holds bytes, not up to FLUSH_MEMBERS decoded states.
+        self._dirty[key] = ChangedMember(
+            partition, None if outcome.erasure is not None else encode_state(state))
         for change in outcome.changes:
             self._records.append(
                 Record(self.names.tag_changes, partition, key, encode_change(change)))
@@ -441,7 +437,7 @@ class MemberProcessor:
     def seal(self) -> SealedBatch | None:
         """Close the open batch (None if nothing waits); `ship` it next. Changed states are
         staged in the store now (so later events read them), written to it once delivered;
-        their profile records join the batch's outputs, their changelog records follow."""
+        their changelog records follow the batch's outputs."""
         started = self._timer()
         try:
             return self._seal()
@@ -457,15 +453,10 @@ class MemberProcessor:
         self._records, self._acks, self._dirty, self._opened_at = [], [], {}, None
         states: StagedStates = []
         changelog: list[Record] = []
-        for key, (partition, raw, profile) in dirty.items():
-            if raw is None:  # erased: tombstones delete it from the store and the sink
-                states.append((key, partition, None))
-                changelog.append(Record(self.changelog_topic, partition, key, None))
-                outputs.append(Record(self.names.profiles, partition, key, None))
-                continue
+        for key, (partition, raw) in dirty.items():
+            # None (erased): the tombstone deletes the member from the store and the sink
             states.append((key, partition, raw))
             changelog.append(Record(self.changelog_topic, partition, key, raw))
-            outputs.append(Record(self.names.profiles, partition, key, profile))
         previous_turn, self._last_turn = (
             self._last_turn, asyncio.get_running_loop().create_future())
         return SealedBatch(outputs, changelog, acks, self.store.stage(states), previous_turn,
@@ -477,7 +468,7 @@ class MemberProcessor:
 
         Invariant: a changelog record is sent only once every output of the states it holds
         is delivered. A worker killed mid-shipment may have delivered any part of what it
-        queued; a state in the changelog whose tag changes or profile never arrived would
+        queued; a state in the changelog whose tag changes never arrived would
         make the next owner take the redelivered events for duplicates, and those outputs
         would be lost for good. Outputs first means a kill at worst sends them twice, with
         the same ids. Changelog records are queued in sealing order (a later state of a

@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from schemas.events import MAX_EVENT_BYTES
-from streams.platform.topics import TopicNames, topic_names
+from streams.platform.topics import TopicNames, members_changelog, topic_names
 from taggers.engine import Engine
 from taggers.rules import load_rules
 from tests.support.fuzz_events import FuzzCase, Verdict, expected_verdict, fuzz_case
@@ -95,8 +95,8 @@ def test_fuzzed_input_is_processed_or_dead_lettered_and_the_worker_survives(stac
         bootstrap = stack.broker_bootstrap
         asyncio.run(read_topic(bootstrap, names.deadletter, worker=worker, timeout=180,
                                until=at_least(len(rejected))))
-        profiles = asyncio.run(read_topic(bootstrap, names.profiles, worker=worker, timeout=180,
-                                          until=keys_cover(accepted_members)))
+        states = asyncio.run(read_topic(bootstrap, members_changelog(stack), worker=worker,
+                                        timeout=180, until=keys_cover(accepted_members)))
         # everything is in by now; a last full read also catches dead letters beyond the count
         letters = asyncio.run(read_topic(bootstrap, names.deadletter, worker=worker, timeout=5,
                                          until=never()))
@@ -123,7 +123,7 @@ def test_fuzzed_input_is_processed_or_dead_lettered_and_the_worker_survives(stac
     assert not unexpected, f"{len(unexpected)} valid cases dead-lettered:\n{show(unexpected)}"
     assert not wrong_reason, f"reasons differ from the offline path:\n{show(wrong_reason)}"
 
-    profiled = {record.key.decode("utf-8", "replace") for record in profiles if record.key}
+    profiled = {record.key.decode("utf-8", "replace") for record in states if record.key}
     assert accepted_members <= profiled
     never_applied = {member for _, verdict, _, member in sent if not verdict.accepted}
     assert not never_applied & profiled, "a rejected case changed a member's profile"

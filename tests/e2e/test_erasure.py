@@ -1,4 +1,4 @@
-"""Erasure end to end: `tagstream erase` -> worker -> changelog and profile tombstones, Redis
+"""Erasure end to end: `tagstream erase` -> worker -> a changelog tombstone, Redis
 sink, API, WeCom sync -> the fake WeCom.
 
 Afterwards the member is in no Redis key or index, the API answers 404, their WeCom customer
@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 from schemas.erasure import member_hash
 from streams.ops.replay import produce_raw
 from streams.platform.partitioning import partition_for
-from streams.platform.topics import topic_names
+from streams.platform.topics import members_changelog, topic_names
 from tests.factories import raw_event
 from tests.support import REPO_ROOT
 from tests.support.api import OPERATOR, api_settings, bearer, running_api
@@ -130,7 +130,7 @@ async def test_erase_removes_the_member_everywhere_and_a_later_event_starts_anew
                 assert record["request_id"] == "PIPL-7" and record["state_found"]
                 assert GONE.encode() not in erasures[0].value and erasures[0].key != GONE.encode()
                 changelog = await read_topic(
-                    settings.broker_bootstrap, f"{settings.app_id}-members-changelog",
+                    settings.broker_bootstrap, members_changelog(settings),
                     worker=worker, until=lambda new: False, timeout=30, idle_s=3)
                 assert [r.value for r in changelog if r.key == GONE.encode()][-1] is None
 

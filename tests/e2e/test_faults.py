@@ -42,6 +42,7 @@ from tests.support.kafka import (
     latest_by_key_equals,
     never,
     partition_leader,
+    read_profiles,
     read_topic,
     running_worker,
     signal_node,
@@ -129,9 +130,9 @@ async def test_killed_worker_is_taken_over_and_nothing_is_lost(stack, tmp_path):
         tiers = await read_topic(stack.broker_bootstrap, names.tier_changes, worker=survivor,
                                  until=change_ids_cover(expected_tiers), timeout=300,
                                  idle_s=60)
-        profiles = await read_topic(stack.broker_bootstrap, names.profiles, worker=survivor,
-                                    until=latest_by_key_equals(expected_profiles), timeout=300,
-                                    idle_s=60)
+        profiles = await read_profiles(stack, pack, worker=survivor,
+                                       until=latest_by_key_equals(expected_profiles), timeout=300,
+                                       idle_s=60)
         expected_tasks = {t.task_id: t.status for t in final_tasks(dry.tasks)}
         task_records = await read_topic(stack.broker_bootstrap, names.task_changes,
                                         worker=survivor, timeout=300, idle_s=60,
@@ -182,8 +183,8 @@ async def test_replaying_the_same_file_twice_changes_nothing(stack, tmp_path):
         first_tasks = await read_topic(stack.broker_bootstrap, names.task_changes,
                                        worker=worker, timeout=120,
                                        until=task_statuses_equal(expected_tasks))
-        await read_topic(stack.broker_bootstrap, names.profiles, worker=worker,
-                         until=latest_by_key_equals(expected_profiles), timeout=120)
+        await read_profiles(stack, pack, worker=worker,
+                            until=latest_by_key_equals(expected_profiles), timeout=120)
         await replay(stack.broker_bootstrap, path, names=names, partitions=stack.partitions,
                      progress=False)
         # every line of the second replay is dead-lettered as late/already applied or is a
@@ -194,8 +195,8 @@ async def test_replaying_the_same_file_twice_changes_nothing(stack, tmp_path):
                                    until=never(), timeout=30, idle_s=2)
         after = await read_topic(stack.broker_bootstrap, names.tag_changes, worker=worker,
                                  until=never(), timeout=30, idle_s=2)
-        profiles = await read_topic(stack.broker_bootstrap, names.profiles, worker=worker,
-                                    until=never(), timeout=30, idle_s=2)
+        profiles = await read_profiles(stack, pack, worker=worker, until=never(), timeout=30,
+                                       idle_s=2)
         tasks_after = await read_topic(stack.broker_bootstrap, names.task_changes,
                                        worker=worker, until=never(), timeout=30, idle_s=2)
     assert_same_ids((c["change_id"] for c in values(after)), {c["change_id"] for c in values(first)})
@@ -212,7 +213,8 @@ async def test_replaying_the_same_file_twice_changes_nothing(stack, tmp_path):
 async def test_out_of_order_within_the_window_equals_in_order_and_later_is_dead_lettered(
         stack, tmp_path):
     lines = history(tmp_path / "ordered.jsonl", members=300, days=200, seed=9)
-    expected_ids, expected_profiles = expected_of(*dry_run_of(stack, lines))
+    dry, pack = dry_run_of(stack, lines)
+    expected_ids, expected_profiles = expected_of(dry, pack)
     window_s = 6 * 3600
     rng = random.Random(3)
     # shuffle: every event moves by up to 6 hours (sorted by a jittered time), then a few
@@ -232,8 +234,8 @@ async def test_out_of_order_within_the_window_equals_in_order_and_later_is_dead_
                      progress=False)
         changes = await read_topic(stack.broker_bootstrap, names.tag_changes, worker=worker,
                                    until=change_ids_cover(expected_ids), timeout=300)
-        profiles = await read_topic(stack.broker_bootstrap, names.profiles, worker=worker,
-                                    until=latest_by_key_equals(expected_profiles), timeout=120)
+        profiles = await read_profiles(stack, pack, worker=worker,
+                                       until=latest_by_key_equals(expected_profiles), timeout=120)
         letters = await read_topic(stack.broker_bootstrap, names.deadletter, worker=worker,
                                    until=at_least(len(late)), timeout=60)
     assert_same_ids((c["change_id"] for c in values(changes)), expected_ids)
@@ -419,9 +421,9 @@ async def _read_outcome(settings, workers, dry, pack):
                                until=change_ids_cover(expected_ids), timeout=900, idle_s=180)
     tiers = await read_topic(bootstrap, names.tier_changes, worker=workers,
                              until=change_ids_cover(tier_ids_of(dry)), timeout=300, idle_s=60)
-    profiles = await read_topic(bootstrap, names.profiles, worker=workers,
-                                until=latest_by_key_equals(expected_profiles), timeout=300,
-                                idle_s=60)
+    profiles = await read_profiles(settings, pack, worker=workers,
+                                   until=latest_by_key_equals(expected_profiles), timeout=300,
+                                   idle_s=60)
     letters = await read_topic(bootstrap, names.deadletter, worker=workers, until=never(),
                                timeout=5)
     return values(changes), values(tiers), profiles, values(letters)

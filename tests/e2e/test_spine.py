@@ -18,7 +18,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from schemas.events import MAX_EVENT_BYTES, TOPIC_BY_EVENT_TYPE
 from streams.ops.replay import write_watermarks
 from streams.platform.partitioning import partition_for
-from streams.platform.topics import TopicNames, topic_names
+from streams.platform.topics import TopicNames, members_changelog, topic_names
 from streams.tools.generate import generate_events
 from taggers.dryrun import dry_run
 from taggers.engine import Engine
@@ -157,7 +157,7 @@ async def test_bad_input_is_dead_lettered_and_every_valid_event_is_processed(
     # this test's own producer wrote is not: reading the segments tells them apart.
     log_dir = shared_kafka.layout().nodes[0].log_dir
     names = topic_names(stack)
-    for topic in (names.tag_changes, names.profiles, names.deadletter):
+    for topic in (names.tag_changes, members_changelog(stack), names.deadletter):
         assert set(stored_codecs(log_dir, topic)) == {"lz4"}, topic
     assert set(stored_codecs(log_dir, names.orders)) == {"none"}
 
@@ -289,8 +289,8 @@ async def test_restarted_worker_recovers_member_state_from_the_changelog(stack, 
         await producer.send_and_wait(names.orders, orjson.dumps(first), key=member.encode(),
                                      partition=home)
         with running_worker(stack, tmp_path, name="first-worker") as worker:
-            # the profile is published when the member's state is in the changelog
-            await read_topic(stack.broker_bootstrap, names.profiles, worker=worker,
+            # the event is done once the member's state is in the changelog
+            await read_topic(stack.broker_bootstrap, members_changelog(stack), worker=worker,
                              until=at_least(1), timeout=60)
         await producer.send_and_wait(names.orders, orjson.dumps(second), key=member.encode(),
                                      partition=home)

@@ -29,8 +29,8 @@ from streams.platform.topics import topic_names
 from streams.serving.wecom.sync import corp_tag_name
 from streams.tools.generate import generate_events
 from tests.factories import profile_tags, shown_on_pair
-from tests.support.kafka import (committed_to_the_end, create_topics, read_topic,
-                                 running_worker)
+from taggers.rules import load_rules
+from tests.support.kafka import committed_to_the_end, create_topics, read_profiles, running_worker
 from tests.support.wecom_fake import FakeWeCom
 from tests.support.wecom_fake import wecom_fake  # noqa: F401 - the fixture
 from tests.support.wecom_sync import figures, start_service, sync_settings
@@ -174,8 +174,8 @@ async def test_every_pair_ends_with_its_members_tags_whatever_the_arrival_order(
             await produce_in_random_topic_order(stack, events, rng, wecom_fake)
             await committed_to_the_end(stack.broker_bootstrap, stack.app_id, names.events,
                                        timeout=600, worker=worker)
-            records = await read_topic(stack.broker_bootstrap, names.profiles, worker=worker,
-                                       until=lambda new: False, timeout=120, idle_s=5)
+            records = await read_profiles(stack, load_rules(stack.rules_path), worker=worker,
+                                          until=lambda new: False, timeout=120, idle_s=5)
             profiles = {r.key.decode(): orjson.loads(r.value) for r in records}
             expected = expected_wecom(profiles)
             deadline = time.monotonic() + float(os.environ.get("TAGSTREAM_PAIRS_WAIT_S", "300"))

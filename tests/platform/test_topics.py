@@ -19,19 +19,19 @@ from streams.platform.topics import (
     ALL_TOPIC_NAMES,
     DEADLETTER_TOPIC,
     EVENT_TOPICS,
-    PROFILES_TOPIC,
     REROUTE_TOPIC,
     TAG_CHANGES_TOPIC,
     TIER_CHANGES_TOPIC,
     TopicNames,
     declare_topics,
+    members_changelog,
     topic_names,
     topic_partitions,
 )
 from tests.factories import raw_event
 
 NAME_FIELDS = ("orders", "interactions", "scans", "deadletter", "tag_changes", "tier_changes",
-               "profiles", "reroute")
+               "reroute")
 CANONICAL = dict(zip(NAME_FIELDS, ALL_TOPIC_NAMES))
 
 
@@ -41,7 +41,7 @@ def test_the_empty_namespace_gives_the_names_of_the_design():
         "orders": "events.orders", "interactions": "events.interactions",
         "scans": "events.scans", "deadletter": "events.deadletter",
         "tag_changes": "tags.changes", "tier_changes": "tiers.changes",
-        "profiles": "members.profiles", "reroute": "tagstream-events.reroute"}
+        "reroute": "tagstream-events.reroute"}
     assert names.events == EVENT_TOPICS and names.all == ALL_TOPIC_NAMES
     assert topic_names(Settings()) == names  # the default: production and docker-compose
 
@@ -50,7 +50,7 @@ def test_the_canonical_constants_are_the_names_without_a_namespace():
     assert CANONICAL == {"orders": ORDERS_TOPIC, "interactions": INTERACTIONS_TOPIC,
                          "scans": SCANS_TOPIC, "deadletter": DEADLETTER_TOPIC,
                          "tag_changes": TAG_CHANGES_TOPIC, "tier_changes": TIER_CHANGES_TOPIC,
-                         "profiles": PROFILES_TOPIC, "reroute": REROUTE_TOPIC}
+                         "reroute": REROUTE_TOPIC}
 
 
 def test_a_namespace_goes_before_every_name():
@@ -65,7 +65,7 @@ def test_a_namespace_goes_before_every_name():
                                            ("run-1_x", "run-1_y"), ("t1", "t1.")])
 def test_two_namespaces_give_disjoint_names_for_every_topic(first, second):
     one, other = TopicNames.for_namespace(first), TopicNames.for_namespace(second)
-    assert len(set(one.all)) == len(set(other.all)) == len(ALL_TOPIC_NAMES) == 11
+    assert len(set(one.all)) == len(set(other.all)) == len(ALL_TOPIC_NAMES) == 10
     assert set(one.all).isdisjoint(other.all)
 
 
@@ -119,9 +119,8 @@ def test_the_faust_topics_are_declared_with_the_namespaced_names():
     names = TopicNames.for_namespace("t1.")
     topics = declare_topics(FakeApp(), 4, names)
     assert topics.inbound == (*names.events, names.reroute)
-    assert (topics.reroute, topics.deadletter, topics.tag_changes, topics.tier_changes,
-            topics.profiles) == ((names.reroute,), (names.deadletter,), (names.tag_changes,),
-                                 (names.tier_changes,), (names.profiles,))
+    assert (topics.reroute, topics.deadletter, topics.tag_changes, topics.tier_changes) == (
+        (names.reroute,), (names.deadletter,), (names.tag_changes,), (names.tier_changes,))
     assert all(name.startswith("t1.") for topics in declared for name in topics)
 
 
@@ -142,3 +141,13 @@ def test_a_feed_cursor_names_topics_by_their_canonical_code_in_any_namespace():
     assert decode_cursor(text, spaced) == cursor
     assert decode_cursor(text, plain) == {TopicPartition("tags.changes", 0): 812,
                                           TopicPartition("tiers.changes", 1): 33}
+
+
+def test_the_member_changelog_is_the_worker_tables_and_follows_the_app_id(tmp_path):
+    # The Redis sink reads it by this name; Faust names it after the app id and the table.
+    from streams.worker.main import build_worker
+
+    settings = Settings(app_id="brand-a", data_dir=tmp_path)
+    assert members_changelog(settings) == "brand-a-members-changelog"
+    parts = build_worker(settings)
+    assert parts.processor.changelog_topic == members_changelog(settings)

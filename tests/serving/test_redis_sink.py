@@ -1,22 +1,29 @@
-"""The Redis sink on the real broker and Redis: convergence, and catching up after Redis restarts."""
+"""The Redis sink on the real broker and Redis: member states on the changelog rendered into
+profiles, convergence, and catching up after Redis restarts."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
+import msgspec
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from streams.platform.topics import topic_names
+from streams.platform.topics import members_changelog, topic_names
+from streams.serving.profiles import ProfileRenderer
 from streams.serving.redis_sink import RedisSink, group_id, run_redis_sink
 from streams.serving.redis_store import RedisProfileStore
 from streams.tools.processes import read_record, stop_process
+from taggers.clock import to_epoch
+from taggers.profile import render_profile
+from taggers.rules import RulePack, load_rules
+from taggers.state import GuideLink, HeldTag, MemberState, OrderStats, encode_state
 from tests.support.kafka import admin_client, committed_to_the_end, create_topics
-from tests.support.profiles import make_profile
 from tests.support.task_records import closed, make_task
 
 pytestmark = pytest.mark.e2e
@@ -25,31 +32,45 @@ TAGS = ["member", "first_purchase", "repeat_buyer", "high_value"]
 GUIDES = ["zhang", "li", "wang"]
 
 
-def version(member: int, step: int) -> dict[str, Any]:
-    """The member's profile after `step` updates: tags and guides change, as_of repeats."""
+NOON = to_epoch(datetime.fromisoformat("2024-03-01T12:00:00+08:00"))
+
+
+def version(member: int, step: int) -> MemberState:
+    """The member's state after `step` updates: tags and guides change, the watermark (the
+    profile's as_of) repeats."""
     tags = [t for i, t in enumerate(TAGS) if (member + step) >> i & 1]
     guides = [GUIDES[(member + step) % 3]] + ([GUIDES[member % 3]] if step % 2 else [])
     # Two steps per second: equal as_of, told apart by the record offset.
-    as_of = f"2024-03-01T12:{step // 2 // 60:02d}:{step // 2 % 60:02d}+08:00"
-    return make_profile(f"M{member:04d}", tags=tags, guides=guides, as_of=as_of,
-                        spend_fen=member * 100 + step)
+    at = NOON + step // 2
+    return MemberState(
+        member_id=f"M{member:04d}", joined_at=NOON - 60 * 86_400,
+        orders=OrderStats(count=1, distinct_days=1, spend_fen=member * 100 + step,
+                          first_at=NOON - 86_400, last_at=at),
+        tags={t: HeldTag(since=NOON - 86_400, rules_version="2024-03-01.1",
+                         evidence={"value": 1}) for t in tags},
+        guides=[GuideLink(g, f"wm{g}") for g in guides], watermark=at,
+        rules_version="2024-03-01.1")
 
 
 @dataclass
-class ProfileProducer:
+class StateProducer:
     producer: AIOKafkaProducer
-    topic: str  # the profiles topic of the test's topic namespace
+    topic: str  # the member changelog of the test's app id
+    pack: RulePack  # what the sink renders with (the stack's rule file)
 
 
-async def produce(producer: ProfileProducer, profiles: list[dict[str, Any] | tuple[str, None]],
+async def produce(producer: StateProducer, states: list[MemberState | tuple[str, None]],
                   expected: dict[str, dict[str, Any] | None]) -> None:
-    for item in profiles:
+    """Onto the changelog as the worker writes it; `expected` gets the profile the sink must
+    serve for each (None: deleted)."""
+    for item in states:
         if isinstance(item, tuple):
-            member_id, value = item[0], None
+            member_id, value, profile = item[0], None, None
         else:
-            member_id, value = item["member_id"], orjson.dumps(item)
+            member_id, value = item.member_id, encode_state(item)
+            profile = msgspec.to_builtins(render_profile(item, producer.pack))
         await producer.producer.send(producer.topic, key=member_id.encode(), value=value)
-        expected[member_id] = None if value is None else item  # type: ignore[assignment]
+        expected[member_id] = profile
     await producer.producer.flush()
 
 
@@ -105,7 +126,7 @@ async def producer(stack):
     producer = AIOKafkaProducer(bootstrap_servers=stack.broker_bootstrap, acks="all",
                                 linger_ms=5)
     await producer.start()
-    yield ProfileProducer(producer, topic_names(stack).profiles)
+    yield StateProducer(producer, members_changelog(stack), load_rules(stack.rules_path))
     await producer.stop()
 
 
@@ -133,12 +154,13 @@ async def test_sink_keeps_the_newest_profile_of_every_member(stack, producer, si
     assert sink.done() is False
 
 
-async def test_an_unreadable_profile_is_skipped_not_stalled_on(stack, producer, sink, store):
-    """Only the worker writes the profiles topic, so a record that is not a profile is a bug
+async def test_an_unreadable_state_is_skipped_not_stalled_on(stack, producer, sink, store):
+    """Only the worker writes the changelog, so a record that is not a member state is a bug
     to log; the members around it still converge."""
     expected: dict[str, Any] = {}
     await produce(producer, [version(m, 0) for m in range(5)], expected)
-    for bad in (b"{not json", b'{"member_id": 7}', b'{"member_id": "M0002", "tags": {}}'):
+    for bad in (b"{not msgpack", msgspec.msgpack.encode({"member_id": "M0002"}),
+                msgspec.msgpack.encode(["M0002", "not a time"])):
         await producer.producer.send(producer.topic, key=b"M0002", value=bad)
     await produce(producer, [version(m, 1) for m in range(5)], expected)
     await wait_converged(store, expected)
@@ -183,7 +205,7 @@ async def test_sink_rebuilds_when_redis_restarts_between_batches(
 
 async def test_sink_keeps_the_highest_version_of_every_task_and_erasure_deletes_them(
         stack, producer, sink, store):
-    """tasks.changes next to the profiles: redelivered and older records change nothing, a
+    """tasks.changes next to the member states: redelivered and older records change nothing, a
     closed task leaves the open list, and a member's erasure (the tasks tombstone the worker
     writes after the member's task records) takes every task of theirs, while an unreadable record is skipped, not stalled on."""
     tasks_topic = topic_names(stack).task_changes
@@ -197,8 +219,8 @@ async def test_sink_keeps_the_highest_version_of_every_task_and_erasure_deletes_
     expected: dict[str, Any] = {}
     await produce(producer, [version(m, 0) for m in range(30)], expected)
     # M0012 is erased as the worker erases: a tasks tombstone behind the member's task records
-    # on its tasks.changes partition, and the profile tombstone. (Regression: the test once
-    # relied on the profile tombstone alone, whose order against the task records, on another
+    # on its tasks.changes partition, and the changelog tombstone. (Regression: the test once
+    # relied on the changelog tombstone alone, whose order against the task records, on another
     # topic, no one promises; a sink that read the tombstone first never converged.)
     await producer.producer.send(tasks_topic, key=b"M0012", value=None)
     await produce(producer, [("M0012", None)], expected)
@@ -224,9 +246,9 @@ async def test_sink_keeps_the_highest_version_of_every_task_and_erasure_deletes_
 
 
 async def committed_and_ends(settings: Any) -> tuple[dict[int, int], dict[int, int]]:
-    """The sink group's committed offsets and the end offsets of the profiles topic, by
+    """The sink group's committed offsets and the end offsets of the member changelog, by
     partition (partitions with no record left out of both)."""
-    topic = topic_names(settings).profiles
+    topic = members_changelog(settings)
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.broker_bootstrap)
     await consumer.start()
     try:
@@ -246,7 +268,8 @@ async def test_the_kafka_commit_follows_redis_once_an_interval_and_at_stop(stack
     """Redis is the sink's own record; the group's Kafka commit (for lag monitoring) is made at
     most once per interval, on the sink's clock, and when the sink stops."""
     now = [0.0]
-    sink = RedisSink(stack, store, commit_interval_s=10, clock=lambda: now[0])
+    sink = RedisSink(stack, store, ProfileRenderer(load_rules(stack.rules_path)),
+                     commit_interval_s=10, clock=lambda: now[0])
     stop = asyncio.Event()
     task = asyncio.create_task(sink.run(stop))
     try:
@@ -258,7 +281,7 @@ async def test_the_kafka_commit_follows_redis_once_an_interval_and_at_stop(stack
 
         now[0] = 10.0
         await committed_to_the_end(stack.broker_bootstrap, group_id(stack),
-                                   [topic_names(stack).profiles], timeout=60)
+                                   [members_changelog(stack)], timeout=60)
 
         await produce(producer, [version(m, 1) for m in range(40)], expected)
         await wait_converged(store, expected)

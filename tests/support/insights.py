@@ -1,5 +1,6 @@
-"""Audience-count test helpers: a dry run's final profiles, what they count per tag, and
-writing them to Redis the production way (the profiles topic, read by the real Redis sink)."""
+"""Audience-count test helpers: a dry run's final states and profiles, what they count per tag,
+and writing them to Redis the production way (states on the member changelog, rendered and
+written by the real Redis sink)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from streams.platform.settings import DEFAULT_RULES, Settings
-from streams.platform.topics import topic_names
+from streams.platform.topics import members_changelog, topic_names
 from streams.serving.insight_counts import InsightCounts
 from streams.serving.insight_snapshots import DailySnapshots
 from streams.serving.redis_sink import run_redis_sink
@@ -25,16 +26,26 @@ from taggers.dryrun import DryRunResult, decode_lines, dry_run
 from taggers.engine import Engine
 from taggers.profile import render_profile
 from taggers.rules import load_rules
+from taggers.state import MemberState, encode_state
 from tests.support.task_done import with_tasks_done
 
 
-def dry_run_profiles(members: int, days: int, seed: int) -> list[dict[str, Any]]:
-    """The final profiles of a dry run of a generated history, as the worker publishes them."""
-    pack = load_rules(DEFAULT_RULES)
+def dry_run_states(members: int, days: int, seed: int) -> list[MemberState]:
+    """The final states of a dry run of a generated history (default pack), by member id."""
     lines = [orjson.dumps(e) for e in generate_events(members=members, days=days, seed=seed)]
-    result = dry_run(Engine(pack), lines)
-    return [msgspec.to_builtins(render_profile(result.states[m], pack))
-            for m in sorted(result.states)]
+    result = dry_run(Engine(load_rules(DEFAULT_RULES)), lines)
+    return [result.states[m] for m in sorted(result.states)]
+
+
+def rendered(states: Iterable[MemberState]) -> list[dict[str, Any]]:
+    """The profiles of `states` with the default pack, as the Redis sink renders them."""
+    pack = load_rules(DEFAULT_RULES)
+    return [msgspec.to_builtins(render_profile(state, pack)) for state in states]
+
+
+def dry_run_profiles(members: int, days: int, seed: int) -> list[dict[str, Any]]:
+    """The final profiles of a dry run of a generated history, as the sink serves them."""
+    return rendered(dry_run_states(members, days, seed))
 
 
 def held_counts(profiles: list[dict[str, Any]], guide: str | None = None) -> dict[str, int]:
@@ -68,11 +79,11 @@ async def running_sink(settings: Settings) -> AsyncIterator[None]:
         await asyncio.wait_for(task, 30)
 
 
-async def publish_profiles(settings: Settings,
-                           records: list[dict[str, Any] | tuple[str, None]]) -> dict[int, int]:
-    """Profiles (or (member_id, None) tombstones) onto the profiles topic, keyed by member as
+async def publish_states(settings: Settings,
+                         records: list[MemberState | tuple[str, None]]) -> dict[int, int]:
+    """States (or (member_id, None) tombstones) onto the member changelog, keyed by member as
     the worker writes them; returns the next offset per partition after them."""
-    topic = topic_names(settings).profiles
+    topic = members_changelog(settings)
     producer = AIOKafkaProducer(bootstrap_servers=settings.broker_bootstrap, acks="all",
                                 linger_ms=5, max_batch_size=1 << 20)
     await producer.start()
@@ -80,7 +91,7 @@ async def publish_profiles(settings: Settings,
         futures = []
         for record in records:
             member_id, value = ((record[0], None) if isinstance(record, tuple)
-                                else (record["member_id"], orjson.dumps(record)))
+                                else (record.member_id, encode_state(record)))
             futures.append(await producer.send(topic, key=member_id.encode(), value=value))
         ends: dict[int, int] = {}
         for metadata in await asyncio.gather(*futures):
@@ -92,7 +103,7 @@ async def publish_profiles(settings: Settings,
 
 async def wait_sink_reaches(settings: Settings, ends: dict[int, int], timeout: float = 90) -> None:
     """Until Redis records that the sink wrote every partition up to `ends`."""
-    topic = topic_names(settings).profiles
+    topic = members_changelog(settings)
     fields = {f"{topic}:{p}": end for p, end in ends.items()}
     deadline = time.monotonic() + timeout
     async with RedisProfileStore(settings.redis_url) as store:
@@ -110,7 +121,7 @@ class Day:
     """The members at the start of one local day of a generated history (`at`: 00:00 local)."""
 
     at: int
-    changed: list[dict[str, Any]]  # profiles that differ from the day before
+    changed: list[MemberState]  # members whose profile differs from the day before
     erased: list[str]
     tasks: list[dict[str, Any]]  # task records written since the day before
     profiles: list[dict[str, Any]]  # everyone's profile
@@ -148,7 +159,7 @@ def history_by_day(members: int, days: int, seed: int, last_days: int,
         for state in states.values():
             tasks += engine.advance(state, at).tasks
         now = {m: msgspec.to_builtins(render_profile(states[m], pack)) for m in sorted(states)}
-        yield Day(at=at, changed=[p for m, p in now.items() if previous.get(m) != p],
+        yield Day(at=at, changed=[states[m] for m, p in now.items() if previous.get(m) != p],
                   erased=[m for m in previous if m not in now],
                   tasks=[msgspec.to_builtins(t) for t in tasks], profiles=list(now.values()))
         previous = now
@@ -168,7 +179,7 @@ async def publish_tasks(settings: Settings, records: list[dict[str, Any]]) -> No
 
 
 async def replay_days(settings: Settings, days: Iterable[Day]) -> Day:
-    """Each day's changes through the profiles topic and the real Redis sink, then that day's
+    """Each day's changes through the member changelog and the real Redis sink, then that day's
     snapshot (taken as the sink takes it, with the clock at 00:01 of the day); returns the
     last day."""
     last = None
@@ -177,7 +188,7 @@ async def replay_days(settings: Settings, days: Iterable[Day]) -> Day:
         for day in days:
             if day.tasks:
                 await publish_tasks(settings, day.tasks)
-            ends = await publish_profiles(settings, [*day.changed, *((m, None) for m in day.erased)])
+            ends = await publish_states(settings, [*day.changed, *((m, None) for m in day.erased)])
             await wait_sink_reaches(settings, ends)
             await DailySnapshots(counts, load_rules(DEFAULT_RULES).calendar,
                                  clock=lambda: day.at + 60).check()

@@ -11,7 +11,7 @@ import time
 from collections import Counter
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterable, Iterator
+from typing import Any, AsyncIterator, Callable, Iterable, Iterator, NamedTuple
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -22,7 +22,10 @@ from schemas.changes import encode_change
 from streams.platform.admin import ensure_tagstream_topics
 from streams.platform.kafka_clients import kafka_admin, partitions_of
 from streams.platform.settings import Settings
+from streams.platform.topics import members_changelog
+from streams.serving.profiles import ProfileRenderer
 from streams.tools.processes import ChildProcess, tagstream_command
+from taggers.rules import RulePack
 
 
 # The head of a record batch in a log segment (Kafka's message format 2): base offset,
@@ -152,6 +155,32 @@ async def read_topic(bootstrap: str, topic: str, *, until: Callable[[list[Any]],
         return records
     finally:
         await consumer.stop()
+
+
+class ProfileRecord(NamedTuple):
+    key: bytes
+    value: bytes | None  # the profile JSON; None for a tombstone (an erasure)
+
+
+async def read_profiles(settings: Settings, pack: RulePack, *,
+                        until: Callable[[list[Any]], bool], timeout: float,
+                        worker: WorkerProcess | None = None,
+                        idle_s: float | None = None) -> list[ProfileRecord]:
+    """read_topic over the member table's changelog, each state rendered as the Redis sink
+    renders it (streams/serving/profiles.py): the profiles the stream serves, in changelog
+    order. `until` sees ProfileRecords, as it would see a topic's records."""
+    renderer = ProfileRenderer(pack)
+    rendered: list[ProfileRecord] = []
+
+    def until_rendered(new: list[Any]) -> bool:
+        profiles = [ProfileRecord(r.key, None if r.value is None else renderer.served(r.value).json)
+                    for r in new]
+        rendered.extend(profiles)
+        return until(profiles)
+
+    await read_topic(settings.broker_bootstrap, members_changelog(settings), until=until_rendered,
+                     timeout=timeout, worker=worker, idle_s=idle_s)
+    return rendered
 
 
 @asynccontextmanager

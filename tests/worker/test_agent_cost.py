@@ -58,7 +58,7 @@ def test_agent_cost_per_event_beside_the_dry_run(benchmark, history) -> None:
     assert run.dead_lettered == 0
     assert run.tag_changes == len(expected.changes) > 0
     assert run.records[names.tier_changes] == len(expected.tier_changes)
-    assert run.records[CHANGELOG_TOPIC] == run.records[names.profiles] > 0
+    assert run.records[CHANGELOG_TOPIC] > 0  # a record per changed member per batch
     per_event_us = benchmark.stats.stats.median / run.events * 1e6
     benchmark.extra_info.update({"events": run.events, "records": run.records,
                                  "us_per_event_median": round(per_event_us, 1)})

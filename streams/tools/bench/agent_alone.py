@@ -2,7 +2,7 @@
 
 Issue 14 splits the pipeline's cost per event into Faust's per-message path (the Faust floor),
 the engine (the dry run), and the rest: decoding, routing, the event-time hold, loading and
-storing states, profiles, and the records of each batch. This measures the agent's share of
+storing states, and the records of each batch. This measures the agent's share of
 that rest on its own. The messages are those `tagstream replay` writes for the file (events
 partitioned as it partitions them, and its watermark markers), handled in file order by a
 MemberProcessor over an in-memory table; its batches are sealed every `batch_events`

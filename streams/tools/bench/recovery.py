@@ -11,6 +11,7 @@ from typing import Any, Iterable, Mapping
 from aiokafka import TopicPartition
 
 from streams.platform.kafka_clients import kafka_consumer
+from streams.platform.topics import members_changelog
 from streams.tools.bench.broker_activity import stack_activity
 from streams.tools.bench.children import Child, wait_for_log
 from streams.tools.bench.common import (
@@ -35,7 +36,7 @@ async def _restart_and_latency(run: _Run) -> None:
     restart = run.result["restart"]
     details: dict[str, Any] = {}
     run.result["details"]["restart"] = details
-    changelog = f"{run.settings.app_id}-members-changelog"
+    changelog = members_changelog(run.settings)
 
     run.say(f"restart with the store: the {options.workers} pipeline worker(s) again, on their "
             "own data dirs, wall clock")

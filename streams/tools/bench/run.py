@@ -125,7 +125,7 @@ async def _phases(run: _Run) -> None:
     nodes = await _cluster_nodes(run)
     # The pinned version: the private stack runs it, and docker-compose.yml runs the same.
     run.result["broker"] = broker_name(kafka_version(), nodes)
-    # The topics as a worker creates them (members.profiles compacted), before any worker.
+    # The topics as a worker creates them (the member changelog compacted), before any worker.
     replication = await ensure_tagstream_topics(run.settings)
     # Resolved once, so the replay, the workers and Faust's changelog all use the same factor.
     run.settings = dataclasses.replace(run.settings, replication=replication)

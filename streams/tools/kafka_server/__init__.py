@@ -175,7 +175,7 @@ def server_properties(node: NodeConfig, voters: list[NodeConfig],
         "broker.session.timeout.ms": 6000,
         "broker.heartbeat.interval.ms": 1000,
         "replica.lag.time.max.ms": 10000,
-        # Compacted topics (the members changelog, members.profiles) are cleaned soon after a
+        # Compacted topics (the member changelog) are cleaned soon after a
         # segment rolls, so a restart reads about one record per member.
         "log.segment.bytes": 64 * 1024 * 1024,
         "log.cleaner.backoff.ms": 5000,

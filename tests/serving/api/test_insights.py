@@ -9,14 +9,16 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import aiohttp
+import msgspec
 import pytest
 
 from streams.serving.insight_counts import SNAPSHOT_DAYS, InsightCounts
 from streams.serving.insight_snapshots import DailySnapshots
 from streams.serving.redis_store import RedisProfileStore
 from taggers.clock import LocalCalendar
+from taggers.state import MemberState
 from tests.support.api import LI, OPERATOR, ZHANG, api_settings, bearer, running_api
-from tests.support.insights import (dry_run_profiles, held_counts, publish_profiles,
+from tests.support.insights import (dry_run_states, held_counts, publish_states, rendered,
                                     running_sink, served_counts, wait_sink_reaches)
 from tests.support.kafka import create_topics
 from tests.support.profiles import make_profile
@@ -28,8 +30,8 @@ CALENDAR = LocalCalendar(8 * 3600)
 
 
 @pytest.fixture(scope="module")
-def profiles() -> list[dict[str, Any]]:
-    return dry_run_profiles(members=300, days=400, seed=15)
+def states() -> list[MemberState]:
+    return dry_run_states(members=300, days=400, seed=15)
 
 
 async def get(session: aiohttp.ClientSession, path: str, token: str | None) -> tuple[int, Any]:
@@ -53,14 +55,15 @@ async def assert_counts_match(session: aiohttp.ClientSession,
     return len(guides)
 
 
-async def test_counts_equal_the_dry_run_and_erasure_decrements(stack, profiles):
+async def test_counts_equal_the_dry_run_and_erasure_decrements(stack, states):
     settings = api_settings(stack)
     await create_topics(settings)
-    with_guides = [p for p in profiles if p["guides"]]
+    profiles = rendered(states)
+    with_guides = [s for s in states if s.guides]
     assert len(with_guides) > 50 and any(p["rfm"] for p in profiles)
     async with running_sink(settings), running_api(settings) as base, \
             aiohttp.ClientSession(base) as session:
-        await wait_sink_reaches(settings, await publish_profiles(settings, profiles))
+        await wait_sink_reaches(settings, await publish_states(settings, states))
         guides = await assert_counts_match(session, profiles)
         assert guides >= 3
         # The sink took today's snapshot once it had caught up with its topics.
@@ -84,18 +87,22 @@ async def test_counts_equal_the_dry_run_and_erasure_decrements(stack, profiles):
             (r, f, m) for r in ("high", "low") for f in ("high", "low") for m in ("high", "low")}
 
         # Erasure (tombstones) and a member losing a tag and a guide both decrement; a stale
-        # profile (older as_of) and a replayed one change nothing.
-        erased = [p["member_id"] for p in with_guides[:25]]
+        # state (an older watermark, so an older as_of) and a replayed one change nothing.
+        erased = [s.member_id for s in with_guides[:25]]
         changed = with_guides[25]
-        later = (datetime.fromisoformat(changed["as_of"]) + timedelta(days=1)).isoformat()
-        shrunk = {**changed, "as_of": later, "tags": changed["tags"][1:],
-                  "guides": changed["guides"][1:]}
-        stale = {**with_guides[26], "tags": [], "as_of": "2020-01-01T00:00:00+08:00"}
-        ends = await publish_profiles(settings, [*((m, None) for m in erased), shrunk, stale,
-                                                 with_guides[27]])
+        assert changed.watermark is not None
+        shrunk = msgspec.structs.replace(
+            changed, watermark=changed.watermark + 86_400,
+            tags=dict(sorted(changed.tags.items())[1:]), guides=changed.guides[1:])
+        stale = msgspec.structs.replace(
+            with_guides[26], tags={},
+            watermark=int(datetime(2020, 1, 1, tzinfo=CST).timestamp()))
+        ends = await publish_states(settings, [*((m, None) for m in erased), shrunk, stale,
+                                               with_guides[27]])
         await wait_sink_reaches(settings, ends)
+        [shrunk_profile] = rendered([shrunk])
         now = [p for p in profiles if p["member_id"] not in set(erased)]
-        now = [shrunk if p["member_id"] == changed["member_id"] else p for p in now]
+        now = [shrunk_profile if p["member_id"] == changed.member_id else p for p in now]
         await assert_counts_match(session, now)
         status, body = await get(session, "/insights/tags", OPERATOR)
         assert body["members"] == len(profiles) - 25

@@ -1,6 +1,6 @@
 """The operator page (人群透视) in a real browser: Debian's headless chromium, driven by Playwright.
 
-Six days of a generated history go through the production path (engine -> profiles topic ->
+Six days of a generated history go through the production path (engine -> member changelog ->
 the real Redis sink -> Redis, a snapshot each midnight); the page signs in with an operator
 token, and every number its charts were drawn from equals a count over the last day's
 profiles (or the history route, for the trend). The screenshot is kept at
