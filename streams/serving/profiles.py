@@ -8,7 +8,7 @@ it runs on the sink's, and only for the newest state of a member in each sink ba
 
 The rule pack decides how a held tag is shown (its name, family, the lifecycle and RFM
 groups, tiers and points): the sink loads the same rule file as the worker and follows its
-changes the same way (streams/worker/rules_watch.py), so a profile is rendered with the
+changes the same way (streams/platform/rules_watch.py), so a profile is rendered with the
 rules its state was made with, give or take one reload interval.
 """
 

@@ -33,6 +33,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from streams.platform import metrics
 from streams.platform.admin import TopicError, ensure_tagstream_topics
 from streams.platform.kafka_clients import kafka_consumer
+from streams.platform.rules_watch import RulesWatcher
 from streams.platform.security import kafka_client_kwargs, redis_client_kwargs
 from streams.platform.settings import Settings
 from streams.platform.topics import members_changelog, topic_names
@@ -40,7 +41,6 @@ from schemas.tasks import decode_task
 from streams.serving.insight_snapshots import snapshots_for
 from streams.serving.profiles import ProfileRenderer
 from streams.serving.redis_store import RedisProfileStore, ServedProfile
-from streams.worker.rules_watch import RulesWatcher
 from taggers.rules import load_rules
 
 log = logging.getLogger(__name__)

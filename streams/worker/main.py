@@ -12,6 +12,7 @@ import faust
 
 from streams.platform.admin import ensure_tagstream_topics
 from streams.platform.redaction import install_log_redaction
+from streams.platform.rules_watch import RulesWatcher
 from streams.platform.settings import Settings
 from streams.platform.topics import (MEMBERS_CHANGELOG_CONFIG, MEMBERS_TABLE, declare_topics,
                                      topic_names)
@@ -21,7 +22,6 @@ from streams.worker.clock import PartitionClocks
 from streams.worker.members import MemberProcessor, recovering, register_member_agent
 from streams.worker.outbox import KafkaRecordSender
 from streams.worker.pauses import PauseMonitor
-from streams.worker.rules_watch import RulesWatcher
 import taggers
 from taggers.engine import Engine
 from taggers.rules import RulePack, load_rules

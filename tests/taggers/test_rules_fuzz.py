@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from schemas.errors import RuleDefinitionError
 from streams.platform.settings import DEFAULT_RULES
-from streams.worker.rules_watch import RulesWatcher
+from streams.platform.rules_watch import RulesWatcher
 from taggers.rules import RulePack, compile_rules, load_rules
 
 DEFAULT_TEXT = DEFAULT_RULES.read_text(encoding="utf-8")

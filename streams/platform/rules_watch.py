@@ -1,8 +1,9 @@
 """Hot reload of the rule file: a new version is used at once; a broken one never is.
 
-The worker keeps running on its current rules when the file on disk does not load (typo,
-bad window, cycle...): the error is logged with file, line and hint, and the watcher tries
-again when the file changes next.
+The worker and the Redis sink (which renders profiles with the rules) each watch the file.
+Each keeps running on its current rules when the file on disk does not load (typo, bad
+window, cycle...): the error is logged with file, line and hint, and the watcher tries again
+when the file changes next.
 """
 
 from __future__ import annotations
