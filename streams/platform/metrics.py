@@ -73,7 +73,8 @@ LOOP_LAG_SECONDS = Histogram(
 REDIS_PROFILES_WRITTEN = Counter(
     "tagstream_redis_profiles_written_total",
     "Profiles written to Redis (stale ones, older than what Redis holds, are counted apart).",
-    # skipped: a changelog record that did not render (logged as an error)
+    # skipped: a record the sink could not use, a member state that did not render or a task
+    # record that did not decode (each logged as an error)
     ["result"], registry=REGISTRY)  # result: applied | stale | deleted | skipped
 REDIS_WRITE_FAILURES = Counter(
     "tagstream_redis_write_failures_total",

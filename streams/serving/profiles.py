@@ -2,9 +2,10 @@
 changelog, with the rule pack the worker runs.
 
 The worker writes one changelog record per changed member per batch, after the batch's tag
-changes are delivered. Rendering the profile there cost the worker about 45 µs of every
-event's ~225 (100,000 members, `tagstream bench`), all on the one core the worker has; here
-it runs on the sink's, and only for the newest state of a member in each sink batch.
+changes are delivered. Rendering the profile there, and producing it as a record of its own,
+cost the worker about 70 µs of every event's ~225 (100,000 members, `tagstream bench`, runs
+A1/A2 against B1/B2 in docs/performance-log.md), all on the one core the worker has; here it
+runs on the sink's, and only for the newest state of a member in each sink batch.
 
 The rule pack decides how a held tag is shown (its name, family, the lifecycle and RFM
 groups, tiers and points): the sink loads the same rule file as the worker and follows its
