@@ -55,7 +55,8 @@ CONSUMER_LAG = Gauge(
 AGENT_SECONDS = Counter(
     "tagstream_worker_agent_seconds",
     "Time the member agent spent in its own code, by part: handle (routing, the event clock, "
-    "loading states, the engine) and seal (encoding states and rendering profiles).",
+    "loading states, the engine, encoding changed states) and seal (closing a batch: its "
+    "changelog records, its states staged for the store).",
     ["part"], registry=REGISTRY)
 
 # The worker's pauses (streams/worker/pauses.py): what a latency tail is made of.
@@ -116,10 +117,14 @@ class Tally:
     """Counter increments collected on the hot path and added to their metrics in one go.
 
     `labels(...)` costs a lock and a tuple per call, several times per event in the member
-    agent; counting in a dict and flushing once per batch costs a dict update."""
+    agent; counting in a dict and flushing once per batch costs a dict update.
 
-    def __init__(self) -> None:
+    `also` maps a metric to another that counts the same things by the first n of its labels
+    (a tag change is also a fire of its tag's rule): added at the flush, not per call."""
+
+    def __init__(self, also: dict[Counter, tuple[Counter, int]] | None = None) -> None:
         self._counts: dict[tuple[Counter, tuple[str, ...]], float] = {}
+        self._also = also or {}
 
     def add(self, metric: Counter, *labels: str, amount: float = 1) -> None:
         key = (metric, labels)
@@ -129,3 +134,7 @@ class Tally:
         counts, self._counts = self._counts, {}
         for (metric, labels), count in counts.items():
             metric.labels(*labels).inc(count)
+            derived = self._also.get(metric)
+            if derived is not None:
+                other, width = derived
+                other.labels(*labels[:width]).inc(count)

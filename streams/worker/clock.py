@@ -24,6 +24,10 @@ class PartitionClocks:
         self._wall = wall
         self.reorder_window_s = reorder_window_s
         self._complete: dict[tuple[str, int], int] = {}
+        # partition -> the lowest completeness of its inputs, kept by `_advance` and `forget`:
+        # `now` is asked several times an event and answers with one lookup. A partition not
+        # in it has an input that has not said where it is.
+        self._low: dict[int, int] = {}
 
     def observe_event(self, topic: str, partition: int, instant: int) -> None:
         """An event at t proves the topic complete through t - 1 - the reorder window."""
@@ -36,6 +40,19 @@ class PartitionClocks:
         key = (topic, partition)
         if complete_through > self._complete.get(key, -(1 << 62)):
             self._complete[key] = complete_through
+            if topic in self.inputs:
+                self._lowest(partition)
+
+    def _lowest(self, partition: int) -> None:
+        low = None
+        for topic in self.inputs:
+            complete = self._complete.get((topic, partition))
+            if complete is None:
+                return
+            if low is None or complete < low:
+                low = complete
+        if low is not None:
+            self._low[partition] = low
 
     def complete_through(self, topic: str, partition: int) -> int | None:
         """What one topic's copy of a partition is known complete through, if anything."""
@@ -45,15 +62,9 @@ class PartitionClocks:
         """The partition's clock, or None while some input has not said where it is."""
         if self.mode == "wall":
             return int(self._wall())
-        low = None
-        for topic in self.inputs:
-            complete = self._complete.get((topic, partition))
-            if complete is None:
-                return None
-            if low is None or complete < low:
-                low = complete
-        return low
+        return self._low.get(partition)
 
     def forget(self, partition: int) -> None:
         for topic in self.inputs:
             self._complete.pop((topic, partition), None)
+        self._low.pop(partition, None)

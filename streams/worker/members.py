@@ -149,7 +149,9 @@ class MemberProcessor:
         self.pause_fetching: Callable[[str, int], None] = _no_flow_control
         self.resume_fetching: Callable[[str, int], None] = _no_flow_control
         self.counters = Counters()
-        self.tally = metrics.Tally()  # added to the Prometheus metrics once per batch
+        # added to the Prometheus metrics once per batch; a tag change is a rule's fire too
+        self.tally = metrics.Tally(also={metrics.TAG_CHANGES: (metrics.RULE_FIRES, 1)})
+        self._handle_seconds = 0.0  # in `handle` since the last seal: one tally entry a batch
         self._monotonic = clock
         self._timer = timer  # times the agent's own code (metrics.AGENT_SECONDS)
         self.linger_s = linger_s
@@ -199,7 +201,7 @@ class MemberProcessor:
         try:
             self._handle(message, ack)
         finally:
-            self.tally.add(metrics.AGENT_SECONDS, "handle", amount=self._timer() - started)
+            self._handle_seconds += self._timer() - started
 
     def _handle(self, message: Any, ack: Ack) -> None:
         partition = message.partition
@@ -411,7 +413,6 @@ class MemberProcessor:
             self._records.append(
                 Record(self.names.tag_changes, partition, key, encode_change(change)))
             self.tally.add(metrics.TAG_CHANGES, change.tag, change.op)
-            self.tally.add(metrics.RULE_FIRES, change.tag)
         for tier_change in outcome.tier_changes:
             self._records.append(
                 Record(self.names.tier_changes, partition, key, encode_change(tier_change)))
@@ -446,6 +447,9 @@ class MemberProcessor:
             self.tally.add(metrics.AGENT_SECONDS, "seal", amount=self._timer() - started)
 
     def _seal(self) -> SealedBatch | None:
+        if self._handle_seconds:
+            self.tally.add(metrics.AGENT_SECONDS, "handle", amount=self._handle_seconds)
+            self._handle_seconds = 0.0
         self.tally.flush()
         if self._opened_at is None:
             return None
