@@ -108,10 +108,11 @@ def test_the_summary_shows_the_workers_comparison_only_when_it_ran() -> None:
     from streams.tools.bench.report import format_summary
 
     compare = {"workers": 2, "pipeline_eps": 900, "ratio_to_first_pass": 1.25,
-               "one_pass_workers": 1, "cpu_pct_of_one_core": {"pipeline worker 1": 61.0}}
+               "one_pass_workers": 1, "cpu_pct_of_one_core": {"pipeline worker 1": 61.0},
+               "members_served": 180, "members_expected": 200}
     shown = format_summary({"events": 1000, "workers_compare": compare})
     assert "2 workers" in shown and "900 events/s" in shown and "1.25 of 1 worker(s)" in shown
-    assert "pipeline worker 1" in shown
+    assert "pipeline worker 1" in shown and "its Redis sink served 180 of 200 members" in shown
     assert "workers " not in format_summary({"events": 1000}).split("\n", 1)[1]
 
 
@@ -235,3 +236,11 @@ def test_the_agents_share_of_a_pipeline_event_is_read_from_each_workers_metrics(
     assert _agent_share([one, one], 10_000, 2_000.0) == {
         "handle": 400.0, "seal": 100.0, "pipeline": 500.0}
     assert parse_agent_seconds("") == {}
+
+
+def test_the_second_pass_writes_its_profiles_to_the_next_redis_database() -> None:
+    from streams.tools.bench.scaling import other_database
+
+    assert other_database("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/1"
+    assert other_database("redis://127.0.0.1:6379") == "redis://127.0.0.1:6379/1"
+    assert other_database("rediss://:secret@cache:6380/15") == "rediss://:secret@cache:6380/0"

@@ -126,6 +126,10 @@ def test_bench_runs_and_its_json_has_every_field(tmp_path):
     assert compare["workers"] == 2 and compare["one_pass_workers"] == 1
     assert compare["one_pass_eps"] == result["pipeline_eps"] and compare["pipeline_eps"] > 0
     assert compare["matches_dry_run"] is True
+    # served by a sink of its own, following the second pass's changelog (the first pass's
+    # sink follows only its own app's: the second pass's profiles would go unrendered)
+    assert compare["members_served"] == compare["members_expected"] == result["details"][
+        "state_bytes"]["members"] > 0
     assert {"pipeline worker 1", "pipeline worker 2", "redis sink"} <= set(
         compare["cpu_pct_of_one_core"])
     assert set(compare["first_pass_cpu_pct_of_one_core"]) == set(

@@ -97,11 +97,9 @@ def _start_sink(run: _Run) -> Child:
                  run.workdir / "redis-sink.log", run.children)
 
 
-async def _pipeline(run: _Run, expected: Expected, start_sink: bool = True,
-                    out: dict[str, Any] | None = None) -> None:
-    """The pipeline's workers over the event topics from their start; what it measures goes
-    into `out` (default: the run's result). With `start_sink` False, the Redis sink an
-    earlier pass started serves this one too."""
+async def _pipeline(run: _Run, expected: Expected, out: dict[str, Any] | None = None) -> None:
+    """The pipeline's workers and a Redis sink over the event topics from their start; what it
+    measures goes into `out` (default: the run's result)."""
     options = run.options
     out = run.result if out is None else out
     details = out.setdefault("details", {})
@@ -113,8 +111,7 @@ async def _pipeline(run: _Run, expected: Expected, start_sink: bool = True,
         baseline = await reader.end_offsets(tags)
         tier_baseline = await _positions(run, run.names.tier_changes)
         dead_baseline = await _positions(run, run.names.deadletter)
-        sink = _start_sink(run) if start_sink else next(
-            c for c in run.children if c.name == "redis sink" and c.alive())
+        sink = _start_sink(run)
         run.say(f"pipeline: {options.workers} worker(s), event clock, default pack, "
                 f"Redis sink on; {len(expected.change_ids):,} tag changes expected")
         run.worker_ports = free_ports(options.workers)

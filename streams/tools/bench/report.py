@@ -118,7 +118,9 @@ def format_summary(result: Mapping[str, Any]) -> str:
         lines.append(
             f"  {compare['workers']} workers          {number(compare.get('pipeline_eps'), ' events/s')}"
             f"  ({number(compare.get('ratio_to_first_pass'))} of {compare.get('one_pass_workers')} "
-            f"worker(s) in this run; CPU % of a core: {compare.get('cpu_pct_of_one_core')})")
+            f"worker(s) in this run; CPU % of a core: {compare.get('cpu_pct_of_one_core')}; "
+            f"its Redis sink served {number(compare.get('members_served'))} of "
+            f"{number(compare.get('members_expected'))} members)")
     lines += [f"  WARNING: {warning}" for warning in result.get("warnings", [])]
     profile = result.get("profile")
     if profile:
