@@ -7,6 +7,14 @@ from streams.worker.clock import PartitionClocks
 INPUTS = ("orders", "interactions", "scans")
 
 
+def clocks_at(instant: int, partition: int, **options: int) -> PartitionClocks:
+    """Event clocks whose every input has marked `partition` complete through `instant`."""
+    clocks = PartitionClocks("event", INPUTS, **options)
+    for topic in INPUTS:
+        clocks.observe_marker(topic, partition, instant)
+    return clocks
+
+
 def test_the_clock_waits_until_every_input_has_said_where_it_is() -> None:
     clocks = PartitionClocks("event", INPUTS)
     clocks.observe_event("orders", 0, 100)
@@ -18,9 +26,7 @@ def test_the_clock_waits_until_every_input_has_said_where_it_is() -> None:
 
 
 def test_the_clock_is_the_lowest_input_and_follows_whichever_input_is_lowest() -> None:
-    clocks = PartitionClocks("event", INPUTS, reorder_window_s=10)
-    for topic in INPUTS:
-        clocks.observe_marker(topic, 3, 1_000)
+    clocks = clocks_at(1_000, partition=3, reorder_window_s=10)
     assert clocks.now(3) == 1_000
     clocks.observe_marker("orders", 3, 2_000)  # not the lowest any more: the others still are
     assert clocks.now(3) == 1_000
@@ -34,18 +40,14 @@ def test_the_clock_is_the_lowest_input_and_follows_whichever_input_is_lowest() -
 
 
 def test_a_topic_that_is_not_an_input_does_not_move_the_clock() -> None:
-    clocks = PartitionClocks("event", INPUTS)
-    for topic in INPUTS:
-        clocks.observe_marker(topic, 0, 50)
+    clocks = clocks_at(50, partition=0)
     clocks.observe_marker("tags.changes", 0, 10)
     assert clocks.now(0) == 50
     assert clocks.complete_through("tags.changes", 0) == 10
 
 
 def test_a_forgotten_partition_has_no_clock_until_its_inputs_speak_again() -> None:
-    clocks = PartitionClocks("event", INPUTS)
-    for topic in INPUTS:
-        clocks.observe_marker(topic, 2, 700)
+    clocks = clocks_at(700, partition=2)
     clocks.forget(2)
     assert clocks.now(2) is None
     clocks.observe_marker("orders", 2, 40)
