@@ -13,11 +13,11 @@ import pytest
 from aiokafka import TopicPartition
 
 from schemas.errors import RuleDefinitionError
+from streams.platform.rules_watch import RulesWatcher
 from streams.platform.settings import DEFAULT_RULES, Settings
 from streams.serving.profiles import ProfileRenderer
 from streams.serving.redis_sink import collect, run_redis_sink
 from streams.serving.redis_store import ServedProfile
-from streams.platform.rules_watch import RulesWatcher
 from streams.tools.generate import generate_events
 from taggers.dryrun import dry_run
 from taggers.engine import Engine

@@ -17,12 +17,10 @@ import time
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import redis.asyncio
-
 from streams.platform.security import redis_client_kwargs
 from streams.platform.settings import Settings
 from streams.serving.insight_counts import InsightCounts
-from streams.serving.redis_store import DEFAULT_PREFIX
+from streams.serving.redis_store import RedisProfileStore
 from streams.tools.bench.common import _Run
 from streams.tools.bench.pipeline import Expected, _pipeline
 
@@ -80,14 +78,12 @@ async def compare_workers(run: _Run, expected: Expected, workers: int) -> None:
 async def _members_served(settings: Settings, members: int) -> int:
     """Members whose profile the sink of `settings` has written, once it has all `members`
     or SINK_CATCH_UP_S passed (the served count: streams/serving/insight_counts.py)."""
-    client = redis.asyncio.Redis.from_url(settings.redis_url, **redis_client_kwargs(settings))
-    counts = InsightCounts(client, DEFAULT_PREFIX)
-    deadline = time.monotonic() + SINK_CATCH_UP_S
-    try:
+    async with RedisProfileStore(settings.redis_url,
+                                 connection=redis_client_kwargs(settings)) as store:
+        counts = InsightCounts(store.redis, store.prefix)
+        deadline = time.monotonic() + SINK_CATCH_UP_S
         while True:
             served = (await counts.counts()).members
             if served >= members or time.monotonic() > deadline:
                 return served
             await asyncio.sleep(0.5)
-    finally:
-        await client.aclose()
