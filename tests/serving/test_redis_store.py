@@ -8,6 +8,7 @@ import msgspec
 import pytest
 
 from streams.platform.settings import Settings
+from streams.serving.insight_counts import InsightCounts
 from streams.serving.redis_store import (APPLY_CHUNK, RedisProfileStore, ServedProfile,
                                           profile_version)
 from tests.support.profiles import make_profile
@@ -93,6 +94,26 @@ async def test_older_profile_is_ignored_and_replay_changes_nothing(store):
     assert await store.get_profile("M1") == newer
     assert await all_index_keys(store) == {
         "ts:tag:high_value": ["M1"], "ts:guide:zhang": ["M1"], "ts:aud:high_value:zhang": ["M1"]}
+
+
+async def test_a_rewrite_keeping_tags_guides_and_contacts_replaces_only_the_profile(store):
+    """Most writes change a profile's figures but not its tags, guides or contacts: the script
+    then only stores the profile and its version, and every index and count stays right."""
+    counts = InsightCounts(store.redis, store.prefix)
+    first = make_profile("M1", tags=["member", "high_value"], guides=["zhang"], spend_fen=100)
+    await store.apply([first, make_profile("M2", tags=["member"], guides=["zhang"])])
+    indexes, before = await all_index_keys(store), await counts.counts("zhang")
+
+    later = make_profile("M1", tags=["member", "high_value"], guides=["zhang"], as_of=T2,
+                         spend_fen=900)
+    assert (await store.apply([later])).applied == 1
+    assert await store.get_profile("M1") == later
+    assert (await store.apply([first])).stale == 1  # an older version is still refused
+    assert await store.get_profile("M1") == later
+    assert await all_index_keys(store) == indexes
+    assert await counts.counts("zhang") == before
+    assert before.members == 2 and before.tags == {"member": 2, "high_value": 1}
+    assert await store.members_of_contact("wmzhang") == ["M1", "M2"]
 
 
 async def test_same_as_of_is_ordered_by_sequence(store):
