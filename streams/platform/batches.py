@@ -17,7 +17,12 @@ class ReadyBatch(NamedTuple):
     builder: Any  # aiokafka BatchBuilder
 
     async def send(self, producer: Any) -> Any:
-        """Hand the batch to the producer; returns the future of its delivery metadata."""
+        """Hand the batch to the producer; returns the future of its delivery metadata.
+
+        Closed first: aiokafka holds an open batch for the producer's `linger_ms`, since
+        sends may still join it, and only a closed one goes with the sender's next request.
+        A pre-built batch is complete."""
+        self.builder.close()
         return await producer.send_batch(self.builder, self.topic, partition=self.partition)
 
 
