@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from aiokafka import AIOKafkaProducer
 from aiokafka.record.default_records import DefaultRecordBatch
 
 from streams.platform.batches import PartitionBatches
-from streams.platform.kafka_clients import kafka_producer
-from streams.platform.topics import topic_names
-from tests.support.kafka import create_topics
 
 
 def records_of(batch) -> list[bytes]:
@@ -48,26 +43,5 @@ async def test_a_record_larger_than_a_builder_still_goes_out_alone():
         assert full is not None and records_of(full) == [b"small"]
         [big] = batches.drain()
         assert records_of(big) == [b"x" * 5000]
-    finally:
-        await producer.stop()
-
-
-async def test_a_prebuilt_batch_goes_out_without_waiting_for_the_producers_linger(
-        stack_settings) -> None:
-    """aiokafka holds an open batch for `linger_ms` in case more sends join it. A pre-built
-    batch is complete; held, every shipment of the worker's outbox waited its producer's
-    5 ms linger twice (the outputs, then the changelog). Here the linger is two minutes, so
-    a batch held for it misses the one minute its delivery is given."""
-    await create_topics(stack_settings)
-    topic = topic_names(stack_settings).orders
-    producer = kafka_producer(stack_settings.broker_bootstrap, linger_ms=120_000)
-    await producer.start()
-    try:
-        batches = PartitionBatches(producer)
-        assert batches.append(topic, 1, b"m1", b"{}") is None
-        [batch] = batches.drain()
-        delivery = await batch.send(producer)
-        metadata = await asyncio.wait_for(delivery, timeout=60)
-        assert (metadata.topic, metadata.partition) == (topic, 1)
     finally:
         await producer.stop()
