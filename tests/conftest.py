@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import signal
 from pathlib import Path
+from types import FrameType
 from typing import Iterator
 
 import pytest
@@ -22,6 +24,18 @@ from streams.tools.stack import LocalStack
 from tests.support import private_stack_settings
 
 _test_numbers = itertools.count(1)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A run ended by SIGTERM (a CI job's time limit, `timeout(1)`) still stops the Kafka
+    nodes and Redis its fixtures started: SIGTERM becomes the KeyboardInterrupt on which
+    pytest tears its fixtures down. By default SIGTERM ends the interpreter at once, and
+    they outlived it, since they run in sessions of their own."""
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _shared_kafka(tmp_path_factory: pytest.TempPathFactory, brokers: int) -> Iterator[LocalStack]:

@@ -15,6 +15,8 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -516,3 +518,60 @@ async def test_end_offsets_count_every_record_of_the_last_batch(stack: Settings)
     finally:
         await consumer.stop()
     assert ends == {TopicPartition(topic, 0): 15, TopicPartition(topic, 1): 0}
+
+
+_HELD_TEST = textwrap.dedent("""
+    import os
+    import time
+    from pathlib import Path
+
+    import pytest
+
+    from streams.tools.stack import LocalStack
+    from tests.support import private_stack_settings
+
+
+    @pytest.fixture
+    def redis_stack(tmp_path):
+        with LocalStack(private_stack_settings(tmp_path), kafka=False) as stack:
+            yield stack
+
+
+    def test_held(redis_stack):
+        Path(os.environ["REDIS_PID_FILE"]).write_text(str(redis_stack.record("redis").pid))
+        time.sleep(600)
+""")
+
+
+def test_a_test_run_ended_by_sigterm_stops_the_servers_its_fixtures_started(
+        tmp_path: Path) -> None:
+    """A run that `timeout` or a CI job's time limit ends with SIGTERM left its Kafka nodes
+    and Redis running, in sessions of their own. The suite's conftest now turns SIGTERM into
+    the interrupt on which pytest tears its fixtures down. Checked on a child run whose test
+    holds a Redis from a fixture."""
+    held = tmp_path / "test_held.py"
+    held.write_text(_HELD_TEST)
+    pid_file = tmp_path / "redis.pid"
+    run = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-p", "tests.conftest", "-p", "no:cacheprovider", "-q",
+         str(held)], cwd=ROOT, env={**os.environ, "REDIS_PID_FILE": str(pid_file)},
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    redis_pid = None
+    try:
+        deadline = time.monotonic() + CLIENT_WAIT_S
+        while not pid_file.exists() or not pid_file.read_text():
+            assert run.poll() is None, run.communicate()[0].decode()[-3000:]
+            assert time.monotonic() < deadline, "the child run never held its Redis"
+            time.sleep(0.1)
+        redis_pid = int(pid_file.read_text())
+        assert not gone(redis_pid)
+        run.send_signal(signal.SIGTERM)
+        output = run.communicate(timeout=CLIENT_WAIT_S)[0].decode()
+        assert gone(redis_pid), output[-3000:]
+        assert run.returncode == pytest.ExitCode.INTERRUPTED, output[-3000:]
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+        if redis_pid is not None and not gone(redis_pid):
+            os.kill(redis_pid, signal.SIGKILL)  # the Redis this test's child started
