@@ -590,6 +590,10 @@ def demo(members: int, days: int, seed: int, keep_stack: bool, no_serve: bool) -
               help="Run the pipeline workers under this profiler (pip install -e '.[bench]').")
 @click.option("--latency-seconds", default=25.0, show_default=True, type=click.FloatRange(1),
               help="How long live orders are produced for the latency measure.")
+@click.option("--latency-warm-up-seconds", default=10.0, show_default=True,
+              type=click.FloatRange(0),
+              help="Live orders at the same rate before the measured window, reported on "
+                   "their own as latency_ms.warm_up (0: none).")
 @click.option("--latency-rate", type=click.FloatRange(1), default=None,
               help="Live orders per second for the latency measure (default: half the "
                    "measured pipeline rate).")
@@ -598,8 +602,8 @@ def demo(members: int, days: int, seed: int, keep_stack: bool, no_serve: bool) -
               help="Logs and profiles (default: <TAGSTREAM_DATA_DIR>/bench/<time>).")
 def bench(members: int, events: int, partitions: int | None, workers: int, brokers: int,
           compare_workers: int | None, as_json: bool, use_stack: bool, keep_stack: bool,
-          profile: str | None, latency_seconds: float, latency_rate: float | None, seed: int,
-          workdir: Path | None) -> None:
+          profile: str | None, latency_seconds: float, latency_warm_up_seconds: float,
+          latency_rate: float | None, seed: int, workdir: Path | None) -> None:
     """Raw Kafka passthrough vs the full pipeline, latency, memory and recovery, in one run."""
     import json
     import shlex
@@ -614,7 +618,8 @@ def bench(members: int, events: int, partitions: int | None, workers: int, broke
         workers=workers, brokers=brokers, compare_workers=compare_workers,
         use_stack=use_stack, keep_stack=keep_stack,
         profile=profile, latency_s=latency_seconds,
-        latency_rate=latency_rate, seed=seed, workdir=workdir,
+        latency_warm_up_s=latency_warm_up_seconds, latency_rate=latency_rate, seed=seed,
+        workdir=workdir,
         command=shlex.join(["tagstream", *sys.argv[1:]]))
     try:
         result = run_bench(settings, options, lambda text: click.echo(text, err=True))

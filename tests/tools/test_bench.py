@@ -209,6 +209,17 @@ def test_the_summary_counts_the_latency_seconds_over_the_target_with_the_machine
     assert "seconds over 100 ms  - " in format_summary({"events": 1000})
 
 
+def test_the_summary_shows_the_warm_up_apart_from_the_measured_window() -> None:
+    from streams.tools.bench.report import format_summary
+
+    latency = {"rate_eps": 2900.0, "p50": 33.0, "p99": 81.5, "received": 72500, "sent": 72500,
+               "warm_up": {"seconds": 10.0, "rate_eps": 2899.0, "p50": 41.0, "p99": 166.2}}
+    shown = format_summary({"events": 1000, "latency_ms": latency})
+    assert "latency at 2900.0/s  p50 33.0 ms, p99 81.5 ms (72,500 of 72,500 live orders)" in shown
+    assert ("warm-up before it    10.0 s at 2899.0/s: p50 41.0 ms, p99 166.2 ms "
+            "(not in the figures above)") in shown
+
+
 def test_the_summary_shows_the_agents_share_of_a_pipeline_event() -> None:
     from streams.tools.bench.report import format_summary
 

@@ -39,6 +39,7 @@ def test_bench_runs_and_its_json_has_every_field(tmp_path):
     run = subprocess.run(
         [sys.executable, "-m", "streams.ops.cli", "bench", "--members", str(MEMBERS), "--events",
          str(EVENTS), "--partitions", "2", "--latency-seconds", "2", "--latency-rate", "40",
+         "--latency-warm-up-seconds", "1",
          "--compare-workers", "2",
          "--json",
          "--workdir", str(workdir)],
@@ -75,6 +76,11 @@ def test_bench_runs_and_its_json_has_every_field(tmp_path):
     assert re.fullmatch(r"librdkafka [\d.]+ \(confluent-kafka [\d.]+\)",
                         result["latency_ms"]["reader"])
     assert result["latency_ms"]["reader_transient_errors"] == 0
+    # the warm-up at the same rate, reported on its own; its orders are not in the window's
+    warm_up = result["latency_ms"]["warm_up"]
+    assert warm_up["sent"] == warm_up["received"] > 0 and warm_up["p99"] is not None
+    assert warm_up["per_order"] != result["latency_ms"]["per_order"]
+    assert len(Path(warm_up["per_order"]).read_text().splitlines()) - 1 == warm_up["received"]
     # each order's latency, for finding when the slow ones were sent
     per_order = Path(result["latency_ms"]["per_order"]).read_text().splitlines()
     assert per_order[0] == "sent_ms,latency_ms,partition"

@@ -102,6 +102,10 @@ class BenchOptions:
     keep_stack: bool = False  # leave the private broker and Redis running afterwards
     profile: str | None = None  # "py-spy" or "pyinstrument": the pipeline workers run under it
     latency_s: float = 25.0
+    # Live orders at the measured rate before the measured window, reported on their own
+    # (latency_ms.warm_up): the window then starts on a broker whose JIT has compiled the
+    # paths of the phase's clients, as a broker in service has (streams/tools/bench/recovery.py).
+    latency_warm_up_s: float = 10.0
     latency_rate: float | None = None  # live orders/s; None: half the measured pipeline rate
     seed: int = 1
     history_end: datetime | None = None  # default: now (see _generate)

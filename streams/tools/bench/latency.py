@@ -84,10 +84,12 @@ def live_order(number: int) -> tuple[str, bytes]:
 
 
 async def measure_latency(run: _Run, rate: float, seconds: float, watched: list[Child], *,
-                          first: int = 0) -> dict[str, Any]:
-    """Paced live orders -> their first tag change read back; latencies in ms."""
+                          first: int = 0, label: str = "") -> dict[str, Any]:
+    """Paced live orders -> their first tag change read back; latencies in ms. `label` names
+    a measure that is not the phase's own (its per-order file and its lines)."""
     partitions = run.options.partitions
-    run.say(f"latency: live first orders at {rate:,.0f}/s for {seconds:.0f} s")
+    said = f"latency ({label})" if label else "latency"
+    run.say(f"{said}: live first orders at {rate:,.0f}/s for {seconds:.0f} s")
     # Batched as an upstream system's producer would be: on the 2 cores the broker and the
     # bench share with the worker, a request per order would take the CPU the measured worker
     # needs. An order's latency still counts from its send, linger included.
@@ -139,7 +141,7 @@ async def measure_latency(run: _Run, rate: float, seconds: float, watched: list[
     finally:
         await producer.stop()
         await asyncio.to_thread(reader.stop)
-    samples_path = run.workdir / f"latency-{rate:g}-per-second.csv"
+    samples_path = run.workdir / f"latency-{rate:g}{'-' + label if label else ''}-per-second.csv"
     samples_path.write_text("sent_ms,latency_ms,partition\n" + "".join(
         f"{sent:.1f},{ms:.1f},{partition}\n" for sent, ms, partition in sorted(samples)))
     ordered = sorted(ms for _, ms, _ in samples)
@@ -152,7 +154,7 @@ async def measure_latency(run: _Run, rate: float, seconds: float, watched: list[
         "started_at": round(started_at, 3), "per_order": str(samples_path),
         "producer_linger_ms": UPSTREAM_LINGER_MS, "reader": READER_CLIENT,
         "reader_transient_errors": len(reader.transient_errors)}
-    run.say(f"latency: p50 {summary['p50']} ms, p99 {summary['p99']} ms over "
+    run.say(f"{said}: p50 {summary['p50']} ms, p99 {summary['p99']} ms over "
             f"{len(ordered):,} of {number:,} live orders")
     return summary
 

@@ -64,6 +64,7 @@ def format_summary(result: Mapping[str, Any]) -> str:
     """The result for a person: the headline figures, then where the details are."""
     latency = result.get("latency_ms") or {}
     floor = latency.get("floor") or {}
+    warm_up = latency.get("warm_up") or {}
     restart = result.get("restart") or {}
     restart_details = (result.get("details") or {}).get("restart") or {}
     with_store = restart_details.get("with_store") or {}
@@ -100,6 +101,9 @@ def format_summary(result: Mapping[str, Any]) -> str:
         f"  seconds over 100 ms  {number(len(seconds['over_100_ms']) if seconds else None)} "
         f"(the machine over the phase: busy {number(phase_machine.get('busy'))}, stolen "
         f"{number(phase_machine.get('steal'))} of {number(100 * (machine.get('nproc') or 1))})",
+        f"  warm-up before it    {number(warm_up.get('seconds'), ' s')} at "
+        f"{number(warm_up.get('rate_eps'), '/s')}: p50 {number(warm_up.get('p50'))} ms, "
+        f"p99 {number(warm_up.get('p99'))} ms (not in the figures above)",
         f"  latency floor (20/s) p50 {number(floor.get('p50'))} ms, p99 {number(floor.get('p99'))} ms",
         f"  worker peak RSS      {number(result.get('rss_mb'), ' MB')}",
         f"  state per member     {number(result.get('state_bytes_per_member'), ' bytes')}",
